@@ -1,0 +1,86 @@
+"""Errors that netdsl shows to a user.
+
+Every problem with a user's input (a `.net` file, a CLI argument, a data file) is raised as a
+:class:`NetdslError`. It knows where in the source the problem is, what went wrong (with the
+arithmetic that failed, when there is some) and how it might be fixed. The CLI prints it with
+:meth:`NetdslError.render` and exits non-zero; no Python traceback reaches the user.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """The text of one `.net` program and the name to show for it."""
+
+    path: str
+    text: str
+
+    def line(self, lineno: int) -> str:
+        lines = self.text.splitlines()
+        return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a source file: 1-based line and column, and how many characters to underline."""
+
+    source: SourceFile | None
+    line: int
+    col: int
+    length: int = 1
+
+    @property
+    def path(self) -> str:
+        return self.source.path if self.source else "<input>"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+class NetdslError(Exception):
+    """A user-facing error: message, optional location, arithmetic detail and suggested fix."""
+
+    def __init__(self, message: str, loc: Location | None = None, *, detail: str | None = None,
+                 hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.detail = detail
+        self.hint = hint
+
+    def render(self) -> str:
+        """The error as the CLI prints it: `file:line:col: error: ...`, source line, caret, hint."""
+        head = f"{self.loc}: error: {self.message}" if self.loc else f"netdsl: error: {self.message}"
+        out = [head]
+        if self.loc and self.loc.source:
+            text = self.loc.source.line(self.loc.line)
+            if text:
+                # Tabs would shift the caret; show the line with tabs expanded to single spaces.
+                shown = text.replace("\t", " ")
+                out.append(f"    {shown}")
+                width = max(1, min(self.loc.length, len(shown) - self.loc.col + 1))
+                out.append("    " + " " * (self.loc.col - 1) + "^" + "~" * (width - 1))
+        if self.detail:
+            out.append(f"  {self.detail}")
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class ShapeError(NetdslError):
+    """A shape rule failed. Raised by layer shape rules without a location; the compiler adds it."""
+
+
+def did_you_mean(word: str, choices) -> str | None:
+    """A 'did you mean X?' hint for a misspelt name, or None when nothing is close."""
+    close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
+    if not close:
+        return None
+    original = {c.lower(): c for c in choices}[close[0]]
+    return f"did you mean '{original}'?"

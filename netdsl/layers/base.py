@@ -1,0 +1,278 @@
+"""The layer registry: one :class:`LayerSpec` per layer, read by every other stage.
+
+A layer is described once, here-style, and nowhere else: its arguments (schema with defaults),
+its shape rule, its parameters and their initialisation, forward and backward written against
+``xp`` (numpy or cupy), its MAC count, how the diagram draws it, a one-line doc and an example
+that the generic tests use. The parser, shape inference, executor, summary, drawer and docs all
+look layers up with :func:`get`.
+
+Conventions every entry follows
+-------------------------------
+* Tensors are **NHWC** (batch, height, width, channels): im2col + one GEMM yields NHWC directly,
+  and H×W×C is how the literature writes shapes. Flat tensors are (batch, features).
+* Shapes in the graph are *per example*: ``(H, W, C)``, ``(F,)``, or ``()`` for a scalar loss.
+* ``forward(ctx, attrs, params, inputs) -> (out, cache)``; ``out`` is one array, or a tuple of
+  arrays when the spec has several outputs (e.g. a pool that also returns its switches).
+* ``backward(ctx, attrs, params, cache, dout) -> (dinputs, dparams)``; ``dout`` mirrors ``out``;
+  ``dinputs`` is a list with one gradient (or None) per input; ``dparams`` maps trainable
+  parameter names to gradients.
+* Buffers (e.g. batch-norm running statistics) are parameters with ``trainable=False``: the
+  executor hands them to ``forward`` in ``params``, forward may update them in place, the
+  optimizer skips them and the summary does not count them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import NetdslError, ShapeError, did_you_mean
+
+
+class _Sentinel:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+REQUIRED = _Sentinel("REQUIRED")
+"""Default of an argument the user must give."""
+AUTO = _Sentinel("AUTO")
+"""Default of an argument that a compiler stage fills in (conv filters by the width rule, the
+last FC's units from the dataset's classes, INPUT's shape from the dataset)."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One layer argument. ``kind`` is one of int, float, bool, str, pair (an int or an HxW pair,
+    stored as a (h, w) tuple), dims (an HxWxC triple, stored as a tuple)."""
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple = ()
+    minimum: float | None = None
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter tensor a layer owns: shape, initialiser name, fans for scaled initialisers."""
+
+    shape: tuple
+    init: str  # 'zeros' | 'ones' | 'he' | 'glorot' | 'lecun'
+    fan_in: int = 1
+    fan_out: int = 1
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a forward/backward call may need besides its inputs."""
+
+    xp: Any                      # numpy or cupy module
+    training: bool = False
+    rng: Any = None              # an xp random Generator (dropout masks)
+    labels: Any = None           # int class labels of the batch (losses read them)
+    dtype: Any = None
+
+
+def _no_params(attrs, in_shapes):
+    return {}
+
+
+def _no_macs(attrs, in_shapes, out_shapes):
+    return 0
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything netdsl knows about one layer. See the module docstring for the conventions."""
+
+    name: str                                   # canonical lower-case name, e.g. "conv"
+    doc: str                                    # one line, shown by docs and `netdsl layers`
+    args: tuple[Arg, ...]
+    infer_shape: Callable                       # (attrs, in_shapes) -> out shape | tuple of shapes
+    forward: Callable
+    backward: Callable
+    params: Callable = _no_params               # (attrs, in_shapes) -> {name: ParamSpec}
+    macs: Callable = _no_macs                   # (attrs, in_shapes, out_shapes) -> int
+    aliases: tuple[str, ...] = ()               # other accepted names, e.g. "conv2d"
+    inputs: tuple[int, int | None] = (1, 1)     # (min, max) number of inputs; None = unbounded
+    outputs: int = 1
+    compact: tuple[str, ...] = ()               # args filled by compact notation CONV3-64
+    label: tuple[str, ...] = ()                 # args shown in diagram labels
+    style: dict = field(default_factory=dict)   # graphviz node attributes
+    example: dict = field(default_factory=dict) # {"attrs": {...}, "in_shapes": [...]} for tests
+    role: str = "layer"                         # layer | source | join | loss
+    downsamples: bool = False                   # counts as a pooling step for the width rule
+    inplace: bool = False                       # output may share the input buffer
+    train_only: bool = False                    # an identity at inference (dropout)
+    resolve: Callable | None = None             # (attrs, info) -> attrs, fills AUTO args
+
+    @property
+    def multi_input(self) -> bool:
+        return self.inputs[1] is None or self.inputs[1] > 1
+
+
+_REGISTRY: dict[str, LayerSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: LayerSpec) -> LayerSpec:
+    """Add a layer to the registry. Names and aliases are case-insensitive and must be unique."""
+    for key in (spec.name, *spec.aliases):
+        key = key.lower()
+        if key in _ALIASES:
+            raise ValueError(f"layer name {key!r} registered twice")
+        _ALIASES[key] = spec.name
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def lookup(name: str) -> LayerSpec | None:
+    """The spec registered under ``name`` or one of its aliases (any case), or None."""
+    canonical = _ALIASES.get(name.lower())
+    return _REGISTRY[canonical] if canonical else None
+
+
+def get(name: str) -> LayerSpec:
+    """The spec for ``name``; a NetdslError with a did-you-mean hint when there is none."""
+    spec = lookup(name)
+    if spec is None:
+        raise NetdslError(f"unknown layer '{name}'", hint=did_you_mean(name, all_names()))
+    return spec
+
+
+def all_specs() -> list[LayerSpec]:
+    return [ _REGISTRY[k] for k in sorted(_REGISTRY) ]
+
+
+def all_names() -> list[str]:
+    """Every accepted layer name and alias, lower case."""
+    return sorted(_ALIASES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument binding: the parser hands positional and keyword values, we return validated attrs.
+
+def _coerce(spec: LayerSpec, arg: Arg, value):
+    where = f"{spec.name}: argument '{arg.name}'"
+    if value is AUTO:
+        return value
+    kind = arg.kind
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise NetdslError(f"{where} must be true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise NetdslError(f"{where} must be a whole number, got {value!r}")
+        value = int(value)
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NetdslError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif kind == "pair":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and int(value) == value:
+            value = (int(value), int(value))
+        elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            value = tuple(value)
+        elif arg.choices and isinstance(value, str) and value.lower() in arg.choices:
+            return value.lower()
+        else:
+            raise NetdslError(f"{where} must be a number or HxW, got {value!r}")
+        if arg.minimum is not None and min(value) < arg.minimum:
+            raise NetdslError(f"{where} must be at least {arg.minimum:g}, got {value!r}")
+        return value
+    elif kind == "dims":
+        if not (isinstance(value, tuple) and all(isinstance(v, int) for v in value)):
+            raise NetdslError(f"{where} must be written like 32x32x3, got {value!r}")
+        if any(v < 1 for v in value):
+            raise NetdslError(f"{where} must have positive sizes, got {value!r}")
+        return value
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise NetdslError(f"{where} must be a name, got {value!r}")
+        value = value.lower()
+    if arg.choices and value not in arg.choices:
+        raise NetdslError(f"{where} must be one of {', '.join(map(str, arg.choices))}; got {value!r}",
+                          hint=did_you_mean(str(value), [str(c) for c in arg.choices]))
+    if arg.minimum is not None and value < arg.minimum:
+        raise NetdslError(f"{where} must be at least {arg.minimum:g}, got {value!r}")
+    return value
+
+
+def bind_args(spec: LayerSpec, positional: list, keyword: dict) -> dict:
+    """Validate a call's arguments against ``spec.args``; return the full attrs dict.
+
+    Positional values fill arguments in schema order. Raises NetdslError (without a location:
+    the caller adds it) for too many positional values, unknown or repeated keywords, missing
+    required values and values of the wrong kind.
+    """
+    names = [a.name for a in spec.args]
+    if len(positional) > len(spec.args):
+        raise NetdslError(
+            f"{spec.name} takes at most {len(spec.args)} positional argument"
+            f"{'s' if len(spec.args) != 1 else ''} ({', '.join(names) or 'none'}), "
+            f"got {len(positional)}")
+    values = dict(zip(names, positional))
+    for key, value in keyword.items():
+        key_l = key.lower()
+        if key_l not in names:
+            raise NetdslError(f"{spec.name} has no argument '{key}'",
+                              hint=did_you_mean(key, names) or
+                              (f"its arguments are: {', '.join(names)}" if names else
+                               f"{spec.name} takes no arguments"))
+        if key_l in values:
+            raise NetdslError(f"{spec.name}: argument '{key_l}' given twice")
+        values[key_l] = value
+    attrs = {}
+    for arg in spec.args:
+        if arg.name in values:
+            attrs[arg.name] = _coerce(spec, arg, values[arg.name])
+        elif arg.default is REQUIRED:
+            raise NetdslError(f"{spec.name} needs argument '{arg.name}'"
+                              + (f" ({arg.doc})" if arg.doc else ""),
+                              hint=f"write it as {spec.name.upper()}({arg.name}=...)")
+        else:
+            attrs[arg.name] = arg.default
+    return attrs
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by several shape rules.
+
+def out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
+             ceil: bool = False, what: str = "conv") -> int:
+    """O = (I − K_eff + 2P)/S + 1 with explicit floor/ceil; a ShapeError showing the arithmetic
+    when it is not a positive size."""
+    k_eff = dilation * (kernel - 1) + 1
+    span = size - k_eff + 2 * pad
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1  # Caffe/PyTorch rule: the last window must start inside the input or left pad
+    if out < 1:
+        kdesc = f"k={kernel}" + (f" (dilated to {k_eff})" if dilation > 1 else "")
+        raise ShapeError(
+            f"{what} {kdesc} on {size}-wide input gives a non-positive size",
+            detail=f"({size} − {k_eff} + 2·{pad})/{stride} + 1 = {out}",
+            hint=f"use a kernel ≤ {size + 2 * pad}, more padding, or a larger input")
+    return out
+
+
+def shape_str(shape) -> str:
+    """A per-example shape as the literature writes it: 28×28×6, 120, or scalar."""
+    if shape is None:
+        return "?"
+    if len(shape) == 0:
+        return "scalar"
+    return "×".join(str(d) for d in shape)
+
+
+def numel(shape) -> int:
+    return int(math.prod(shape)) if shape else 1

@@ -1,0 +1,1 @@
+"""Training: optimizers, schedules, datasets, checkpoints and the training loop."""
