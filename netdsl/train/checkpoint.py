@@ -1,0 +1,207 @@
+"""Checkpoints: one uncompressed ``.npz`` per save, written atomically.
+
+Layout of the archive:
+
+* ``param/<node>/<param>``  each parameter (and buffer), e.g. ``param/inc3a/conv1/weight``
+* ``opt/<key>``             each array of the optimizer's ``state_dict()``, e.g. ``opt/m/fc/bias``
+* ``__netdsl__``            a 0-d string array holding JSON: format tag and version, epoch, step,
+                            metrics, meta (net source, bound params, train config, seed, rng
+                            state) and the optimizer's non-array entries (``t``, its kind)
+
+Node names contain '/', so a parameter key is split on its LAST '/': parameter names never hold
+one. Strings and JSON rather than pickles keep loading safe (``allow_pickle=False``).
+
+Atomicity: the bytes go to a temporary file in the target's directory (so that the final rename
+stays on one file system), are flushed and fsync'ed, and only then ``os.replace`` puts the file
+in place. A crash or a full disk mid-save therefore leaves the previous checkpoint untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..errors import NetdslError
+
+FORMAT_TAG = "netdsl-checkpoint"
+FORMAT_VERSION = 1
+_HEADER_KEY = "__netdsl__"
+_PARAM_PREFIX = "param/"
+_OPT_PREFIX = "opt/"
+_ZIP_MAGIC = b"PK"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
+
+
+def _to_jsonable(value):
+    """``json.dumps`` fallback for NumPy/CuPy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if _is_array(value):
+        return to_numpy(value).tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _default_file_mode(path: str) -> int:
+    """Keep an existing file's mode; otherwise what ``open()`` would give (0o666 minus umask).
+
+    Needed because NamedTemporaryFile creates files readable by their owner only.
+    """
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable; not possible everywhere (e.g. Windows), so best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write_contents, what: str) -> None:
+    """Write ``path`` via ``write_contents(binary_file)`` into a temp file, then ``os.replace``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = _default_file_mode(path)
+    try:
+        tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                          suffix=".tmp", delete=False)
+    except OSError as exc:
+        raise NetdslError(f"cannot write {what} '{path}': {exc.strerror or exc}",
+                          hint="check that the directory exists and is writable") from None
+    try:
+        with tmp:
+            write_contents(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, mode)
+        os.replace(tmp.name, path)
+    except BaseException as exc:   # also Ctrl-C: never leave a half-written temp file behind
+        try:
+            os.unlink(tmp.name)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise NetdslError(f"cannot write {what} '{path}': {exc.strerror or exc}",
+                              hint="the previous file, if any, is unchanged") from exc
+        raise
+    _fsync_directory(directory)
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (NumPy scalars/arrays allowed)."""
+    text = json.dumps(obj, indent=2, default=_to_jsonable) + "\n"   # fail before touching disk
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "JSON file")
+
+
+def save_checkpoint(path, *, params, optimizer_state: dict, epoch: int, step: int, metrics: dict,
+                    meta: dict) -> None:
+    """Save parameters, optimizer state and run bookkeeping to ``path`` atomically.
+
+    ``params`` is ``{node: {param: array}}`` (NumPy or CuPy); ``optimizer_state`` is an
+    optimizer's ``state_dict()``; ``metrics`` and ``meta`` must be JSON-able (NumPy scalars ok).
+    """
+    arrays = {}
+    for node, node_params in params.items():
+        for name, value in node_params.items():
+            if "/" in name:
+                raise ValueError(f"parameter name {name!r} of node {node!r} must not contain '/'")
+            arrays[f"{_PARAM_PREFIX}{node}/{name}"] = to_numpy(value)
+    optimizer_scalars = {}
+    for key, value in optimizer_state.items():
+        if _is_array(value):
+            arrays[_OPT_PREFIX + key] = to_numpy(value)
+        else:
+            optimizer_scalars[key] = value
+    header = {"format": FORMAT_TAG, "version": FORMAT_VERSION, "epoch": int(epoch),
+              "step": int(step), "metrics": metrics, "meta": meta,
+              "optimizer_scalars": optimizer_scalars}
+    arrays[_HEADER_KEY] = np.array(json.dumps(header, default=_to_jsonable))
+    _atomic_write(path, lambda f: np.savez(f, **arrays), "checkpoint")
+
+
+def _unreadable(path: str, exc: Exception) -> NetdslError:
+    return NetdslError(f"'{path}' is not a netdsl checkpoint or is damaged "
+                       f"({type(exc).__name__}: {exc})",
+                       hint="a file cut short (full disk, interrupted copy) cannot be read; "
+                            "use an earlier checkpoint")
+
+
+def _read_archive(path: str, f) -> tuple:
+    """The parsed JSON header and all arrays of the open checkpoint file ``f``."""
+    magic = f.read(len(_NPY_MAGIC))
+    # Checked here so that np.load never gets to suggest unpickling a foreign file.
+    if magic.startswith(_NPY_MAGIC):
+        raise NetdslError(f"'{path}' is a single NumPy array, not a netdsl checkpoint")
+    if not magic.startswith(_ZIP_MAGIC):
+        raise NetdslError(f"'{path}' is not a netdsl checkpoint (not an .npz archive)")
+    f.seek(0)
+    try:
+        archive = np.load(f, allow_pickle=False)
+    except Exception as exc:   # BadZipFile, EOFError, ... from a damaged or truncated archive
+        raise _unreadable(path, exc) from None
+    with archive:
+        if _HEADER_KEY not in archive.files:
+            raise NetdslError(f"'{path}' is a .npz file but not a netdsl checkpoint "
+                              f"(it has no '{_HEADER_KEY}' entry)")
+        try:
+            header = json.loads(str(archive[_HEADER_KEY]))
+            arrays = {key: archive[key] for key in archive.files if key != _HEADER_KEY}
+        except Exception as exc:   # a damaged member: zlib/CRC errors, bad .npy header, bad JSON
+            raise _unreadable(path, exc) from None
+    return header, arrays
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns ``{"params": {node: {param: ndarray}}, "optimizer_state": dict, "epoch": int,
+    "step": int, "metrics": dict, "meta": dict}``. Any problem with the file (missing, not a
+    checkpoint, truncated) raises :class:`NetdslError` naming it.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise NetdslError(f"checkpoint '{path}' does not exist")
+    if os.path.isdir(path):
+        raise NetdslError(f"checkpoint '{path}' is a directory, not a file")
+    try:
+        # We open the file ourselves: np.load(path) leaks its handle when the zip is damaged.
+        with open(path, "rb") as f:
+            header, arrays = _read_archive(path, f)
+    except OSError as exc:
+        raise NetdslError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_TAG:
+        raise NetdslError(f"'{path}' is not a netdsl checkpoint (unrecognised header)")
+    if header.get("version", 0) > FORMAT_VERSION:
+        raise NetdslError(f"checkpoint '{path}' has format version {header['version']}, newer "
+                          f"than this netdsl understands ({FORMAT_VERSION})",
+                          hint="upgrade netdsl to load it")
+
+    params: dict = {}
+    optimizer_state = dict(header.get("optimizer_scalars", {}))
+    for key, value in arrays.items():
+        if key.startswith(_PARAM_PREFIX):
+            node, _, name = key[len(_PARAM_PREFIX):].rpartition("/")
+            params.setdefault(node, {})[name] = value
+        elif key.startswith(_OPT_PREFIX):
+            optimizer_state[key[len(_OPT_PREFIX):]] = value
+    return {"params": params, "optimizer_state": optimizer_state, "epoch": header.get("epoch", 0),
+            "step": header.get("step", 0), "metrics": header.get("metrics", {}),
+            "meta": header.get("meta", {})}
