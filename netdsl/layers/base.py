@@ -13,7 +13,8 @@ Conventions every entry follows
 * Shapes in the graph are *per example*: ``(H, W, C)``, ``(F,)``, or ``()`` for a scalar loss.
 * ``forward(ctx, attrs, params, inputs) -> (out, cache)``; ``out`` is one array, or a tuple of
   arrays when the spec has several outputs (e.g. a pool that also returns its switches).
-* ``backward(ctx, attrs, params, cache, dout) -> (dinputs, dparams)``; ``dout`` mirrors ``out``;
+* ``backward(ctx, attrs, params, cache, dout) -> (dinputs, dparams)``; ``dout`` mirrors ``out``
+  (for several outputs a tuple whose entries are None where that output got no gradient);
   ``dinputs`` is a list with one gradient (or None) per input; ``dparams`` maps trainable
   parameter names to gradients.
 * Buffers (e.g. batch-norm running statistics) are parameters with ``trainable=False``: the
@@ -260,7 +261,7 @@ def out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
         kdesc = f"k={kernel}" + (f" (dilated to {k_eff})" if dilation > 1 else "")
         raise ShapeError(
             f"{what} {kdesc} on {size}-wide input gives a non-positive size",
-            detail=f"({size} − {k_eff} + 2·{pad})/{stride} + 1 = {out}",
+            detail=f"({size} − {k_eff} + 2·{pad})/{stride} + 1 = {str(out).replace('-', '−')}",
             hint=f"use a kernel ≤ {size + 2 * pad}, more padding, or a larger input")
     return out
 

@@ -1,0 +1,210 @@
+"""Pooling: max / average over windows (pool, maxpool, avgpool share one implementation) and
+global average pooling (gap).
+
+Windows are visited by looping over the KH·KW kernel offsets, each a strided slice of the whole
+padded batch, so Python never loops over pixels or examples. With ``ceil`` rounding the last
+window may run past the padded input; that overhang is filled with −inf (max) or 0 (avg) and
+the average's divisor counts only the padded extent (PyTorch's count_include_pad=True rule).
+"""
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import AUTO, Arg, LayerSpec, out_size, register
+from .structure import pair_attrs, require_spatial
+
+POOL_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#d1e7dd"}
+
+
+def _pool_attrs(attrs) -> dict:
+    """attrs with pairs normalised and an AUTO stride read as the window size."""
+    attrs = pair_attrs(attrs, ("size", "stride", "pad"))
+    if attrs["stride"] is AUTO:
+        attrs["stride"] = attrs["size"]
+    return attrs
+
+
+def _resolve_pool(attrs, info=None):
+    """Fill an AUTO stride with the window size (non-overlapping pooling, the usual case)."""
+    if attrs.get("stride") is AUTO:
+        attrs = dict(attrs, stride=attrs["size"])
+    return attrs
+
+
+def _pool_shape(op: str):
+    def infer(attrs, in_shapes):
+        h, w, c = require_spatial(op, in_shapes[0], "pooling needs a spatial map; "
+                                  "it cannot follow FC or FLATTEN")
+        attrs = _pool_attrs(attrs)
+        size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
+        for k, p in zip(size, pad):
+            if p > k // 2:
+                raise ShapeError(f"{op}: pad={p} is more than half the window size {k}",
+                                 detail=f"pad must be ≤ {k}//2 = {k // 2}",
+                                 hint="a window made mostly of padding has nothing to pool; "
+                                      "use a smaller pad")
+        ho = out_size(h, size[0], stride[0], pad[0], ceil=attrs["ceil"], what=op)
+        wo = out_size(w, size[1], stride[1], pad[1], ceil=attrs["ceil"], what=op)
+        return (ho, wo, c)
+    return infer
+
+
+def _geometry(attrs, x_shape):
+    """Window, stride, pad, output size, and the padded extent (with any ceil overhang)."""
+    _, h, w, _ = x_shape
+    attrs = _pool_attrs(attrs)
+    size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
+    ceil = attrs["ceil"]
+    ho = out_size(h, size[0], stride[0], pad[0], ceil=ceil, what="pool")
+    wo = out_size(w, size[1], stride[1], pad[1], ceil=ceil, what="pool")
+    # Rows/cols the windows touch; may exceed H + 2·pad when ceil lets the last window overhang.
+    ext = (max(h + 2 * pad[0], (ho - 1) * stride[0] + size[0]),
+           max(w + 2 * pad[1], (wo - 1) * stride[1] + size[1]))
+    return size, stride, pad, (ho, wo), ext
+
+
+def _offsets(size, stride, out_hw):
+    """(row slice, col slice) of the padded input for each kernel offset, in window order
+    (row-major): slicing the whole batch with them gives that offset's value for every window."""
+    for a in range(size[0]):
+        for b in range(size[1]):
+            yield (slice(a, a + stride[0] * (out_hw[0] - 1) + 1, stride[0]),
+                   slice(b, b + stride[1] * (out_hw[1] - 1) + 1, stride[1]))
+
+
+def _pad_to(xp, x, pad, ext, fill):
+    n, h, w, c = x.shape
+    if ext == (h, w):
+        return x
+    out = xp.full((n, ext[0], ext[1], c), fill, dtype=x.dtype)
+    out[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w, :] = x
+    return out
+
+
+def _fast_path(x_shape, size, stride, pad, out_hw):
+    """Non-overlapping windows tiling the input exactly: a reshape does the whole pooling."""
+    return (stride == size and pad == (0, 0) and out_hw[0] * size[0] == x_shape[1]
+            and out_hw[1] * size[1] == x_shape[2])
+
+
+def _divisor(xp, x_shape, size, stride, pad, out_hw, ext, dtype):
+    """(Ho, Wo, 1) window sizes clipped to the padded input (count_include_pad=True)."""
+    h, w = x_shape[1:3]
+    inside = xp.zeros((1, ext[0], ext[1], 1), dtype=dtype)
+    inside[:, :h + 2 * pad[0], :w + 2 * pad[1], :] = 1
+    count = xp.zeros((1, out_hw[0], out_hw[1], 1), dtype=dtype)
+    for rows, cols in _offsets(size, stride, out_hw):
+        count += inside[:, rows, cols, :]
+    return count[0]
+
+
+def _pool_forward(ctx, attrs, params, inputs):
+    xp, x = ctx.xp, inputs[0]
+    n, _, _, c = x.shape
+    size, stride, pad, (ho, wo), ext = _geometry(attrs, x.shape)
+    if attrs["kind"] == "avg":
+        if _fast_path(x.shape, size, stride, pad, (ho, wo)):
+            out = x.reshape(n, ho, size[0], wo, size[1], c).mean(axis=(2, 4))
+            return out, (x.shape, None)
+        xpad = _pad_to(xp, x, pad, ext, 0)
+        out = xp.zeros((n, ho, wo, c), dtype=x.dtype)
+        for rows, cols in _offsets(size, stride, (ho, wo)):
+            out += xpad[:, rows, cols, :]
+        divisor = _divisor(xp, x.shape, size, stride, pad, (ho, wo), ext, x.dtype)
+        out /= divisor
+        return out, (x.shape, divisor)
+    xpad = _pad_to(xp, x, pad, ext, -xp.inf)
+    windows = [xpad[:, rows, cols, :] for rows, cols in _offsets(size, stride, (ho, wo))]
+    out = windows[0].copy()
+    for window in windows[1:]:
+        xp.maximum(out, window, out=out)
+    # The switch is the first offset (window order) holding the max, so ties send the whole
+    # gradient to one input. Counting the offsets at which the max has already been seen gives
+    # K − first; only compares, ORs and adds: masked writes with data-dependent masks are
+    # several times slower in NumPy.
+    seen = xp.zeros(out.shape, dtype=bool)
+    count = xp.zeros(out.shape, dtype=xp.uint8 if len(windows) < 256 else xp.int32)
+    for window in windows:
+        seen |= window == out
+        count += seen
+    return out, (x.shape, len(windows) - count)
+
+
+def _pool_backward(ctx, attrs, params, cache, dout):
+    xp = ctx.xp
+    x_shape, saved = cache
+    n, h, w, c = x_shape
+    size, stride, pad, (ho, wo), ext = _geometry(attrs, x_shape)
+    if attrs["kind"] == "avg" and saved is None:  # fast path: spread evenly over each tile
+        tile = dout[:, :, None, :, None, :] * (1.0 / (size[0] * size[1]))
+        dx = xp.broadcast_to(tile, (n, ho, size[0], wo, size[1], c)).reshape(x_shape)
+        return [dx.astype(dout.dtype, copy=False)], {}
+    dx_pad = xp.zeros((n, ext[0], ext[1], c), dtype=dout.dtype)
+    if attrs["kind"] == "avg":
+        share = dout / saved
+        for rows, cols in _offsets(size, stride, (ho, wo)):
+            dx_pad[:, rows, cols, :] += share
+    else:
+        disjoint = all(st >= k for st, k in zip(stride, size))
+        for index, (rows, cols) in enumerate(_offsets(size, stride, (ho, wo))):
+            routed = dout * (saved == index)
+            if disjoint:  # each input pixel is in one window: plain writes, no read-add
+                dx_pad[:, rows, cols, :] = routed
+            else:
+                dx_pad[:, rows, cols, :] += routed
+    return [dx_pad[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w, :]], {}
+
+
+def _pool_args(kind_default: str):
+    return (Arg("size", "pair", (2, 2), doc="window size, k or KHxKW", minimum=1),
+            Arg("stride", "pair", AUTO, doc="step between windows (default: the size)",
+                minimum=1),
+            Arg("pad", "pair", (0, 0), doc="pixels of padding per side", minimum=0),
+            Arg("kind", "str", kind_default, doc="max or avg", choices=("max", "avg")),
+            Arg("ceil", "bool", False, doc="round the output size up (Caffe style)"))
+
+
+def _pool_spec(name: str, kind: str, aliases: tuple, doc: str) -> LayerSpec:
+    """One pooling spec; pool, maxpool and avgpool differ only in name and default kind."""
+    return LayerSpec(
+        name=name, doc=doc, aliases=aliases, args=_pool_args(kind),
+        infer_shape=_pool_shape(name), forward=_pool_forward, backward=_pool_backward,
+        compact=("size", "stride"), style=POOL_STYLE,
+        # Only the generic POOL needs its kind spelt out; MAXPOOL/AVGPOOL say it in the name.
+        label=(("kind",) if name == "pool" else ()) + ("size", "stride"),
+        downsamples=True, resolve=_resolve_pool,
+        example={"attrs": {"size": 2}, "in_shapes": [(4, 5, 2)]})
+
+
+register(_pool_spec("pool", "max", ("pooling",),
+                    "Spatial pooling (max or avg) over size×size windows."))
+register(_pool_spec("maxpool", "max", ("max_pool", "maxpool2d"),
+                    "Max pooling: the largest value in each window."))
+register(_pool_spec("avgpool", "avg", ("avg_pool", "avgpool2d"),
+                    "Average pooling: the mean of each window (padding counts as zeros)."))
+
+
+# --------------------------------------------------------------------------------------------
+# gap
+
+def _gap_shape(attrs, in_shapes):
+    h, w, c = require_spatial("gap", in_shapes[0], "GAP averages a spatial map; the input is "
+                              "already flat")
+    return (c,)
+
+
+def _gap_forward(ctx, attrs, params, inputs):
+    x = inputs[0]
+    return x.mean(axis=(1, 2)), x.shape
+
+
+def _gap_backward(ctx, attrs, params, x_shape, dout):
+    n, h, w, c = x_shape
+    dx = ctx.xp.broadcast_to((dout * (1.0 / (h * w)))[:, None, None, :], x_shape)
+    return [dx.astype(dout.dtype, copy=True)], {}
+
+
+register(LayerSpec(
+    name="gap", doc="Global average pooling: H×W×C → C (one mean per channel).",
+    aliases=("globalavgpool", "global_avg_pool", "globalaveragepool"), args=(),
+    infer_shape=_gap_shape, forward=_gap_forward, backward=_gap_backward, style=POOL_STYLE,
+    example={"attrs": {}, "in_shapes": [(3, 4, 2)]}))
