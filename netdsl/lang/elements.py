@@ -1,0 +1,375 @@
+"""Expanding chains into nodes: calls, compact names, groups, joins, blocks, repeat/optional.
+
+References are not looked up here (they may point forward); they become
+:class:`~netdsl.lang.scope.PendingRef` inputs that :mod:`netdsl.lang.resolve` fills in.
+"""
+from __future__ import annotations
+
+import re
+from collections import ChainMap
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..errors import NetdslError, did_you_mean
+from ..graph import Node
+from ..layers import LayerSpec, all_names, bind_args, get, lookup
+from . import ast
+from .scope import Namer, PendingRef, Scope, Tensor
+from .values import Word, as_count, evaluate, unbound_error
+
+_COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-[0-9]+)*)")
+_NUMERIC_KINDS = ("int", "float", "bool", "dims")
+MAX_NODES = 100_000
+
+
+@dataclass
+class Target:
+    """What a call's name resolved to: a layer (with compact numbers) or a user block."""
+
+    spec: LayerSpec | None = None
+    block: ast.BlockDef | None = None
+    numbers: tuple[int, ...] = ()
+    base: str = ""                 # the name without compact numbers, as written
+
+
+def _start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
+    return NetdslError("a chain must start at INPUT or @name", el.loc,
+                       hint="the first element was left out (*0 or a false flag)" if vanished
+                       else "begin with INPUT -> ... or continue from a label with @name -> ...")
+
+
+class ChainExpander:
+    """Turns chain statements into :class:`Node` records (inputs may be pending refs)."""
+
+    def __init__(self, params: Mapping, blocks: dict[str, ast.BlockDef]):
+        self.params = params
+        self.blocks = blocks                    # lower-case name -> definition
+        self.nodes: dict[str, Node] = {}
+        self.refs: list[tuple[ast.Ref, Scope]] = []
+        self.namer = Namer()
+        self.root = Scope(None, "", (), "", params)
+        self._active_blocks: list[str] = []
+
+    # ---- chains and elements ----------------------------------------------------------------
+    def statement(self, chain: ast.Chain) -> Tensor:
+        """Expand one chain statement at file level; returns its output."""
+        return self.chain(chain, None, self.root, ref_ok=True)
+
+    def chain(self, chain: ast.Chain, current: Tensor | None, scope: Scope, ref_ok: bool):
+        """Expand ``chain`` fed by ``current`` (None at the start of a statement)."""
+        for i, el in enumerate(chain.elements):
+            current = self.element(el, current, scope, ref_ok and i == 0)
+        return current
+
+    def element(self, el: ast.Element, current, scope: Scope, ref_ok: bool) -> Tensor:
+        if isinstance(el.primary, ast.Ref):
+            return self.reference(el, scope, ref_ok)
+        if el.label:
+            # Checked before expanding so that the message is about the label, not the node name.
+            scope.check_new_label(el.label, el.label_loc)
+        out = self.postfixed(el, len(el.postfixes), current, scope)
+        if out is None:
+            raise _start_error(el, vanished=True)
+        if el.label:
+            scope.define(el.label, out, el.label_loc)
+        return out
+
+    def reference(self, el: ast.Element, scope: Scope, ref_ok: bool) -> PendingRef:
+        ref = el.primary
+        if not ref_ok:
+            raise NetdslError(f"@{ref.name} can only start a chain or a branch", ref.loc,
+                              hint=f"to combine it with this chain use a join, e.g. "
+                                   f"concat {{ @{ref.name} | ... }}")
+        if el.postfixes:
+            raise NetdslError("a reference cannot be repeated or optional", el.postfixes[0].loc)
+        if el.label:
+            raise NetdslError("a label cannot name a reference", el.label_loc,
+                              hint=f"refer to @{ref.name} directly")
+        self.refs.append((ref, scope))
+        return PendingRef(len(self.refs) - 1)
+
+    def postfixed(self, el: ast.Element, k: int, current, scope: Scope):
+        """The element with its first ``k`` postfixes applied (they apply in written order)."""
+        if k == 0:
+            return self.primary(el, current, scope)
+        post = el.postfixes[k - 1]
+        if isinstance(post, ast.Repeat):
+            count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
+            repeat_id = f"repeat@{el.loc.line}:{el.loc.col}"
+            nth = sum(isinstance(p, ast.Repeat) for p in el.postfixes[:k - 1])
+            repeat_id += f"#{nth + 1}" if nth else ""
+            for index in range(1, count + 1):
+                current = self.postfixed(el, k - 1, current, scope.repeat(repeat_id, index, count))
+            return current
+        if self.flag_is_on(el, post, scope):
+            return self.postfixed(el, k - 1, current, scope)
+        return current
+
+    def flag_is_on(self, el: ast.Element, post: ast.Optional, scope: Scope) -> bool:
+        """The boolean parameter that switches ``X?`` / ``X?(FLAG)``."""
+        if post.flag:
+            name, loc = post.flag, post.flag_loc
+            written = f"?({name})"
+        elif isinstance(el.primary, ast.Group):
+            raise NetdslError("an optional group needs a flag", post.loc,
+                              hint="write [ ... ]?(FLAG) with a boolean parameter FLAG")
+        else:
+            callee = el.primary.callee if isinstance(el.primary, ast.Join) else el.primary
+            base = callee.name if isinstance(el.primary, ast.Join) else self.resolve(callee).base
+            name, loc, written = base.upper(), el.loc, f"{callee.name}?"
+        if name not in scope.env and name.lower() in ("true", "false"):
+            return name.lower() == "true"
+        if name not in scope.env:
+            raise NetdslError(f"'{written}' needs a boolean parameter '{name}'", loc,
+                              hint=f"add 'param {name} = true' (or --set {name}=true)")
+        value = scope.env[name]
+        if not isinstance(value, bool):
+            raise NetdslError(f"parameter '{name}' switches '{written}' and must be true or "
+                              f"false, got {value!r}", loc)
+        return value
+
+    def primary(self, el: ast.Element, current, scope: Scope) -> Tensor | None:
+        p = el.primary
+        if isinstance(p, ast.Group):
+            return self.chain(p.chain, current, scope, ref_ok=False)
+        if isinstance(p, ast.Join):
+            return self.join(p, el, current, scope)
+        return self.call(p, el, current, scope)
+
+    # ---- names ----------------------------------------------------------------------------
+    def resolve(self, call: ast.Call) -> Target:
+        """Layer (any case, aliases), then block, then a compact split such as POOL2 or FC-10."""
+        spec = lookup(call.name) if not call.compact else None
+        if spec is not None:
+            return Target(spec=spec, base=call.name)
+        if not call.compact and call.name.lower() in self.blocks:
+            return Target(block=self.blocks[call.name.lower()], base=call.name)
+        match = _COMPACT.fullmatch(call.name)
+        if match:
+            letters, digits, groups = match.groups()
+            numbers = tuple(int(g) for g in groups.split("-")[1:])
+            if digits and groups and lookup(letters + digits):
+                return Target(spec=lookup(letters + digits), numbers=numbers, base=letters + digits)
+            # POOL2 is compact only for layers that have a compact form; INPUT2 is a typo.
+            if lookup(letters) and (groups or (digits and lookup(letters).compact)):
+                numbers = ((int(digits),) if digits else ()) + numbers
+                return Target(spec=lookup(letters), numbers=numbers, base=letters)
+            word = letters
+        else:
+            word = call.name
+        choices = all_names() + [b.name for b in self.blocks.values()]
+        raise NetdslError(f"unknown layer or block '{call.name}'", call.name_loc,
+                          hint=did_you_mean(word, choices) or
+                          "see `netdsl layers` for the layers, or define it with 'block'")
+
+    def node_name(self, label: str | None, base: str, scope: Scope, el: ast.Element) -> str:
+        if label:
+            return self.namer.claim(scope.prefix + label + scope.suffix, el.label_loc)
+        return self.namer.auto(scope.prefix, base, el.loc)
+
+    # ---- layer calls ----------------------------------------------------------------------
+    def call(self, call: ast.Call, el: ast.Element, current, scope: Scope) -> Tensor:
+        target = self.resolve(call)
+        if target.block is not None:
+            return self.block_call(target.block, call, el, current, scope)
+        spec = target.spec
+        if spec.role == "source":
+            if current is not None:
+                raise NetdslError(f"{call.name} can only start a chain", call.name_loc,
+                                  hint=f"start a new chain statement: {call.name} -> ...")
+            inputs = []
+        else:
+            if current is None:
+                raise _start_error(el)
+            if spec.inputs[0] > 1:
+                raise NetdslError(f"'{call.name}' joins several inputs", call.name_loc,
+                                  hint=f"write {call.name} {{ ... | ... }} with one branch per "
+                                       "input")
+            inputs = [current]
+        attrs = self.bind(spec, call, target.numbers, scope)
+        name = self.node_name(el.label, spec.name, scope, el)
+        return self._add(Node(name, spec.name, attrs, inputs, el.loc, scope.frames))
+
+    def _add(self, node: Node) -> tuple:
+        # Repeats multiply: *1000 inside *1000 would otherwise run out of memory, silently.
+        if len(self.nodes) >= MAX_NODES:
+            raise NetdslError(f"the network has more than {MAX_NODES:,} layers", node.loc,
+                              hint="check the repeat counts")
+        self.nodes[node.name] = node
+        return (node.name, 0)
+
+    def evaluate_args(self, args: list[ast.CallArg], scope: Scope, what: str):
+        positional, keyword = [], {}
+        for arg in args:
+            value = evaluate(arg.value, scope.env)
+            if arg.key is None:
+                if keyword:
+                    raise NetdslError("a positional argument cannot follow a keyword argument",
+                                      arg.loc)
+                positional.append(value)
+            elif arg.key.lower() in (k.lower() for k in keyword):
+                raise NetdslError(f"{what}: argument '{arg.key}' given twice", arg.loc)
+            else:
+                keyword[arg.key] = value
+        return positional, keyword
+
+    def bind(self, spec: LayerSpec, call: ast.Call, numbers: tuple, scope: Scope) -> dict:
+        """Validated attrs for a layer call; errors located at the argument at fault."""
+        positional, keyword = self.evaluate_args(call.args, scope, spec.name)
+        if numbers:
+            if len(numbers) > len(spec.compact):
+                fills = ", ".join(spec.compact) or "nothing"
+                raise NetdslError(f"'{call.name}' has {len(numbers)} compact number"
+                                  f"{'s' * (len(numbers) > 1)} but {spec.name} takes at most "
+                                  f"{len(spec.compact)} ({fills})", call.name_loc)
+            for key, number in zip(spec.compact, numbers):
+                if key in (k.lower() for k in keyword):
+                    raise NetdslError(f"argument '{key}' is given by the name {call.name} and "
+                                      f"again as an argument", call.loc)
+                keyword[key] = number
+        args_by_name = {a.name: a for a in spec.args}
+        given = list(zip(spec.args, positional)) + [(args_by_name.get(k.lower()), v)
+                                                     for k, v in keyword.items()]
+        for arg, value in given:
+            # A bare word where a number belongs is almost always an undeclared parameter;
+            # so is an upper-case word (N, WIDTH) that is not one of the argument's choices.
+            if isinstance(value, Word) and arg is not None and (
+                    arg.kind in _NUMERIC_KINDS or (arg.kind == "pair" and not arg.choices)
+                    or (value.isupper() and value.lower() not in arg.choices)):
+                raise unbound_error(str(value), value.loc, scope.env)
+        try:
+            return bind_args(spec, positional, keyword)
+        except NetdslError as exc:
+            raise NetdslError(exc.message, self._arg_loc(exc.message, call, spec),
+                              detail=exc.detail,
+                              hint=exc.hint or self._choice_hint(exc.message, spec)) from None
+
+    @staticmethod
+    def _choice_hint(message: str, spec: LayerSpec) -> str | None:
+        """For `pad=smae`: bind_args says 'a number or HxW'; also name the words it accepts."""
+        match = re.search(r"argument '(\w+)' .*got '([^']*)'", message)
+        arg = next((a for a in spec.args if match and a.name == match.group(1)), None)
+        if arg is None or not arg.choices:
+            return None
+        words = [str(c) for c in arg.choices]
+        listed = "one of" in message
+        return did_you_mean(match.group(2), words) or (
+            None if listed else f"it also accepts {', '.join(words)}")
+
+    @staticmethod
+    def _arg_loc(message: str, call: ast.Call, spec: LayerSpec):
+        """The location of the argument a bind_args message is about (else the whole call)."""
+        positional = [a for a in call.args if a.key is None]
+        if "positional" in message and len(positional) > len(spec.args):
+            return positional[len(spec.args)].loc
+        match = re.search(r"argument '(\w+)'", message)
+        if match:
+            name = match.group(1).lower()
+            for arg in call.args:
+                if arg.key is not None and arg.key.lower() == name:
+                    return arg.loc
+            names = [a.name for a in spec.args]
+            if name in names and names.index(name) < len(positional):
+                return positional[names.index(name)].loc
+        return call.loc
+
+    # ---- joins ----------------------------------------------------------------------------
+    def join(self, join: ast.Join, el: ast.Element, current, scope: Scope) -> Tensor:
+        callee = join.callee
+        residual = callee.name.lower() == "residual" and lookup(callee.name) is None
+        if not residual:
+            target = self.resolve(callee)
+            if target.block is not None or not target.spec.multi_input:
+                raise NetdslError(f"'{callee.name}' cannot join branches", callee.name_loc,
+                                  hint="only layers with several inputs (concat, add) and "
+                                       "residual take { branch | branch }")
+        outputs = []
+        for branch in join.branches:
+            first = branch.elements[0]
+            if current is None and not isinstance(first.primary, ast.Ref):
+                raise NetdslError("a join at the start of a chain needs every branch to start "
+                                  "with '@name'", first.loc,
+                                  hint="there is no input before the join for this branch to use")
+            outputs.append(self.chain(branch, current, scope, ref_ok=True))
+        if residual:
+            spec, inputs, meta = self._residual(join, current, outputs)
+            attrs = bind_args(spec, [], {})
+        else:
+            spec, meta, inputs = target.spec, {}, outputs
+            low, high = spec.inputs
+            if len(outputs) < low or (high is not None and len(outputs) > high):
+                wanted = f"{low}" if low == high else (f"at least {low}" if high is None
+                                                       else f"{low} to {high}")
+                raise NetdslError(f"{spec.name} joins {wanted} branches, got {len(outputs)}",
+                                  callee.name_loc)
+            attrs = self.bind(spec, callee, target.numbers, scope)
+        name = self.node_name(el.label, spec.name, scope, el)
+        return self._add(Node(name, spec.name, attrs, inputs, el.loc, scope.frames, meta))
+
+    @staticmethod
+    def _residual(join: ast.Join, current, outputs):
+        """``residual { body }`` = add(body(x), x);
+        ``residual { body | shortcut }`` = add(body(x), shortcut(x))."""
+        if join.callee.args:
+            raise NetdslError("residual takes no arguments", join.callee.loc)
+        if len(outputs) == 1:
+            if current is None:
+                raise NetdslError("residual { body } needs an input to add back", join.loc,
+                                  hint="at the start of a chain write residual { body | shortcut }")
+            return get("add"), [outputs[0], current], {"residual": "auto"}
+        if len(outputs) == 2:
+            return get("add"), outputs, {"residual": "explicit"}
+        raise NetdslError(f"residual takes a body and at most one shortcut, got {len(outputs)} "
+                          "branches", join.loc, hint="write residual { body } or "
+                                                     "residual { body | shortcut }")
+
+    # ---- blocks ---------------------------------------------------------------------------
+    def block_call(self, block: ast.BlockDef, call: ast.Call, el: ast.Element, current,
+                   scope: Scope) -> Tensor:
+        if current is None:
+            raise _start_error(el)
+        if block.name.lower() in self._active_blocks:
+            raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
+                              hint="blocks cannot be recursive")
+        values = self.bind_block(block, call, scope)
+        if el.label:
+            instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
+        else:
+            instance = self.namer.auto(scope.prefix, block.name, el.loc)
+        inner = scope.block(instance, block.name, ChainMap(values, self.params))
+        self._active_blocks.append(block.name.lower())
+        try:
+            return self.chain(block.body, current, inner, ref_ok=True)
+        finally:
+            self._active_blocks.pop()
+
+    def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope) -> dict:
+        """Block parameter values from a call: positional, keyword, then defaults."""
+        signature = f"its signature is {block.signature()}"
+        positional, keyword = self.evaluate_args(call.args, scope, block.name)
+        names = [p.name for p in block.params]
+        if len(positional) > len(names):
+            extra = [a for a in call.args if a.key is None][len(names)]
+            raise NetdslError(f"block '{block.name}' takes {len(names)} argument"
+                              f"{'s' * (len(names) != 1)}, got {len(positional)}", extra.loc,
+                              hint=signature)
+        values = dict(zip(names, positional))
+        for key, value in keyword.items():
+            arg_loc = next(a.loc for a in call.args if a.key == key)
+            if key not in names:
+                close = did_you_mean(key, names)
+                raise NetdslError(f"block '{block.name}' has no parameter '{key}'", arg_loc,
+                                  hint=f"{close} {signature}" if close else signature)
+            if key in values:
+                raise NetdslError(f"block '{block.name}': argument '{key}' given twice", arg_loc,
+                                  hint=signature)
+            values[key] = value
+        for param in block.params:
+            if param.name in values:
+                continue
+            if param.default is None:
+                raise NetdslError(f"block '{block.name}' needs argument '{param.name}'",
+                                  call.loc, hint=signature)
+            # Defaults may use program parameters and the block's earlier parameters.
+            values[param.name] = evaluate(param.default, ChainMap(values, self.params))
+        return values

@@ -1,0 +1,172 @@
+"""Program to graph: parameters and ``--set`` overrides, blocks, chains, the train section."""
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import PurePath
+
+import networkx as nx
+
+from ..errors import NetdslError, did_you_mean
+from ..graph import new_graph
+from ..layers import lookup
+from ..train.config import TrainConfig, coerce_setting
+from . import ast
+from .elements import ChainExpander
+from .resolve import build_graph
+from .values import Word, evaluate, unbound_error
+
+_TRAIN_KINDS = {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
+def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
+           name: str | None = None) -> nx.DiGraph:
+    """Expand a parsed program into the network graph.
+
+    ``overrides`` bind or replace program parameters (the CLI's ``--set K=V``). The graph's
+    ``name`` is the ``net`` statement's, else ``name``, else the file stem. Raises a located
+    NetdslError for any problem in the program.
+    """
+    overrides = dict(overrides or {})
+    statements = program.statements
+    blocks = _collect_blocks(statements)
+    params = _bind_params(program, overrides, blocks)
+
+    expander = ChainExpander(params, blocks)
+    first_output = first_loc = None
+    chains = [s for s in statements if isinstance(s, ast.ChainStmt)]
+    if not chains:
+        raise NetdslError("the program has no chain such as 'INPUT -> CONV -> FC'",
+                          hint="a network is described by at least one chain statement")
+    for index, stmt in enumerate(chains):
+        output = expander.statement(stmt.chain)
+        if index == 0:
+            first_output, first_loc = output, stmt.chain.elements[-1].loc
+
+    g = new_graph(_network_name(program, name), program.source)
+    build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
+    g.graph["params"] = dict(params)
+    g.graph["train"] = _train_settings(statements, params)
+    return g
+
+
+def _network_name(program: ast.Program, name: str | None) -> str:
+    named = [s for s in program.statements if isinstance(s, ast.NetName)]
+    if len(named) > 1:
+        raise NetdslError("the network is named twice", named[1].loc,
+                          detail=f"first named at {named[0].loc}")
+    if named:
+        return named[0].name
+    if name:
+        return name
+    path = program.source.path if program.source else ""
+    return PurePath(path).stem if path and not path.startswith("<") else "net"
+
+
+def _collect_blocks(statements) -> dict[str, ast.BlockDef]:
+    blocks: dict[str, ast.BlockDef] = {}
+    for stmt in statements:
+        if not isinstance(stmt, ast.BlockDef):
+            continue
+        key = stmt.name.lower()
+        if lookup(stmt.name) is not None or key == "residual":
+            raise NetdslError(f"block '{stmt.name}' has the name of a built-in layer",
+                              stmt.name_loc, hint="choose another block name")
+        if key in blocks:
+            raise NetdslError(f"block '{stmt.name}' is defined twice", stmt.name_loc,
+                              detail=f"first defined at {blocks[key].name_loc}")
+        seen = {}
+        for param in stmt.params:
+            if param.name in seen:
+                raise NetdslError(f"block '{stmt.name}' has two parameters named "
+                                  f"'{param.name}'", param.loc)
+            seen[param.name] = param
+        blocks[key] = stmt
+    return blocks
+
+
+def _referenced_names(node, out: set) -> set:
+    """Every name a program could read as a parameter: in expressions, counts and flags."""
+    if isinstance(node, ast.Name):
+        out.add(node.id)
+    elif isinstance(node, ast.Optional) and node.flag:
+        out.add(node.flag)
+    elif isinstance(node, ast.Element):
+        implied = any(isinstance(p, ast.Optional) and not p.flag for p in node.postfixes)
+        callee = node.primary.callee if isinstance(node.primary, ast.Join) else node.primary
+        if implied and isinstance(callee, ast.Call):
+            out.add(callee.name.upper())
+            out.add(re.match(r"[A-Za-z_]*", callee.name).group().upper())
+    if isinstance(node, list):
+        for item in node:
+            _referenced_names(item, out)
+    elif hasattr(node, "__dataclass_fields__"):
+        for f in fields(node):
+            if f.name != "source":
+                _referenced_names(getattr(node, f.name), out)
+    return out
+
+
+def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
+    """Program parameters in file order, each default evaluated over the earlier ones, with
+    ``--set`` values taking precedence. Unknown ``--set`` names are refused."""
+    defs: list[ast.ParamDef] = [p for s in program.statements if isinstance(s, ast.ParamStmt)
+                                for p in s.params]
+    first: dict[str, ast.ParamDef] = {}
+    for d in defs:
+        if d.name in first:
+            raise NetdslError(f"parameter '{d.name}' is declared twice", d.loc,
+                              detail=f"first declared at {first[d.name].loc}")
+        first[d.name] = d
+    referenced = _referenced_names(program.statements, set())
+    for key in overrides:
+        if key not in first and key not in referenced:
+            known = sorted(set(first) | {n for n in referenced if n.isupper()})
+            raise NetdslError(f"unknown parameter '{key}' in --set",
+                              hint=did_you_mean(key, known) or
+                              (f"the program's parameters are: {', '.join(sorted(first))}"
+                               if first else "the program declares no parameters"))
+    params: dict = {}
+    for i, d in enumerate(defs):
+        later = frozenset(x.name for x in defs[i + 1:]) - set(params)
+        default = evaluate(d.value, params, declared_later=later)
+        if isinstance(default, Word):  # a declared word is meant as text: `param INIT = he`
+            default = str(default)
+        if d.name in overrides:
+            params[d.name] = _checked_override(d, default, overrides[d.name])
+        else:
+            params[d.name] = default
+    for key, value in overrides.items():
+        params.setdefault(key, value)
+    return params
+
+
+def _checked_override(d: ast.ParamDef, default, value):
+    """A --set value must be of the same sort as the declared default (bool, number, text)."""
+    def sort(v):
+        if isinstance(v, bool):
+            return "true or false"
+        if isinstance(v, (int, float)):
+            return "a number"
+        return "dimensions" if isinstance(v, tuple) else "text"
+    if sort(default) != sort(value):
+        raise NetdslError(f"--set {d.name}={value!r}: the parameter is {sort(default)} "
+                          f"(declared at {d.loc})")
+    return value
+
+
+def _train_settings(statements, params: dict) -> dict:
+    """The train sections' settings, validated: ``{key: (value, Location)}``."""
+    settings: dict = {}
+    for stmt in statements:
+        if not isinstance(stmt, ast.TrainStmt):
+            continue
+        for item in stmt.items:
+            if item.key in settings:
+                raise NetdslError(f"train setting '{item.key}' is set twice", item.loc,
+                                  detail=f"first set at {settings[item.key][1]}")
+            value = evaluate(item.value, params, join_words=True)
+            if isinstance(value, Word) and _TRAIN_KINDS.get(item.key, "str") != "str":
+                raise unbound_error(str(value), value.loc, params)
+            settings[item.key] = (coerce_setting(item.key, value, item.loc), item.loc)
+    return settings

@@ -1,0 +1,210 @@
+"""Text to syntax tree: the Lark parser (built once) and the tree-to-AST transformer."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import LarkError, UnexpectedInput, VisitError
+
+from ..errors import Location, NetdslError, SourceFile
+from . import ast
+from .syntax_errors import blank_slash_comments, syntax_error
+
+GRAMMAR_PATH = Path(__file__).resolve().parents[2] / "grammars" / "netdsl.lark"
+
+
+@functools.lru_cache(maxsize=1)
+def lark_parser() -> Lark:
+    """The LALR parser for the grammar file, built on first use and cached."""
+    return Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
+                propagate_positions=True, maybe_placeholders=False)
+
+
+def parse(source: SourceFile) -> ast.Program:
+    """Parse a `.net` file into an :class:`ast.Program`; a located NetdslError on bad syntax."""
+    text = blank_slash_comments(source.text)
+    parser = lark_parser()
+    try:
+        tree = parser.parse(text)
+    except UnexpectedInput as exc:
+        raise syntax_error(exc, source, text, parser) from None
+    except LarkError as exc:  # anything else lark raises is still a problem with the input
+        raise NetdslError(f"cannot parse {source.path}: {exc}") from None
+    try:
+        statements = _ToAst(source).transform(tree)
+    except VisitError as exc:  # a NetdslError raised while building the tree
+        if isinstance(exc.orig_exc, NetdslError):
+            raise exc.orig_exc from None
+        raise
+    return ast.Program(statements=statements, source=source)
+
+
+def _unquote(text: str) -> str:
+    """The value of a "string" token: quotes removed, backslash escapes resolved."""
+    body, out, i = text[1:-1], [], 0
+    escapes = {"n": "\n", "t": "\t"}
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append(escapes.get(body[i + 1], body[i + 1]))
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds :mod:`netdsl.lang.ast` objects from the Lark tree, attaching locations."""
+
+    def __init__(self, source: SourceFile):
+        super().__init__()
+        self.source = source
+
+    # -- locations --------------------------------------------------------------------------
+    def _loc(self, meta) -> Location:
+        if getattr(meta, "empty", True):
+            return Location(self.source, 1, 1, 1)
+        if meta.end_line == meta.line:
+            length = meta.end_column - meta.column
+        else:  # a multi-line construct: underline to the end of its first line
+            length = len(self.source.line(meta.line)) - meta.column + 1
+        return Location(self.source, meta.line, meta.column, max(1, length))
+
+    def _tok(self, tok: Token) -> Location:
+        return Location(self.source, tok.line, tok.column, max(1, len(tok)))
+
+    # -- statements -------------------------------------------------------------------------
+    def start(self, meta, children):
+        return list(children)
+
+    def net_stmt(self, meta, children):
+        return ast.NetName(str(children[0]), self._tok(children[0]))
+
+    def param_stmt(self, meta, children):
+        return ast.ParamStmt(list(children), self._loc(meta))
+
+    def param_item(self, meta, children):
+        name, value = children
+        return ast.ParamDef(str(name), value, self._tok(name))
+
+    def block_def(self, meta, children):
+        name, *rest = children
+        params = rest[0] if len(rest) == 2 else []
+        return ast.BlockDef(str(name), params, rest[-1], self._loc(meta), self._tok(name))
+
+    def block_params(self, meta, children):
+        return list(children)
+
+    def block_param(self, meta, children):
+        default = children[1] if len(children) > 1 else None
+        return ast.BlockParam(str(children[0]), default, self._tok(children[0]))
+
+    def train_stmt(self, meta, children):
+        return ast.TrainStmt(list(children), self._loc(meta))
+
+    def train_item(self, meta, children):
+        key, value = children
+        loc = self._tok(key)
+        if value.loc.line == loc.line:  # underline `key = value`, not a trailing separator
+            end = value.loc.col + value.loc.length
+            loc = Location(self.source, loc.line, loc.col, end - loc.col)
+        return ast.TrainItem(str(key), value, loc)
+
+    def chain_stmt(self, meta, children):
+        return ast.ChainStmt(children[0], self._loc(meta))
+
+    # -- chains -----------------------------------------------------------------------------
+    def chain(self, meta, children):
+        return ast.Chain(list(children), self._loc(meta))
+
+    def element(self, meta, children):
+        label = label_loc = None
+        if isinstance(children[0], Token):  # the label rule returns its NAME token
+            label, label_loc = str(children[0]), self._tok(children[0])
+            children = children[1:]
+        return ast.Element(children[0], label, label_loc, list(children[1:]), self._loc(meta))
+
+    def label(self, meta, children):
+        return children[0]
+
+    def call(self, meta, children):
+        return children[0]
+
+    def callee(self, meta, children):
+        name = children[0]
+        args = children[1] if len(children) > 1 else []
+        return ast.Call(str(name), args, self._loc(meta), self._tok(name),
+                        compact=name.type == "COMPACT")
+
+    def arglist(self, meta, children):
+        return list(children)
+
+    def pos_arg(self, meta, children):
+        return ast.CallArg(None, children[0], self._loc(meta))
+
+    def kw_arg(self, meta, children):
+        return ast.CallArg(str(children[0]), children[1], self._loc(meta))
+
+    def join(self, meta, children):
+        return ast.Join(children[0], children[1], self._loc(meta))
+
+    def branches(self, meta, children):
+        return list(children)
+
+    def group(self, meta, children):
+        return ast.Group(children[0], self._loc(meta))
+
+    def ref(self, meta, children):
+        return ast.Ref(str(children[0])[1:], self._tok(children[0]))
+
+    def repeat(self, meta, children):
+        return ast.Repeat(children[0], self._loc(meta))
+
+    def count(self, meta, children):
+        value = children[0]
+        if isinstance(value, Token):
+            if value.type == "INT":
+                return ast.Literal(int(value), self._tok(value))
+            return ast.Name(str(value), self._tok(value))
+        return value
+
+    def optional(self, meta, children):
+        flag = children[0] if children else None
+        return ast.Optional(str(flag) if flag else None, self._tok(flag) if flag else None,
+                            self._loc(meta))
+
+    def flag(self, meta, children):
+        return children[0]
+
+    # -- expressions ------------------------------------------------------------------------
+    def _binop(op):  # noqa: N805  (a factory used only inside the class body)
+        def method(self, meta, children):
+            return ast.BinOp(op, children[0], children[1], self._loc(meta))
+        return method
+
+    add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, floordiv, mod = _binop("/"), _binop("//"), _binop("%")
+
+    def neg(self, meta, children):
+        return ast.Unary("-", children[0], self._loc(meta))
+
+    def pos(self, meta, children):
+        return ast.Unary("+", children[0], self._loc(meta))
+
+    def int_lit(self, meta, children):
+        return ast.Literal(int(children[0]), self._tok(children[0]))
+
+    def float_lit(self, meta, children):
+        return ast.Literal(float(children[0]), self._tok(children[0]))
+
+    def dims_lit(self, meta, children):
+        dims = tuple(int(d) for d in str(children[0]).lower().split("x"))
+        return ast.Literal(dims, self._tok(children[0]))
+
+    def string_lit(self, meta, children):
+        return ast.Literal(_unquote(str(children[0])), self._tok(children[0]))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), self._tok(children[0]))

@@ -1,0 +1,214 @@
+"""Turning Lark's parse exceptions into located, readable :class:`NetdslError`s.
+
+Users should read "unexpected '->' here" or "unclosed '['", never a Lark token name such as
+``__ANON_0`` or ``RSQB``. Brackets are checked first because an unclosed bracket makes the
+parser fail far from where the mistake is (often at the end of the file).
+"""
+from __future__ import annotations
+
+import re
+
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from ..errors import Location, NetdslError, SourceFile
+
+# Regex terminals described in words; string terminals are shown as the text itself.
+_TERMINAL_WORDS = {
+    "NAME": "a name", "COMPACT": "a compact layer name such as CONV3-64", "REF": "@name",
+    "INT": "a number", "FLOAT": "a number", "DIMS": "dimensions such as 32x32x3",
+    "STRING": 'a "string"', "$END": "end of file",
+}
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = {v: k for k, v in _OPENERS.items()}
+_OPERATORS = {"+", "-", "*", "/", "//", "%"}
+
+
+def _scan(text: str, on_char, on_open_string=None) -> None:
+    """Call ``on_char(i, ch)`` for every character outside strings and `#` comments, and
+    ``on_open_string(i)`` for a string that is not closed on its line."""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if ch == '"':
+            start, i = i, i + 1
+            while i < n and text[i] not in '"\n':
+                i += 2 if text[i] == "\\" else 1
+            if (i >= n or text[i] == "\n") and on_open_string is not None:
+                on_open_string(start)
+            i += 1
+            continue
+        skip = on_char(i, ch)
+        i += 1 + (skip or 0)
+
+
+def blank_slash_comments(text: str) -> str:
+    """Replace `//` comments with spaces, keeping every other character where it was.
+
+    `//` is also integer division. It is read as division inside parentheses (where an
+    expression is expected) and as a comment everywhere else, so `param N = 4 // layers`
+    is a commented statement and `CONV(c // 2)` divides.
+    """
+    chars = list(text)
+    depth = [0]
+
+    def on_char(i, ch):
+        if ch == "(":
+            depth[0] += 1
+        elif ch == ")":
+            depth[0] = max(0, depth[0] - 1)
+        elif ch == "/" and text.startswith("//", i) and depth[0] == 0:
+            end = text.find("\n", i)
+            end = len(text) if end < 0 else end
+            chars[i:end] = " " * (end - i)
+            return end - i - 1
+        elif ch == "/" and text.startswith("//", i):
+            return 1
+        return 0
+
+    _scan(text, on_char)
+    return "".join(chars)
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def check_brackets(text: str, source: SourceFile) -> NetdslError | None:
+    """An error for the first unclosed or unmatched bracket, or None when they balance."""
+    stack: list[tuple[str, int]] = []
+    problem: list[NetdslError] = []
+
+    def at(offset: int) -> Location:
+        line, col = _position(text, offset)
+        return Location(source, line, col, 1)
+
+    def on_char(i, ch):
+        if problem:
+            return 0
+        if ch in _OPENERS:
+            stack.append((ch, i))
+        elif ch in _CLOSERS:
+            if not stack:
+                problem.append(NetdslError(f"unmatched '{ch}'", at(i),
+                                           hint=f"remove it or add a '{_CLOSERS[ch]}' before it"))
+            elif stack[-1][0] != _CLOSERS[ch]:
+                opener, where = stack[-1]
+                line, col = _position(text, i)
+                problem.append(NetdslError(
+                    f"unclosed '{opener}'", at(where),
+                    hint=f"add '{_OPENERS[opener]}' before the '{ch}' at line {line}, "
+                         f"column {col}"))
+            else:
+                stack.pop()
+        return 0
+
+    def on_open_string(i):
+        if not problem:
+            problem.append(NetdslError("unterminated string", at(i),
+                                       hint='close it with " on the same line'))
+
+    _scan(text, on_char, on_open_string)
+    if problem:
+        return problem[0]
+    if stack:
+        opener, where = stack[-1]
+        return NetdslError(f"unclosed '{opener}'", at(where),
+                           hint=f"add a matching '{_OPENERS[opener]}'")
+    return None
+
+
+def _describe(name: str, parser) -> str:
+    if name in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[name]
+    try:
+        term = parser.get_terminal(name)
+    except KeyError:
+        return name.lower()
+    if term.pattern.type == "str":
+        return f"'{term.pattern.value}'"
+    return name.lower()
+
+
+def _expected(names, parser) -> str | None:
+    words = sorted({_describe(n, parser) for n in names})
+    if not words:
+        return None
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return "expected " + (words[0] if len(words) == 1 else "one of: " + ", ".join(words))
+
+
+def _code_before(text: str, offset: int) -> str:
+    """The program text before ``offset`` with `#` comments removed, right-stripped."""
+    kept = []
+
+    def on_char(i, ch):
+        if i < offset:
+            kept.append(ch)
+        return 0
+
+    _scan(text[:offset], on_char)
+    return "".join(kept).rstrip()
+
+
+def _end_location(text: str, source: SourceFile) -> Location:
+    """Just after the last non-blank character: where 'unexpected end of file' points."""
+    stripped = _code_before(text, len(text))
+    line, col = _position(stripped, len(stripped))
+    return Location(source, line, col, 1)
+
+
+def syntax_error(exc: UnexpectedInput, source: SourceFile, text: str, parser) -> NetdslError:
+    """A located NetdslError for a Lark parse failure."""
+    bracket_error = check_brackets(text, source)
+    if bracket_error is not None:
+        return bracket_error
+    if isinstance(exc, UnexpectedCharacters):
+        offset = exc.pos_in_stream
+        ch = text[offset] if offset < len(text) else ""
+        loc = Location(source, exc.line, exc.column, 1)
+        if ch == "@":
+            return NetdslError("'@' must be followed by a name", loc,
+                               hint="refer to a labelled element as @name")
+        if ch == '"':
+            return NetdslError("unterminated string", loc, hint='close it with " on the same line')
+        if _code_before(text, offset).endswith("->"):
+            return _after_arrow(loc, f"'{ch}'")
+        return NetdslError(f"unexpected character '{ch}'", loc,
+                           hint=_expected(exc.allowed or (), parser))
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        tok = exc.token
+        offset = tok.start_pos
+        loc = Location(source, tok.line, tok.column, max(1, len(tok)))
+        shown = f"'{tok}'"
+    else:  # end of input (UnexpectedEOF, or an UnexpectedToken for $END)
+        offset = len(text)
+        loc = _end_location(text, source)
+        shown = "end of file"
+        tok = None
+    before = _code_before(text, offset)
+    if before.endswith("->"):
+        return _after_arrow(loc, shown)
+    expected = _expected(getattr(exc, "expected", None) or (), parser)
+    if tok is not None and str(tok) in _OPERATORS and re.search(r"\*\s*\w+$", before):
+        return NetdslError(f"unexpected '{tok}' after a repeat count", loc,
+                           hint="put an expression repeat count in parentheses, e.g. *(N-1)")
+    if tok is None:
+        return NetdslError("unexpected end of file", loc, hint=expected)
+    if str(tok) == "->":
+        return NetdslError("unexpected '->' here", loc,
+                           hint="'->' must come between two elements of a chain")
+    return NetdslError(f"unexpected {shown} here", loc, hint=expected)
+
+
+def _after_arrow(loc: Location, found: str) -> NetdslError:
+    return NetdslError("expected a layer, '[' or '@name' after '->'", loc,
+                       hint=f"found {found}; a chain continues with an element such as CONV, "
+                            "[ ... ] or @label")
+

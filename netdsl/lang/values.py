@@ -1,0 +1,116 @@
+"""Evaluating expressions: parameters, arithmetic, bare words, and CLI ``--set`` values."""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Mapping
+
+from ..errors import Location, NetdslError, did_you_mean
+from . import ast
+
+
+class Word(str):
+    """A bare identifier that is not a bound name, e.g. ``same``, ``max`` or ``he``.
+
+    It evaluates to itself as a string, but remembers where it was written: when it ends up
+    where a number is needed, the likelier story is a parameter that was never declared, and
+    that is what the error then says (see :func:`unbound_error`).
+    """
+
+    loc: Location | None
+
+    def __new__(cls, text: str, loc: Location | None = None):
+        word = super().__new__(cls, text)
+        word.loc = loc
+        return word
+
+
+def unbound_error(name: str, loc: Location | None, bound: Mapping) -> NetdslError:
+    """'unbound parameter' with the declare/--set hint and a did-you-mean over bound names."""
+    hint = f"declare it with 'param {name} = ...' or pass --set {name}=..."
+    close = did_you_mean(name, [str(k) for k in bound])
+    return NetdslError(f"unbound parameter '{name}'", loc,
+                       hint=f"{close} Otherwise {hint}" if close else hint)
+
+
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+               "//": operator.floordiv, "%": operator.mod}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
+             declared_later: frozenset = frozenset()):
+    """The value of ``expr`` with names looked up in ``env``.
+
+    Unbound names evaluate to a :class:`Word` (``true``/``false`` to booleans). Names in
+    ``declared_later`` are parameters used before their ``param`` statement: an error.
+    With ``join_words``, ``a + b`` of two words gives ``"a+b"`` (train: ``augment = crop+flip``).
+    """
+    if isinstance(expr, ast.Literal):
+        return expr.value
+    if isinstance(expr, ast.Name):
+        if expr.id in env:
+            return env[expr.id]
+        if expr.id.lower() in ("true", "false"):
+            return expr.id.lower() == "true"
+        if expr.id in declared_later:
+            raise NetdslError(f"parameter '{expr.id}' is used before its 'param' statement",
+                              expr.loc, hint="declare parameters before the ones that use them")
+        return Word(expr.id, expr.loc)
+    if isinstance(expr, ast.Unary):
+        value = evaluate(expr.operand, env, join_words=join_words, declared_later=declared_later)
+        _need_number(value, expr.operand, env, expr.op)
+        return -value if expr.op == "-" else value
+    if isinstance(expr, ast.BinOp):
+        left = evaluate(expr.left, env, join_words=join_words, declared_later=declared_later)
+        right = evaluate(expr.right, env, join_words=join_words, declared_later=declared_later)
+        if join_words and expr.op == "+" and isinstance(left, str) and isinstance(right, str):
+            return f"{left}+{right}"
+        _need_number(left, expr.left, env, expr.op)
+        _need_number(right, expr.right, env, expr.op)
+        if expr.op in ("/", "//", "%") and right == 0:
+            raise NetdslError("division by zero", expr.loc)
+        return _ARITHMETIC[expr.op](left, right)
+    raise TypeError(f"not an expression: {expr!r}")  # a parser bug, not a user error
+
+
+def _need_number(value, node: ast.Expr, env: Mapping, op: str) -> None:
+    if _is_number(value):
+        return
+    if isinstance(value, Word):
+        raise unbound_error(str(value), value.loc, env)
+    raise NetdslError(f"'{op}' needs numbers, got {value!r}", node.loc)
+
+
+def as_count(value, loc: Location, env: Mapping, what: str = "repeat count") -> int:
+    """A whole number ≥ 0 for ``*N``; located errors otherwise."""
+    if isinstance(value, Word):
+        raise unbound_error(str(value), value.loc or loc, env)
+    if not _is_number(value) or int(value) != value:
+        raise NetdslError(f"{what} must be a whole number, got {value!r}", loc)
+    if value < 0:
+        raise NetdslError(f"{what} must not be negative, got {int(value)}", loc,
+                          hint="use *0 to leave the element out")
+    return int(value)
+
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][+-]?\d+)?")
+_DIMS = re.compile(r"\d+([xX]\d+)+")
+
+
+def parse_value(text: str):
+    """A CLI ``--set K=V`` value: int, float, true/false, a dims tuple (12x12x3), else the text."""
+    stripped = text.strip()
+    if _INT.fullmatch(stripped):
+        return int(stripped)
+    if _FLOAT.fullmatch(stripped):
+        return float(stripped)
+    if stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    if _DIMS.fullmatch(stripped):
+        return tuple(int(d) for d in stripped.lower().split("x"))
+    return text
