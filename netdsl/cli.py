@@ -1,0 +1,211 @@
+"""The `netdsl` command line: run, summary, check, draw, layers, bench.
+
+Every user mistake (bad file, bad flag value, bad data) ends as a NetdslError printed with its
+location and hint, and a non-zero exit status; no traceback reaches the user.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import NetdslError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _dims(text: str) -> tuple:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise NetdslError(f"--input expects HxWxC like 32x32x3, got '{text}'")
+    return dims
+
+
+def _split_sets(pairs: list[str]) -> tuple[dict, dict]:
+    """--set K=V values: program parameters, and training settings (keys like lr, epochs)."""
+    from .lang import parse_value
+    from .train.config import train_keys
+    params, train = {}, {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise NetdslError(f"--set expects NAME=VALUE, got '{pair}'", hint="e.g. --set N=3")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        (train if key in train_keys() else params)[key] = parse_value(value.strip())
+    return params, train
+
+
+def _compile(args, mode="train", cli_train=None):
+    from .compiler import compile_file
+    params, train = _split_sets(getattr(args, "set", None))
+    train.update({k: v for k, v in (cli_train or {}).items() if v is not None})
+    input_shape = _dims(args.input) if getattr(args, "input", None) else None
+    return compile_file(args.file, overrides=params, cli_train=train, input_shape=input_shape,
+                        mode=mode)
+
+
+def _print_warnings(g) -> None:
+    for message, loc in g.graph.get("warnings", []):
+        print(f"{loc}: warning: {message}" if loc else f"netdsl: warning: {message}",
+              file=sys.stderr)
+
+
+def cmd_check(args) -> int:
+    from .graph import nodes
+    c = _compile(args)
+    _print_warnings(c.graph)
+    total = sum(n.n_params for n in nodes(c.graph))
+    print(f"{args.file}: ok ({c.graph.number_of_nodes()} nodes, {total:,} parameters)")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .summary import format_table, summarize
+    c = _compile(args)
+    _print_warnings(c.graph)
+    s = summarize(c.graph, batch=args.batch)
+    print(json.dumps(s, indent=2, ensure_ascii=False) if args.format == "json" else format_table(s))
+    return 0
+
+
+def cmd_draw(args) -> int:
+    from .draw import draw
+    c = _compile(args)
+    _print_warnings(c.graph)
+    print(draw(c.graph, args.output, fold=args.fold))
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .layers import all_specs
+    for spec in all_specs():
+        names = ", ".join((spec.name, *spec.aliases))
+        sig = ", ".join(f"{a.name}={a.default!r}" for a in spec.args)
+        print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .backend import get_xp
+    from .executor import Executor
+    from .train.data import load_dataset
+    from .train.loop import Trainer, default_out_dir
+    cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
+                 "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
+    c = _compile(args, cli_train=cli_train)
+    g, cfg = c.graph, c.config
+    _print_warnings(g)
+    xp = get_xp(args.device)
+    ex = Executor(g, xp=xp, seed=cfg.seed)
+    data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
+    out_dir = args.out or default_out_dir(g.graph["name"])
+    from .graph import nodes
+    n_params = sum(n.n_params for n in nodes(g))
+    print(f"{g.graph['name']}: {n_params:,} parameters, input {'×'.join(map(str, ex.input_shape))}, "
+          f"data {data.name} ({len(data.x_train)} train / {len(data.x_test)} {data.test_name}), "
+          f"{cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, "
+          f"{'GPU' if xp.__name__ == 'cupy' else 'CPU'}, checkpoints in {out_dir}/")
+    with open(args.file, encoding="utf-8") as f:
+        source_text = f.read()
+    trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
+                      meta={"network": g.graph["name"], "source": source_text,
+                            "params": {k: str(v) for k, v in g.graph["params"].items()}})
+    if args.resume:
+        trainer.resume(args.resume)
+    try:
+        result = trainer.run()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    n_test = len(data.y_test)
+    acc = result["accuracy"]
+    print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="netdsl", description="Compile, check, draw and train "
+                                "convolutional networks written in the netdsl language.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp, input_flag=True):
+        sp.add_argument("file", help="a .net file")
+        sp.add_argument("--set", action="append", metavar="K=V", default=[],
+                        help="bind a program parameter (or a train setting such as lr); repeatable")
+        if input_flag:
+            sp.add_argument("--input", metavar="HxWxC", help="input shape when INPUT has none")
+
+    r = sub.add_parser("run", help="train a network")
+    common(r, input_flag=False)
+    r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--lr", type=float)
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    r.add_argument("--out", metavar="DIR", help="checkpoint directory (default runs/NAME)")
+    r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint .npz")
+    r.add_argument("--holdout", type=int, help="examples kept for evaluation when the data has "
+                                               "no test split (default 20%%)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
+    common(s)
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.set_defaults(func=cmd_summary)
+
+    c = sub.add_parser("check", help="validate a .net file")
+    common(c)
+    c.set_defaults(func=cmd_check)
+
+    d = sub.add_parser("draw", help="draw the architecture with graphviz")
+    common(d)
+    d.add_argument("-o", "--output", required=True, help="OUT.svg, OUT.png, OUT.pdf or OUT.dot")
+    d.add_argument("--fold", action="store_true", help="show repeated blocks once, marked ×N")
+    d.set_defaults(func=cmd_draw)
+
+    ly = sub.add_parser("layers", help="list the layers netdsl knows")
+    ly.set_defaults(func=cmd_layers)
+
+    b = sub.add_parser("bench", help="time a training step against PyTorch CPU (if installed)")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NetdslError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # a bug in netdsl, not in the user's input
+        if os.environ.get("NETDSL_DEBUG"):
+            raise
+        print(f"netdsl: internal error: {type(err).__name__}: {err}\n"
+              "  this is a bug in netdsl; rerun with NETDSL_DEBUG=1 for a traceback and report it",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The compiler driver: `.net` text to an annotated, optimised graph, stage by stage.
+
+Stages, in order (docs/architecture.md explains each):
+
+1. ``parse``          text → AST with source locations           (netdsl.lang)
+2. ``expand``         AST → DAG: blocks, repeats, options, refs   (netdsl.lang)
+3. ``resolve_auto``   default widths, classes, input shape        (netdsl.shapes)
+4. ``infer_shapes``   shapes, params, MACs; residual projections  (netdsl.shapes)
+5. passes             dead nodes, identities, inference dropout   (netdsl.passes)
+
+``verify`` runs after shape inference and after every pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+
+from .errors import NetdslError, SourceFile
+from .lang import expand, parse
+from .passes import run_passes, verify
+from .shapes import infer_shapes, resolve_auto
+from .train.config import TrainConfig, make_config
+
+
+def read_source(path: str) -> SourceFile:
+    p = Path(path)
+    if not p.is_file():
+        raise NetdslError(f"cannot read '{path}': no such file",
+                          hint="give the path of a .net file, e.g. nets/lenet5.net")
+    try:
+        return SourceFile(str(path), p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise NetdslError(f"cannot read '{path}': {err}") from None
+
+
+def build_graph(source: SourceFile, overrides: dict | None = None) -> nx.DiGraph:
+    """Stages 1–2: the expanded graph, before any shape is known."""
+    return expand(parse(source), overrides or {}, name=Path(source.path).stem)
+
+
+def train_config(g: nx.DiGraph, cli: dict | None = None) -> TrainConfig:
+    """The training settings: defaults < the file's train section < CLI flags."""
+    return make_config(g.graph.get("train", {}), cli or {})
+
+
+def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str = "train"):
+    """Stages 3–5 on an expanded graph. Returns the graph and the pass log."""
+    resolve_auto(g, input_shape=input_shape, num_classes=num_classes)
+    infer_shapes(g)
+    verify(g, "shape inference")
+    return g, run_passes(g, mode)
+
+
+@dataclass
+class Compiled:
+    graph: nx.DiGraph
+    config: TrainConfig
+    pass_log: list
+
+
+def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_shape=None,
+                   num_classes=None, mode: str = "train") -> Compiled:
+    """The whole pipeline. ``input_shape``/``num_classes`` default to the configured dataset's."""
+    g = build_graph(source, overrides)
+    config = train_config(g, cli_train)
+    if input_shape is None or num_classes is None:
+        from .train.data import dataset_info
+        native, classes = dataset_info(config.data)
+        input_shape = input_shape or native
+        num_classes = num_classes or classes
+    g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode)
+    return Compiled(g, config, log)
+
+
+def compile_file(path: str, **kwargs) -> Compiled:
+    return compile_source(read_source(path), **kwargs)
+
+
+def compile_text(text: str, name: str = "<text>.net", **kwargs) -> Compiled:
+    return compile_source(SourceFile(name, text), **kwargs)
