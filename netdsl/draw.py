@@ -148,9 +148,10 @@ def fold_map(g) -> dict[str, str]:
             groups.setdefault(key, {}).setdefault(frame.index, []).append(n)
         moved = {}
         for iterations in groups.values():
-            first = iterations.get(0, [])
+            base = min(iterations)          # the first iteration present stands for all
+            first = iterations[base]
             for index, members in iterations.items():
-                if index == 0:
+                if index == base:
                     continue
                 for k, n in enumerate(members):
                     if k < len(first) and first[k].op == n.op:
@@ -170,7 +171,7 @@ def _cluster_label(frame, folded: bool) -> str:
         return f"{frame.name} ({frame.block})" if frame.block else frame.name
     if folded:
         return f"× {frame.count}"
-    return f"repeat {frame.index + 1}/{frame.count}"
+    return f"repeat {frame.index}/{frame.count}"   # iterations are numbered from 1
 
 
 def to_dot(g, *, fold: bool = False) -> graphviz.Digraph:

@@ -137,6 +137,8 @@ class Executor:
             raise RuntimeError("backward() needs a forward(..., labels, training=True) first")
         xp = self.xp
         ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype)
+        # Layers that read only the data (the first conv) need not compute d(input).
+        data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False)
         douts: list = [None] * len(self.plan)
         for i in self.heads:
             douts[i] = xp.asarray(1.0, dtype=self.dtype)
@@ -146,7 +148,8 @@ class Executor:
             if douts[i] is None or i in self.sources:
                 continue
             dout = douts[i]  # for several outputs: a tuple, None where a port got no gradient
-            dins, dparams = st.spec.backward(ctx, st.node.attrs, self.params.get(st.node.name, {}),
+            reads_data_only = all(j in self.sources for j, _ in st.inputs)
+            dins, dparams = st.spec.backward(data_ctx if reads_data_only else ctx, st.node.attrs, self.params.get(st.node.name, {}),
                                              self._caches[i], dout)
             self._caches[i] = None
             douts[i] = None

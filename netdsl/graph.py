@@ -29,7 +29,7 @@ class Frame:
 
     ``kind`` is "block" or "repeat"; ``name`` is the block instance name or the repeat's id
     (unique per ``[...]*N`` in the source, the same for all its iterations); ``index`` and
-    ``count`` are the iteration and the repeat count (0 and 1 for blocks); ``block`` is the
+    ``count`` are the 1-based iteration and the repeat count (0 and 1 for blocks); ``block`` is the
     block's definition name for block frames.
     """
 

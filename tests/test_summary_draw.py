@@ -133,7 +133,7 @@ def repeat_graph(count=3):
     put(g, "data", "input", out=(8, 8, 4))
     prev = "data"
     for i in range(count):
-        frame = (Frame("repeat", "r1", index=i, count=count),)
+        frame = (Frame("repeat", "r1", index=i + 1, count=count),)   # 1-based, as expand makes
         put(g, f"conv{i}", "conv", [prev], (8, 8, 4), attrs={"filters": 4, "kernel": (3, 3)},
             scope=frame, params=3 * 3 * 4 * 4 + 4)
         put(g, f"relu{i}", "relu", [f"conv{i}"], (8, 8, 4), scope=frame)
@@ -367,7 +367,7 @@ def test_nested_repeats_fold_recursively():
     prev = "x"
     for i in range(2):
         for j in range(3):
-            scope = (Frame("repeat", "outer", i, 2), Frame("repeat", "inner", j, 3))
+            scope = (Frame("repeat", "outer", i + 1, 2), Frame("repeat", "inner", j + 1, 3))
             put(g, f"c{i}{j}", "conv", [prev], (2, 2, 1), scope=scope)
             prev = f"c{i}{j}"
     assert {fold_map(g)[f"c{i}{j}"] for i in range(2) for j in range(3)} == {"c00"}

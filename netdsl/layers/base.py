@@ -78,6 +78,7 @@ class Ctx:
     rng: Any = None              # an xp random Generator (dropout masks)
     labels: Any = None           # int class labels of the batch (losses read them)
     dtype: Any = None
+    input_grad: bool = True      # False: no one needs d(input); a layer may return [None]
 
 
 def _no_params(attrs, in_shapes):

@@ -162,6 +162,16 @@ def _conv_backward(ctx, attrs, params, cache, dout):
     grads = {}
     if "bias" in params:
         grads["bias"] = dout2.sum(axis=0)
+    if not ctx.input_grad:
+        # The input is the data itself: only the parameters need gradients.
+        if groups == 1:
+            grads["weight"] = (cols.T @ dout2).reshape(weight.shape)
+            return [None], grads
+        cg, fg = c // groups, filters // groups
+        grads["weight"] = xp.concatenate(
+            [(cols[g].T @ dout2[:, g * fg:(g + 1) * fg]).reshape(*kernel, cg, fg)
+             for g in range(groups)], axis=3)
+        return [None], grads
     if groups == 1 and kernel == (1, 1) and stride == (1, 1) and (ph, pw) == (0, 0):
         # Pointwise: the columns were the input itself, so dcols is dx with no scatter.
         grads["weight"] = (cols.T @ dout2).reshape(weight.shape)

@@ -25,13 +25,14 @@ class TrainConfig:
     step_size: int = 10           # step schedule: epochs between decays
     gamma: float = 0.1            # step schedule: decay factor
     warmup: int = 0               # epochs of linear warm-up before the schedule
-    augment: str = "none"         # none | crop | flip | crop+flip
+    augment: str = "none"         # none, or crop / flip / affine joined by '+'; never flip digits
     holdout: int = -1             # examples kept out when the data has no test split; -1 = 20%
     seed: int = 0
 
     def __post_init__(self):
-        choices = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "step", "cosine"),
-                   "augment": ("none", "crop", "flip", "crop+flip", "flip+crop")}
+        from .augment import parse_mode
+        parse_mode(self.augment)
+        choices = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "step", "cosine")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise NetdslError(f"train setting {key} = {getattr(self, key)!r} is not one of "
