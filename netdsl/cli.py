@@ -104,6 +104,10 @@ def cmd_run(args) -> int:
     xp = get_xp(args.device)
     ex = Executor(g, xp=xp, seed=cfg.seed)
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
+    if "flip" in cfg.augment and data.name.split(":")[0] in ("digits", "mnist"):
+        print(f"netdsl: warning: augment = {cfg.augment} mirrors images, which turns digits into "
+              "other shapes (a mirrored 2 is no 2); consider augment = affine+crop",
+              file=sys.stderr)
     out_dir = args.out or default_out_dir(g.graph["name"])
     from .graph import nodes
     n_params = sum(n.n_params for n in nodes(g))

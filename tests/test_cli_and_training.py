@@ -122,7 +122,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "netdsl", "run", str(NETS / "cs231n.net"),
                              "--epochs", "50", "--out", str(tmp_path), "--quiet"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            # A shell's background jobs start with SIGINT ignored; a terminal's
+                            # Ctrl-C reaches a foreground process with the default action.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "checkpoint.npz").exists() and time.time() < deadline:
         time.sleep(0.2)                      # wait for the first epoch's checkpoint

@@ -127,23 +127,27 @@ class Trainer:
                 "lr": self.lr_at(max(self.step - 1, 0)), "seconds": elapsed}
 
     def run(self) -> dict:
-        """Train up to cfg.epochs; evaluate and checkpoint after each epoch."""
-        while self.epoch < self.cfg.epochs:
-            try:
+        """Train up to cfg.epochs; evaluate and checkpoint after each epoch. Ctrl-C at any
+        point saves a checkpoint (the epoch count says how many epochs were completed) and
+        re-raises KeyboardInterrupt for the caller to exit."""
+        try:
+            while self.epoch < self.cfg.epochs:
                 row = self.train_epoch()
-            except KeyboardInterrupt:
-                path = self.save(interrupted=True)
-                where = f"; checkpoint saved to {path}" if path else ""
-                self.log(f"\ninterrupted during epoch {self.epoch + 1}{where} "
-                         f"(resume with --resume {path})" if path else f"\ninterrupted{where}")
-                raise
-            row["test_acc"] = evaluate(self.ex, self.data.x_test, self.data.y_test)
-            self.history.append(row)
-            self.save()
-            self.log(f"epoch {row['epoch']}/{self.cfg.epochs}: loss {row['loss']:.4f}, "
-                     f"train acc {100 * row['train_acc']:.2f}%, "
-                     f"{self.data.test_name} acc {100 * row['test_acc']:.2f}%, "
-                     f"{row['images_per_s']:.0f} img/s")
+                row["test_acc"] = evaluate(self.ex, self.data.x_test, self.data.y_test)
+                self.history.append(row)
+                self.save()
+                self.log(f"epoch {row['epoch']}/{self.cfg.epochs}: loss {row['loss']:.4f}, "
+                         f"train acc {100 * row['train_acc']:.2f}%, "
+                         f"{self.data.test_name} acc {100 * row['test_acc']:.2f}%, "
+                         f"{row['images_per_s']:.0f} img/s")
+        except KeyboardInterrupt:
+            path = self.save(interrupted=True)
+            if path:
+                self.log(f"\ninterrupted after {self.epoch} complete epoch(s); checkpoint saved "
+                         f"to {path} (continue with --resume {path})")
+            else:
+                self.log("\ninterrupted")
+            raise
         final = evaluate(self.ex, self.data.x_test, self.data.y_test)
         return {"accuracy": final, "epochs": self.epoch, "history": self.history}
 
