@@ -11,7 +11,18 @@ from ..errors import Location, NetdslError, SourceFile
 from . import ast
 from .syntax_errors import blank_slash_comments, syntax_error
 
-GRAMMAR_PATH = Path(__file__).resolve().parents[2] / "grammars" / "netdsl.lark"
+def _grammar_path() -> Path:
+    """grammars/netdsl.lark beside the package (a checkout or editable install), else the copy
+    a regular install puts under <prefix>/share/netdsl/grammars (pyproject data-files)."""
+    import sys
+    for base in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "netdsl"):
+        path = base / "grammars" / "netdsl.lark"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("netdsl's grammar file grammars/netdsl.lark is missing: reinstall netdsl")
+
+
+GRAMMAR_PATH = _grammar_path()
 
 
 @functools.lru_cache(maxsize=1)
