@@ -1,0 +1,73 @@
+"""Stage 3–4: defaults of bare layers and shape inference errors."""
+import pytest
+
+from netdsl import graph as G
+from netdsl.compiler import build_graph, compile_text
+from netdsl.errors import NetdslError, SourceFile
+from netdsl.shapes import infer_shapes, resolve_auto
+
+
+def widths(text, **kw):
+    g = compile_text(text, input_shape=(32, 32, 3), num_classes=7, **kw).graph
+    return [(r.op, r.attrs.get("filters", r.attrs.get("units"))) for r in G.nodes(g)
+            if r.op in ("conv", "fc")]
+
+
+def test_vgg_width_rule_doubles_after_each_pool_and_caps():
+    text = "param WIDTH = 128\nINPUT -> [CONV -> POOL]*4 -> CONV -> FC"
+    assert widths(text) == [("conv", 128), ("conv", 256), ("conv", 512), ("conv", 512),
+                            ("conv", 512), ("fc", 7)]
+
+
+def test_max_width_and_hidden_parameters():
+    text = "param WIDTH = 8, MAX_WIDTH = 16, HIDDEN = 33\nINPUT -> [CONV -> POOL]*3 -> FC -> RELU -> FC"
+    assert widths(text) == [("conv", 8), ("conv", 16), ("conv", 16), ("fc", 33), ("fc", 7)]
+
+
+def test_classifier_fc_found_through_activations_and_dropout():
+    # The FC before the loss gets the classes even behind layers without a width of their own.
+    assert widths("INPUT -> FC -> RELU -> FC -> DROPOUT -> SIGMOID")[-1] == ("fc", 7)
+
+
+def test_aux_head_fc_gets_classes_too():
+    text = "INPUT -> c: CONV -> GAP -> FC\n@c -> GAP -> FC -> FC -> LOSS(0.3)"
+    assert [w for op, w in widths(text) if op == "fc"] == [7, 512, 7]
+
+
+def test_explicit_widths_are_kept():
+    assert widths("INPUT -> CONV(5) -> FC(11) -> FC") == [("conv", 5), ("fc", 11), ("fc", 7)]
+
+
+def test_input_without_shape_and_no_data_is_a_located_error():
+    g = build_graph(SourceFile("x.net", "INPUT -> FC"))
+    with pytest.raises(NetdslError) as err:
+        resolve_auto(g, input_shape=None)
+    assert "INPUT has no shape" in err.value.message and err.value.loc.line == 1
+
+
+def test_width_parameter_must_be_positive():
+    g = build_graph(SourceFile("x.net", "param WIDTH = 0\nINPUT -> CONV -> FC"))
+    with pytest.raises(NetdslError, match="WIDTH"):
+        resolve_auto(g, input_shape=(8, 8, 1))
+
+
+def test_fc_flattens_and_counts_params():
+    g = compile_text("INPUT(4x5x3) -> FC(6)", num_classes=2).graph
+    [fc] = [r for r in G.nodes(g) if r.op == "fc"]
+    assert fc.in_shapes == ((4, 5, 3),) and fc.out_shape == (6,)
+    assert fc.n_params == 4 * 5 * 3 * 6 + 6 and fc.macs == 4 * 5 * 3 * 6
+
+
+def test_pool_ceil_mode_and_stride_default():
+    g = compile_text("INPUT(7x7x1) -> POOL(2) -> MAXPOOL(3, stride=2, ceil=true) -> FC", num_classes=2).graph
+    pools = [r for r in G.nodes(g) if r.op in ("pool", "maxpool")]
+    assert pools[0].attrs["stride"] == (2, 2) and pools[0].out_shape == (3, 3, 1)   # floor(5/2)+1
+    assert pools[1].out_shape == (1, 1, 1)                 # ceil((3-3)/2)+1 = 1
+
+
+def test_add_shape_mismatch_points_at_the_join():
+    text = "INPUT(8x8x4) -> a: CONV(4)\n  -> add { CONV(8) | @a } -> FC"
+    with pytest.raises(NetdslError) as err:
+        compile_text(text, num_classes=2)
+    assert err.value.loc.line == 2 and "8×8×8" in err.value.message and "8×8×4" in err.value.message
+    assert "residual" in (err.value.hint or "")
