@@ -104,6 +104,7 @@ def cmd_run(args) -> int:
     xp = get_xp(args.device)
     ex = Executor(g, xp=xp, seed=cfg.seed)
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
+    _check_heads(g, data.num_classes, data.name)
     if "flip" in cfg.augment and data.name.split(":")[0] in ("digits", "mnist"):
         print(f"netdsl: warning: augment = {cfg.augment} mirrors images, which turns digits into "
               "other shapes (a mirrored 2 is no 2); consider augment = affine+crop",
@@ -130,6 +131,19 @@ def cmd_run(args) -> int:
     acc = result["accuracy"]
     print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
     return 0
+
+
+def _check_heads(g, num_classes: int, data_name: str) -> None:
+    """Every loss head needs at least one logit per class of the data, or training fails."""
+    from .graph import losses, node
+    for head in losses(g):
+        src = node(g, head.inputs[0][0])
+        width = src.out_shapes[head.inputs[0][1]]
+        if len(width) != 1 or width[0] < num_classes:
+            raise NetdslError(
+                f"{src.name} gives {'×'.join(map(str, width))} outputs to the loss {head.name}, but "
+                f"{data_name} has {num_classes} classes", src.loc,
+                hint=f"leave the last FC bare (FC) to get one unit per class, or write FC({num_classes})")
 
 
 def cmd_bench(args) -> int:

@@ -156,3 +156,12 @@ def test_npz_dataset_with_test_split_absent_uses_holdout(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "held-out last 20" in r.stdout
     assert float(r.stdout.split("accuracy:")[1].split("%")[0]) >= 90.0
+
+
+def test_classifier_narrower_than_the_classes_is_refused_before_training(tmp_path):
+    net = tmp_path / "narrow.net"
+    net.write_text("# five units for ten digits\nINPUT -> FC(5)\n")
+    r = netdsl("run", net, "--epochs", 1, "--out", tmp_path / "o", "--quiet")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"{net}:2:10" in r.stderr and "10 classes" in r.stderr
+    assert not (tmp_path / "o" / "checkpoint.npz").exists()
