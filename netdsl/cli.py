@@ -82,11 +82,20 @@ def cmd_draw(args) -> int:
     return 0
 
 
+def _as_written(value) -> str:
+    """A default value the way a .net file writes it: 3x3, true, same, auto."""
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).lower() if not isinstance(value, (int, float)) else f"{value:g}"
+
+
 def cmd_layers(args) -> int:
     from .layers import all_specs
     for spec in all_specs():
         names = ", ".join((spec.name, *spec.aliases))
-        sig = ", ".join(f"{a.name}={a.default!r}" for a in spec.args)
+        sig = ", ".join(f"{a.name}={_as_written(a.default)}" for a in spec.args)
         print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
     return 0
 
