@@ -130,6 +130,9 @@ class Trainer:
         """Train up to cfg.epochs; evaluate and checkpoint after each epoch. Ctrl-C at any
         point saves a checkpoint (the epoch count says how many epochs were completed) and
         re-raises KeyboardInterrupt for the caller to exit."""
+        if self.epoch >= self.cfg.epochs:
+            self.log(f"nothing to train: {self.epoch} epoch(s) already done, --epochs is "
+                     f"{self.cfg.epochs}; raise --epochs to continue")
         try:
             while self.epoch < self.cfg.epochs:
                 row = self.train_epoch()
