@@ -2,8 +2,9 @@
 
 The network is the issue's yardstick: INPUT 32×32×3 -> [[CONV -> RELU]*2 -> POOL]*3 ->
 [FC -> RELU]*2 -> FC with widths 32/64/128, hidden 256, batch 64, SGD with momentum.
-Both run in the same process with the same thread count. PyTorch is optional: without it,
-only netdsl's numbers are printed. Results go to stdout; docs/performance.md records them.
+Both run in the same process with the same thread count, taking turns in rounds so that drift
+in the machine's load affects both alike. PyTorch is optional: without it, only netdsl's
+numbers are printed. Results go to stdout; docs/performance.md records them.
 """
 from __future__ import annotations
 
@@ -18,16 +19,26 @@ NET = Path(__file__).resolve().parents[1] / "nets" / "cs231n.net"
 SETS = {"N": 2, "M": 3, "K": 2, "WIDTH": 32, "HIDDEN": 256, "POOL": True}
 
 
-def _timeit(step, steps: int, warmup: int = 3) -> float:
-    """Median seconds of ``step()`` over ``steps`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        step()
+def _time_steps(step, count: int) -> list[float]:
     times = []
-    for _ in range(steps):
+    for _ in range(count):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return times
+
+
+def _compare(steps: dict, total: int, rounds: int = 5, warmup: int = 3) -> dict:
+    """Median seconds per step of each named step function. The functions take turns in
+    ``rounds`` rounds, so drift in the machine's load hits them alike."""
+    for step in steps.values():
+        _time_steps(step, warmup)
+    times = {name: [] for name in steps}
+    per_round = max(1, total // rounds)
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name] += _time_steps(step, per_round)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def netdsl_step(batch: int, xp=np):
@@ -80,22 +91,24 @@ def main(args) -> int:
     from threadpoolctl import threadpool_limits
     result = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
               "threads": args.threads, "batch": args.batch, "steps": args.steps}
+    xp = np
+    if args.device == "gpu":
+        from .backend import get_xp
+        xp = get_xp("gpu")
+    steps = {"netdsl": netdsl_step(args.batch, xp)}
+    version = None
+    try:
+        steps["torch"], version = torch_step(args.batch, args.threads)
+    except ImportError:
+        print("PyTorch is not installed: pip install torch to compare")
     with threadpool_limits(limits=args.threads):
-        if args.device == "gpu":
-            from .backend import get_xp
-            xp = get_xp("gpu")
-            t = _timeit(netdsl_step(args.batch, xp), args.steps)
-        else:
-            t = _timeit(netdsl_step(args.batch), args.steps)
+        med = _compare(steps, args.steps)
+    t = med["netdsl"]
     result["netdsl_ms"] = 1000 * t
     result["netdsl_img_s"] = args.batch / t
     print(f"netdsl ({args.device}): {1000 * t:.1f} ms/step, {args.batch / t:.0f} images/s")
-    try:
-        step, version = torch_step(args.batch, args.threads)
-    except ImportError:
-        print("PyTorch is not installed: pip install torch to compare")
-    else:
-        tt = _timeit(step, args.steps)
+    if version:
+        tt = med["torch"]
         result.update(torch_version=version, torch_ms=1000 * tt, torch_img_s=args.batch / tt,
                       ratio=tt / t)
         print(f"pytorch {version} cpu, {args.threads} threads: {1000 * tt:.1f} ms/step, "

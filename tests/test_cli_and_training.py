@@ -165,3 +165,13 @@ def test_classifier_narrower_than_the_classes_is_refused_before_training(tmp_pat
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{net}:2:10" in r.stderr and "10 classes" in r.stderr
     assert not (tmp_path / "o" / "checkpoint.npz").exists()
+
+
+def test_bench_runs_and_reports_json():
+    """The benchmark itself runs (speed targets live in docs/performance.md, not here)."""
+    r = netdsl("bench", "--steps", 2, "--batch", 8)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["batch"] == 8 and result["netdsl_ms"] > 0
+    if "torch_ms" in result:
+        assert result["ratio"] == pytest.approx(result["torch_ms"] / result["netdsl_ms"])
