@@ -9,8 +9,14 @@ from .errors import NetdslError
 def gpu_available() -> bool:
     try:
         import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # ImportError, or a CUDA runtime without a device
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False
+        # A device can be counted while the kernel compiler or cuBLAS is missing: run a tiny
+        # element-wise kernel and a matmul so that 'auto' falls back to the CPU instead.
+        a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+        float(((a * 2) @ a).sum())
+        return True
+    except Exception:  # ImportError, a CUDA runtime without a device, missing CUDA libraries
         return False
 
 

@@ -125,8 +125,7 @@ def cmd_run(args) -> int:
           f"data {data.name} ({len(data.x_train)} train / {len(data.x_test)} {data.test_name}), "
           f"{cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, "
           f"{'GPU' if xp.__name__ == 'cupy' else 'CPU'}, checkpoints in {out_dir}/")
-    with open(args.file, encoding="utf-8") as f:
-        source_text = f.read()
+    source_text = g.graph["source"].text
     trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
                       meta={"network": g.graph["name"], "source": source_text,
                             "params": {k: str(v) for k, v in g.graph["params"].items()}})

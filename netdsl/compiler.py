@@ -19,7 +19,7 @@ import networkx as nx
 
 from .errors import NetdslError, SourceFile
 from .lang import expand, parse
-from .passes import run_passes, verify
+from .passes import run_passes
 from .shapes import infer_shapes, resolve_auto
 from .train.config import TrainConfig, make_config
 
@@ -30,7 +30,7 @@ def read_source(path: str) -> SourceFile:
         raise NetdslError(f"cannot read '{path}': no such file",
                           hint="give the path of a .net file, e.g. nets/lenet5.net")
     try:
-        return SourceFile(str(path), p.read_text(encoding="utf-8"))
+        return SourceFile(str(path), p.read_text(encoding="utf-8-sig"))  # editors may add a BOM
     except (OSError, UnicodeDecodeError) as err:
         raise NetdslError(f"cannot read '{path}': {err}") from None
 
@@ -49,8 +49,7 @@ def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str 
     """Stages 3–5 on an expanded graph. Returns the graph and the pass log."""
     resolve_auto(g, input_shape=input_shape, num_classes=num_classes)
     infer_shapes(g)
-    verify(g, "shape inference")
-    return g, run_passes(g, mode)
+    return g, run_passes(g, mode)     # verifies after shape inference, then after each pass
 
 
 @dataclass

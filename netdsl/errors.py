@@ -19,8 +19,10 @@ class SourceFile:
     text: str
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
-        return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        # Split on \n only, as the parser counts lines: splitlines() would also break at form
+        # feeds and U+2028, shifting every later line.
+        lines = self.text.split("\n")
+        return lines[lineno - 1].rstrip("\r") if 0 < lineno <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class ShapeError(NetdslError):
 
 def did_you_mean(word: str, choices) -> str | None:
     """A 'did you mean X?' hint for a misspelt name, or None when nothing is close."""
-    close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
+    others = [c.lower() for c in choices if c.lower() != word.lower()]
+    close = difflib.get_close_matches(word.lower(), others, n=1, cutoff=0.6)
     if not close:
         return None
     original = {c.lower(): c for c in choices}[close[0]]

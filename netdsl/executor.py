@@ -60,11 +60,21 @@ class Executor:
         # such in source order: GoogLeNet's 0.3-weighted auxiliary heads are not it.
         self.main_head = max(self.heads, key=lambda i: (self.plan[i].node.attrs.get("weight", 1.0),
                                                         -i))
+        # Independent streams: weights are drawn once from one; dropout masks come from a
+        # stream the trainer re-seeds per step (reseed), so a resumed run replays them exactly.
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
-        self.xp_rng = xp.random.default_rng(seed) if hasattr(xp.random, "default_rng") else None
+        self.xp_rng = None
+        self.reseed(0)
         self.params = params if params is not None else self._init_params()
         self.grads: dict = {}
         self._caches = None
+
+    def reseed(self, step: int) -> None:
+        """Make the dropout masks of the next forward a function of (seed, step) alone."""
+        if hasattr(self.xp.random, "default_rng"):
+            self.xp_rng = self.xp.random.default_rng(
+                np.random.SeedSequence(self.seed, spawn_key=(1, step)).generate_state(1)[0])
 
     @property
     def input_shape(self):

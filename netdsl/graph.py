@@ -16,8 +16,6 @@ Graph-level data lives in ``g.graph``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import networkx as nx
 
 from .errors import Location
@@ -132,11 +130,6 @@ def copy_graph(g: nx.DiGraph) -> nx.DiGraph:
 
 
 def losses(g: nx.DiGraph) -> list[Node]:
-    """The loss heads of the network, in topological order."""
+    """The loss heads of the network, in insertion (source) order."""
     from .layers import get
-    return [n for n in nodes(g) if get(n.op).role == "loss"]
-
-
-def describe(n: Node) -> Any:
-    """Short human description used in messages: 'conv3 (conv at nets/x.net:4:9)'."""
-    return f"{n.name} ({n.op}{' at ' + str(n.loc) if n.loc else ''})"
+    return [g.nodes[n]["node"] for n in g.nodes if get(g.nodes[n]["node"].op).role == "loss"]

@@ -8,9 +8,9 @@ so that a reader of the JSON does not have to guess:
   reported apart as ``non_trainable``.
 * ``macs`` are the multiply-accumulates of conv and fc layers, as the layer registry reports
   them; bias adds, activations, pooling and normalisation are not counted.
-* ``activations`` are output elements × batch. A layer that works in place (its spec says
-  ``inplace``, e.g. ReLU) writes into its input's buffer, so its row shows its output size but
-  the total does not count it a second time.
+* ``activations`` are output elements × batch, and the total is their sum over every layer:
+  the executor allocates each layer's output (as torchsummary counts them). A future memory
+  planner that reuses buffers (specs marked ``inplace``) will report its own, smaller figure.
 * Loss heads are not layers of the network proper: they are listed under ``heads``.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from .graph import nodes
 
 MAC_CONVENTION = ("multiply-accumulates of conv and fc layers (bias adds, activations, pooling, "
                   "normalisation not counted)")
-ACTIVATION_CONVENTION = ("output elements × batch per layer; layers that work in place (e.g. relu) "
-                         "share their input's buffer and are left out of the total")
+ACTIVATION_CONVENTION = ("output elements × batch per layer; the total sums every layer's output, "
+                         "as the executor allocates them (the input included)")
 
 _NAME_WIDTH = 28   # longer layer names are shortened in the table, the JSON keeps them whole
 
@@ -68,8 +68,7 @@ def summarize(g, *, batch: int = 1, dtype_bytes: int = 4) -> dict:
         if spec.role == "source":
             input_shapes.append(shape)
         activations = node.activations * batch
-        if not spec.inplace:
-            total_activations += activations
+        total_activations += activations
         non_trainable += _non_trainable(node)
         rows.append({
             "name": node.name,
@@ -136,27 +135,15 @@ def _shorten(name: str, width: int = _NAME_WIDTH) -> str:
     return name[:head] + "…" + name[-(width - 1 - head):]
 
 
-def _inplace(op: str) -> bool:
-    # The JSON rows do not say it; the registry does. An op it does not know is not in place.
-    try:
-        return _spec(op).inplace
-    except NetdslError:
-        return False
-
-
 def format_table(summary: dict) -> str:
     """The summary as an aligned plain-text table with a totals line and the MAC convention."""
     header = ("name", "op", "output", "params", "activations", "act bytes", "MACs")
     right = (False, False, False, True, True, True, True)
-    shared = [_inplace(r["op"]) for r in summary["layers"]]
-    # Accounting style: a trailing space keeps digits aligned with the parenthesised rows.
-    pad = " " if any(shared) else ""
     body = [(_shorten(r["name"]), r["op"], r["output_shape"], f"{r['params']:,}",
-             f"({r['activations']:,})" if inplace else f"{r['activations']:,}{pad}",
-             human_bytes(r["activation_bytes"]), f"{r['macs']:,}")
-            for r, inplace in zip(summary["layers"], shared)]
+             f"{r['activations']:,}", human_bytes(r["activation_bytes"]), f"{r['macs']:,}")
+            for r in summary["layers"]]
     t = summary["totals"]
-    total_row = ("total", "", "", f"{t['params']:,}", f"{t['activations']:,}{pad}",
+    total_row = ("total", "", "", f"{t['params']:,}", f"{t['activations']:,}",
                  human_bytes(t["activation_bytes"]), f"{t['macs']:,}")
     widths = [max(len(row[i]) for row in (header, total_row, *body)) for i in range(len(header))]
 
@@ -179,5 +166,5 @@ def format_table(summary: dict) -> str:
         out.append(f"loss head {head['name']} on {head['input']}, weight {head['weight']:g}")
     out.append(f"MACs count {summary['mac_convention']}.")
     out.append(f"Activations count {summary.get('activation_convention', ACTIVATION_CONVENTION)}"
-               " (shown in parentheses).")
+               ".")
     return "\n".join(out)

@@ -127,7 +127,7 @@ def _dropout_forward(ctx, attrs, params, inputs):
         return x, None
     # Inverted dropout: scale the kept units at train time so inference is a plain identity.
     rng = ctx.rng if ctx.rng is not None else ctx.xp.random  # module-level RNG as a fallback
-    keep = rng.random(x.shape) >= rate
+    keep = rng.random(x.shape, dtype=x.dtype) >= rate
     mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
     return x * mask, mask
 

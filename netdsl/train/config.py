@@ -4,6 +4,7 @@ Precedence, lowest first: these defaults, the file's train section, CLI flags / 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 from ..errors import NetdslError, did_you_mean
@@ -41,8 +42,14 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise NetdslError(f"train setting {key} must be at least 1, got {getattr(self, key)}")
+        for key in ("lr", "momentum", "beta1", "beta2", "weight_decay", "gamma"):
+            if not math.isfinite(getattr(self, key)):
+                raise NetdslError(f"train setting {key} must be a finite number, "
+                                  f"got {getattr(self, key)}")
         if self.lr <= 0:
             raise NetdslError(f"train setting lr must be positive, got {self.lr}")
+        if self.seed < 0:
+            raise NetdslError(f"train setting seed must be 0 or more, got {self.seed}")
 
 
 _TYPES = {f.name: f.type if isinstance(f.type, str) else f.type.__name__
@@ -84,6 +91,11 @@ def make_config(file_settings: dict, overrides: dict) -> TrainConfig:
     values = {}
     for key, (value, loc) in file_settings.items():
         values[key] = coerce_setting(key, value, loc)
+        try:  # check each file value alone, so that an error can point at its line
+            replace(TrainConfig(), **{key: values[key]})
+        except NetdslError as err:
+            err.loc = err.loc or loc
+            raise
     for key, value in overrides.items():
         if value is not None:
             values[key] = coerce_setting(key, value)
