@@ -405,3 +405,161 @@ def test_bad_input_never_leaks_a_lark_exception(text):
 def test_runaway_repeats_are_refused():
     err = error_of("INPUT -> [[[RELU]*1000]*1000]*1000 -> FC")
     assert "more than 100,000 layers" in err.message and err.loc.line == 1
+
+
+# ---- limits: runaway repeats, huge numbers, deep nesting (review findings) ---------------------
+
+def test_repeat_count_above_the_node_cap_is_refused_at_the_count():
+    # Used to loop forever: *0 adds no nodes, so the node cap never fired.
+    err = error_of("INPUT -> [RELU*0]*99999999999999 -> FC")
+    assert "repeat count 99999999999999 is more than the limit of 100,000" in err.message
+    assert (err.loc.line, err.loc.col) == (1, 19)
+
+
+def test_empty_repeat_iterations_count_against_a_limit():
+    err = error_of("INPUT -> [[RELU*0]*99999]*99999 -> FC")
+    assert "run more than 500,000 times" in err.message and err.loc.line == 1
+
+
+def test_block_calls_doubling_through_forty_blocks_are_refused(monkeypatch):
+    import importlib
+    monkeypatch.setattr(importlib.import_module("netdsl.lang.elements"), "MAX_STEPS", 1000)
+    text = "".join(f"block b{i}() {{ b{i + 1} -> b{i + 1} }}\n" for i in range(40))
+    err = error_of(text + "block b40() { RELU*0 }\nINPUT(8x8x1) -> b0 -> FC")
+    assert "run more than 1,000 times" in err.message and err.loc is not None
+
+
+BIG = "9" * 5000      # more digits than Python will convert (4,300)
+LONG = "9" * 400      # fewer, but larger than the largest float
+
+
+@pytest.mark.parametrize("text, message, col", [
+    (f"INPUT -> FC({BIG})", "number too large: 99999999…999 (5000 digits)", 13),
+    (f"INPUT({BIG}x1x1) -> FC", "dimension too large", 7),
+    (f"INPUT -> [FC]*{BIG}", "number too large", 15),
+    (f"INPUT -> FC-{BIG}", "number too large", 10),
+    (f"INPUT -> FC({LONG} / 1)", "number too large: 99999999…999 (400 digits)", 13),
+    (f"INPUT -> FC({LONG} * 1.0)", "number too large", 13),
+    (f"INPUT -> FC({'9' * 300} * {'9' * 300})", "the result is too large", 13),
+    ("INPUT -> FC(1e300 * 1e300)", "the result is too large", 13),
+    ("INPUT -> FC(1 / 1e-310)", "the result is too large", 13),
+    ("INPUT -> FC(1e400)", "number too large: 1e400", 13),
+    ("INPUT -> POOL(1e400) -> FC", "number too large: 1e400", 15),
+    ("INPUT -> [FC]*(1e400)", "number too large: 1e400", 16),
+    ("INPUT -> FC(1e400-1e400)", "number too large: 1e400", 13),
+    ("INPUT -> DROPOUT(1e400-1e400) -> FC", "number too large: 1e400", 18),
+    ("INPUT -> FC -> LOSS(1e400)", "number too large: 1e400", 21),
+    ("INPUT -> [FC]*(1e300)", "repeat count 1e+300 (301 digits) is more than the limit", 16),
+    ("INPUT -> FC\ntrain { lr = 1e300 * 1e300 }", "the result is too large", 14),
+], ids=lambda v: v[:40] if isinstance(v, str) else None)
+def test_huge_and_non_finite_numbers_are_located_errors(text, message, col):
+    err = error_of(text)
+    assert message in err.message, err.render()
+    assert err.loc is not None and err.loc.col == col, err.render()
+    err.render()   # long numbers are shortened, so rendering never hits int's digit limit
+
+
+@pytest.mark.parametrize("text", [
+    "inf", "-inf", "Infinity", "nan", "NaN", "1e400", "-1e400", BIG, "-" + BIG, LONG,
+    f"3x{BIG}",
+], ids=lambda v: v[:12])
+def test_parse_value_refuses_numbers_it_cannot_hold(text):
+    with pytest.raises(NetdslError) as info:
+        parse_value(text)
+    assert "--set value" in info.value.message
+
+
+def test_non_finite_override_values_are_refused():
+    err = error_of("param N = 1\nINPUT -> [FC]*N", {"N": float("inf")})
+    assert "--set N=inf" in err.message
+
+
+@pytest.mark.parametrize("text", [
+    "INPUT(8x8x1) -> " + "[" * 100 + "FC" + "]" * 100,
+    "INPUT(8x8x1) -> FC(" + "+".join(["1"] * 1000) + ")",
+    "INPUT(8x8x1) -> FC(" + "-" * 1000 + "1)",
+    "INPUT(8x8x1) -> " + "concat { FC | " * 100 + "FC" + " }" * 100,
+], ids=["brackets", "sum", "unary", "joins"])
+def test_deep_nesting_is_a_located_error(text):
+    err = error_of(text)
+    assert err.message == "the program is nested too deeply here" and err.loc.line == 1
+
+
+def test_moderate_nesting_still_works():
+    g = build("INPUT(8x8x1) -> " + "[" * 50 + "FC" + "]" * 50)
+    assert ops(g) == ["input", "fc", LOSS]
+    g = build("param N = " + "+".join(["1"] * 150) + "\nINPUT -> [FC]*N")
+    assert g.graph["params"]["N"] == 150
+
+
+@pytest.mark.parametrize("text", [
+    "".join(f"block b{i}() {{ b{i + 1} }}\n" for i in range(3000))
+    + "block b3000() { RELU }\nINPUT(8x8x1) -> b0 -> FC",
+    "INPUT(8x8x1) -> RELU" + "*1" * 3000 + " -> FC",
+], ids=["blocks", "postfixes"])
+def test_too_deep_expansion_is_a_located_error(text):
+    err = error_of(text)
+    assert "nested too deeply to expand" in err.message and err.loc is not None
+
+
+# ---- --set: undeclared names in defaults, layer-default knobs -----------------------------------
+
+def test_set_name_used_only_in_a_default_is_bound_before_defaults():
+    g = build("param M = N + 1\nINPUT -> [FC]*M", {"N": 2})
+    assert g.graph["params"]["M"] == 3 and g.graph["params"]["N"] == 2
+    assert ops(g) == ["input", "fc", "fc", "fc", LOSS]
+
+
+@pytest.mark.parametrize("knob", ["WIDTH", "HIDDEN", "MAX_WIDTH"])
+def test_set_always_accepts_the_layer_default_knobs(knob):
+    g = build("INPUT -> CONV -> FC", {knob: 32})
+    assert g.graph["params"][knob] == 32
+
+
+def test_layer_default_knobs_reach_the_width_rule():
+    shapes = pytest.importorskip("netdsl.shapes")
+    g = build("INPUT(8x8x3) -> CONV -> POOL -> CONV -> FC -> FC",
+              {"WIDTH": 8, "MAX_WIDTH": 12, "HIDDEN": 7})
+    shapes.resolve_auto(g, num_classes=10)
+    assert [node(g, n).attrs.get("filters") for n in ("conv1", "conv2")] == [8, 12]
+    assert node(g, "fc1").attrs["units"] == 7
+
+
+# ---- end-of-file caret, block keywords ------------------------------------------------
+
+@pytest.mark.parametrize("text, line, col", [
+    ('param S = "abcdefghij",', 1, 24),
+    ('param S = "ab\\"cd",  # a "comment"\n\n', 1, 20),
+    ('# "x" comment\nINPUT -> FC("a", 2) ->  # more\n', 2, 23),
+])
+def test_end_of_file_caret_counts_strings_and_comments(text, line, col):
+    err = error_of(text)
+    assert (err.loc.line, err.loc.col) == (line, col), err.render()
+
+
+def test_block_keywords_match_parameter_names_exactly():
+    g = build("block a(x, X) { FC(x) -> FC(X) }\nINPUT(8x8x1) -> a(x=3, X=4) -> FC")
+    assert [node(g, n).attrs["units"] for n in ("a1/fc1", "a1/fc2")] == [3, 4]
+    err = error_of("INPUT -> CONV(stride=1, STRIDE=2)")    # layer arguments: any case
+    assert "given twice" in err.message
+
+
+def test_block_default_using_a_later_parameter_is_refused_without_self_suggestion():
+    err = error_of("block a(k=c, c=1) { FC(k) }\nINPUT(8x8x1) -> a -> FC")
+    assert "the default of 'k' uses 'c', a later parameter of block 'a'" in err.message
+    assert "did you mean 'c'" not in err.render()
+    assert (err.loc.line, err.loc.col) == (1, 11)
+    g = build("block a(k=c, c=1) { FC(k) }\nINPUT(8x8x1) -> a(c=5) -> FC")
+    assert node(g, "a1/fc1").attrs["units"] == 5
+
+
+def test_unbound_hint_never_suggests_the_name_itself():
+    from netdsl.lang.values import unbound_error
+    assert "did you mean" not in (unbound_error("c", None, {"c": 1, "k": 2}).hint or "")
+
+
+def test_train_kinds_come_from_the_train_config():
+    import importlib
+    from netdsl.train import config
+    expand_module = importlib.import_module("netdsl.lang.expand")   # the module, not the function
+    assert expand_module._TRAIN_KINDS is config._TYPES

@@ -15,11 +15,14 @@ from ..graph import Node
 from ..layers import LayerSpec, all_names, bind_args, get, lookup
 from . import ast
 from .scope import Namer, PendingRef, Scope, Tensor
-from .values import Word, as_count, evaluate, unbound_error
+from .values import Word, as_count, evaluate, number_from_text, shown, unbound_error
 
 _COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-[0-9]+)*)")
 _NUMERIC_KINDS = ("int", "float", "bool", "dims")
 MAX_NODES = 100_000
+# Repeat iterations and block calls, counted whether or not they add nodes: `[RELU*0]*10**13`
+# adds none but would still loop for days.
+MAX_STEPS = 5 * MAX_NODES
 
 
 @dataclass
@@ -49,6 +52,8 @@ class ChainExpander:
         self.namer = Namer()
         self.root = Scope(None, "", (), "", params)
         self._active_blocks: list[str] = []
+        self._steps = 0
+        self.last_loc = None      # the element expanded last: where a too-deep nesting is reported
 
     # ---- chains and elements ----------------------------------------------------------------
     def statement(self, chain: ast.Chain) -> Tensor:
@@ -62,6 +67,7 @@ class ChainExpander:
         return current
 
     def element(self, el: ast.Element, current, scope: Scope, ref_ok: bool) -> Tensor:
+        self.last_loc = el.loc
         if isinstance(el.primary, ast.Ref):
             return self.reference(el, scope, ref_ok)
         if el.label:
@@ -95,15 +101,28 @@ class ChainExpander:
         post = el.postfixes[k - 1]
         if isinstance(post, ast.Repeat):
             count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
+            if count > MAX_NODES:
+                raise NetdslError(f"repeat count {shown(count)} is more than the limit of "
+                                  f"{MAX_NODES:,}", post.count.loc,
+                                  hint=f"a network has at most {MAX_NODES:,} layers")
             repeat_id = f"repeat@{el.loc.line}:{el.loc.col}"
             nth = sum(isinstance(p, ast.Repeat) for p in el.postfixes[:k - 1])
             repeat_id += f"#{nth + 1}" if nth else ""
             for index in range(1, count + 1):
+                self._step(post.loc)
                 current = self.postfixed(el, k - 1, current, scope.repeat(repeat_id, index, count))
             return current
         if self.flag_is_on(el, post, scope):
             return self.postfixed(el, k - 1, current, scope)
         return current
+
+    def _step(self, loc) -> None:
+        """Count one repeat iteration or block call against MAX_STEPS."""
+        self._steps += 1
+        if self._steps > MAX_STEPS:
+            raise NetdslError(f"the repeats and block calls run more than {MAX_STEPS:,} times",
+                              loc, hint="check the repeat counts: an element left out with *0 "
+                                        "or a false flag still counts each time it is repeated")
 
     def flag_is_on(self, el: ast.Element, post: ast.Optional, scope: Scope) -> bool:
         """The boolean parameter that switches ``X?`` / ``X?(FLAG)``."""
@@ -147,12 +166,12 @@ class ChainExpander:
         match = _COMPACT.fullmatch(call.name)
         if match:
             letters, digits, groups = match.groups()
-            numbers = tuple(int(g) for g in groups.split("-")[1:])
+            numbers = tuple(number_from_text(g, call.name_loc) for g in groups.split("-")[1:])
             if digits and groups and lookup(letters + digits):
                 return Target(spec=lookup(letters + digits), numbers=numbers, base=letters + digits)
             # POOL2 is compact only for layers that have a compact form; INPUT2 is a typo.
             if lookup(letters) and (groups or (digits and lookup(letters).compact)):
-                numbers = ((int(digits),) if digits else ()) + numbers
+                numbers = ((number_from_text(digits, call.name_loc),) if digits else ()) + numbers
                 return Target(spec=lookup(letters), numbers=numbers, base=letters)
             word = letters
         else:
@@ -198,8 +217,12 @@ class ChainExpander:
         self.nodes[node.name] = node
         return (node.name, 0)
 
-    def evaluate_args(self, args: list[ast.CallArg], scope: Scope, what: str):
+    def evaluate_args(self, args: list[ast.CallArg], scope: Scope, what: str, *,
+                      exact: bool = False):
+        """Positional and keyword values of a call. Keywords name layer arguments in any case,
+        but block parameters exactly (``exact``), as parameter names are case-sensitive."""
         positional, keyword = [], {}
+        fold = (lambda k: k) if exact else str.lower
         for arg in args:
             value = evaluate(arg.value, scope.env)
             if arg.key is None:
@@ -207,7 +230,7 @@ class ChainExpander:
                     raise NetdslError("a positional argument cannot follow a keyword argument",
                                       arg.loc)
                 positional.append(value)
-            elif arg.key.lower() in (k.lower() for k in keyword):
+            elif fold(arg.key) in (fold(k) for k in keyword):
                 raise NetdslError(f"{what}: argument '{arg.key}' given twice", arg.loc)
             else:
                 keyword[arg.key] = value
@@ -331,6 +354,7 @@ class ChainExpander:
         if block.name.lower() in self._active_blocks:
             raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
                               hint="blocks cannot be recursive")
+        self._step(call.loc)
         values = self.bind_block(block, call, scope)
         if el.label:
             instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
@@ -346,7 +370,7 @@ class ChainExpander:
     def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope) -> dict:
         """Block parameter values from a call: positional, keyword, then defaults."""
         signature = f"its signature is {block.signature()}"
-        positional, keyword = self.evaluate_args(call.args, scope, block.name)
+        positional, keyword = self.evaluate_args(call.args, scope, block.name, exact=True)
         names = [p.name for p in block.params]
         if len(positional) > len(names):
             extra = [a for a in call.args if a.key is None][len(names)]
@@ -371,5 +395,24 @@ class ChainExpander:
                 raise NetdslError(f"block '{block.name}' needs argument '{param.name}'",
                                   call.loc, hint=signature)
             # Defaults may use program parameters and the block's earlier parameters.
-            values[param.name] = evaluate(param.default, ChainMap(values, self.params))
+            env = ChainMap(values, self.params)
+            for later in block.params[block.params.index(param) + 1:]:
+                use = _find_name(param.default, later.name)
+                if use is not None and later.name not in env:
+                    raise NetdslError(f"the default of '{param.name}' uses '{later.name}', a "
+                                      f"later parameter of block '{block.name}'", use.loc,
+                                      hint="a default may use only the parameters before it; "
+                                           f"{signature}")
+            values[param.name] = evaluate(param.default, env)
         return values
+
+
+def _find_name(expr: ast.Expr, name: str) -> ast.Name | None:
+    """The first use of ``name`` in an expression, or None."""
+    if isinstance(expr, ast.Name):
+        return expr if expr.id == name else None
+    if isinstance(expr, ast.Unary):
+        return _find_name(expr.operand, name)
+    if isinstance(expr, ast.BinOp):
+        return _find_name(expr.left, name) or _find_name(expr.right, name)
+    return None

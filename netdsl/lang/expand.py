@@ -10,13 +10,16 @@ import networkx as nx
 from ..errors import NetdslError, did_you_mean
 from ..graph import new_graph
 from ..layers import lookup
-from ..train.config import TrainConfig, coerce_setting
+from ..train.config import _TYPES as _TRAIN_KINDS  # train key -> "int", "float", "bool", "str"
+from ..train.config import coerce_setting
 from . import ast
 from .elements import ChainExpander
 from .resolve import build_graph
-from .values import Word, evaluate, unbound_error
+from .values import Word, evaluate, is_finite_number, shown, unbound_error
 
-_TRAIN_KINDS = {f.name: str(f.type) for f in fields(TrainConfig)}
+# Parameters that tune the defaults of bare layers (netdsl.shapes.resolve_auto reads them from
+# g.graph["params"]): --set accepts them whether or not the program mentions them.
+LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN")
 
 
 def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
@@ -33,18 +36,25 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
     params = _bind_params(program, overrides, blocks)
 
     expander = ChainExpander(params, blocks)
-    first_output = first_loc = None
     chains = [s for s in statements if isinstance(s, ast.ChainStmt)]
     if not chains:
         raise NetdslError("the program has no chain such as 'INPUT -> CONV -> FC'",
                           hint="a network is described by at least one chain statement")
-    for index, stmt in enumerate(chains):
-        output = expander.statement(stmt.chain)
-        if index == 0:
-            first_output, first_loc = output, stmt.chain.elements[-1].loc
-
-    g = new_graph(_network_name(program, name), program.source)
-    build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
+    try:
+        first_output = expander.statement(chains[0].chain)
+        first_loc = chains[0].chain.elements[-1].loc
+        for stmt in chains[1:]:
+            expander.statement(stmt.chain)
+        g = new_graph(_network_name(program, name), program.source)
+        build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
+    except RecursionError:
+        # Blocks calling blocks hundreds deep, `X*1*1*1...`, or labels aliasing references
+        # through many blocks: Python's stack runs out before a limit of ours is reached.
+        raise NetdslError("the network is nested too deeply to expand",
+                          expander.last_loc or chains[0].loc,
+                          hint="blocks inside blocks, brackets inside brackets or postfixes "
+                               "after postfixes go too deep around here; flatten some of "
+                               "them") from None
     g.graph["params"] = dict(params)
     g.graph["train"] = _train_settings(statements, params)
     return g
@@ -109,7 +119,9 @@ def _referenced_names(node, out: set) -> set:
 
 def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
     """Program parameters in file order, each default evaluated over the earlier ones, with
-    ``--set`` values taking precedence. Unknown ``--set`` names are refused."""
+    ``--set`` values taking precedence. A ``--set`` name that the program does not declare is
+    bound before any default is evaluated (``param M = N + 1`` with ``--set N=2``). Unknown
+    ``--set`` names are refused, except the layer-default knobs WIDTH, MAX_WIDTH, HIDDEN."""
     defs: list[ast.ParamDef] = [p for s in program.statements if isinstance(s, ast.ParamStmt)
                                 for p in s.params]
     first: dict[str, ast.ParamDef] = {}
@@ -119,14 +131,19 @@ def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
                               detail=f"first declared at {first[d.name].loc}")
         first[d.name] = d
     referenced = _referenced_names(program.statements, set())
-    for key in overrides:
-        if key not in first and key not in referenced:
-            known = sorted(set(first) | {n for n in referenced if n.isupper()})
+    for key, value in overrides.items():
+        if key not in first and key not in referenced and key not in LAYER_DEFAULT_KNOBS:
+            known = sorted(set(first) | {n for n in referenced if n.isupper()}
+                           | set(LAYER_DEFAULT_KNOBS))
             raise NetdslError(f"unknown parameter '{key}' in --set",
                               hint=did_you_mean(key, known) or
                               (f"the program's parameters are: {', '.join(sorted(first))}"
                                if first else "the program declares no parameters"))
-    params: dict = {}
+        if isinstance(value, (int, float)) and not is_finite_number(value):
+            raise NetdslError(f"--set {key}={shown(value)}: not a finite number that netdsl "
+                              "can hold")
+    undeclared = {k: v for k, v in overrides.items() if k not in first}
+    params: dict = dict(undeclared)
     for i, d in enumerate(defs):
         later = frozenset(x.name for x in defs[i + 1:]) - set(params)
         default = evaluate(d.value, params, declared_later=later)
@@ -136,9 +153,8 @@ def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
             params[d.name] = _checked_override(d, default, overrides[d.name])
         else:
             params[d.name] = default
-    for key, value in overrides.items():
-        params.setdefault(key, value)
-    return params
+    # Declared parameters first, in file order, then the undeclared --set ones.
+    return {**{d.name: params[d.name] for d in defs}, **undeclared}
 
 
 def _checked_override(d: ast.ParamDef, default, value):

@@ -4,12 +4,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
 from ..errors import Location, NetdslError, SourceFile
 from . import ast
 from .syntax_errors import blank_slash_comments, syntax_error
+from .values import number_from_text
 
 def _grammar_path() -> Path:
     """grammars/netdsl.lark beside the package (a checkout or editable install), else the copy
@@ -42,6 +43,7 @@ def parse(source: SourceFile) -> ast.Program:
         raise syntax_error(exc, source, text, parser) from None
     except LarkError as exc:  # anything else lark raises is still a problem with the input
         raise NetdslError(f"cannot parse {source.path}: {exc}") from None
+    _check_depth(tree, source)
     try:
         statements = _ToAst(source).transform(tree)
     except VisitError as exc:  # a NetdslError raised while building the tree
@@ -49,6 +51,29 @@ def parse(source: SourceFile) -> ast.Program:
             raise exc.orig_exc from None
         raise
     return ast.Program(statements=statements, source=source)
+
+
+# How deep the syntax tree may be. Building the AST and expanding it recurse once or a few
+# times per level, so a program nested hundreds deep would exhaust Python's stack; each
+# bracket level is about three tree levels, each operator in a row one.
+MAX_DEPTH = 200
+
+
+def _check_depth(tree, source: SourceFile) -> None:
+    """A located error where the tree first gets deeper than MAX_DEPTH (walked without
+    recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            line, col = (meta.line, meta.column) if not getattr(meta, "empty", True) else (1, 1)
+            raise NetdslError("the program is nested too deeply here", Location(source, line, col),
+                              hint="brackets inside brackets or a long run of operators: "
+                                   "split it with a block or a parameter")
+        stack.extend((child, depth + 1) for child in node.children)
 
 
 def _unquote(text: str) -> str:
@@ -177,7 +202,8 @@ class _ToAst(Transformer):
         value = children[0]
         if isinstance(value, Token):
             if value.type == "INT":
-                return ast.Literal(int(value), self._tok(value))
+                loc = self._tok(value)
+                return ast.Literal(number_from_text(str(value), loc), loc)
             return ast.Name(str(value), self._tok(value))
         return value
 
@@ -205,14 +231,18 @@ class _ToAst(Transformer):
         return ast.Unary("+", children[0], self._loc(meta))
 
     def int_lit(self, meta, children):
-        return ast.Literal(int(children[0]), self._tok(children[0]))
+        loc = self._tok(children[0])
+        return ast.Literal(number_from_text(str(children[0]), loc), loc)
 
     def float_lit(self, meta, children):
-        return ast.Literal(float(children[0]), self._tok(children[0]))
+        loc = self._tok(children[0])
+        return ast.Literal(number_from_text(str(children[0]), loc), loc)
 
     def dims_lit(self, meta, children):
-        dims = tuple(int(d) for d in str(children[0]).lower().split("x"))
-        return ast.Literal(dims, self._tok(children[0]))
+        loc = self._tok(children[0])
+        dims = tuple(number_from_text(d, loc, what="dimension")
+                     for d in str(children[0]).lower().split("x"))
+        return ast.Literal(dims, loc)
 
     def string_lit(self, meta, children):
         return ast.Literal(_unquote(str(children[0])), self._tok(children[0]))

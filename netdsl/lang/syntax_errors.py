@@ -23,9 +23,10 @@ _CLOSERS = {v: k for k, v in _OPENERS.items()}
 _OPERATORS = {"+", "-", "*", "/", "//", "%"}
 
 
-def _scan(text: str, on_char, on_open_string=None) -> None:
-    """Call ``on_char(i, ch)`` for every character outside strings and `#` comments, and
-    ``on_open_string(i)`` for a string that is not closed on its line."""
+def _scan(text: str, on_char, on_open_string=None, on_string=None) -> None:
+    """Call ``on_char(i, ch)`` for every character outside strings and `#` comments,
+    ``on_open_string(i)`` for a string that is not closed on its line, and
+    ``on_string(start, stop)`` for every string, ``text[start:stop]`` (without a line end)."""
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
@@ -39,6 +40,8 @@ def _scan(text: str, on_char, on_open_string=None) -> None:
                 i += 2 if text[i] == "\\" else 1
             if (i >= n or text[i] == "\n") and on_open_string is not None:
                 on_open_string(start)
+            if on_string is not None:
+                on_string(start, min(n, i + 1) if i < n and text[i] == '"' else min(n, i))
             i += 1
             continue
         skip = on_char(i, ch)
@@ -158,9 +161,20 @@ def _code_before(text: str, offset: int) -> str:
 
 
 def _end_location(text: str, source: SourceFile) -> Location:
-    """Just after the last non-blank character: where 'unexpected end of file' points."""
-    stripped = _code_before(text, len(text))
-    line, col = _position(stripped, len(stripped))
+    """Just after the last non-blank character that is not in a comment: where 'unexpected end
+    of file' points. Measured in ``text`` itself, so that strings before it count."""
+    end = [0]
+
+    def on_char(i, ch):
+        if not ch.isspace():
+            end[0] = i + 1
+        return 0
+
+    def on_string(start, stop):
+        end[0] = stop
+
+    _scan(text, on_char, on_string=on_string)
+    line, col = _position(text, end[0])
     return Location(source, line, col, 1)
 
 

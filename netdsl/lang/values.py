@@ -1,8 +1,10 @@
 """Evaluating expressions: parameters, arithmetic, bare words, and CLI ``--set`` values."""
 from __future__ import annotations
 
+import math
 import operator
 import re
+import sys
 from typing import Mapping
 
 from ..errors import Location, NetdslError, did_you_mean
@@ -28,9 +30,53 @@ class Word(str):
 def unbound_error(name: str, loc: Location | None, bound: Mapping) -> NetdslError:
     """'unbound parameter' with the declare/--set hint and a did-you-mean over bound names."""
     hint = f"declare it with 'param {name} = ...' or pass --set {name}=..."
-    close = did_you_mean(name, [str(k) for k in bound])
+    close = did_you_mean(name, [str(k) for k in bound if str(k) != name])
     return NetdslError(f"unbound parameter '{name}'", loc,
                        hint=f"{close} Otherwise {hint}" if close else hint)
+
+
+# Every number in a program is finite and no larger than the largest float, so that any of them
+# can be converted to a float (rates, learning rates) and printed (Python refuses to print
+# integers of more than 4,300 digits).
+MAX_NUMBER = sys.float_info.max
+_MAX_DIGITS = len(str(int(MAX_NUMBER)))          # 309
+_NUMBER_HINT = f"numbers must lie between -{MAX_NUMBER:.4g} and {MAX_NUMBER:.4g}"
+
+
+def shown(value) -> str:
+    """``value`` for a message, with very long numbers shortened: 99999…999 (400 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 24:
+        return f"{float(value):.4g} ({len(str(abs(value)))} digits)"
+    text = value if isinstance(value, str) else repr(value)
+    digits = text.lstrip("+-")
+    if len(digits) > 24 and digits.isdigit():
+        return f"{text[:len(text) - len(digits) + 8]}…{digits[-3:]} ({len(digits)} digits)"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_finite_number(value) -> bool:
+    """True for an int or float that a program may hold (see MAX_NUMBER)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return abs(value) <= MAX_NUMBER
+
+
+def number_from_text(text: str, loc: Location | None, what: str = "number"):
+    """An int (all digits) or float literal as a number; a located error when it is too large.
+
+    Long digit strings are measured before conversion: ``int()`` refuses more than 4,300
+    digits with a ValueError.
+    """
+    is_int = text.isdigit()
+    if is_int and len(text.lstrip("0")) > _MAX_DIGITS:
+        raise NetdslError(f"{what} too large: {shown(text)}", loc, hint=_NUMBER_HINT)
+    try:
+        value = int(text) if is_int else float(text)
+    except ValueError:  # a bug in a caller's pattern, but still the user's text
+        raise NetdslError(f"not a number: {shown(text)}", loc) from None
+    if not is_finite_number(value):
+        raise NetdslError(f"{what} too large: {shown(text)}", loc, hint=_NUMBER_HINT)
+    return value
 
 
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
@@ -73,7 +119,15 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
         _need_number(right, expr.right, env, expr.op)
         if expr.op in ("/", "//", "%") and right == 0:
             raise NetdslError("division by zero", expr.loc)
-        return _ARITHMETIC[expr.op](left, right)
+        try:
+            result = _ARITHMETIC[expr.op](left, right)
+        except OverflowError:
+            result = math.inf
+        if not is_finite_number(result):
+            raise NetdslError("the result is too large", expr.loc,
+                              detail=f"{shown(left)} {expr.op} {shown(right)} overflows",
+                              hint=_NUMBER_HINT)
+        return result
     raise TypeError(f"not an expression: {expr!r}")  # a parser bug, not a user error
 
 
@@ -89,8 +143,8 @@ def as_count(value, loc: Location, env: Mapping, what: str = "repeat count") -> 
     """A whole number ≥ 0 for ``*N``; located errors otherwise."""
     if isinstance(value, Word):
         raise unbound_error(str(value), value.loc or loc, env)
-    if not _is_number(value) or int(value) != value:
-        raise NetdslError(f"{what} must be a whole number, got {value!r}", loc)
+    if not _is_number(value) or not is_finite_number(value) or int(value) != value:
+        raise NetdslError(f"{what} must be a whole number, got {shown(value)}", loc)
     if value < 0:
         raise NetdslError(f"{what} must not be negative, got {int(value)}", loc,
                           hint="use *0 to leave the element out")
@@ -102,15 +156,26 @@ _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][+-]?\d+)?")
 _DIMS = re.compile(r"\d+([xX]\d+)+")
 
 
+_NOT_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
 def parse_value(text: str):
-    """A CLI ``--set K=V`` value: int, float, true/false, a dims tuple (12x12x3), else the text."""
+    """A CLI ``--set K=V`` value: int, float, true/false, a dims tuple (12x12x3), else the text.
+
+    A number too large to hold (see MAX_NUMBER), or ``inf``/``nan``, is a NetdslError.
+    """
     stripped = text.strip()
     if _INT.fullmatch(stripped):
-        return int(stripped)
+        value = number_from_text(stripped.lstrip("+-"), None, what="--set value")
+        return -value if stripped.startswith("-") else value
     if _FLOAT.fullmatch(stripped):
-        return float(stripped)
+        return number_from_text(stripped, None, what="--set value")
+    if _NOT_FINITE.fullmatch(stripped):
+        raise NetdslError(f"--set value '{stripped}' is not a finite number",
+                          hint="give a number such as 0.5 or 1e-3")
     if stripped.lower() in ("true", "false"):
         return stripped.lower() == "true"
     if _DIMS.fullmatch(stripped):
-        return tuple(int(d) for d in stripped.lower().split("x"))
+        return tuple(number_from_text(d, None, what="--set value")
+                     for d in stripped.lower().split("x"))
     return text
