@@ -155,12 +155,12 @@ class Trainer:
         """Train the rest of the current epoch (all of it unless resumed mid-epoch)."""
         cfg, ex, data = self.cfg, self.ex, self.data
         order = _rng(cfg.seed, _SHUFFLE, self.epoch).permutation(len(data.x_train))
-        todo = self.bounds[self.batch:]
-        bar = EpochBar(self.epoch + 1, cfg.epochs, sum(b - a for a, b in todo),
+        remaining = self.bounds[self.batch:]
+        bar = EpochBar(self.epoch + 1, cfg.epochs, sum(b - a for a, b in remaining),
                        disable=not self.show_progress)
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         try:
-            for start, stop in todo:
+            for start, stop in remaining:
                 if self._stop.hit:
                     raise _Stopped
                 idx = order[start:stop]
