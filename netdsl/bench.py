@@ -87,8 +87,20 @@ def torch_step(batch: int, threads: int):
     return step, torch.__version__
 
 
+def _thread_limit(threads: int):
+    """A context that caps BLAS threads at ``threads``; threadpoolctl is optional (the `bench`
+    extra), and without it the BLAS default applies and the printout says so."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+        print("threadpoolctl is not installed (pip install netdsl[bench]): BLAS threads are "
+              "not limited")
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads)
+
+
 def main(args) -> int:
-    from threadpoolctl import threadpool_limits
     result = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
               "threads": args.threads, "batch": args.batch, "steps": args.steps}
     xp = np
@@ -101,7 +113,7 @@ def main(args) -> int:
         steps["torch"], version = torch_step(args.batch, args.threads)
     except ImportError:
         print("PyTorch is not installed: pip install torch to compare")
-    with threadpool_limits(limits=args.threads):
+    with _thread_limit(args.threads):
         med = _compare(steps, args.steps)
     t = med["netdsl"]
     result["netdsl_ms"] = 1000 * t

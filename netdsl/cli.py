@@ -14,6 +14,34 @@ from .errors import NetdslError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
+
+# Whole-number flags: (smallest, largest, what the number means). The upper bounds keep a typo
+# (--batch 6400000) from becoming a multi-gigabyte allocation or a run that never ends.
+INT_FLAGS = {
+    "epochs": (1, 1_000_000, "epochs"),
+    "batch_size": (1, 1_000_000, "examples per step"),
+    "holdout": (-1, 10**9, "held-out examples (-1 = 20%)"),
+    "seed": (0, 2**63 - 1, "random seed"),
+    "batch": (1, 1_000_000, "examples per step"),
+    "threads": (1, 1024, "threads"),
+    "steps": (1, 1_000_000, "timed steps"),
+}
+
+
+def check_int_flags(args) -> None:
+    """Every whole-number flag the user gave lies in its range, or a NetdslError naming it."""
+    for key, (lo, hi, what) in INT_FLAGS.items():
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "holdout" and value == 0:
+            raise NetdslError(f"{flag} 0 keeps no examples for evaluation",
+                              hint="give a count of at least 1, or -1 for the default 20%")
+        if not lo <= value <= hi:
+            raise NetdslError(f"{flag} {value} is out of range: {what} must be between "
+                              f"{lo:,} and {hi:,}", hint=f"e.g. {flag} {max(lo, 1) * 2}")
 
 
 def _dims(text: str) -> tuple:
@@ -214,16 +242,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the reader went away (`netdsl layers | head -1`), and Python
+    would otherwise complain about the failed final flush at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+
+
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default sys.argv[1:]) and return the exit status."""
+    try:
+        status = _dispatch(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at exit
+        return status
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_int_flags(args)
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except NetdslError as err:
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:
+        print("netdsl: error: out of memory", file=sys.stderr)
+        print("  hint: use a smaller batch size, input or network", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as err:  # a bug in netdsl, not in the user's input
         if os.environ.get("NETDSL_DEBUG"):
             raise
