@@ -17,6 +17,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from . import graph as G
 from .errors import NetdslError, SourceFile
 from .lang import expand, parse
 from .passes import run_passes
@@ -45,8 +46,24 @@ def train_config(g: nx.DiGraph, cli: dict | None = None) -> TrainConfig:
     return make_config(g.graph.get("train", {}), cli or {})
 
 
+def require_one_input(g: nx.DiGraph) -> None:
+    """A network reads exactly one INPUT (the executor feeds one batch); a located error at the
+    second one otherwise. The verifier checks the same invariant, as a compiler bug, later."""
+    from .layers import get
+    sources = [rec for rec in G.nodes(g) if get(rec.op).role == "source"]
+    if not sources:
+        raise NetdslError("the network has no INPUT", hint="start it with INPUT(HxWxC) -> ...")
+    if len(sources) > 1:
+        first, second = sorted(sources, key=lambda r: (r.loc.line, r.loc.col) if r.loc else (0, 0))[:2]
+        raise NetdslError(f"a network has exactly one INPUT, this one has {len(sources)}",
+                          second.loc, detail=f"the first INPUT is at {first.loc}",
+                          hint="join branches with concat{...} or add{...} after one INPUT, "
+                               "or refer back to a layer with @name")
+
+
 def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str = "train"):
     """Stages 3–5 on an expanded graph. Returns the graph and the pass log."""
+    require_one_input(g)
     resolve_auto(g, input_shape=input_shape, num_classes=num_classes)
     infer_shapes(g)
     return g, run_passes(g, mode)     # verifies after shape inference, then after each pass

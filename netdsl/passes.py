@@ -33,9 +33,9 @@ def verify(g: nx.DiGraph, stage: str = "?") -> None:
         spec = lookup(rec.op)
         if spec is None:
             fail(f"{name}: unknown op {rec.op!r}")
-        lo, hi = spec.inputs
-        if len(rec.inputs) < lo or (hi is not None and len(rec.inputs) > hi):
-            fail(f"{name}: {len(rec.inputs)} inputs, {rec.op} takes {spec.inputs}")
+        problem = spec.input_count_problem(len(rec.inputs))
+        if problem:
+            fail(f"{name}: {problem}")
         if set(src for src, _ in rec.inputs) != set(g.predecessors(name)):
             fail(f"{name}: inputs {rec.inputs} disagree with edges {list(g.predecessors(name))}")
         for src, port in rec.inputs:
@@ -50,6 +50,9 @@ def verify(g: nx.DiGraph, stage: str = "?") -> None:
                          f"{G.node(g, src).out_shapes[port]})")
     if not G.losses(g):
         fail("the network has no loss head")
+    sources = [n for n in g.nodes if get(G.node(g, n).op).role == "source"]
+    if len(sources) != 1:
+        fail(f"the network needs exactly one INPUT, found {len(sources)}: {sources}")
 
 
 def eliminate_dead_nodes(g: nx.DiGraph) -> bool:

@@ -9,8 +9,7 @@ so that a reader of the JSON does not have to guess:
 * ``macs`` are the multiply-accumulates of conv and fc layers, as the layer registry reports
   them; bias adds, activations, pooling and normalisation are not counted.
 * ``activations`` are output elements × batch, and the total is their sum over every layer:
-  the executor allocates each layer's output (as torchsummary counts them). A future memory
-  planner that reuses buffers (specs marked ``inplace``) will report its own, smaller figure.
+  the executor allocates each layer's output (as torchsummary counts them).
 * Loss heads are not layers of the network proper: they are listed under ``heads``.
 """
 from __future__ import annotations

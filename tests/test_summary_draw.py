@@ -48,15 +48,15 @@ from netdsl.layers.base import LayerSpec, ParamSpec  # noqa: E402
 from netdsl.summary import count_with_units, format_table, human_bytes, summarize  # noqa: E402
 
 
-def _spec(name, role="layer", label=(), style=None, inplace=False, outputs=1):
+def _spec(name, role="layer", label=(), style=None, outputs=1):
     return LayerSpec(name=name, doc=name, args=(), infer_shape=None, forward=None, backward=None,
-                     label=label, style=style or {}, role=role, inplace=inplace, outputs=outputs)
+                     label=label, style=style or {}, role=role, outputs=outputs)
 
 
 TEST_SPECS = {s.name: s for s in [
     _spec("input", role="source", label=("shape",), style={"shape": "invhouse"}),
     _spec("conv", label=("filters", "kernel", "stride"), style={"fillcolor": "#cfe2ff"}),
-    _spec("relu", inplace=True),
+    _spec("relu"),
     _spec("batchnorm"),
     _spec("pool", label=("kernel", "stride", "mode"), outputs=2),
     _spec("fc", label=("units",)),

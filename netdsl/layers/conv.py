@@ -54,10 +54,7 @@ def _conv_shape(attrs, in_shapes):
         raise ShapeError(f"conv: {filters} filters are not divisible by groups={groups}",
                          detail=f"{filters} mod {groups} = {filters % groups}",
                          hint="pick groups that divides the filter count")
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    ph, pw = conv_padding(attrs)
-    ho = out_size(h, kh, sh, ph, dh, what="conv")
-    wo = out_size(w, kw, sw, pw, dw, what="conv")
+    *_, (ho, wo) = _geometry(attrs, (1, h, w, c))
     return (ho, wo, filters)
 
 
@@ -81,12 +78,14 @@ def _conv_macs(attrs, in_shapes, out_shapes):
 
 
 def _geometry(attrs, x_shape):
+    """Kernel, stride, dilation, padding and output size for an (N, H, W, C) input: the one
+    place conv geometry is computed, for shape inference and for the kernels alike."""
     attrs = pair_attrs(attrs, PAIR_ARGS)
     n, h, w, c = x_shape
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     ph, pw = conv_padding(attrs)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ho = out_size(h, kh, sh, ph, dh, what="conv")
+    wo = out_size(w, kw, sw, pw, dw, what="conv")
     return (kh, kw), (sh, sw), (dh, dw), (ph, pw), (ho, wo)
 
 
