@@ -84,10 +84,22 @@ def _print_warnings(g) -> None:
               file=sys.stderr)
 
 
+def _check_data(c) -> None:
+    """Settings and heads against the data's headers, before anything is loaded."""
+    from .train.config import check_with_data
+    from .train.data import data_facts
+    facts = data_facts(c.config.data)
+    check_with_data(c.graph, c.config, facts)
+    _check_heads(c.graph, facts.num_classes, c.config.data)
+
+
 def cmd_check(args) -> int:
     from .graph import nodes
     c = _compile(args)
-    _print_warnings(c.graph)
+    try:
+        _check_data(c)
+    finally:
+        _print_warnings(c.graph)
     total = sum(n.n_params for n in nodes(c.graph))
     print(f"{args.file}: ok ({c.graph.number_of_nodes()} nodes, {total:,} parameters)")
     return 0
@@ -137,15 +149,14 @@ def cmd_run(args) -> int:
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
     c = _compile(args, cli_train=cli_train)
     g, cfg = c.graph, c.config
-    _print_warnings(g)
+    try:
+        _check_data(c)
+    finally:
+        _print_warnings(g)
     xp = get_xp(args.device)
     ex = Executor(g, xp=xp, seed=cfg.seed)
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
-    _check_heads(g, data.num_classes, data.name)
-    if "flip" in cfg.augment and data.name.split(":")[0] in ("digits", "mnist"):
-        print(f"netdsl: warning: augment = {cfg.augment} mirrors images, which turns digits into "
-              "other shapes (a mirrored 2 is no 2); consider augment = affine+crop",
-              file=sys.stderr)
+    _check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
     out_dir = args.out or default_out_dir(g.graph["name"])
     from .graph import nodes
     n_params = sum(n.n_params for n in nodes(g))

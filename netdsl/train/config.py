@@ -100,3 +100,35 @@ def make_config(file_settings: dict, overrides: dict) -> TrainConfig:
         if value is not None:
             values[key] = coerce_setting(key, value)
     return replace(TrainConfig(), **values)
+
+
+def _loc(g, cfg: TrainConfig, key: str):
+    """Where ``key`` was set in the file, when the value in force is the file's (not the CLI's)."""
+    value, loc = g.graph.get("train", {}).get(key, (None, None))
+    try:
+        return loc if value is not None and coerce_setting(key, value) == getattr(cfg, key) else None
+    except NetdslError:
+        return None
+
+
+def check_with_data(g, cfg: TrainConfig, facts) -> None:
+    """The settings that depend on the data, checked before any data is loaded, by `check` and
+    `run` alike: holdout against the examples of a one-split source (a located error), and a
+    flip augmentation on digits (a warning added to the graph's warnings).
+
+    ``facts`` is a :class:`netdsl.train.data.DataFacts`.
+    """
+    from .augment import parse_mode
+    if "flip" in parse_mode(cfg.augment) and facts.kind in ("digits", "mnist"):
+        g.graph.setdefault("warnings", []).append((
+            f"augment = {cfg.augment} mirrors images, which turns digits into other shapes "
+            "(a mirrored 2 is no 2); consider augment = affine+crop", _loc(g, cfg, "augment")))
+    total = facts.single_split
+    if total is not None and cfg.holdout != -1 and not 0 < cfg.holdout < total:
+        raise NetdslError(f"holdout = {cfg.holdout} is not possible: {cfg.data} has no test split "
+                          f"and {total:,} examples", _loc(g, cfg, "holdout"),
+                          detail=f"holdout must be between 1 and {total - 1:,}",
+                          hint="use holdout = -1 for the default 20%")
+    if cfg.holdout < -1 or cfg.holdout == 0:
+        raise NetdslError(f"holdout = {cfg.holdout} keeps no examples for evaluation",
+                          _loc(g, cfg, "holdout"), hint="use holdout = -1 for the default 20%")

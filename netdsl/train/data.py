@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NetdslError, did_you_mean
-from .datasets import (Splits, cifar_files, mnist_info, npz_info, read_cifar10, read_digits,
-                       read_mnist, read_npz)
+from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, mnist_info, npz_info,
+                       read_cifar10, read_digits, read_mnist, read_npz)
+from .idx import read_header
 
 KINDS = ("digits", "mnist", "cifar10", "npz")
 _SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE"
@@ -145,18 +146,38 @@ def read_splits(spec: str) -> Splits:
     return read_npz(Path(arg).expanduser())
 
 
-def splits_info(spec: str) -> tuple[tuple[int, int, int], int]:
-    """(native H, W, C), num_classes) reading as little as possible: IDX headers, npz array
-    headers plus labels; digits and cifar10 are fixed formats, only their files are checked."""
+@dataclass(frozen=True)
+class DataFacts:
+    """What the settings are checked against before any data is loaded (see data_facts)."""
+
+    kind: str                     # digits | mnist | cifar10 | npz
+    native_shape: tuple           # (H, W, C) as stored
+    num_classes: int
+    single_split: int | None      # examples, when the source has one split (holdout applies)
+
+
+def data_facts(spec: str) -> DataFacts:
+    """The facts of a data spec, reading as little as possible: IDX headers, npz array headers
+    plus labels; digits and cifar10 are fixed formats, only their files are checked."""
     kind, arg = parse_spec(spec)
+    path = Path(arg).expanduser()
     if kind == "digits":
-        return (8, 8, 1), 10
+        return DataFacts(kind, (8, 8, 1), 10, DIGITS_COUNT)
     if kind == "mnist":
-        return mnist_info(Path(arg).expanduser()), 10
+        splits = mnist_files(path)
+        count = read_header(next(iter(splits.values()))[0], "images")[1][0]
+        return DataFacts(kind, mnist_info(path), 10, count if len(splits) == 1 else None)
     if kind == "cifar10":
-        cifar_files(Path(arg).expanduser())
-        return (32, 32, 3), 10
-    return npz_info(Path(arg).expanduser())
+        cifar_files(path)   # a one-split CIFAR's size needs the pickles: holdout checked on load
+        return DataFacts(kind, (32, 32, 3), 10, None)
+    native, classes, count = npz_info(path)
+    return DataFacts(kind, native, classes, count)
+
+
+def splits_info(spec: str) -> tuple[tuple[int, int, int], int]:
+    """(native H, W, C), num_classes) of a data spec (see data_facts)."""
+    facts = data_facts(spec)
+    return facts.native_shape, facts.num_classes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..errors import NetdslError
 from .idx import read_header, read_idx
 
 
+DIGITS_COUNT = 1797      # scikit-learn's bundled digits
 MAX_CLASSES = 100_000   # ImageNet-21k has 21,841; a label past this is a code, not a class id
 
 
@@ -93,7 +94,7 @@ def _find_first(directory: Path, names: list[str]) -> Path | None:
     return None
 
 
-def _mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
+def mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
     """{split: (images path, labels path)} for the splits present; errors name what is missing."""
     _require_dir(directory, "mnist")
     found = {}
@@ -116,7 +117,7 @@ def _mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
 
 def mnist_info(directory: Path) -> tuple[int, int, int]:
     """(H, W, 1) from the first images file's header (reads one gzip block at most)."""
-    images, _ = next(iter(_mnist_files(directory).values()))
+    images, _ = next(iter(mnist_files(directory).values()))
     _, dims = read_header(images, "images")
     return dims[1], dims[2], 1
 
@@ -124,7 +125,7 @@ def mnist_info(directory: Path) -> tuple[int, int, int]:
 def read_mnist(directory: Path) -> Splits:
     """MNIST-format IDX files in ``directory``: train and/or t10k, each optionally gzipped."""
     loaded = {}
-    for split, (img_path, lbl_path) in _mnist_files(directory).items():
+    for split, (img_path, lbl_path) in mnist_files(directory).items():
         x = read_idx(img_path, "images")
         y = read_idx(lbl_path, "labels")
         if len(x) != len(y):
@@ -323,8 +324,8 @@ def _npz_header(path: Path, key: str) -> tuple | None:
     return None
 
 
-def npz_info(path: Path) -> tuple[tuple[int, int, int], int]:
-    """(native H, W, C), num_classes) reading x's header and the labels only."""
+def npz_info(path: Path) -> tuple[tuple[int, int, int], int, int]:
+    """(native H, W, C), num_classes, examples) reading x's header and the labels only."""
     with _open_npz(path) as archive:
         header = _npz_header(path, "x")
         consistent = header and math.prod(header[0]) * header[1].itemsize == header[2]
@@ -333,7 +334,7 @@ def npz_info(path: Path) -> tuple[tuple[int, int, int], int]:
             shape = _npz_array(archive, "x", path).shape
         _, native = npz_layout(shape, path)
         _, num_classes = _npz_labels(_npz_array(archive, "y", path), shape[0], path)
-    return native, num_classes
+    return native, num_classes, shape[0]
 
 
 def _to_unit_range(x: np.ndarray, path: Path) -> np.ndarray:
