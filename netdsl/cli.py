@@ -23,7 +23,8 @@ INT_FLAGS = {
     "batch_size": (1, 1_000_000, "examples per step"),
     "holdout": (-1, 10**9, "held-out examples (-1 = 20%)"),
     "seed": (0, 2**63 - 1, "random seed"),
-    "batch": (1, 1_000_000, "examples per step"),
+    "batch": (1, 10**15, "examples"),          # summary: arithmetic only
+    "bench.batch": (1, 65_536, "examples per step"),
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
 }
@@ -32,8 +33,10 @@ INT_FLAGS = {
 def check_int_flags(args) -> None:
     """Every whole-number flag the user gave lies in its range, or a NetdslError naming it."""
     for key, (lo, hi, what) in INT_FLAGS.items():
+        command, _, key = key.rpartition(".")
         value = getattr(args, key, None)
-        if value is None:
+        if value is None or (command or args.command) != args.command \
+                or f"{args.command}.{key}" in INT_FLAGS and not command:
             continue
         flag = "--" + key.replace("_", "-")
         if key == "holdout" and value == 0:
@@ -41,7 +44,7 @@ def check_int_flags(args) -> None:
                               hint="give a count of at least 1, or -1 for the default 20%")
         if not lo <= value <= hi:
             raise NetdslError(f"{flag} {value} is out of range: {what} must be between "
-                              f"{lo:,} and {hi:,}", hint=f"e.g. {flag} {max(lo, 1) * 2}")
+                              f"{lo:,} and {hi:,}")
 
 
 def _dims(text: str) -> tuple:

@@ -228,6 +228,9 @@ def read_cifar10(directory: Path) -> Splits:
 
 def npz_layout(shape: tuple, path: Path) -> tuple[bool, tuple[int, int, int]]:
     """(is channels-first, native (H, W, C)) for an x array of ``shape``."""
+    if len(shape) in (3, 4) and 0 in shape[1:]:
+        raise NetdslError(f"{path}: x holds empty images: shape {'×'.join(map(str, shape))}",
+                          hint="every image needs at least one pixel and one channel")
     if len(shape) == 3:
         return False, (shape[1], shape[2], 1)
     if len(shape) == 4:
