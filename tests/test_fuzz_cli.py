@@ -367,6 +367,7 @@ def test_fuzz_checkpoints(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The same through `python -m netdsl`, where a traceback or a closed pipe would really show.
 
+@pytest.mark.slow
 def test_fuzz_subprocesses(tmp_path):
     rng = random.Random(SEED + 3)
     names = _layer_names()
