@@ -21,30 +21,23 @@ EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
 INT_FLAGS = {
     "epochs": (1, 1_000_000, "epochs"),
     "batch_size": (1, 1_000_000, "examples per step"),
-    "holdout": (-1, 10**9, "held-out examples (-1 = 20%)"),
+    "holdout": (-1, 10**9, "held-out examples (-1 = 20%)"),  # 0: refused by check_with_data
     "seed": (0, 2**63 - 1, "random seed"),
     "batch": (1, 10**15, "examples"),          # summary: arithmetic only
-    "bench.batch": (1, 65_536, "examples per step"),
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
 }
+INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 
 
 def check_int_flags(args) -> None:
     """Every whole-number flag the user gave lies in its range, or a NetdslError naming it."""
-    for key, (lo, hi, what) in INT_FLAGS.items():
-        command, _, key = key.rpartition(".")
+    ranges = {**INT_FLAGS, **INT_FLAGS_BY_COMMAND.get(args.command, {})}
+    for key, (lo, hi, what) in ranges.items():
         value = getattr(args, key, None)
-        if value is None or (command or args.command) != args.command \
-                or f"{args.command}.{key}" in INT_FLAGS and not command:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if key == "holdout" and value == 0:
-            raise NetdslError(f"{flag} 0 keeps no examples for evaluation",
-                              hint="give a count of at least 1, or -1 for the default 20%")
-        if not lo <= value <= hi:
-            raise NetdslError(f"{flag} {value} is out of range: {what} must be between "
-                              f"{lo:,} and {hi:,}")
+        if value is not None and not lo <= value <= hi:
+            raise NetdslError(f"--{key.replace('_', '-')} {value} is out of range: {what} must be "
+                              f"between {lo:,} and {hi:,}")
 
 
 def _dims(text: str) -> tuple:
