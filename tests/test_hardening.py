@@ -63,7 +63,7 @@ def test_summary_and_drawing_of_astronomical_counts(tmp_path):
     (["bench", "--batch", "100000000"], "--batch 100000000"),
     (["run", "NET", "--epochs", "-1"], "--epochs -1"),
     (["run", "NET", "--batch-size", "0"], "--batch-size 0"),
-    (["run", "NET", "--holdout", "0"], "holdout = 0 is not possible"),
+    (["run", "NET", "--holdout", "0"], "holdout = 0 keeps no examples"),
     (["run", "NET", "--holdout", "-7"], "--holdout -7"),
     (["run", "NET", "--seed", "-1"], "--seed -1"),
     (["summary", "NET", "--batch", "0"], "--batch 0"),

@@ -48,6 +48,9 @@ class TrainConfig:
                                   f"got {getattr(self, key)}")
         if self.lr <= 0:
             raise NetdslError(f"train setting lr must be positive, got {self.lr}")
+        if self.holdout < -1 or self.holdout == 0:
+            raise NetdslError(f"train setting holdout = {self.holdout} keeps no examples for "
+                              f"evaluation", hint="use holdout = -1 for the default 20%")
         if self.seed < 0:
             raise NetdslError(f"train setting seed must be 0 or more, got {self.seed}")
 
@@ -129,6 +132,3 @@ def check_with_data(g, cfg: TrainConfig, facts) -> None:
                           f"and {total:,} examples", _loc(g, cfg, "holdout"),
                           detail=f"holdout must be between 1 and {total - 1:,}",
                           hint="use holdout = -1 for the default 20%")
-    if cfg.holdout < -1 or cfg.holdout == 0:
-        raise NetdslError(f"holdout = {cfg.holdout} keeps no examples for evaluation",
-                          _loc(g, cfg, "holdout"), hint="use holdout = -1 for the default 20%")
