@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NetdslError, did_you_mean
-from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, mnist_info, npz_info,
+from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, npz_info,
                        read_cifar10, read_digits, read_mnist, read_npz)
 from .idx import read_header
 
@@ -52,7 +52,8 @@ def dataset_info(spec: str) -> tuple[tuple[int, int, int], int]:
     """(native (H, W, C), num_classes) of a data spec, reading headers rather than whole files
     where the format allows: digits → ((8,8,1),10), mnist:DIR → ((28,28,1),10) from the IDX
     header, cifar10:DIR → ((32,32,3),10), npz:FILE → x's stored shape and the labels."""
-    return splits_info(spec)
+    facts = data_facts(spec)
+    return facts.native_shape, facts.num_classes
 
 
 def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
@@ -165,19 +166,13 @@ def data_facts(spec: str) -> DataFacts:
         return DataFacts(kind, (8, 8, 1), 10, DIGITS_COUNT)
     if kind == "mnist":
         splits = mnist_files(path)
-        count = read_header(next(iter(splits.values()))[0], "images")[1][0]
-        return DataFacts(kind, mnist_info(path), 10, count if len(splits) == 1 else None)
+        dims = read_header(next(iter(splits.values()))[0], "images")[1]   # the first split's
+        return DataFacts(kind, (dims[1], dims[2], 1), 10, dims[0] if len(splits) == 1 else None)
     if kind == "cifar10":
         cifar_files(path)   # a one-split CIFAR's size needs the pickles: holdout checked on load
         return DataFacts(kind, (32, 32, 3), 10, None)
     native, classes, count = npz_info(path)
     return DataFacts(kind, native, classes, count)
-
-
-def splits_info(spec: str) -> tuple[tuple[int, int, int], int]:
-    """(native H, W, C), num_classes) of a data spec (see data_facts)."""
-    facts = data_facts(spec)
-    return facts.native_shape, facts.num_classes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NetdslError
-from .idx import read_header, read_idx
+from .idx import read_idx
 
 
 DIGITS_COUNT = 1797      # scikit-learn's bundled digits
@@ -113,13 +113,6 @@ def mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
                           detail="looked for: " + ", ".join(looked)
                           + " (also with '.idx' instead of '-idx')")
     return found
-
-
-def mnist_info(directory: Path) -> tuple[int, int, int]:
-    """(H, W, 1) from the first images file's header (reads one gzip block at most)."""
-    images, _ = next(iter(mnist_files(directory).values()))
-    _, dims = read_header(images, "images")
-    return dims[1], dims[2], 1
 
 
 def read_mnist(directory: Path) -> Splits:
