@@ -111,7 +111,7 @@ def cmd_run(args) -> int:
     g, cfg = c.graph, c.config
     _print_warnings(g)
     xp = get_xp(args.device)
-    ex = Executor(g, xp=xp, seed=cfg.seed)
+    ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
     _check_heads(g, data.num_classes, data.name)
     if "flip" in cfg.augment and data.name.split(":")[0] in ("digits", "mnist"):
@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "convolutional networks written in the netdsl language.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def pass_flags(sp):
+        sp.add_argument("-O0", dest="passes", action="store_const", const="O0",
+                        help="run no optimisation pass (training and inference pipelines)")
+        sp.add_argument("--passes", metavar="A,B", help="run only these passes (e.g. "
+                        "fold_batchnorm,fuse_activations), each where its mode allows")
+
     def common(sp, input_flag=True):
         sp.add_argument("file", help="a .net file")
         sp.add_argument("--set", action="append", metavar="K=V", default=[],
@@ -184,12 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "no test split (default 20%%)")
     r.add_argument("--seed", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    pass_flags(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
     common(s)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--format", choices=["table", "json"], default="table")
+    pass_flags(s)
     s.set_defaults(func=cmd_summary)
 
     c = sub.add_parser("check", help="validate a .net file")
@@ -210,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    pass_flags(b)
     b.set_defaults(func=cmd_bench)
     return p
 
