@@ -147,7 +147,7 @@ def fold_batchnorm(model) -> bool:
     float64, then cast. The conv/fc gains a bias if it had none."""
     g, params, changed = model.graph, model.params, False
     for rec in G.nodes(g):
-        if rec.op != "batchnorm" or rec.meta.get("act"):
+        if rec.op != "batchnorm":
             continue
         src, port = rec.inputs[0]
         prod = G.node(g, src)
@@ -163,6 +163,8 @@ def fold_batchnorm(model) -> bool:
                                           .astype(w.dtype))}
         prod.attrs["bias"] = True
         prod.meta["folded"] = rec.name
+        if rec.meta.get("act"):                 # BN+ReLU fused earlier: the ReLU moves along
+            prod.meta["act"] = rec.meta["act"]
         G.remove_node(g, rec.name, replacement=(src, port))
         del params[rec.name]
         changed = True
