@@ -66,11 +66,21 @@ def cmd_check(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .summary import format_table, summarize
+    from .summary import format_table, human_bytes, summarize
     c = _compile(args)
     _print_warnings(c.graph)
+    from .memory import memory_table
     s = summarize(c.graph, batch=args.batch)
-    print(json.dumps(s, indent=2, ensure_ascii=False) if args.format == "json" else format_table(s))
+    s["compile_passes"] = [{"pass": name, "changed": changed} for name, changed in c.pass_log]
+    s["memory"] = m = memory_table(c.graph, args.batch, passes=args.passes)
+    if args.format == "json":
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    print(format_table(s))
+    print(f"planned peak memory, batch {args.batch} float32 (activations, caches, workspace"
+          f"{', gradients' if m['train_gradient_bytes'] else ''}; weights apart): training step "
+          f"{human_bytes(m['train_peak_bytes'])} (at {m['train_peak_at']}), inference "
+          f"{human_bytes(m['infer_peak_bytes'])} (at {m['infer_peak_at']})")
     return 0
 
 

@@ -160,12 +160,12 @@ class Executor:
             if douts[i] is None or st.spec.role == "source":
                 caches[i] = None
                 continue
-            dout = douts[i]  # for several outputs: a tuple, None where a port got no gradient
-            douts[i] = None
-            cache, caches[i] = caches[i], None
+            # dout: for several outputs a tuple, None where a port got no gradient. Handed over
+            # in a list the step empties, so that nothing here keeps it (or the cache) alive.
+            held = [caches[i], douts[i]]
+            caches[i] = douts[i] = None
             dins, dparams = run_backward(st, data_ctx if st.data_only else ctx,
-                                         self.params.get(st.node.name, {}), cache, dout)
-            del cache, dout
+                                         self.params.get(st.node.name, {}), held)
             if dparams:
                 grads[st.node.name] = dparams
             for (j, port), d in zip(st.inputs, dins):

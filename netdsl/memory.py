@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .graph import nodes
 from .layers import numel
 from .layers.conv import conv_padding
 from .layers.structure import as_pair
@@ -138,9 +139,11 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     else:
         fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
                        fwd_tmp=out, dx=(x,) * len(st.inputs))
-    if st.act is not None:  # fused activation: in place forward; backward masks a new dout
+    if st.act is not None:
+        # Fused activation: in place forward; backward replaces dout by the masked dout
+        # (both live, with the mask, for a moment) before the layer's own backward.
         fp.keep_out = True
-        fp.bwd_tmp += out
+        fp.bwd_tmp = max(fp.bwd_tmp, out + out // it)
     return fp
 
 
@@ -271,12 +274,24 @@ def _arena(s: _Sim) -> int:
 
 def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "numpy") -> dict:
     """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
-    the pipelines ``passes`` selects: what `netdsl summary` prints."""
-    from .executor import Executor
-    ex = Executor(g, dtype=dtype, passes=passes, kernels=kernels)
+    the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:
+    the passes run on placeholder (broadcast zero) weights, which only BN folding reads."""
+    from .graph import copy_graph
+    from .model import BoundModel
+    from .plan import build_plan
+    zero = np.zeros((), dtype=dtype)
+    params = {rec.name: {k: np.broadcast_to(zero, ps.shape) for k, ps in rec.param_specs.items()}
+              for rec in nodes(g) if rec.param_specs}
+    model = BoundModel(copy_graph(g), params, dtype=dtype)
+    model.optimize("train", passes)
     it = np.dtype(dtype).itemsize
-    train = plan_memory(ex.plan, batch, itemsize=it, training=True)
-    infer = plan_memory(ex.for_inference().plan, batch, itemsize=it, training=False)
-    return {"batch": batch, "train_peak_bytes": train.peak, "train_peak_at": train.at,
+    train = plan_memory(build_plan(model.graph, dtype=dtype, kernels=kernels), batch,
+                        itemsize=it, training=True)
+    infer_model = model.for_inference(passes)
+    infer = plan_memory(build_plan(infer_model.graph, dtype=dtype, kernels=kernels), batch,
+                        itemsize=it, training=False)
+    return {"batch": batch, "dtype": np.dtype(dtype).name,
+            "train_peak_bytes": train.peak, "train_peak_at": train.at,
             "train_gradient_bytes": train.gradients, "train_arena_bytes": train.arena,
-            "infer_peak_bytes": infer.peak, "infer_peak_at": infer.at}
+            "infer_peak_bytes": infer.peak, "infer_peak_at": infer.at,
+            "infer_arena_bytes": infer.arena}

@@ -101,14 +101,20 @@ def run_forward(st: Step, ctx, params, ins):
     return out, cache
 
 
-def run_backward(st: Step, ctx, params, cache, dout):
-    """(dinputs, dparams) of one step, undoing ``act`` then ``recompute``."""
+def run_backward(st: Step, ctx, params, held: list):
+    """(dinputs, dparams) of one step, undoing ``act`` then ``recompute``. ``held`` is
+    ``[cache, dout]``, emptied here: so that the caller holds no reference and the incoming
+    gradient is freed as soon as the fused activation has replaced it by the masked one."""
+    dout = held.pop()
+    cache = held.pop()
     if st.act is not None:
         cache, act_cache = cache
         dout = get(st.act).backward(ctx, {}, {}, act_cache, dout)[0][0]
+        del act_cache
     if st.recompute and isinstance(cache, tuple) and cache[:1] == ("recompute",):
         x = cache[1]
         cache = (x.shape, im2col(ctx.xp, st.node.attrs, x))
+        del x
     return st.backward(ctx, st.node.attrs, params, cache, dout)
 
 
