@@ -35,12 +35,12 @@ class Executor:
     """
 
     def __init__(self, g, *, xp=np, dtype=np.float32, seed: int = 0, params=None,
-                 passes=None, kernels: str = "numpy"):
+                 passes=None, kernels: str = "auto"):
         """``g`` is a shape-annotated graph (weights drawn from ``seed`` unless ``params`` are
         given) or a :class:`BoundModel`. ``passes``: None runs the training pipeline on the
         executor's own copy of the graph, ``()`` or "O0" none, a list the named ones.
-        ``kernels``: the provider asked of :func:`netdsl.kernels.select` ('numpy', 'onednn',
-        'auto')."""
+        ``kernels``: the provider asked of :func:`netdsl.kernels.select`: 'numpy', 'onednn',
+        or 'auto' (onednn where ``netdsl.kernels.available('onednn')``, else numpy)."""
         if isinstance(g, BoundModel):
             model = g
         else:
@@ -177,7 +177,7 @@ class Executor:
                     slot = list(douts[j]) if douts[j] is not None else [None] * plan[j].spec.outputs
                     slot[port] = d if slot[port] is None else slot[port] + d
                     douts[j] = tuple(slot)
-            del dins
+            d = dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads
         return grads
 

@@ -14,7 +14,8 @@ lifetime [first step, last step]; from those it derives
 What each layer allocates is described by one footprint rule per op below (bytes of its output
 or whether it is a view of an input, what its cache keeps, its workspace forward and backward,
 whether its input gradients are fresh or views of the incoming one). A layer without a rule
-gets a conservative default (fresh output, cache keeps inputs and output).
+gets a conservative default (fresh output, cache keeps inputs and output); so does every step
+whose kernel comes from another provider (the rules describe the NumPy reference kernels).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def _pool(st, n, it, training):
 
 def footprint(st, n: int, it: int, training: bool) -> Footprint:
     """The footprint of plan step ``st`` for a batch of ``n`` with ``it``-byte elements."""
-    op = st.node.op
+    op = st.node.op if st.provider == "numpy" else f"{st.provider}:{st.node.op}"
     x = n * numel(st.node.in_shapes[0]) * it if st.node.in_shapes else 0
     out = n * numel(st.node.out_shapes[0]) * it
     if op == "conv":
@@ -139,11 +140,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     else:
         fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
                        fwd_tmp=out, dx=(x,) * len(st.inputs))
-    if st.act is not None:
-        # Fused activation: in place forward; backward replaces dout by the masked dout
-        # (both live, with the mask, for a moment) before the layer's own backward.
+    if st.act is not None:      # fused activation: in place forward; its cache is the output
         fp.keep_out = True
-        fp.bwd_tmp = max(fp.bwd_tmp, out + out // it)
     return fp
 
 
@@ -230,6 +228,12 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
             for b in cache[i]:
                 s.unref(b)
             continue
+        if st.act is not None:
+            # The masked gradient replaces dout (both live with the mask for a moment); then
+            # the activation's output is let go before the layer's own backward.
+            s.touch(fp.out + fp.out // itemsize, f"backward {st.node.name}")
+            cache[i] = [b for b in cache[i] if b != value[i]]
+            s.unref(value[i])
         pgrad = sum(numel(p.shape) * itemsize for p in (st.node.param_specs or {}).values()
                     if p.trainable)
         grads += pgrad
@@ -272,7 +276,7 @@ def _arena(s: _Sim) -> int:
     return top
 
 
-def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "numpy") -> dict:
+def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:
     """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
     the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:
     the passes run on placeholder (broadcast zero) weights, which only BN folding reads."""

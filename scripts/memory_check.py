@@ -1,6 +1,6 @@
 """Planned vs measured (tracemalloc) peak memory of one training step and one inference batch.
 
-    python scripts/memory_check.py nets/cs231n.net 32x32x3 64 [--set K=V ...]
+    python scripts/memory_check.py nets/cs231n.net 32x32x3 64 [K=V ...]
 """
 import sys
 import tracemalloc
@@ -27,7 +27,7 @@ def main(path, shape, batch, *sets):
     overrides = {k: int(v) for k, v in overrides.items()}
     shape = tuple(int(d) for d in shape.split("x"))
     c = compile_file(path, overrides=overrides, input_shape=shape, num_classes=10)
-    ex = Executor(c.graph, seed=0)
+    ex = Executor(c.graph, seed=0, kernels="numpy")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((int(batch), *ex.input_shape)).astype(np.float32)
     y = rng.integers(0, 10, int(batch))

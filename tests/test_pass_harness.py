@@ -209,3 +209,17 @@ def test_unknown_pass_is_a_user_error():
     with pytest.raises(NetdslError, match="unknown pass 'fold_bn'") as err:
         run_model_passes(bound("random1"), "infer", ["fold_bn"])
     assert "fold_batchnorm" in err.value.hint
+
+
+def test_inference_of_a_training_fused_model_still_folds_batchnorm():
+    """The executor fuses BN+ReLU for training; its inference copy must still fold that BN
+    into the conv (carrying the ReLU over) and predict what the unoptimised graph predicts."""
+    m = bound("resnet18.net")
+    x, _ = batch(m, 3)
+    ref = Executor(m.copy(), passes=()).forward(x).logits
+    ex = Executor(m.copy())                        # training pipeline: BN+ReLU fused
+    assert any(st.node.op == "batchnorm" and st.act == "relu" for st in ex.plan)
+    inf = ex.for_inference()
+    assert not any(st.node.op == "batchnorm" for st in inf.plan)
+    assert any(st.node.op == "conv" and st.act == "relu" for st in inf.plan)
+    np.testing.assert_allclose(inf.forward(x).logits, ref, rtol=RTOL, atol=1e-12)

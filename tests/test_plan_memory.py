@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from netdsl import graph as G
-from netdsl.compiler import compile_text
+from netdsl.compiler import compile_file, compile_text
 from netdsl.executor import Executor
 from netdsl.layers import Ctx, get
 from netdsl.memory import plan_memory
@@ -73,7 +73,7 @@ def reference_step(g, params, x, y):
 @pytest.mark.parametrize("name", list(NETS_UNDER_TEST))
 def test_plan_equals_reference_walk(name):
     g = compiled(name)
-    ex = Executor(g, dtype=np.float64, seed=4)
+    ex = Executor(g, dtype=np.float64, seed=4, kernels="numpy")
     assert any(st.recompute for st in ex.plan)
     assert name == "lenet5" or any(st.act for st in ex.plan)   # lenet5: tanh, not fused
     params = {n: {k: v.copy() for k, v in t.items()} for n, t in ex.params.items()}
@@ -124,7 +124,7 @@ def _measure(fn) -> int:
 @pytest.mark.parametrize("batch", [16, 64])
 @pytest.mark.parametrize("name", list(NETS_UNDER_TEST))
 def test_planned_peak_within_10_percent_of_tracemalloc(name, batch):
-    ex = Executor(compiled(name), seed=0)
+    ex = Executor(compiled(name), seed=0, kernels="numpy")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *ex.input_shape)).astype(np.float32)
     y = rng.integers(0, 10, batch)
@@ -154,7 +154,7 @@ def test_recomputing_im2col_holds_less_than_caching_it():
     """Recompute-vs-keep: the measured training peak with im2col recomputed in backward is
     well below the peak of the same plan caching every conv's columns, and the planner
     predicts both within 10%."""
-    ex = Executor(compiled("cs231n"), seed=0)
+    ex = Executor(compiled("cs231n"), seed=0, kernels="numpy")
     recompute = _train_peak(ex, 16)
     assert abs(plan_memory(ex.plan, 16).peak - recompute) <= 0.1 * recompute
     for st in ex.plan:
@@ -162,3 +162,24 @@ def test_recomputing_im2col_holds_less_than_caching_it():
     keep = _train_peak(ex, 16)
     assert abs(plan_memory(ex.plan, 16).peak - keep) <= 0.1 * keep
     assert recompute < 0.8 * keep
+
+
+def test_summary_reports_planned_peaks_and_O0_changes_them(capsys):
+    """`netdsl summary` prints the planned training and inference peaks; the JSON carries
+    them; -O0 plans the unfused graph (fused BN+ReLU drops one buffer per pair)."""
+    import json
+    from netdsl.cli import main
+    path = str(NETS / "inception_small.net")
+    assert main(["summary", path, "--input", "16x16x3", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "planned peak memory, batch 8" in out and "training step" in out
+    peaks = {}
+    path = str(NETS / "resnet18.net")      # BN folding matters at inference
+    for flags in ([], ["-O0"]):
+        assert main(["summary", path, "--batch", "2", "--format", "json", *flags]) == 0
+        mem = json.loads(capsys.readouterr().out)["memory"]
+        g = compile_file(path, num_classes=10).graph
+        ex = Executor(g, seed=0, passes="O0" if flags else None)
+        assert mem["train_peak_bytes"] == plan_memory(ex.plan, 2).peak
+        peaks[bool(flags)] = mem["infer_peak_bytes"]
+    assert peaks[False] < 0.9 * peaks[True]
