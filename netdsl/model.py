@@ -94,9 +94,15 @@ class BoundModel:
 
 
 def verify_params(g: nx.DiGraph, params: dict, stage: str = "?") -> None:
-    """Every node holds exactly the parameters its spec asks for, with the spec's shapes."""
+    """Every node holds exactly the parameters its spec computes from the node's attributes and
+    input shapes *now* (not the specs stored at the last shape inference), with those shapes."""
+    from .layers import get
     for rec in G.nodes(g):
-        specs = rec.param_specs or {}
+        specs = get(rec.op).params(rec.attrs, list(rec.in_shapes or ()))
+        if set(specs) != set(rec.param_specs or {}):
+            raise VerifyError(f"after {stage}: {rec.name}'s stored parameter specs "
+                              f"{sorted(rec.param_specs or {})} are stale: its attributes give "
+                              f"{sorted(specs)} (a pass must call reinfer())")
         have = params.get(rec.name, {})
         if set(have) != set(specs):
             raise VerifyError(f"after {stage}: {rec.name} holds parameters {sorted(have)} but its "

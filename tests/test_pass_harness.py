@@ -223,3 +223,31 @@ def test_inference_of_a_training_fused_model_still_folds_batchnorm():
     assert not any(st.node.op == "batchnorm" for st in inf.plan)
     assert any(st.node.op == "conv" and st.act == "relu" for st in inf.plan)
     np.testing.assert_allclose(inf.forward(x).logits, ref, rtol=RTOL, atol=1e-12)
+
+
+def test_verifier_recomputes_specs_from_attributes():
+    """A pass that changes attributes without reinfer() is caught: a conv given a bias in its
+    attributes but not in its weights."""
+    m = bound("random0")
+    conv = next(r for r in G.nodes(m.graph) if r.op == "conv" and not r.attrs["bias"]) \
+        if any(r.op == "conv" and not r.attrs["bias"] for r in G.nodes(m.graph)) else None
+    if conv is None:
+        conv = next(r for r in G.nodes(m.graph) if r.op == "conv")
+        conv.attrs["bias"] = False
+    else:
+        conv.attrs["bias"] = True
+    with pytest.raises(VerifyError, match="stale"):
+        m.verify("test")
+    m.reinfer()
+    with pytest.raises(VerifyError, match="asks for"):   # now the weights disagree
+        m.verify("test")
+
+
+def test_cli_pass_flags(capsys):
+    """--passes names are checked (a located user error, exit 1); -O0 is accepted."""
+    from netdsl.cli import main
+    path = str(NETS / "lenet5.net")
+    assert main(["summary", path, "--passes", "fold_bn"]) == 1
+    assert "unknown pass 'fold_bn'" in capsys.readouterr().err
+    assert main(["summary", path, "-O0"]) == 0
+    assert main(["summary", path, "--passes", "fold_batchnorm,fuse_activations"]) == 0
