@@ -49,6 +49,7 @@ def _geom(st, n):
 
 
 def _conv(st, n, it, training):
+    """im2col conv: padded copy + columns forward; backward per ``st.recompute``."""
     from .plan import is_pointwise
     a = st.node.attrs
     h, w, c, ho, wo, f = _geom(st, n)
@@ -57,7 +58,6 @@ def _conv(st, n, it, training):
     pad = n * (h + 2 * ph) * (w + 2 * pw) * c * it if (ph or pw) else 0
     pointwise = is_pointwise(a) and a["groups"] == 1
     cols = 0 if pointwise else n * ho * wo * kh * kw * c * it
-    rows_c = n * ho * wo * c * it
     fp = Footprint(out=n * ho * wo * f * it, fwd_tmp=pad + cols)
     block = n * ho * wo * (c // a["groups"]) * it      # one kernel offset's share of dcols
     if st.data_only:
@@ -73,10 +73,9 @@ def _conv(st, n, it, training):
         # im2col again (padded copy + columns, before dx exists), then columns + block + dx
         fp.keep_in = (0,)
         fp.bwd_tmp = max(pad + cols - dx, cols + (block if dx else 0))
-    else:                       # grouped: the cache owns the columns
+    else:                       # kept columns (grouped, or a provider's choice): cache owns them
         fp.cache, fp.fwd_tmp = cols, pad
         fp.bwd_tmp = block if dx else 0
-    del rows_c
     return fp
 
 
