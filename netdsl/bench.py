@@ -41,13 +41,13 @@ def _compare(steps: dict, total: int, rounds: int = 5, warmup: int = 3) -> dict:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def netdsl_step(batch: int, xp=np):
+def netdsl_step(batch: int, xp=np, passes=None):
     from .compiler import compile_file
     from .executor import Executor
     from .train.config import TrainConfig
     from .train.optim import make_optimizer
     c = compile_file(str(NET), overrides=dict(SETS), input_shape=(32, 32, 3), num_classes=10)
-    ex = Executor(c.graph, xp=xp, seed=0)
+    ex = Executor(c.graph, xp=xp, seed=0, passes=passes)
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch, 32, 32, 3)).astype(np.float32))
@@ -107,7 +107,7 @@ def main(args) -> int:
     if args.device == "gpu":
         from .backend import get_xp
         xp = get_xp("gpu")
-    steps = {"netdsl": netdsl_step(args.batch, xp)}
+    steps = {"netdsl": netdsl_step(args.batch, xp, getattr(args, "passes", None))}
     version = None
     try:
         steps["torch"], version = torch_step(args.batch, args.threads)

@@ -102,11 +102,21 @@ def cmd_check(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .summary import format_table, summarize
+    from .summary import format_table, human_bytes, summarize
     c = _compile(args)
     _print_warnings(c.graph)
+    from .memory import memory_table
     s = summarize(c.graph, batch=args.batch)
-    print(json.dumps(s, indent=2, ensure_ascii=False) if args.format == "json" else format_table(s))
+    s["compile_passes"] = [{"pass": name, "changed": changed} for name, changed in c.pass_log]
+    s["memory"] = m = memory_table(c.graph, args.batch, passes=args.passes)
+    if args.format == "json":
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    print(format_table(s))
+    print(f"planned peak memory, batch {args.batch} float32 (activations, caches, workspace"
+          f"{', gradients' if m['train_gradient_bytes'] else ''}; weights apart): training step "
+          f"{human_bytes(m['train_peak_bytes'])} (at {m['train_peak_at']}), inference "
+          f"{human_bytes(m['infer_peak_bytes'])} (at {m['infer_peak_at']})")
     return 0
 
 
@@ -150,7 +160,7 @@ def cmd_run(args) -> int:
     finally:
         _print_warnings(g)
     xp = get_xp(args.device)
-    ex = Executor(g, xp=xp, seed=cfg.seed)
+    ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
     _check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
     out_dir = args.out or default_out_dir(g.graph["name"])
@@ -199,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "convolutional networks written in the netdsl language.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def pass_flags(sp):
+        sp.add_argument("-O0", dest="passes", action="store_const", const="O0",
+                        help="run no optimisation pass (training and inference pipelines)")
+        sp.add_argument("--passes", metavar="A,B", help="run only these passes (e.g. "
+                        "fold_batchnorm,fuse_activations), each where its mode allows")
+
     def common(sp, input_flag=True):
         sp.add_argument("file", help="a .net file")
         sp.add_argument("--set", action="append", metavar="K=V", default=[],
@@ -219,12 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "no test split (default 20%%)")
     r.add_argument("--seed", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    pass_flags(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
     common(s)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--format", choices=["table", "json"], default="table")
+    pass_flags(s)
     s.set_defaults(func=cmd_summary)
 
     c = sub.add_parser("check", help="validate a .net file")
@@ -245,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    pass_flags(b)
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -105,6 +105,14 @@ def _window_view(xp, xpad, kernel, stride, dilation, out_hw):
         strides=(s_n, s_h * stride[0], s_w * stride[1], s_h * dilation[0], s_w * dilation[1], s_c))
 
 
+def im2col(xp, attrs, x):
+    """The (N·Ho·Wo, KH·KW·C) column matrix of a single-group conv on ``x``: what forward
+    multiplies by the weights and caches. A plan that keeps only ``x`` rebuilds it for backward."""
+    kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x.shape)
+    view = _window_view(xp, _pad(xp, x, ph, pw), kernel, stride, dilation, (ho, wo))
+    return view.reshape(x.shape[0] * ho * wo, -1)
+
+
 def _conv_forward(ctx, attrs, params, inputs):
     xp, x = ctx.xp, inputs[0]
     kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x.shape)
