@@ -104,8 +104,7 @@ def fuse_activations(g: nx.DiGraph) -> bool:
     reader, and the producer does not cache its output (these three do not)."""
     changed = False
     for rec in G.nodes(g):
-        spec = get(rec.op)
-        if not (spec.inplace and spec.role == "layer" and len(rec.inputs) == 1 and not rec.attrs):
+        if rec.op not in FUSED_ACTIVATIONS or len(rec.inputs) != 1:
             continue
         src, port = rec.inputs[0]
         prod = G.node(g, src)
@@ -118,6 +117,8 @@ def fuse_activations(g: nx.DiGraph) -> bool:
 
 
 FUSABLE = ("conv", "fc", "batchnorm")
+FUSED_ACTIVATIONS = ("relu",)
+"""Activations a producer may apply to its own output in place (the executor's ``act``)."""
 """Producers whose output is a fresh array that no cache of theirs references."""
 
 
