@@ -114,7 +114,8 @@ def trainer(out_dir, net=NET, epochs=2, n=60, **cfg):
     g = compile_text(net, num_classes=3).graph
     warnings = []
     t = Trainer(Executor(g, seed=cfg.seed), cfg, dataset(n), out_dir=str(out_dir),
-                show_progress=False, log=lambda *a: None, warn=warnings.append)
+                show_progress=False, log=lambda *a: None, warn=warnings.append,
+                meta={"graph": graph_fingerprint(g)})       # as compiled, as the CLI does
     t.warnings = warnings
     return t
 
