@@ -66,6 +66,7 @@ def _epoch_lines(stdout: str) -> list[str]:
     return [line.rsplit(",", 1)[0] for line in stdout.splitlines() if line.startswith("epoch ")]
 
 
+@pytest.mark.slow   # starts netdsl subprocesses
 @posix_only
 def test_sigterm_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -193,6 +194,7 @@ _NO_DATA = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # starts netdsl subprocesses
 @pytest.mark.parametrize("make", ["file", "under_file"])
 def test_bad_out_is_reported_before_any_data_is_loaded(tmp_path, make):
     (tmp_path / "f").write_text("not a directory\n")
@@ -230,6 +232,7 @@ _HOLD = "import sys, time\nfrom netdsl.train.rundir import open_run_dir\n" \
         "d = open_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)"
 
 
+@pytest.mark.slow   # starts netdsl subprocesses
 @posix_only
 def test_a_second_run_on_a_locked_out_is_refused_naming_the_holder(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -248,6 +251,7 @@ def test_a_second_run_on_a_locked_out_is_refused_naming_the_holder(tmp_path):
         assert run_dir.path == tmp_path
 
 
+@pytest.mark.slow   # starts netdsl subprocesses
 def test_fresh_run_into_a_checkpoint_dir_is_refused_unless_overwrite(tmp_path):
     assert netdsl("run", LINEAR, "--epochs", 1, "--out", tmp_path, "--quiet").returncode == 0
     before = (tmp_path / "checkpoint.npz").read_bytes()
@@ -464,6 +468,7 @@ def test_byte_counts_print_without_overflow():
     assert format_bytes(10 ** 400) == f"{10 ** 400 // 2 ** 60:,} EiB"
 
 
+@pytest.mark.slow   # starts netdsl subprocesses
 def test_a_net_too_large_for_memory_is_refused_with_its_size(tmp_path):
     net = tmp_path / "huge.net"
     net.write_text("INPUT(2048x2048x3) -> FC(100000) -> FC\n")   # 1.26e12 weights: ~5 TB
@@ -473,6 +478,7 @@ def test_a_net_too_large_for_memory_is_refused_with_its_size(tmp_path):
     assert "--batch-size" in r.stderr
 
 
+@pytest.mark.slow   # starts netdsl subprocesses
 def test_resume_of_another_network_is_refused_before_data_is_loaded(tmp_path):
     mlp = NETS / "patterns" / "mlp.net"
     first = netdsl("run", mlp, "--set", "K=2", "--set", "HIDDEN=16", "--epochs", 1,
