@@ -1,0 +1,65 @@
+"""What every oneDNN kernel shares: the loaded library, the primitive cache, layouts."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._lib import Lib, Primitive
+
+_LIB: Lib | None = None
+_CACHE: dict = {}
+
+
+def lib() -> Lib:
+    """The process-wide library handle (loaded by :func:`netdsl.kernels.onednn.load`)."""
+    global _LIB
+    if _LIB is None:
+        _LIB = Lib()
+    return _LIB
+
+
+def cached(key, build):
+    """The value cached under ``key``, built by ``build()`` on first use.
+
+    Why: creating a primitive costs 2–17 ms, executing one ~20 µs; a smaller last batch is
+    another key, so it gets its own primitives instead of recreating the full batch's.
+    """
+    value = _CACHE.get(key)
+    if value is None:
+        value = _CACHE[key] = build()
+    return value
+
+
+def clear_cache() -> None:
+    """Forget every cached primitive (tests; the process normally keeps them)."""
+    _CACHE.clear()
+
+
+def primitive(pd, args) -> Primitive:
+    return Primitive(lib(), pd, tuple(args))
+
+
+def nhwc(n, h, w, c):
+    """Memory descriptor of a contiguous NHWC batch (oneDNN's logical order is N, C, H, W).
+
+    Given as strides rather than a format tag: it is the same layout as the `nhwc` tag, which
+    keeps oneDNN on its direct (brgconv/jit) kernels; `nchw` falls back to a slow gemm path.
+    """
+    return lib().md_strides((n, c, h, w), (h * w * c, 1, w * c, c))
+
+
+def plain(shape):
+    """Memory descriptor of a contiguous row-major float32 array of ``shape``."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return lib().md_strides(tuple(shape), tuple(reversed(strides)))
+
+
+def f32(a) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def is_f32(dtype) -> bool:
+    return np.dtype(dtype) == np.float32

