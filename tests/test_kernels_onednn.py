@@ -148,3 +148,59 @@ def test_conv_input_grad_skipped_for_data():
     dins, dparams = kernel.backward(ctx, bound, params, cache, np.ones_like(out))
     assert dins == [None] and set(dparams) == {"weight", "bias"}
     np.testing.assert_allclose(dparams["bias"], np.full(4, out.shape[0] * 25.0), rtol=1e-6)
+
+
+RESIDUAL = """net small_res
+INPUT(10x10x3)
+  -> CONV(8, 3, bias=false) -> BN -> RELU
+  -> residual { CONV(8, 3, bias=false) -> BN -> RELU -> CONV(8, 3, bias=false) -> BN } -> RELU
+  -> residual { CONV(16, 3, stride=2, bias=false) -> BN -> RELU -> CONV(16, 3) -> BN } -> RELU
+  -> MAXPOOL(2) -> GAP -> FC(12) -> RELU -> FC
+"""
+
+
+def _nets():
+    from pathlib import Path
+
+    from netdsl.compiler import compile_file, compile_text
+    root = Path(__file__).resolve().parents[1] / "nets"
+    yield "residual", compile_text(RESIDUAL, input_shape=(10, 10, 3), num_classes=5).graph, \
+        (10, 10, 3)
+    yield "inception_small", compile_file(str(root / "inception_small.net"),
+                                          input_shape=(16, 16, 3), num_classes=5).graph, \
+        (16, 16, 3)
+    yield "lenet5", compile_file(str(root / "lenet5.net"), num_classes=5).graph, (32, 32, 1)
+
+
+@pytest.mark.parametrize("net", list(_nets()), ids=lambda n: n[0])
+def test_training_step_same_with_either_provider(net):
+    from netdsl.executor import Executor
+    _, graph, shape = net
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6,) + shape).astype(np.float32)
+    y = rng.integers(0, 5, size=6)
+    ref = Executor(graph, seed=1, kernels="numpy")
+    fast = Executor(graph, seed=1, kernels="onednn",
+                    params={n: {k: v.copy() for k, v in p.items()} for n, p in ref.params.items()})
+    used = {st.provider for st in fast.plan}
+    assert "onednn" in used
+    for training in (True, False):
+        a = ref.forward(x, y, training=training)
+        b = fast.forward(x, y, training=training)
+        _close("logits", b.logits, a.logits)
+        assert abs(float(b.loss) - float(a.loss)) <= 1e-4 * abs(float(a.loss))
+        if training:
+            ga, gb = ref.backward(), fast.backward()
+            assert set(ga) == set(gb)
+            # Some gradients are zero but for round-off (a conv bias before batch norm):
+            # measure every error against at least 1e-2 of the net's largest gradient.
+            floor = 1e-2 * max(np.abs(g).max() for d in ga.values() for g in d.values())
+            for node in ga:
+                for k in ga[node]:
+                    # float32 round-off accumulates over the layers: 1e-3 of the largest entry.
+                    want, got = ga[node][k], gb[node][k]
+                    err = np.abs(got - want).max() / max(np.abs(want).max(), floor)
+                    assert err <= 1e-3, f"{node}.{k}: {err:.1e}"
+    for node, p in ref.params.items():  # running statistics updated alike
+        for k in p:
+            _close(f"{node}.{k}", fast.params[node][k], p[k])
