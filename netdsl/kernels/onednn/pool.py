@@ -1,7 +1,7 @@
 """Max / average pooling on oneDNN (forward and backward, NHWC).
 
 Max pooling in training keeps oneDNN's workspace (the argmax of each window) for backward.
-Average pooling counts padding in the divisor, as the reference does (count_include_pad).
+Average pooling divides as the reference does (padding counted unless count_include_pad=false).
 Ceil rounding that adds a window is left to the reference: its overhang is counted
 differently from oneDNN's padding.
 """
@@ -22,7 +22,10 @@ def _geometry(attrs, x_shape):
     ho = out_size(h, kh, sh, ph, what="pool")
     wo = out_size(w, kw, sw, pw, what="pool")
     pr = ((ho - 1) * sh + kh - h - ph, (wo - 1) * sw + kw - w - pw)
-    alg = L.POOL_MAX if a["kind"] == "max" else L.POOL_AVG_INCLUDE
+    if a["kind"] == "max":
+        alg = L.POOL_MAX
+    else:  # the layers may grow a count_include_pad argument; PyTorch's default is True
+        alg = L.POOL_AVG_INCLUDE if a.get("count_include_pad", True) else L.POOL_AVG_EXCLUDE
     return dict(n=n, h=h, w=w, c=c, ho=ho, wo=wo, k=(kh, kw), s=(sh, sw), pl=(ph, pw), pr=pr,
                 alg=alg)
 
