@@ -65,8 +65,9 @@ def dims(values) -> DIMS:
 
 def _candidates() -> list[str]:
     env = os.environ.get("NETDSL_DNNL_LIB")
-    paths = [env] if env else []
-    paths += [str(Path(sys.prefix) / "lib" / "libdnnl.so.3"),
+    if env:  # an explicit choice: only that file (also how tests simulate a missing library)
+        return [env]
+    paths = [str(Path(sys.prefix) / "lib" / "libdnnl.so.3"),
               str(Path(sys.base_prefix) / "lib" / "libdnnl.so.3")]
     found = ctypes.util.find_library("dnnl")
     if found:
@@ -84,7 +85,8 @@ class Lib:
         errors = []
         self.dll = None
         for path in _candidates():
-            if not os.path.exists(path) and "/" in path:
+            if "/" in path and not os.path.exists(path):
+                errors.append(f"{path}: no such file")
                 continue
             try:
                 self.dll = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
