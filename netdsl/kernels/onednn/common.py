@@ -63,3 +63,39 @@ def f32(a) -> np.ndarray:
 
 def is_f32(dtype) -> bool:
     return np.dtype(dtype) == np.float32
+
+
+# --- serial kernels ---------------------------------------------------------------------------
+# oneDNN fixes a primitive's thread count when its descriptor is created. Batch norm's jit
+# kernel meets several OpenMP barriers per call; on a loaded 2-core machine each barrier can
+# cost a scheduler time slice, and one 4 MB batch-norm forward measured 50 ms on 2 threads
+# against 0.3–0.7 ms on one (docs/performance.md). Memory-bound kernels listed here are
+# therefore created and run on one thread; NETDSL_ONEDNN_SERIAL (comma list, or "none")
+# overrides the list.
+import os  # noqa: E402
+
+SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "batchnorm,lrn").split(",")
+                   if k and k != "none")
+
+
+class serial:
+    """Context: OpenMP on one thread while a serial kernel is created or executed."""
+
+    _omp = None
+
+    def __init__(self, kind: str):
+        self.active = kind in SERIAL
+
+    def __enter__(self):
+        if self.active:
+            if serial._omp is None:
+                import ctypes
+                serial._omp = ctypes.CDLL("libgomp.so.1")
+            self.saved = serial._omp.omp_get_max_threads()
+            serial._omp.omp_set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            serial._omp.omp_set_num_threads(self.saved)
+        return False

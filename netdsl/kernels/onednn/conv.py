@@ -61,12 +61,34 @@ def _fwd(geo, bias):
     return cached(("conv_fwd",) + _key(geo, bias), lambda: primitive(_fwd_pd(geo, bias), args))
 
 
+class _Reordered:
+    """A backward primitive whose weights take oneDNN's preferred (blocked) layout.
+
+    Why: given plain `hwio` weights, oneDNN 3.2 runs both backward convolutions as im2col +
+    GEMM (x64:gemm:jit), 3–10× slower than its brgconv kernels, which want blocked weights.
+    The weights are reordered into a scratch buffer per call (weights are small next to
+    activations) and the optimizer keeps netdsl's layout.
+    """
+
+    def __init__(self, prim, arg, plain_md):
+        d = lib()
+        self.prim = prim
+        chosen = prim.mds[arg]
+        self.reorder = None
+        if not d.md_equal(chosen, plain_md):
+            self.buffer = np.empty(prim.sizes[arg], dtype=np.uint8)
+            src, dst = (plain_md, chosen) if arg == "weights" else (chosen, plain_md)
+            self.reorder = primitive(d.reorder_pd(src, dst), ("src", "dst"))
+        self.impl = prim.impl
+
+
 def _bwd_data(geo, bias):
     def build():
         src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
         pd = d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
-                  L.CONV_DIRECT, src, wei, dst, st, dl, pl, pr, _fwd_pd(geo, bias), None)
-        return primitive(pd, ("diff_dst", "weights", "diff_src"))
+                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr,
+                  _fwd_pd(geo, bias), None)
+        return _Reordered(primitive(pd, ("diff_dst", "weights", "diff_src")), "weights", wei)
     return cached(("conv_bwd_data",) + _key(geo, bias), build)
 
 
@@ -74,11 +96,17 @@ def _bwd_weights(geo, bias):
     def build():
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
-                  L.CONV_DIRECT, src, wei, b if bias else None, dst, st, dl, pl, pr,
-                  _fwd_pd(geo, bias), None)
+                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), b if bias else None, dst, st,
+                  dl, pl, pr, _fwd_pd(geo, bias), None)
         args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
-        return primitive(pd, args)
+        return _Reordered(primitive(pd, args), "diff_weights", wei)
     return cached(("conv_bwd_weights",) + _key(geo, bias), build)
+
+
+def d_dims(geo):
+    """oneDNN's logical weight dims: (O, I, KH, KW), or (G, O/G, I/G, KH, KW) with groups."""
+    kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]
+    return (f, c, kh, kw) if g == 1 else (g, f // g, c // g, kh, kw)
 
 
 def conv_forward(ctx, attrs, params, inputs):
@@ -102,15 +130,24 @@ def conv_backward(ctx, attrs, params, cache, dout):
     weight = params["weight"]
     bias = "bias" in params
     grads = {"weight": np.empty(weight.shape, dtype=np.float32)}
+    bw = _bwd_weights(geo, bias)
+    dw = bw.buffer if bw.reorder else grads["weight"]
     if bias:
         grads["bias"] = np.empty(weight.shape[3], dtype=np.float32)
-        _bwd_weights(geo, True)(x, dout, grads["weight"], grads["bias"])
+        bw.prim(x, dout, dw, grads["bias"])
     else:
-        _bwd_weights(geo, False)(x, dout, grads["weight"])
+        bw.prim(x, dout, dw)
+    if bw.reorder:
+        bw.reorder(dw, grads["weight"])
     if not ctx.input_grad:
         return [None], grads
     dx = np.empty(x.shape, dtype=np.float32)
-    _bwd_data(geo, bias)(dout, f32(weight), dx)
+    bd = _bwd_data(geo, bias)
+    w = f32(weight)
+    if bd.reorder:
+        bd.reorder(w, bd.buffer)
+        w = bd.buffer
+    bd.prim(dout, w, dx)
     return [dx], grads
 
 

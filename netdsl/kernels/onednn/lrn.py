@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 
 from . import _lib as L
-from .common import cached, f32, is_f32, lib, nhwc, primitive
+from .common import cached, f32, is_f32, lib, nhwc, primitive, serial
 
 
 def _params(attrs):
@@ -63,9 +63,11 @@ def lrn_forward(ctx, attrs, params, inputs):
     x = f32(inputs[0])
     shape, p = _as_map(x.shape), _params(attrs)
     out = np.empty_like(x)
-    size = _ws_size(shape, p)
+    with serial("lrn"):
+        size = _ws_size(shape, p)
     ws = np.empty(size, dtype=np.uint8) if size else None
-    _fwd(shape, p)(x, out, *((ws,) if size else ()))
+    with serial("lrn"):
+        _fwd(shape, p)(x, out, *((ws,) if size else ()))
     return out, (x, ws)
 
 
@@ -74,7 +76,8 @@ def lrn_backward(ctx, attrs, params, cache, dout):
     x, ws = cache
     shape, p = _as_map(x.shape), _params(attrs)
     dx = np.empty_like(x)
-    _bwd(shape, p)(x, f32(dout), dx, *((ws,) if ws is not None else ()))
+    with serial("lrn"):
+        _bwd(shape, p)(x, f32(dout), dx, *((ws,) if ws is not None else ()))
     return [dx], {}
 
 

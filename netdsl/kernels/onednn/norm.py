@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 
 from . import _lib as L
-from .common import cached, f32, is_f32, lib, nhwc, plain, primitive
+from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
 
 
 def _data_md(shape):
@@ -65,7 +65,8 @@ def bn_forward(ctx, attrs, params, inputs):
     if batch_stats:
         mean = np.empty(c, dtype=np.float32)
         var = np.empty(c, dtype=np.float32)
-        _fwd(x.shape, eps, True)(x, gamma, beta, mean, var, out)
+        with serial("batchnorm"):
+            _fwd(x.shape, eps, True)(x, gamma, beta, mean, var, out)
         count = x.size // c
         m = attrs["momentum"]
         unbiased = var * (count / (count - 1)) if count > 1 else var
@@ -73,7 +74,8 @@ def bn_forward(ctx, attrs, params, inputs):
         params["running_var"][...] = (1 - m) * params["running_var"] + m * unbiased
     else:
         mean, var = f32(params["running_mean"]), f32(params["running_var"])
-        _fwd(x.shape, eps, False)(x, gamma, beta, mean, var, out)
+        with serial("batchnorm"):
+            _fwd(x.shape, eps, False)(x, gamma, beta, mean, var, out)
     return out, (x, mean, var, batch_stats)
 
 
@@ -84,8 +86,9 @@ def bn_backward(ctx, attrs, params, cache, dout):
     c = x.shape[-1]
     dgamma = np.empty(c, dtype=np.float32)
     dbeta = np.empty(c, dtype=np.float32)
-    _bwd(x.shape, float(attrs["eps"]), batch_stats)(
-        x, mean, var, f32(dout), f32(params["gamma"]), dx, dgamma, dbeta)
+    with serial("batchnorm"):
+        _bwd(x.shape, float(attrs["eps"]), batch_stats)(
+            x, mean, var, f32(dout), f32(params["gamma"]), dx, dgamma, dbeta)
     return [dx], {"gamma": dgamma, "beta": dbeta}
 
 
