@@ -53,7 +53,8 @@ def test_bench_onednn_kernels_are_used(capsys):
     providers = {row["op"]: row["provider"] for row in r["layers"]}
     assert r["kernels"] == "onednn"
     assert providers["conv"] == providers["fc"] == providers["avgpool"] == "onednn"
-    assert providers["tanh"] == "numpy"  # no oneDNN kernel: the reference
+    assert providers["tanh"] == "onednn"
+    assert providers["softmax_xent"] == "numpy"  # no oneDNN kernel: the reference
 
 
 def test_torch_net_from_the_graph_matches_published_parameter_count():

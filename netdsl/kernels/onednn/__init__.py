@@ -36,6 +36,9 @@ def load() -> bool:
         register_kernel(name, Kernel("onednn", pool_forward, pool_backward, pool_supports))
     register_kernel("batchnorm", Kernel("onednn", bn_forward, bn_backward, bn_supports))
     register_kernel("fc", Kernel("onednn", fc_forward, fc_backward, fc_supports))
+    from .eltwise import make
+    for name in ("relu", "tanh", "sigmoid"):
+        register_kernel(name, Kernel("onednn", *make(name)))
     from ...layers import lookup
     if lookup("lrn") is not None:  # the layer comes with the layer zoo
         from .lrn import lrn_backward, lrn_forward, lrn_supports
