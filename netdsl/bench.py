@@ -156,7 +156,8 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
 
 
 def peak_memory(step) -> int:
-    """Peak bytes NumPy allocated during one step (tracemalloc sees NumPy's allocations;
+    """Peak bytes NumPy allocated during one step beyond what was held before it (weights,
+    optimizer state and the input are not counted; tracemalloc sees NumPy's allocations,
     oneDNN's own scratchpad, a few MB at most here, is not counted)."""
     step()  # caches and primitives exist before measuring
     tracemalloc.start()
@@ -217,6 +218,8 @@ def run(args) -> dict:
     if version:
         tt = float(np.median(rounds["torch"]))
         ratios = [a / b for a, b in zip(rounds["torch"], rounds["netdsl"])]
+        from .bench_torch import peak_memory as torch_peak
+        result["torch_peak_mb"] = torch_peak(steps["torch"]) / 2**20
         result.update(torch_version=version, torch_ms=1000 * tt, torch_img_s=batch / tt,
                       torch_ms_rounds=[1000 * r for r in rounds["torch"]], ratio=tt / t,
                       ratio_rounds=_spread(ratios))
@@ -238,7 +241,7 @@ def format_report(r: dict) -> str:
     if "torch_ms" in r:
         s = r["ratio_rounds"]
         lines.append(f"pytorch {r['torch_version']} cpu: {r['torch_ms']:.1f} ms/step, "
-                     f"{r['torch_img_s']:.0f} images/s")
+                     f"{r['torch_img_s']:.0f} images/s, peak {r['torch_peak_mb']:.1f} MB")
         lines.append(f"netdsl throughput / pytorch throughput = {r['ratio']:.2f} "
                      f"(rounds {s['min']:.2f}–{s['max']:.2f})")
     return "\n".join(lines)

@@ -109,3 +109,27 @@ def build(g):
             return values[main.inputs[0][0]]
 
     return Net()
+
+
+def peak_memory(step) -> int:
+    """Peak bytes PyTorch's CPU allocator held during one step beyond what it held before
+    (the profiler's running 'Total Allocated'; the same definition as netdsl's figure)."""
+    import json
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    finally:
+        os.unlink(path)
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})]
+    return max(totals, default=0)
