@@ -231,3 +231,16 @@ def test_training_step_same_with_either_provider(net):
     for node, p in ref.params.items():  # running statistics updated alike
         for k in p:
             _close(f"{node}.{k}", fast.params[node][k], p[k])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "pool", "relu")],
+                         ids=_case_id)
+def test_multithreaded_primitives_match_too(case, monkeypatch):
+    """The cases above are small enough to run on one thread; force the threaded path."""
+    from netdsl.kernels.onednn import common
+    monkeypatch.setattr(common, "SMALL", 0)
+    common.clear_cache()
+    try:
+        test_kernel_matches_reference(case, True)
+    finally:
+        common.clear_cache()

@@ -66,16 +66,23 @@ def is_f32(dtype) -> bool:
 
 
 # --- serial kernels ---------------------------------------------------------------------------
-# oneDNN fixes a primitive's thread count when its descriptor is created. Batch norm's jit
-# kernel meets several OpenMP barriers per call; on a loaded 2-core machine each barrier can
-# cost a scheduler time slice, and one 4 MB batch-norm forward measured 50 ms on 2 threads
-# against 0.3–0.7 ms on one (docs/performance.md). Memory-bound kernels listed here are
-# therefore created and run on one thread; NETDSL_ONEDNN_SERIAL (comma list, or "none")
-# overrides the list.
+# oneDNN fixes a primitive's thread count when its descriptor is created. On a loaded machine
+# every OpenMP fork/join or barrier can cost a scheduler time slice: one 4 MB batch-norm
+# forward (several barriers) measured 50 ms on 2 threads against 0.3–0.7 ms on one, and small
+# convolutions showed the same (docs/performance.md). So, like PyTorch's grain size, kernels
+# with little work, and batch norm and LRN always, are created and run on one thread.
+# NETDSL_ONEDNN_SERIAL (comma list of kinds, or "none") and NETDSL_ONEDNN_SMALL (work units:
+# FLOPs for conv/fc, elements for the others; 0 disables) override the defaults.
 import os  # noqa: E402
 
 SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "batchnorm,lrn").split(",")
                    if k and k != "none")
+SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**24))
+
+
+def is_serial(kind: str, work: float | None = None) -> bool:
+    """Whether a kernel of ``kind`` doing ``work`` runs on one thread."""
+    return kind in SERIAL or (work is not None and work < SMALL)
 
 
 class serial:
@@ -83,8 +90,8 @@ class serial:
 
     _omp = None
 
-    def __init__(self, kind: str):
-        self.active = kind in SERIAL
+    def __init__(self, kind: str, work: float | None = None):
+        self.active = is_serial(kind, work)
 
     def __enter__(self):
         if self.active:

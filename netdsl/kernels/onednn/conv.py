@@ -11,7 +11,7 @@ import numpy as np
 from ...layers.conv import PAIR_ARGS, conv_padding
 from ...layers.structure import pair_attrs
 from . import _lib as L
-from .common import cached, f32, is_f32, lib, nhwc, plain, primitive
+from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
 
 
 def _geometry(attrs, x_shape, filters):
@@ -109,6 +109,12 @@ def d_dims(geo):
     return (f, c, kh, kw) if g == 1 else (g, f // g, c // g, kh, kw)
 
 
+def _flops(geo) -> int:
+    """2 × multiply-adds of one pass (forward, backward-data and backward-weights alike)."""
+    return (2 * geo["n"] * geo["ho"] * geo["wo"] * geo["f"] * geo["kh"] * geo["kw"]
+            * (geo["c"] // geo["g"]))
+
+
 def conv_forward(ctx, attrs, params, inputs):
     """Same contract as the registry's conv forward; the cache is (x, geometry)."""
     x = f32(inputs[0])
@@ -116,16 +122,22 @@ def conv_forward(ctx, attrs, params, inputs):
     geo = _geometry(attrs, x.shape, weight.shape[3])
     bias = "bias" in params
     out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
-    if bias:
-        _fwd(geo, True)(x, f32(weight), f32(params["bias"]), out)
-    else:
-        _fwd(geo, False)(x, f32(weight), out)
+    with serial("conv", _flops(geo)):
+        if bias:
+            _fwd(geo, True)(x, f32(weight), f32(params["bias"]), out)
+        else:
+            _fwd(geo, False)(x, f32(weight), out)
     return out, (x, geo)
 
 
 def conv_backward(ctx, attrs, params, cache, dout):
     """Same contract as the registry's conv backward."""
     x, geo = cache
+    with serial("conv", _flops(geo)):
+        return _conv_backward(ctx, params, x, geo, dout)
+
+
+def _conv_backward(ctx, params, x, geo, dout):
     dout = f32(dout)
     weight = params["weight"]
     bias = "bias" in params

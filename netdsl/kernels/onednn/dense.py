@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _lib as L
-from .common import cached, f32, is_f32, lib, plain, primitive
+from .common import cached, f32, is_f32, lib, plain, primitive, serial
 
 
 def _descs(n, k, units):
@@ -59,16 +59,22 @@ def fc_forward(ctx, attrs, params, inputs):
     n, (k, units) = x2.shape[0], weight.shape
     bias = "bias" in params
     out = np.empty((n, units), dtype=np.float32)
-    if bias:
-        _fwd(n, k, units, True)(x2, f32(weight), f32(params["bias"]), out)
-    else:
-        _fwd(n, k, units, False)(x2, f32(weight), out)
+    with serial("fc", 2 * n * k * units):
+        if bias:
+            _fwd(n, k, units, True)(x2, f32(weight), f32(params["bias"]), out)
+        else:
+            _fwd(n, k, units, False)(x2, f32(weight), out)
     return out, (x.shape, x2)
 
 
 def fc_backward(ctx, attrs, params, cache, dout):
     """Same contract as the registry's fc backward."""
     x_shape, x2 = cache
+    with serial("fc", 2 * x2.size * params["weight"].shape[1]):
+        return _fc_backward(ctx, params, x_shape, x2, dout)
+
+
+def _fc_backward(ctx, params, x_shape, x2, dout):
     dout = f32(dout)
     weight = params["weight"]
     n, (k, units) = x2.shape[0], weight.shape

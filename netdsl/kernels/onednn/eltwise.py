@@ -10,7 +10,7 @@ import ctypes
 import numpy as np
 
 from . import _lib as L
-from .common import cached, f32, is_f32, lib, plain, primitive
+from .common import cached, f32, is_f32, lib, plain, primitive, serial
 
 ALG = {"relu": L.ELTWISE_RELU_DST, "tanh": L.ELTWISE_TANH_DST, "sigmoid": L.ELTWISE_LOGISTIC_DST}
 
@@ -48,12 +48,14 @@ def make(op: str):
     def forward(ctx, attrs, params, inputs):
         x = f32(inputs[0])
         out = np.empty_like(x)
-        _fwd(op, _flat(x.shape))(x, out)
+        with serial(op, x.size):
+            _fwd(op, _flat(x.shape))(x, out)
         return out, out
 
     def backward(ctx, attrs, params, out, dout):
         dx = np.empty_like(out)
-        _bwd(op, _flat(out.shape))(out, f32(dout), dx)
+        with serial(op, out.size):
+            _bwd(op, _flat(out.shape))(out, f32(dout), dx)
         return [dx], {}
 
     def supports(attrs, in_shapes, dtype):

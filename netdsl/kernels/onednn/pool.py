@@ -12,7 +12,7 @@ import numpy as np
 from ...layers.base import out_size
 from ...layers.pooling import _pool_attrs
 from . import _lib as L
-from .common import cached, f32, is_f32, lib, nhwc, primitive
+from .common import cached, f32, is_f32, lib, nhwc, primitive, serial
 
 
 def _geometry(attrs, x_shape):
@@ -68,14 +68,11 @@ def pool_forward(ctx, attrs, params, inputs):
     """Same contract as the registry's pool forward; the cache is (geometry, workspace)."""
     x = f32(inputs[0])
     geo = _geometry(attrs, x.shape)
-    prim, ws_size = _fwd(geo, ctx.training)
-    out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["c"]), dtype=np.float32)
-    if ws_size:
-        ws = np.empty(ws_size, dtype=np.uint8)
-        prim(x, out, ws)
-    else:
-        ws = None
-        prim(x, out)
+    with serial("pool", x.size):
+        prim, ws_size = _fwd(geo, ctx.training)
+        out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["c"]), dtype=np.float32)
+        ws = np.empty(ws_size, dtype=np.uint8) if ws_size else None
+        prim(x, out, *((ws,) if ws_size else ()))
     return out, (geo, ws)
 
 
@@ -86,7 +83,8 @@ def pool_backward(ctx, attrs, params, cache, dout):
     if geo["alg"] == L.POOL_MAX and ws is None:
         raise RuntimeError("max pooling backward needs a training forward (its workspace)")
     args = (f32(dout), dx) + ((ws,) if ws is not None else ())
-    _bwd(geo)(*args)
+    with serial("pool", dx.size):
+        _bwd(geo)(*args)
     return [dx], {}
 
 
