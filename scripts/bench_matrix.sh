@@ -1,11 +1,11 @@
 #!/bin/sh
 # The docs/performance.md table: four nets × (train b=64, infer b=256) × (onednn, numpy), each
 # interleaved with PyTorch in one process, 2 threads. One JSON line per run on stdout.
-# Usage: scripts/bench_matrix.sh [STEPS] [RESNET20_FILE] > results.jsonl
+# Usage: [KERNELS="onednn numpy"] scripts/bench_matrix.sh [STEPS] [RESNET20_FILE] > results.jsonl
 STEPS=${1:-10}
 RESNET=${2:-nets/resnet20.net}
 PY=${PYTHON:-python}
-for kernels in onednn numpy; do
+for kernels in ${KERNELS:-onednn numpy}; do
   for mode in "train 64" "infer 256"; do
     set -- $mode
     for net in "nets/lenet5.net" \

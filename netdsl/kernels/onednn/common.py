@@ -70,14 +70,14 @@ def is_f32(dtype) -> bool:
 # every OpenMP fork/join or barrier can cost a scheduler time slice: one 4 MB batch-norm
 # forward (several barriers) measured 50 ms on 2 threads against 0.3–0.7 ms on one, and small
 # convolutions showed the same (docs/performance.md). So, like PyTorch's grain size, kernels
-# with little work, and batch norm and LRN always, are created and run on one thread.
+# with little work (under 2^26 FLOPs or elements, ~1 ms on one core), and batch norm and LRN always, are created and run on one thread.
 # NETDSL_ONEDNN_SERIAL (comma list of kinds, or "none") and NETDSL_ONEDNN_SMALL (work units:
 # FLOPs for conv/fc, elements for the others; 0 disables) override the defaults.
 import os  # noqa: E402
 
 SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "batchnorm,lrn").split(",")
                    if k and k != "none")
-SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**24))
+SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**26))
 
 
 def is_serial(kind: str, work: float | None = None) -> bool:
