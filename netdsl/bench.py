@@ -121,6 +121,9 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
     Wraps each step's chosen kernels with timers for these runs only, so the whole-step
     timings are not slowed by the instrumentation.
     """
+    plan = getattr(ex, "plan", None) or []
+    if not all(hasattr(st, "forward") and hasattr(st, "backward") for st in plan):
+        return []  # an executor whose steps do not expose their kernels: no per-layer times
     times = {i: {"fwd": [], "bwd": []} for i in range(len(ex.plan))}
     saved = [(st.forward, st.backward) for st in ex.plan]
 
