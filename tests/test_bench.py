@@ -146,3 +146,20 @@ def test_run_without_the_library(tmp_path):
     ok = run("auto")
     assert ok.returncode == 0, ok.stderr
     assert "using NumPy" in ok.stderr and "final" in ok.stdout
+
+
+@pytest.mark.skipif(not kernels.available("onednn"), reason="oneDNN cannot load here")
+def test_one_thread_setting_governs_blas_and_openmp():
+    import ctypes
+
+    from threadpoolctl import threadpool_info
+    omp = ctypes.CDLL("libgomp.so.1")  # the runtime libdnnl linked (loaded RTLD_GLOBAL)
+    before = omp.omp_get_max_threads()
+    try:
+        kernels.set_threads(1)
+        assert omp.omp_get_max_threads() == 1
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+    finally:
+        kernels._LIMITS.restore_original_limits()
+        omp.omp_set_num_threads(before)
