@@ -49,17 +49,23 @@ def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3) -> dic
 def _compile(args):
     from .cli import _dims, _split_sets
     from .compiler import compile_file
-    if args.file is None:
-        params, train = dict(SETS), {}
-        input_shape = (32, 32, 3)
-        path = str(NET)
-    else:
-        params, train = _split_sets(args.set)
-        input_shape = _dims(args.input) if args.input else None
-        path = args.file
-    params.update(_split_sets(args.set)[0] if args.file is None else {})
+    params, train = _split_sets(args.set)
+    input_shape = _dims(args.input) if args.input else None
+    path = args.file
+    if path is None:  # the yardstick; --set still overrides its parameters
+        params, path = {**SETS, **params}, str(NET)
+        input_shape = input_shape or (32, 32, 3)
     return compile_file(path, overrides=params, cli_train=train, input_shape=input_shape,
                         num_classes=10, mode=args.mode)
+
+
+def classes(g) -> int:
+    """Logits of the main loss head (the heaviest, first in source order)."""
+    from .graph import losses, node
+    heads = losses(g)
+    main = max(heads, key=lambda h: (h.attrs.get("weight", 1.0), -heads.index(h)))
+    src, port = main.inputs[0]
+    return node(g, src).out_shapes[port][-1]
 
 
 def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np):
@@ -70,9 +76,8 @@ def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np):
     ex = Executor(c.graph, xp=xp, seed=0, kernels=kernels)
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
-    classes = ex.plan[ex._logits_index()].node.out_shape[-1]
     x = xp.asarray(rng.standard_normal((batch,) + tuple(ex.input_shape)).astype(np.float32))
-    y = xp.asarray(rng.integers(0, classes, batch))
+    y = xp.asarray(rng.integers(0, classes(c.graph), batch))
     sync = (lambda: xp.cuda.runtime.deviceSynchronize()) if xp is not np else (lambda: None)
 
     def train_step():
@@ -97,7 +102,7 @@ def torch_setup(c, batch: int, mode: str, threads: int):
     from .graph import nodes
     h, w, ch = next(n for n in nodes(c.graph) if n.op == "input").out_shape
     x = torch.randn(batch, ch, h, w)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, classes(c.graph), (batch,))
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
