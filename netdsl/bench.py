@@ -68,12 +68,14 @@ def classes(g) -> int:
     return node(g, src).out_shapes[port][-1]
 
 
-def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np):
+def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np, passes=None):
     """(step function, executor, x, labels) for one training step or one inference batch."""
     from .executor import Executor
     from .train.config import TrainConfig
     from .train.optim import make_optimizer
-    ex = Executor(c.graph, xp=xp, seed=0, kernels=kernels)
+    # passes: the compiler's -O0/--passes, where the executor and the CLI offer them
+    extra = {} if passes is None else {"passes": passes}
+    ex = Executor(c.graph, xp=xp, seed=0, kernels=kernels, **extra)
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch,) + tuple(ex.input_shape)).astype(np.float32))
@@ -194,7 +196,8 @@ def run(args) -> dict:
     K.set_threads(args.threads)
     c = _compile(args)
     batch = args.batch_size
-    step, ex, x, y = netdsl_setup(c, batch, args.mode, args.kernels, xp)
+    step, ex, x, y = netdsl_setup(c, batch, args.mode, args.kernels, xp,
+                                  getattr(args, "passes", None))
     steps = {"netdsl": step}
     compare = args.compare
     version = None

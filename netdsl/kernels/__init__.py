@@ -114,9 +114,14 @@ def set_threads(n: int | None) -> None:
     """
     if n is None:
         return
-    from threadpoolctl import threadpool_limits
     global _LIMITS
-    _LIMITS = threadpool_limits(limits=int(n))  # kept alive: the limit lasts while it exists
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS keeps its own thread count
+        print("note: threadpoolctl is not installed; --threads does not limit BLAS",
+              file=sys.stderr)
+    else:
+        _LIMITS = threadpool_limits(limits=int(n))  # the limit lasts while this object lives
     from . import onednn
     onednn.set_omp_threads(int(n))
 
