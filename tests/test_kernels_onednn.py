@@ -244,3 +244,32 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
         test_kernel_matches_reference(case, True)
     finally:
         common.clear_cache()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "conv"], ids=_case_id)
+def test_fused_conv_relu_matches_conv_then_relu(case):
+    """kernels.select_fused: conv + bias + ReLU in one oneDNN call equals the two reference
+    layers in float64, outputs and gradients (w.r.t. the ReLU's output)."""
+    name, attrs, in_shape = case
+    conv, relu = get("conv"), get("relu")
+    bound = bound_attrs(conv, attrs)
+    in_shape = tuple(in_shape or conv.example["in_shapes"][0])
+    fused = kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "relu")
+    assert fused is not None and fused[2] == "onednn"
+    assert kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "tanh") is None
+    rng = np.random.default_rng(5)
+    x = distinct_values(rng, (BATCH,) + in_shape)
+    params = {k: rng.normal(size=ps.shape) for k, ps in conv.params(bound, [in_shape]).items()}
+    ctx = Ctx(xp=np, training=True)
+    pre, c_cache = conv.forward(ctx, bound, params, [x])
+    want, r_cache = relu.forward(ctx, {}, {}, [pre])
+    dout = rng.normal(size=want.shape)
+    d_pre = relu.backward(ctx, {}, {}, r_cache, dout)[0][0]
+    want_dx, want_dp = conv.backward(ctx, bound, params, c_cache, d_pre)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
+    dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
+    _close("output", out, want)
+    _close("d input", dx[0], want_dx[0])
+    for k in want_dp:
+        _close(f"d {k}", dp[k], want_dp[k])

@@ -29,6 +29,10 @@ class Kernel:
     forward: Callable      # (ctx, attrs, params, inputs) -> (out, cache)
     backward: Callable     # (ctx, attrs, params, cache, dout) -> (dinputs, dparams)
     supports: Callable = lambda attrs, in_shapes, dtype: True  # noqa: E731
+    # Fused forms: activation name -> (forward, backward) computing layer + activation in one
+    # call (e.g. conv + bias + ReLU as oneDNN post-ops); same contract, gradient w.r.t. the
+    # activation's output. See select_fused.
+    fused: dict = None
 
 
 _KERNELS: dict[tuple[str, str], Kernel] = {}
@@ -57,6 +61,19 @@ def select(spec, attrs, in_shapes, dtype, provider: str = "numpy"):
     if kernel is not None and kernel.supports(attrs, in_shapes, dtype):
         return kernel.forward, kernel.backward, provider
     return spec.forward, spec.backward, "numpy"
+
+
+def select_fused(spec, attrs, in_shapes, dtype, provider: str, act: str):
+    """(forward, backward, provider) computing ``spec`` followed by the activation ``act`` in
+    one kernel, or None when the provider has no such fused kernel here (the caller then runs
+    the layer's kernel and the activation separately)."""
+    kernel = _KERNELS.get((spec.name, provider))
+    if kernel is None or not kernel.fused or act not in kernel.fused:
+        return None
+    if not kernel.supports(attrs, in_shapes, dtype):
+        return None
+    forward, backward = kernel.fused[act]
+    return forward, backward, provider
 
 
 CHOICES = ("auto", "numpy", "onednn")

@@ -27,11 +27,13 @@ def load() -> bool:
         LOAD_ERROR = str(e)
         _LOADED = False
         return False
-    from .conv import conv_backward, conv_forward, conv_supports
+    from .conv import (conv_backward, conv_forward, conv_relu_backward, conv_relu_forward,
+                       conv_supports)
     from .dense import fc_backward, fc_forward, fc_supports
     from .norm import bn_backward, bn_forward, bn_supports
     from .pool import pool_backward, pool_forward, pool_supports
-    register_kernel("conv", Kernel("onednn", conv_forward, conv_backward, conv_supports))
+    register_kernel("conv", Kernel("onednn", conv_forward, conv_backward, conv_supports,
+                                   fused={"relu": (conv_relu_forward, conv_relu_backward)}))
     for name in ("pool", "maxpool", "avgpool"):
         register_kernel(name, Kernel("onednn", pool_forward, pool_backward, pool_supports))
     register_kernel("batchnorm", Kernel("onednn", bn_forward, bn_backward, bn_supports))

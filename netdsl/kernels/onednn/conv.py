@@ -47,18 +47,19 @@ def _key(geo, bias):
     return tuple(sorted(geo.items())), bias
 
 
-def _fwd_pd(geo, bias):
+def _fwd_pd(geo, bias, relu=False):
     def build():
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
                     L.FORWARD_TRAINING, L.CONV_DIRECT, src, wei, b if bias else None, dst,
-                    st, dl, pl, pr, None)
-    return cached(("conv_fwd_pd",) + _key(geo, bias), build)
+                    st, dl, pl, pr, d.relu_attr() if relu else None)
+    return cached(("conv_fwd_pd", relu) + _key(geo, bias), build)
 
 
-def _fwd(geo, bias):
+def _fwd(geo, bias, relu=False):
     args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
-    return cached(("conv_fwd",) + _key(geo, bias), lambda: primitive(_fwd_pd(geo, bias), args))
+    return cached(("conv_fwd", relu) + _key(geo, bias),
+                  lambda: primitive(_fwd_pd(geo, bias, relu), args))
 
 
 class _Reordered:
@@ -115,8 +116,9 @@ def _flops(geo) -> int:
             * (geo["c"] // geo["g"]))
 
 
-def conv_forward(ctx, attrs, params, inputs):
-    """Same contract as the registry's conv forward; the cache is (x, geometry)."""
+def conv_forward(ctx, attrs, params, inputs, relu=False):
+    """Same contract as the registry's conv forward; the cache is (x, geometry).
+    ``relu``: apply ReLU to the output as a oneDNN post-op (see :func:`conv_relu_forward`)."""
     x = f32(inputs[0])
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
@@ -124,10 +126,24 @@ def conv_forward(ctx, attrs, params, inputs):
     out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
     with serial("conv", _flops(geo)):
         if bias:
-            _fwd(geo, True)(x, f32(weight), f32(params["bias"]), out)
+            _fwd(geo, True, relu)(x, f32(weight), f32(params["bias"]), out)
         else:
-            _fwd(geo, False)(x, f32(weight), out)
+            _fwd(geo, False, relu)(x, f32(weight), out)
     return out, (x, geo)
+
+
+def conv_relu_forward(ctx, attrs, params, inputs):
+    """conv followed by ReLU in one oneDNN call (bias and ReLU as post-ops); the cache also
+    holds the output, from which the backward masks the incoming gradient."""
+    out, (x, geo) = conv_forward(ctx, attrs, params, inputs, relu=True)
+    return out, (x, geo, out)
+
+
+def conv_relu_backward(ctx, attrs, params, cache, dout):
+    """Backward of :func:`conv_relu_forward`: ReLU's mask (from the output), then conv's."""
+    from .eltwise import relu_backward
+    x, geo, out = cache
+    return conv_backward(ctx, attrs, params, (x, geo), relu_backward(out, dout))
 
 
 def conv_backward(ctx, attrs, params, cache, dout):

@@ -61,3 +61,11 @@ def make(op: str):
     def supports(attrs, in_shapes, dtype):
         return is_f32(dtype) and len(in_shapes[0]) >= 1
     return forward, backward, supports
+
+
+def relu_backward(out, dout) -> np.ndarray:
+    """dout · (out > 0) on oneDNN: the gradient through a ReLU whose output is ``out``."""
+    dx = np.empty_like(out)
+    with serial("relu", out.size):
+        _bwd("relu", _flat(out.shape))(out, f32(dout), dx)
+    return dx
