@@ -246,12 +246,14 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
         common.clear_cache()
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "conv"], ids=_case_id)
-def test_fused_conv_relu_matches_conv_then_relu(case):
-    """kernels.select_fused: conv + bias + ReLU in one oneDNN call equals the two reference
-    layers in float64, outputs and gradients (w.r.t. the ReLU's output)."""
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
+                         ids=_case_id)
+def test_fused_relu_matches_layer_then_relu(case, training):
+    """kernels.select_fused: conv/fc/batchnorm + ReLU in one oneDNN call equals the two
+    reference layers in float64, outputs and gradients (w.r.t. the ReLU's output)."""
     name, attrs, in_shape = case
-    conv, relu = get("conv"), get("relu")
+    conv, relu = get(name), get("relu")
     bound = bound_attrs(conv, attrs)
     in_shape = tuple(in_shape or conv.example["in_shapes"][0])
     fused = kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "relu")
@@ -260,7 +262,9 @@ def test_fused_conv_relu_matches_conv_then_relu(case):
     rng = np.random.default_rng(5)
     x = distinct_values(rng, (BATCH,) + in_shape)
     params = {k: rng.normal(size=ps.shape) for k, ps in conv.params(bound, [in_shape]).items()}
-    ctx = Ctx(xp=np, training=True)
+    if "running_var" in params:
+        params["running_var"] = rng.uniform(0.5, 2.0, size=params["running_var"].shape)
+    ctx = Ctx(xp=np, training=training)
     pre, c_cache = conv.forward(ctx, bound, params, [x])
     want, r_cache = relu.forward(ctx, {}, {}, [pre])
     dout = rng.normal(size=want.shape)

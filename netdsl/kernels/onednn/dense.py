@@ -15,19 +15,20 @@ def _descs(n, k, units):
     return plain((n, k)), d.md_strides((units, k), (1, units)), plain((units,)), plain((n, units))
 
 
-def _fwd_pd(n, k, units, bias):
+def _fwd_pd(n, k, units, bias, relu=False):
     def build():
         d = lib()
         src, wei, b, dst = _descs(n, k, units)
         return d.pd("dnnl_inner_product_forward_primitive_desc_create", d.engine,
-                    L.FORWARD_TRAINING, src, wei, b if bias else None, dst, None)
-    return cached(("fc_fwd_pd", n, k, units, bias), build)
+                    L.FORWARD_TRAINING, src, wei, b if bias else None, dst,
+                    d.relu_attr() if relu else None)
+    return cached(("fc_fwd_pd", n, k, units, bias, relu), build)
 
 
-def _fwd(n, k, units, bias):
+def _fwd(n, k, units, bias, relu=False):
     args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
-    return cached(("fc_fwd", n, k, units, bias),
-                  lambda: primitive(_fwd_pd(n, k, units, bias), args))
+    return cached(("fc_fwd", n, k, units, bias, relu),
+                  lambda: primitive(_fwd_pd(n, k, units, bias, relu), args))
 
 
 def _bwd_data(n, k, units, bias):
@@ -51,8 +52,9 @@ def _bwd_weights(n, k, units, bias):
     return cached(("fc_bwd_weights", n, k, units, bias), build)
 
 
-def fc_forward(ctx, attrs, params, inputs):
-    """Same contract as the registry's fc forward; the cache is (input shape, flat input)."""
+def fc_forward(ctx, attrs, params, inputs, relu=False):
+    """Same contract as the registry's fc forward; the cache is (input shape, flat input).
+    ``relu``: apply ReLU to the output as a oneDNN post-op."""
     x = inputs[0]
     x2 = f32(x.reshape(x.shape[0], -1))
     weight = params["weight"]
@@ -61,9 +63,9 @@ def fc_forward(ctx, attrs, params, inputs):
     out = np.empty((n, units), dtype=np.float32)
     with serial("fc", 2 * n * k * units):
         if bias:
-            _fwd(n, k, units, True)(x2, f32(weight), f32(params["bias"]), out)
+            _fwd(n, k, units, True, relu)(x2, f32(weight), f32(params["bias"]), out)
         else:
-            _fwd(n, k, units, False)(x2, f32(weight), out)
+            _fwd(n, k, units, False, relu)(x2, f32(weight), out)
     return out, (x.shape, x2)
 
 
@@ -90,6 +92,19 @@ def _fc_backward(ctx, params, x_shape, x2, dout):
     dx = np.empty((n, k), dtype=np.float32)
     _bwd_data(n, k, units, bias)(dout, f32(weight), dx)
     return [dx.reshape(x_shape)], grads
+
+
+def fc_relu_forward(ctx, attrs, params, inputs):
+    """fc followed by ReLU in one oneDNN call; the cache also holds the output (the mask)."""
+    out, cache = fc_forward(ctx, attrs, params, inputs, relu=True)
+    return out, (cache, out)
+
+
+def fc_relu_backward(ctx, attrs, params, cache, dout):
+    """Backward of :func:`fc_relu_forward`: ReLU's mask, then fc's."""
+    from .eltwise import relu_backward
+    cache, out = cache
+    return fc_backward(ctx, attrs, params, cache, relu_backward(out, dout))
 
 
 def fc_supports(attrs, in_shapes, dtype):
