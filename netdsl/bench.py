@@ -215,7 +215,7 @@ def run(args) -> dict:
     flops = 2 * macs * (3 if args.mode == "train" else 1)  # backward ≈ 2× forward
     result = {"network": c.graph.graph["name"], "mode": args.mode, "batch": batch,
               "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
-              "kernels": ex.kernels, "machine": f"{platform.machine()}, "
+              "kernels": K.resolve(args.kernels, xp, np.float32, note=False), "machine": f"{platform.machine()}, "
                                                 f"{platform.processor() or 'cpu'}",
               "netdsl_ms": 1000 * t, "netdsl_img_s": batch / t,
               "netdsl_ms_rounds": [1000 * r for r in rounds["netdsl"]],
