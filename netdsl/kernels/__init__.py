@@ -14,7 +14,7 @@ against the reference.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 PROVIDERS = ("numpy", "onednn", "cupy", "cudnn")
@@ -32,7 +32,7 @@ class Kernel:
     # Fused forms: activation name -> (forward, backward) computing layer + activation in one
     # call (e.g. conv + bias + ReLU as oneDNN post-ops); same contract, gradient w.r.t. the
     # activation's output. See select_fused.
-    fused: dict = None
+    fused: dict | None = field(default=None, compare=False)  # a dict: kept out of hash/eq
 
 
 _KERNELS: dict[tuple[str, str], Kernel] = {}
