@@ -195,7 +195,7 @@ def run(args) -> dict:
         xp = get_xp("gpu")
     K.set_threads(args.threads)
     c = _compile(args)
-    batch = args.batch_size
+    batch = args.batch
     step, ex, x, y = netdsl_setup(c, batch, args.mode, args.kernels, xp,
                                   getattr(args, "passes", None))
     steps = {"netdsl": step}

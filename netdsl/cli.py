@@ -26,6 +26,7 @@ INT_FLAGS = {
     "batch": (1, 10**15, "examples"),          # summary: arithmetic only
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
+    "rounds": (1, 10_000, "rounds"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", metavar="K=V", default=[],
                    help="bind a program parameter; repeatable")
     b.add_argument("--input", metavar="HxWxC", help="input shape when INPUT has none")
-    b.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=64)
+    b.add_argument("--batch-size", "--batch", dest="batch", type=int, default=64)
     b.add_argument("--mode", choices=["train", "infer"], default="train")
     b.add_argument("--steps", type=int, default=20, help="timed steps per framework")
     b.add_argument("--rounds", type=int, default=5, help="rounds the steps are split into")
