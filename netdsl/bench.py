@@ -76,6 +76,8 @@ def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np, passes=None):
     # passes: the compiler's -O0/--passes, where the executor and the CLI offer them
     extra = {} if passes is None else {"passes": passes}
     ex = Executor(c.graph, xp=xp, seed=0, kernels=kernels, **extra)
+    if mode == "infer" and hasattr(ex, "for_inference"):
+        ex = ex.for_inference()  # the inference pipeline: BN folded, dropout and aux heads gone
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch,) + tuple(ex.input_shape)).astype(np.float32))
@@ -159,7 +161,9 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
         t = times[i]
         if not t["fwd"]:
             continue
-        rows.append({"layer": st.node.name, "op": st.node.op, "provider": st.provider,
+        act = (getattr(st.node, "meta", None) or {}).get("act")  # a fused activation
+        rows.append({"layer": st.node.name, "op": st.node.op + (f"+{act}" if act else ""),
+                     "provider": st.provider,
                      "forward_ms": 1000 * float(np.median(t["fwd"])),
                      "backward_ms": 1000 * float(np.median(t["bwd"])) if t["bwd"] else 0.0})
     return rows
@@ -242,9 +246,9 @@ def format_report(r: dict) -> str:
     lines = [f"{r['network']}: {r['mode']}, batch {r['batch']}, {r['threads']} threads, "
              f"kernels {r['kernels']}"]
     if r.get("layers"):
-        lines.append(f"{'layer':<28} {'op':<10} {'kernels':<7} {'fwd ms':>8} {'bwd ms':>8}")
+        lines.append(f"{'layer':<28} {'op':<14} {'kernels':<7} {'fwd ms':>8} {'bwd ms':>8}")
         for row in r["layers"]:
-            lines.append(f"{row['layer'][:28]:<28} {row['op']:<10} {row['provider']:<7} "
+            lines.append(f"{row['layer'][:28]:<28} {row['op']:<14} {row['provider']:<7} "
                          f"{row['forward_ms']:8.2f} {row['backward_ms']:8.2f}")
     lines.append(f"netdsl: {r['netdsl_ms']:.1f} ms/step, {r['netdsl_img_s']:.0f} images/s, "
                  f"{r['gflops']:.1f} GFLOP/s" + (f", peak {r['netdsl_peak_mb']:.1f} MB"
