@@ -228,6 +228,13 @@ def run(args) -> dict:
         result["layers"] = per_layer(ex, x, y, args.mode)
     if xp is np:
         result["netdsl_peak_mb"] = peak_memory(step) / 2**20
+    try:  # the memory planner's figure for the same step, where the compiler provides one
+        from .memory import memory_table
+        table = memory_table(c.graph, batch, passes=getattr(args, "passes", None),
+                             kernels=args.kernels)
+        result["planned_peak_mb"] = table[f"{args.mode}_peak_bytes"] / 2**20
+    except ImportError:
+        pass
     from .kernels import onednn
     result["openmp_runtimes"] = onednn.openmp_runtimes()
     if version:
@@ -252,7 +259,9 @@ def format_report(r: dict) -> str:
                          f"{row['forward_ms']:8.2f} {row['backward_ms']:8.2f}")
     lines.append(f"netdsl: {r['netdsl_ms']:.1f} ms/step, {r['netdsl_img_s']:.0f} images/s, "
                  f"{r['gflops']:.1f} GFLOP/s" + (f", peak {r['netdsl_peak_mb']:.1f} MB"
-                                                  if "netdsl_peak_mb" in r else ""))
+                                                  if "netdsl_peak_mb" in r else "")
+                 + (f" (planned {r['planned_peak_mb']:.1f} MB)" if "planned_peak_mb" in r
+                    else ""))
     if "torch_ms" in r:
         s = r["ratio_rounds"]
         lines.append(f"pytorch {r['torch_version']} cpu: {r['torch_ms']:.1f} ms/step, "

@@ -38,6 +38,7 @@ def test_bench_file_reports_every_layer_and_the_step(capsys):
     macs = 28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 120 * 400 + 120 * 84 + 84 * 10
     assert r["gflops"] == pytest.approx(2 * 3 * 4 * macs / (r["netdsl_ms"] / 1000) / 1e9)
     assert r["netdsl_peak_mb"] * 2**20 >= 4 * 28 * 28 * 6 * 4  # at least C1's activations
+    assert r["planned_peak_mb"] * 2**20 >= 4 * 28 * 28 * 6 * 4  # the planner's figure too
 
 
 def test_bench_infer_mode_has_no_backward(capsys):
