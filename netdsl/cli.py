@@ -26,6 +26,7 @@ INT_FLAGS = {
     "batch": (1, 10**15, "examples"),          # summary: arithmetic only
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
+    "rounds": (1, 10_000, "rounds"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 
@@ -173,6 +174,8 @@ def cmd_run(args) -> int:
                   file=sys.stderr)
         xp = get_xp(args.device)
         on_gpu = xp.__name__ == "cupy"
+        from . import kernels
+        kernels.set_threads(args.threads)
         size = dict(optimizer=cfg.optimizer, momentum=cfg.momentum, passes=args.passes,
                     weight_decay=cfg.weight_decay, batch_size=cfg.batch_size)
         available = device_available_bytes(xp)   # measured before the data takes its share
@@ -187,7 +190,7 @@ def cmd_run(args) -> int:
                        available=available,
                        what=f"training {g.graph['name']} on {data.name} at batch "
                             f"{cfg.batch_size}")
-        ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
+        ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes, kernels=args.kernels)
         n_params = sum(n.n_params for n in nodes(g))
         print(f"{g.graph['name']}: {n_params:,} parameters, input "
               f"{'×'.join(map(str, ex.input_shape))}, data {data.name} ({len(data.x_train)} "
@@ -232,6 +235,15 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def kernel_flags(sp, threads_default) -> None:
+    """--kernels and --threads, shared by run and bench."""
+    sp.add_argument("--kernels", default="auto", choices=["auto", "numpy", "onednn"],
+                    help="kernel provider: onednn where it loads (auto), or the NumPy reference")
+    sp.add_argument("--threads", type=int, default=threads_default, metavar="N",
+                    help="threads for BLAS, OpenMP and oneDNN together"
+                         + (" (default: the libraries' own)" if threads_default is None else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netdsl", description="Compile, check, draw and train "
                                 "convolutional networks written in the netdsl language.")
@@ -267,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     pass_flags(r)
+    kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
@@ -289,12 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
     ly = sub.add_parser("layers", help="list the layers netdsl knows")
     ly.set_defaults(func=cmd_layers)
 
-    b = sub.add_parser("bench", help="time a training step against PyTorch CPU (if installed)")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--steps", type=int, default=20)
-    b.add_argument("--batch", type=int, default=64)
+    b = sub.add_parser("bench", help="time a network's training step or inference, per layer "
+                       "and whole, optionally against PyTorch (default: the cs231n yardstick)")
+    b.add_argument("file", nargs="?", help="a .net file (default: nets/cs231n.net, N=2 M=3 K=2)")
+    b.add_argument("--set", action="append", metavar="K=V", default=[],
+                   help="bind a program parameter; repeatable")
+    b.add_argument("--input", metavar="HxWxC", help="input shape when INPUT has none")
+    b.add_argument("--batch-size", "--batch", dest="batch", type=int, default=64)
+    b.add_argument("--mode", choices=["train", "infer"], default="train")
+    b.add_argument("--steps", type=int, default=20, help="timed steps per framework")
+    b.add_argument("--rounds", type=int, default=5, help="rounds the steps are split into")
+    b.add_argument("--compare", choices=["torch", "none"],
+                   help="also time the same network in PyTorch (default without FILE: torch "
+                        "when installed)")
+    b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    b.add_argument("--format", choices=["table", "json"], default="table")
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     pass_flags(b)
+    kernel_flags(b, threads_default=2)
     b.set_defaults(func=cmd_bench)
     return p
 

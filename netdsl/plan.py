@@ -7,7 +7,9 @@ training as in inference: whatever backward needs is held by the caches) and two
 compiler takes per layer:
 
 * ``act``: an activation fused into the step (``fuse_activations``): applied to the step's own
-  fresh output in place; its backward masks the incoming gradient.
+  fresh output in place; its backward masks the incoming gradient. Where the provider has a
+  fused kernel for it (``kernels.select_fused``: oneDNN's conv/fc + ReLU post-op, BN+ReLU),
+  that kernel does both and ``act`` is left None.
 * ``recompute``: a NumPy convolution whose im2col matrix is larger than its input keeps the
   *input* for backward and rebuilds the columns there, instead of caching the columns
   (kh·kw times the input's size). One more copy per backward; the memory of every such layer's
@@ -54,7 +56,7 @@ def resolve_provider(kernels: str, xp=None, dtype=None) -> str:
 
 def build_plan(g, *, dtype, kernels: str = "numpy", xp=None) -> list[Step]:
     """The steps of graph ``g`` in topological order, kernels chosen for ``xp``/``dtype``."""
-    from .kernels import select
+    from .kernels import select, select_fused
     provider = resolve_provider(kernels, xp, dtype)
     order = G.nodes(g)
     index = {rec.name: i for i, rec in enumerate(order)}
@@ -65,9 +67,14 @@ def build_plan(g, *, dtype, kernels: str = "numpy", xp=None) -> list[Step]:
     steps = []
     for rec in order:
         spec = get(rec.op)
-        fwd, bwd, chosen = select(spec, rec.attrs, list(rec.in_shapes or ()), dtype, provider)
+        in_shapes, act = list(rec.in_shapes or ()), rec.meta.get("act")
+        fused = act and select_fused(spec, rec.attrs, in_shapes, dtype, provider, act)
+        if fused:  # the provider applies the activation inside the layer's kernel (post-op)
+            (fwd, bwd, chosen), act = fused, None
+        else:
+            fwd, bwd, chosen = select(spec, rec.attrs, in_shapes, dtype, provider)
         st = Step(rec, spec, [(index[s], p) for s, p in rec.inputs], uses[rec.name],
-                  fwd, bwd, chosen, act=rec.meta.get("act"))
+                  fwd, bwd, chosen, act=act)
         st.recompute = chosen == "numpy" and _conv_cols_exceed_input(rec)
         steps.append(st)
     for st in steps:

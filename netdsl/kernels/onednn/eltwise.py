@@ -1,0 +1,71 @@
+"""ReLU, tanh and sigmoid on oneDNN's eltwise primitives (forward and backward).
+
+The `*_use_dst_for_bwd` algorithms differentiate from the output, which is what the reference
+caches too; oneDNN runs them vectorised on every thread, where NumPy's ufuncs use one.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import _lib as L
+from .common import cached, f32, is_f32, lib, plain, primitive, serial
+
+ALG = {"relu": L.ELTWISE_RELU_DST, "tanh": L.ELTWISE_TANH_DST, "sigmoid": L.ELTWISE_LOGISTIC_DST}
+
+
+def _flat(shape):
+    """Element-wise ops see a (N, rest) matrix: any layout of the same elements will do."""
+    return (shape[0], int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1)
+
+
+def _fwd_pd(op, shape):
+    def build():
+        d = lib()
+        md = plain(shape)
+        return d.pd("dnnl_eltwise_forward_primitive_desc_create", d.engine, L.FORWARD_TRAINING,
+                    ALG[op], md, md, ctypes.c_float(0.0), ctypes.c_float(0.0), None)
+    return cached(("elt_fwd_pd", op, shape), build)
+
+
+def _fwd(op, shape):
+    return cached(("elt_fwd", op, shape), lambda: primitive(_fwd_pd(op, shape), ("src", "dst")))
+
+
+def _bwd(op, shape):
+    def build():
+        d = lib()
+        md = plain(shape)
+        pd = d.pd("dnnl_eltwise_backward_primitive_desc_create", d.engine, ALG[op], md, md, md,
+                  ctypes.c_float(0.0), ctypes.c_float(0.0), _fwd_pd(op, shape), None)
+        return primitive(pd, ("dst", "diff_dst", "diff_src"))
+    return cached(("elt_bwd", op, shape), build)
+
+
+def make(op: str):
+    """(forward, backward, supports) for one activation."""
+    def forward(ctx, attrs, params, inputs):
+        x = f32(inputs[0])
+        out = np.empty_like(x)
+        with serial(op, x.size):
+            _fwd(op, _flat(x.shape))(x, out)
+        return out, out
+
+    def backward(ctx, attrs, params, out, dout):
+        dx = np.empty_like(out)
+        with serial(op, out.size):
+            _bwd(op, _flat(out.shape))(out, f32(dout), dx)
+        return [dx], {}
+
+    def supports(attrs, in_shapes, dtype):
+        return is_f32(dtype) and len(in_shapes[0]) >= 1
+    return forward, backward, supports
+
+
+def relu_backward(out, dout) -> np.ndarray:
+    """dout · (out > 0) on oneDNN: the gradient through a ReLU whose output is ``out``."""
+    dx = np.empty_like(out)
+    with serial("relu", out.size):
+        _bwd("relu", _flat(out.shape))(out, f32(dout), dx)
+    return dx

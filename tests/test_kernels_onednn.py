@@ -1,0 +1,279 @@
+"""oneDNN provider kernels against the NumPy reference run in float64 (an independent, more
+precise computation): outputs, input gradients and parameter gradients within 1e-4 relative
+(to the largest magnitude) for every registry example and stride/pad/dilation/group variants,
+plus a whole-network training step with either provider."""
+import numpy as np
+import pytest
+
+from netdsl import kernels
+from netdsl.gradcheck import bound_attrs, distinct_values
+from netdsl.layers import Ctx, get
+from netdsl.layers.init import init_param
+
+if not kernels.available("onednn"):
+    pytest.skip("oneDNN (libdnnl.so.3) cannot load here", allow_module_level=True)
+
+TOL = 1e-4
+BATCH = 3
+
+CASES = [
+    ("conv", {}, None),
+    ("conv", {"filters": 3, "kernel": 3}, (5, 5, 2)),
+    ("conv", {"filters": 2, "kernel": 3, "stride": 2, "pad": 1}, (6, 5, 3)),
+    ("conv", {"filters": 3, "stride": 2, "pad": 1}, (5, 6, 2)),
+    ("conv", {"filters": 2, "kernel": 3, "dilation": 2, "pad": "valid"}, (7, 6, 2)),
+    ("conv", {"filters": 2, "dilation": 2}, (6, 6, 2)),
+    ("conv", {"filters": 4, "kernel": 3, "groups": 2}, (4, 4, 4)),
+    ("conv", {"filters": 6, "kernel": 3, "groups": 3, "stride": 2}, (7, 7, 3)),
+    ("conv", {"filters": 3, "kernel": (2, 3), "stride": (1, 2), "pad": (1, 0)}, (4, 5, 2)),
+    ("conv", {"filters": 2, "kernel": (2, 3), "pad": (1, 0), "stride": (1, 2)}, (5, 6, 2)),
+    ("conv", {"filters": 2, "kernel": 1}, (3, 3, 3)),
+    ("conv", {"filters": 5, "kernel": 1, "stride": 2}, (5, 5, 3)),
+    ("conv", {"filters": 2, "kernel": 3, "bias": False, "dilation": 2}, (5, 5, 1)),
+    ("conv", {"filters": 16, "kernel": 5, "pad": "valid"}, (12, 12, 6)),
+    ("conv", {"filters": 8, "kernel": 3, "stride": 2, "pad": 1, "bias": False}, (9, 9, 8)),
+    ("pool", {}, None),
+    ("maxpool", {}, None),
+    ("avgpool", {}, None),
+    ("pool", {"size": 2, "kind": "max"}, (5, 5, 3)),
+    ("pool", {"size": 2, "kind": "avg"}, (5, 5, 3)),
+    ("pool", {"size": 3, "stride": 2, "pad": 1, "kind": "max"}, (6, 6, 3)),
+    ("pool", {"size": 3, "stride": 2, "pad": 1, "kind": "avg"}, (6, 6, 3)),
+    ("pool", {"size": (3, 2), "stride": (1, 2), "pad": (1, 0), "kind": "max"}, (4, 5, 3)),
+    ("pool", {"size": (3, 2), "stride": (1, 2), "pad": (1, 0), "kind": "avg"}, (4, 5, 3)),
+    ("pool", {"size": 3, "stride": 1, "kind": "max"}, (5, 5, 2)),
+    ("pool", {"size": 3, "stride": 1, "kind": "avg"}, (5, 5, 2)),
+    ("pool", {"size": 3, "stride": 2, "ceil": True, "kind": "max"}, (7, 7, 2)),
+    ("batchnorm", {}, None),
+    ("batchnorm", {}, (4, 5, 6)),
+    ("batchnorm", {"eps": 1e-3, "momentum": 0.3}, (7,)),
+    ("relu", {}, (4, 5, 6)),
+    ("tanh", {}, (7,)),
+    ("sigmoid", {}, (3, 3, 2)),
+    ("fc", {}, None),
+    ("fc", {"units": 5}, (9,)),
+    ("fc", {"units": 4, "bias": False}, (3, 2, 5)),
+]
+
+
+def _generated_cases():
+    """Each provider kernel's registry examples and random examples (when the registry entry
+    offers them), plus the hand-written variants above."""
+    kernels.available("onednn")  # registers the kernels
+    from netdsl.layers import all_specs
+    out = list(CASES)
+    rng = np.random.default_rng(11)
+    for spec in all_specs():
+        if "onednn" not in kernels.kernels_for(spec.name):
+            continue
+        if not any(c[0] == spec.name for c in CASES):
+            out.append((spec.name, {}, None))
+        for ex in getattr(spec, "examples", ()) or ():
+            out.append((spec.name, dict(ex["attrs"]), tuple(ex["in_shapes"][0])))
+        make = getattr(spec, "random_example", None)
+        for _ in range(6 if make else 0):
+            ex = make(rng)
+            out.append((spec.name, dict(ex["attrs"]), tuple(ex["in_shapes"][0])))
+    return out
+
+
+def _case_id(case):
+    name, attrs, shape = case
+    return f"{name}-{attrs}-{shape}".replace(" ", "")
+
+
+def _run(spec, fwd, bwd, attrs, params, x, dout, training, dtype):
+    ctx = Ctx(xp=np, training=training, rng=np.random.default_rng(0), dtype=dtype)
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    out, cache = fwd(ctx, attrs, params, [x.astype(dtype)])
+    dins, dparams = bwd(ctx, attrs, params, cache, dout(out).astype(dtype))
+    return out, dins[0], dparams, params
+
+
+def _close(name, got, want):
+    want = np.asarray(want, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    assert got.shape == want.shape, name
+    scale = max(np.abs(want).max(), 1e-6)
+    err = np.abs(got - want).max() / scale
+    assert err <= TOL, f"{name}: max relative error {err:.2e} > {TOL}"
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", _generated_cases(), ids=_case_id)
+def test_kernel_matches_reference(case, training):
+    name, attrs, in_shape = case
+    spec = get(name)
+    bound = bound_attrs(spec, attrs)
+    in_shape = tuple(in_shape or spec.example["in_shapes"][0])
+    kernel = kernels.kernels_for(spec.name)["onednn"]
+    supported = kernel.supports(bound, [in_shape], np.float32)
+    assert supported or case not in CASES  # the hand-written variants are all for oneDNN
+    if not supported:
+        # Not for oneDNN: the executor must get the reference for it.
+        assert kernels.select(spec, bound, [in_shape], np.float32, "onednn")[2] == "numpy"
+        return
+    rng = np.random.default_rng(7)
+    x = distinct_values(rng, (BATCH,) + in_shape)
+    pspecs = spec.params(bound, [in_shape])
+    params = {k: init_param(np, rng, ps, np.float64) for k, ps in pspecs.items()}
+    for k in params:  # non-trivial scale/shift/statistics, not the 1/0 initial values
+        if k in ("gamma", "beta", "bias", "running_mean"):
+            params[k] = rng.normal(size=params[k].shape)
+        if k == "running_var":
+            params[k] = rng.uniform(0.5, 2.0, size=params[k].shape)
+    w_dout = None
+
+    def dout(out):
+        nonlocal w_dout
+        if w_dout is None:
+            w_dout = rng.normal(size=out.shape)
+        return w_dout
+
+    ref = _run(spec, spec.forward, spec.backward, bound, params, x, dout, training, np.float64)
+    if bound.get("kind") == "max" and not training:
+        # oneDNN max pooling keeps no switches in inference: compare the forward only.
+        out, _ = kernel.forward(Ctx(xp=np, training=False), bound,
+                                {}, [x.astype(np.float32)])
+        _close("output", out, ref[0])
+        return
+    got = _run(spec, kernel.forward, kernel.backward, bound, params, x, dout, training,
+               np.float32)
+    assert got[0].dtype == np.float32
+    _close("output", got[0], ref[0])
+    _close("d input", got[1], ref[1])
+    assert set(got[2]) == set(ref[2])
+    for k in ref[2]:
+        _close(f"d {k}", got[2][k], ref[2][k])
+    for k in ("running_mean", "running_var"):
+        if k in ref[3]:
+            _close(k, got[3][k], ref[3][k])
+
+
+def test_supports_refuses_what_onednn_cannot_do():
+    pool = kernels.kernels_for("pool")["onednn"]
+    ceil_extra = bound_attrs(get("pool"), {"size": 3, "stride": 2, "ceil": True})
+    assert not pool.supports(ceil_extra, [(6, 6, 2)], np.float32)  # ceil adds a window
+    assert pool.supports(ceil_extra, [(7, 7, 2)], np.float32)      # same size either way
+    conv = kernels.kernels_for("conv")["onednn"]
+    assert not conv.supports(bound_attrs(get("conv")), [(5, 5, 3)], np.float64)
+    fwd, _, provider = kernels.select(get("pool"), ceil_extra, [(6, 6, 2)], np.float32,
+                                      "onednn")
+    assert provider == "numpy" and fwd is get("pool").forward
+
+
+def test_conv_input_grad_skipped_for_data():
+    spec = get("conv")
+    bound = bound_attrs(spec, {"filters": 4})
+    kernel = kernels.kernels_for("conv")["onednn"]
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+    params = {k: init_param(np, rng, ps, np.float32)
+              for k, ps in spec.params(bound, [(5, 5, 3)]).items()}
+    ctx = Ctx(xp=np, training=True, input_grad=False)
+    out, cache = kernel.forward(ctx, bound, params, [x])
+    dins, dparams = kernel.backward(ctx, bound, params, cache, np.ones_like(out))
+    assert dins == [None] and set(dparams) == {"weight", "bias"}
+    np.testing.assert_allclose(dparams["bias"], np.full(4, out.shape[0] * 25.0), rtol=1e-6)
+
+
+RESIDUAL = """net small_res
+INPUT(10x10x3)
+  -> CONV(8, 3, bias=false) -> BN -> RELU
+  -> residual { CONV(8, 3, bias=false) -> BN -> RELU -> CONV(8, 3, bias=false) -> BN } -> RELU
+  -> residual { CONV(16, 3, stride=2, bias=false) -> BN -> RELU -> CONV(16, 3) -> BN } -> RELU
+  -> MAXPOOL(2) -> GAP -> FC(12) -> RELU -> FC
+"""
+
+
+def _nets():
+    from pathlib import Path
+
+    from netdsl.compiler import compile_file, compile_text
+    root = Path(__file__).resolve().parents[1] / "nets"
+    yield "residual", compile_text(RESIDUAL, input_shape=(10, 10, 3), num_classes=5).graph, \
+        (10, 10, 3)
+    yield "inception_small", compile_file(str(root / "inception_small.net"),
+                                          input_shape=(16, 16, 3), num_classes=5).graph, \
+        (16, 16, 3)
+    yield "lenet5", compile_file(str(root / "lenet5.net"), num_classes=5).graph, (32, 32, 1)
+
+
+@pytest.mark.parametrize("net", list(_nets()), ids=lambda n: n[0])
+def test_training_step_same_with_either_provider(net):
+    from netdsl.executor import Executor
+    _, graph, shape = net
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6,) + shape).astype(np.float32)
+    y = rng.integers(0, 5, size=6)
+    ref = Executor(graph, seed=1, kernels="numpy")
+    fast = Executor(graph, seed=1, kernels="onednn",
+                    params={n: {k: v.copy() for k, v in p.items()} for n, p in ref.params.items()})
+    used = {st.provider for st in fast.plan}
+    assert "onednn" in used
+    for training in (True, False):
+        a = ref.forward(x, y, training=training)
+        b = fast.forward(x, y, training=training)
+        _close("logits", b.logits, a.logits)
+        assert abs(float(b.loss) - float(a.loss)) <= 1e-4 * abs(float(a.loss))
+        if training:
+            ga, gb = ref.backward(), fast.backward()
+            assert set(ga) == set(gb)
+            # Some gradients are zero but for round-off (a conv bias before batch norm):
+            # measure every error against at least 1e-2 of the net's largest gradient.
+            floor = 1e-2 * max(np.abs(g).max() for d in ga.values() for g in d.values())
+            for node in ga:
+                for k in ga[node]:
+                    # float32 round-off accumulates over the layers: 1e-3 of the largest entry.
+                    want, got = ga[node][k], gb[node][k]
+                    err = np.abs(got - want).max() / max(np.abs(want).max(), floor)
+                    assert err <= 1e-3, f"{node}.{k}: {err:.1e}"
+    for node, p in ref.params.items():  # running statistics updated alike
+        for k in p:
+            _close(f"{node}.{k}", fast.params[node][k], p[k])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "pool", "relu")],
+                         ids=_case_id)
+def test_multithreaded_primitives_match_too(case, monkeypatch):
+    """The cases above are small enough to run on one thread; force the threaded path."""
+    from netdsl.kernels.onednn import common
+    monkeypatch.setattr(common, "SMALL", 0)
+    common.clear_cache()
+    try:
+        test_kernel_matches_reference(case, True)
+    finally:
+        common.clear_cache()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
+                         ids=_case_id)
+def test_fused_relu_matches_layer_then_relu(case, training):
+    """kernels.select_fused: conv/fc/batchnorm + ReLU in one oneDNN call equals the two
+    reference layers in float64, outputs and gradients (w.r.t. the ReLU's output)."""
+    name, attrs, in_shape = case
+    conv, relu = get(name), get("relu")
+    bound = bound_attrs(conv, attrs)
+    in_shape = tuple(in_shape or conv.example["in_shapes"][0])
+    fused = kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "relu")
+    assert fused is not None and fused[2] == "onednn"
+    assert kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "tanh") is None
+    rng = np.random.default_rng(5)
+    x = distinct_values(rng, (BATCH,) + in_shape)
+    params = {k: rng.normal(size=ps.shape) for k, ps in conv.params(bound, [in_shape]).items()}
+    if "running_var" in params:
+        params["running_var"] = rng.uniform(0.5, 2.0, size=params["running_var"].shape)
+    ctx = Ctx(xp=np, training=training)
+    pre, c_cache = conv.forward(ctx, bound, params, [x])
+    want, r_cache = relu.forward(ctx, {}, {}, [pre])
+    dout = rng.normal(size=want.shape)
+    d_pre = relu.backward(ctx, {}, {}, r_cache, dout)[0][0]
+    want_dx, want_dp = conv.backward(ctx, bound, params, c_cache, d_pre)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
+    dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
+    _close("output", out, want)
+    _close("d input", dx[0], want_dx[0])
+    for k in want_dp:
+        _close(f"d {k}", dp[k], want_dp[k])
