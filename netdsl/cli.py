@@ -177,6 +177,7 @@ def cmd_run(args) -> int:
         from . import kernels
         kernels.set_threads(args.threads)
         size = dict(optimizer=cfg.optimizer, momentum=cfg.momentum, passes=args.passes,
+                    kernels=args.kernels,
                     weight_decay=cfg.weight_decay, batch_size=cfg.batch_size)
         available = device_available_bytes(xp)   # measured before the data takes its share
         check_fits(estimate_run_bytes(g, **size), available=available,

@@ -45,7 +45,8 @@ def _optimizer_copies(optimizer: str, momentum: float, weight_decay: float) -> i
     return copies + (1 if weight_decay else 0)
 
 
-def training_step_bytes(g, batch_size: int, *, passes=None, dtype=np.float32) -> int:
+def training_step_bytes(g, batch_size: int, *, passes=None, dtype=np.float32,
+                        kernels: str = "auto") -> int:
     """The memory planner's peak for one training step of ``g`` (parameter gradients
     included, parameters excluded), with no weight allocated: the training passes run on
     placeholder (broadcast zero) weights, as :func:`netdsl.memory.memory_table` does."""
@@ -59,13 +60,14 @@ def training_step_bytes(g, batch_size: int, *, passes=None, dtype=np.float32) ->
               for rec in nodes(g) if rec.param_specs}
     model = BoundModel(copy_graph(g), params, dtype=dtype)
     model.optimize("train", passes)
-    return int(plan_memory(build_plan(model.graph, dtype=dtype), batch_size,
+    return int(plan_memory(build_plan(model.graph, dtype=dtype, kernels=kernels), batch_size,
                            itemsize=np.dtype(dtype).itemsize, training=True).peak)
 
 
 def estimate_run_bytes(g, *, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: float = 0.0, passes=None, dtype_bytes: int = 4,
-                       dataset_examples: int = 0, input_shape=None) -> dict:
+                       dataset_examples: int = 0, input_shape=None,
+                       kernels: str = "auto") -> dict:
     """Bytes a training run of ``g`` allocates, by part, and their ``total``.
 
     ``dataset_examples`` (train + evaluation) and ``input_shape`` size the loaded dataset;
@@ -81,7 +83,7 @@ def estimate_run_bytes(g, *, batch_size: int, optimizer: str = "sgd", momentum: 
         "parameters": total_elems * dtype_bytes,
         "optimizer_state": trainable * dtype_bytes * _optimizer_copies(optimizer, momentum,
                                                                      weight_decay),
-        "training_step": training_step_bytes(g, batch_size, passes=passes),
+        "training_step": training_step_bytes(g, batch_size, passes=passes, kernels=kernels),
         "dataset": dataset_examples * (example * 4 + 8),
     }
     parts["total"] = sum(parts.values())
