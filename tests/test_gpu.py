@@ -215,12 +215,13 @@ def test_cupy_and_numpy_agree_on_a_mixed_net(cp):
     """Concat, residual, BN and both poolings in one small net, float64, tight."""
     from netdsl.compiler import compile_text
     from netdsl.executor import Executor
-    text = ("INPUT(8x8x3) -> CONV(8, 3) -> BN -> RELU -> concat { CONV(4, 1) | MAXPOOL(3, stride=1, pad=1) }"
+    text = ("INPUT(8x8x3) -> CONV(8, 3) -> BN -> RELU"
+            " -> concat { CONV(4, 1) | MAXPOOL(3, stride=1, pad=1) }"
             " -> residual { CONV(12, 3, stride=2) -> RELU } -> AVGPOOL(2) -> FC(5)")
     g = compile_text(text, input_shape=(8, 8, 3), num_classes=5).graph
     cpu = Executor(g, xp=np, dtype=np.float64, seed=0)
-    gpu = Executor(g, xp=cp, dtype=np.float64,
-                   params={n: {k: cp.asarray(v) for k, v in t.items()} for n, t in cpu.params.items()})
+    gpu = Executor(g, xp=cp, dtype=np.float64, params={
+        n: {k: cp.asarray(v) for k, v in t.items()} for n, t in cpu.params.items()})
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 8, 8, 3)), rng.integers(0, 5, 4)
     rc = cpu.forward(x, y, training=True)
