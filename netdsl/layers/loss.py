@@ -44,7 +44,7 @@ def _xent_forward(ctx, attrs, params, inputs):
     labels = xp.asarray(labels).astype(xp.int64, copy=False).reshape(-1)
     if labels.shape[0] != n:
         raise NetdslError(f"softmax_xent: {labels.shape[0]} labels for a batch of {n}")
-    if isinstance(labels, np.ndarray):   # device labels: checked before upload, see below
+    if isinstance(labels, np.ndarray):   # device labels: see check_label_range
         check_label_range(labels, k)
     # Subtracting the row max keeps exp() from overflowing; log-softmax stays exact.
     shifted = logits - logits.max(axis=1, keepdims=True)
