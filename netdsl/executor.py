@@ -103,6 +103,8 @@ class Executor:
         xp = self.xp
         keep = training and labels is not None if keep is None else keep
         x = xp.asarray(x, dtype=self.dtype)
+        if labels is not None and xp is not np and isinstance(labels, np.ndarray):
+            self.check_labels(labels)   # on the host now: on the device it would sync
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
                   labels=None if labels is None else xp.asarray(labels), dtype=self.dtype)
         plan, params = self.plan, self.params
@@ -137,6 +139,17 @@ class Executor:
             else values[logits_src][logits_port]
         total = sum(losses.values()) if labels is not None else None
         return ForwardResult(total, losses, logits)
+
+    def check_labels(self, labels: np.ndarray) -> None:
+        """A NetdslError when a NumPy label is outside the classes of a softmax_xent head.
+        Run on the host: :meth:`forward` calls it before uploading NumPy labels to a GPU (the
+        loss checks only host labels, since a device check waits for the GPU every step), the
+        trainer once for its whole dataset."""
+        from .layers.loss import check_label_range
+        for i in self.heads:
+            st = self.plan[i]
+            if st.spec.name == "softmax_xent":
+                check_label_range(labels, st.node.in_shapes[0][0])
 
     def _logits_index(self) -> int:
         return self.plan[self.main_head].inputs[0][0]

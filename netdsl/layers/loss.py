@@ -6,6 +6,7 @@ prediction / segmentation) and svm_loss (the multi-class hinge loss of cs231n).
 from __future__ import annotations
 
 import math
+import numpy as np
 
 from ..errors import NetdslError, ShapeError
 from .base import Arg, LayerSpec, register, shape_str
@@ -23,6 +24,22 @@ def _xent_shape(attrs, in_shapes):
     return ()
 
 
+def check_label_range(labels, k: int) -> None:
+    """A NetdslError when a host (NumPy) label is outside 0..k-1.
+
+    Only host labels are checked: reading min/max of a CuPy array waits for the GPU, every
+    step. Device labels were checked on the host instead, once for the dataset (Trainer) or
+    before the upload (Executor.forward, for NumPy labels given on a GPU)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= k:
+        raise NetdslError(f"softmax_xent: label {high if high >= k else low} is outside "
+                          f"0..{k - 1} for {k} logits",
+                          hint="the last FC must have as many units as the dataset has classes")
+
+
 def _xent_forward(ctx, attrs, params, inputs):
     xp, logits = ctx.xp, inputs[0]
     labels = ctx.labels
@@ -32,11 +49,8 @@ def _xent_forward(ctx, attrs, params, inputs):
     labels = xp.asarray(labels).astype(xp.int64, copy=False).reshape(-1)
     if labels.shape[0] != n:
         raise NetdslError(f"softmax_xent: {labels.shape[0]} labels for a batch of {n}")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= k:
-        raise NetdslError(f"softmax_xent: label {high if high >= k else low} is outside "
-                          f"0..{k - 1} for {k} logits",
-                          hint="the last FC must have as many units as the dataset has classes")
+    if isinstance(labels, np.ndarray):   # device labels: see check_label_range
+        check_label_range(labels, k)
     # Subtracting the row max keeps exp() from overflowing; log-softmax stays exact.
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = xp.exp(shifted)

@@ -167,6 +167,9 @@ class Trainer:
         self.meta.setdefault("graph", graph_fingerprint(ex.graph))
         self.log, self.warn = log, warn
         self.show_progress = show_progress
+        # Labels checked once, here on the host: the loss does not check device labels per step.
+        ex.check_labels(data.y_train)
+        ex.check_labels(data.y_test)
         self.optimizer = make_optimizer(cfg)
         self.bounds = batch_bounds(len(data.x_train), cfg.batch_size)
         self.lr_at = make_schedule(cfg, len(self.bounds))
@@ -289,7 +292,8 @@ class Trainer:
                 if self._stop.hit:
                     raise _Stopped
                 idx = order[start:stop]
-                xb, yb = data.x_train[idx], data.y_train[idx]
+                # Uploaded once (a no-op on the CPU): the loss and the hit count share it.
+                xb, yb = data.x_train[idx], ex.xp.asarray(data.y_train[idx])
                 if cfg.augment != "none":
                     xb = augment_batch(xb, cfg.augment, _rng(cfg.seed, _AUGMENT, self.step))
                 ex.reseed(self.step)
@@ -302,7 +306,7 @@ class Trainer:
                     raise NetdslError(f"the loss became {loss} at step {self.step}",
                                       hint="lower the learning rate (--lr) or add batch norm")
                 hits = int(to_numpy((ex.xp.argmax(res.logits, axis=1) ==
-                                     ex.xp.asarray(yb)).sum()))
+                                     yb).sum()))
                 sums.add(len(idx), loss, hits)
                 bar.update(len(idx), loss, hits / len(idx))
         finally:
