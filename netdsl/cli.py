@@ -1,4 +1,5 @@
-"""The `netdsl` command line: run, summary, check, draw, layers, bench.
+"""The `netdsl` command line: run, summary, check, draw, layers, bench (and export, import,
+predict, eval from cli_interchange).
 
 Every user mistake (bad file, bad flag value, bad data) ends as a NetdslError printed with its
 location and hint, and a non-zero exit status; no traceback reaches the user.
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     pass_flags(b)
     b.set_defaults(func=cmd_bench)
+
+    from .cli_interchange import add_commands
+    add_commands(sub, common)   # export, import, predict, eval
     return p
 
 

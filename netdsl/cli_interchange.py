@@ -1,0 +1,135 @@
+"""The `netdsl` commands for using a trained net: export, import, predict, eval.
+
+Kept apart from cli.py so that each command's flags, examples and handler sit together;
+``add_commands`` registers them on the main parser.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .errors import NetdslError
+
+EXPORT_EXAMPLE = """example:
+  netdsl run nets/lenet5.net --epochs 2 --out runs/lenet5
+  netdsl export nets/lenet5.net --weights runs/lenet5/checkpoint.npz -o lenet5.onnx
+
+The file's input is NCHW (N×C×H×W, float32) named 'input'; its output is 'logits' (N×K).
+Without --weights the net's seeded initial weights are exported."""
+
+IMPORT_EXAMPLE = """example:
+  netdsl import lenet5.onnx -o imported.net      # also writes imported.npz (the weights)
+  netdsl predict imported.net --weights imported.npz digit.png"""
+
+PREDICT_EXAMPLE = """example:
+  netdsl predict nets/lenet5.net --weights runs/lenet5/checkpoint.npz digit.png --top 3
+  netdsl predict nets/lenet5.net --weights runs/lenet5/checkpoint.npz batch.npy --format json
+
+Images (PNG, JPEG, ...; needs Pillow) are scaled to [0, 1], resized to the training data's
+size, then fitted and normalised exactly as in training. An .npy file holds a batch N×H×W×C
+(or N×H×W) with values in [0, 1]."""
+
+EVAL_EXAMPLE = """example:
+  netdsl eval nets/lenet5.net --weights runs/lenet5/checkpoint.npz --data digits
+  netdsl eval nets/lenet5.net --weights ckpt.npz --data mnist:data/mnist --format json
+
+The data's test split is used; a source without one is evaluated on the same held-out last
+examples as in training (--holdout to change)."""
+
+
+def _weights_and_sets(args, weights_required: bool):
+    from .cli import _dims, _split_sets
+    params, _train = _split_sets(args.set)
+    if weights_required and not args.weights:
+        raise NetdslError(f"{args.command} needs --weights CKPT (a checkpoint from netdsl run)")
+    return params, (_dims(args.input) if getattr(args, "input", None) else None)
+
+
+def cmd_export(args) -> int:
+    """Compile FILE for inference, bind weights, write ONNX."""
+    from .onnx_export import export_file, require_onnx, to_onnx
+    from .trained import load_trained
+    require_onnx()
+    sets, input_shape = _weights_and_sets(args, weights_required=False)
+    t = load_trained(args.file, args.weights, sets=sets, input_shape=input_shape)
+    model = to_onnx(t.graph, t.params, opset=args.opset)
+    export_file(model, args.output)
+    ops = sorted({n.op_type for n in model.graph.node})
+    print(f"{args.output}: {len(model.graph.node)} ONNX nodes ({', '.join(ops)}), "
+          f"weights from {args.weights or 'initialisation (seeded)'}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """Turn an ONNX model into a .net file and a checkpoint of its weights."""
+    from .onnx_import import import_file
+    weights = args.weights_out or os.path.splitext(args.output)[0] + ".npz"
+    result = import_file(args.model, args.output, weights, name=args.name)
+    print(f"{args.output}: {result['layers']} layers; weights in {weights}")
+    for note in result["notes"]:
+        print(f"netdsl: note: {note}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Top-K classes with probabilities for each image."""
+    from .predict import format_predictions, predict_files
+    sets, input_shape = _weights_and_sets(args, weights_required=True)
+    if args.top < 1:
+        raise NetdslError(f"--top must be at least 1, got {args.top}")
+    results = predict_files(args.file, args.weights, args.images, top=args.top, sets=sets,
+                            input_shape=input_shape)
+    print(json.dumps(results, indent=2) if args.format == "json"
+          else format_predictions(results))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Accuracy, per-class accuracy and the confusion matrix on a data set."""
+    from .evaluate import evaluate_file, format_report
+    sets, input_shape = _weights_and_sets(args, weights_required=True)
+    report = evaluate_file(args.file, args.weights, args.data, sets=sets,
+                           input_shape=input_shape, holdout=args.holdout)
+    print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
+    return 0
+
+
+def add_commands(sub, common) -> None:
+    """Register export, import, predict and eval on the subparsers ``sub``."""
+    raw = argparse.RawDescriptionHelpFormatter
+
+    e = sub.add_parser("export", help="write the inference graph as ONNX",
+                       epilog=EXPORT_EXAMPLE, formatter_class=raw)
+    common(e)
+    e.add_argument("--weights", metavar="CKPT", help="checkpoint .npz (default: initial weights)")
+    e.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("import", help="turn an ONNX model into a .net file and weights",
+                       epilog=IMPORT_EXAMPLE, formatter_class=raw)
+    i.add_argument("model", help="an .onnx file")
+    i.add_argument("-o", "--output", required=True, metavar="OUT.net")
+    i.add_argument("--weights-out", metavar="CKPT", help="checkpoint to write (default: OUT.npz)")
+    i.add_argument("--name", help="network name (default: the output file's stem)")
+    i.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("predict", help="classify images with a trained network",
+                       epilog=PREDICT_EXAMPLE, formatter_class=raw)
+    common(p)
+    p.add_argument("--weights", metavar="CKPT", help="checkpoint .npz from netdsl run")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files or an .npy batch")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_predict)
+
+    v = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix",
+                       epilog=EVAL_EXAMPLE, formatter_class=raw)
+    common(v)
+    v.add_argument("--weights", metavar="CKPT", help="checkpoint .npz from netdsl run")
+    v.add_argument("--data", required=True, help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
+    v.add_argument("--holdout", type=int, help="held-out examples when the data has no test "
+                                               "split (default: as in training)")
+    v.add_argument("--format", choices=["table", "json"], default="table")
+    v.set_defaults(func=cmd_eval)

@@ -1,0 +1,209 @@
+"""Export a network's inference graph to ONNX (``netdsl export``).
+
+What is exported: the layers the main prediction depends on (auxiliary heads and losses are
+left out, dropout is already gone in inference mode), ending in one output ``logits`` (N, K).
+
+Layout: ONNX convolutions are channel-first, netdsl is channel-last (NHWC). The file takes the
+conventional NCHW input, so other tools (and the importer) see the usual layout: conv weights
+are transposed from (KH, KW, C/g, F) to (F, C/g, KH, KW), and an FC that reads a map gets its
+weight rows permuted from netdsl's H·W·C flattening order to ONNX Flatten's C·H·W order. An
+explicit FLATTEN whose output feeds other layers keeps netdsl's order with a Transpose to NHWC
+before the Flatten (no permutation can be folded into an arbitrary consumer).
+
+Each op has one exporter in ``EXPORTERS``; a layer without one is a located error that names
+the nearest layer that ONNX does have.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import graph as G
+from .errors import NetdslError
+from .layers.structure import as_pair
+from .trained import inference_nodes
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+# The layer to suggest when a layer has no ONNX operator (filled as layers are added).
+NEAREST = {}
+
+
+def require_onnx():
+    """The ``onnx`` module, or a NetdslError saying how to install it."""
+    try:
+        import onnx
+    except ImportError:
+        raise NetdslError("ONNX export needs the 'onnx' package, which is not installed",
+                          hint="pip install 'netdsl[onnx]' (or: pip install onnx)") from None
+    return onnx
+
+
+class _Builder:
+    """Collects ONNX nodes and initializers; names tensors after netdsl nodes."""
+
+    def __init__(self, onnx):
+        self.onnx = onnx
+        self.nodes, self.inits = [], []
+
+    def init(self, name: str, array) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(
+            np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def const_i64(self, name: str, values) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+    def node(self, op: str, inputs, output: str, name: str, **attrs) -> str:
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [output], name=name,
+                                                     **attrs))
+        return output
+
+
+def _pads(pad) -> list[int]:
+    ph, pw = pad
+    return [ph, pw, ph, pw]
+
+
+def _conv(b, rec, ins, out, params):
+    from .layers.conv import conv_padding
+    a = rec.attrs
+    w = b.init(f"{rec.name}.weight", np.transpose(params["weight"], (3, 2, 0, 1)))
+    inputs = [ins[0], w]
+    if "bias" in params:
+        inputs.append(b.init(f"{rec.name}.bias", params["bias"]))
+    b.node("Conv", inputs, out, rec.name, kernel_shape=list(as_pair(a["kernel"])),
+           strides=list(as_pair(a["stride"])), dilations=list(as_pair(a["dilation"])),
+           pads=_pads(conv_padding(a)), group=a["groups"])
+
+
+def _pool(b, rec, ins, out, params):
+    a = rec.attrs
+    size = as_pair(a["size"])
+    stride = as_pair(a["stride"])
+    stride = size if not isinstance(stride, tuple) else stride  # AUTO: the window size
+    common = dict(kernel_shape=list(size), strides=list(stride), pads=_pads(as_pair(a["pad"])),
+                  ceil_mode=int(bool(a["ceil"])))
+    if a["kind"] == "max":
+        b.node("MaxPool", ins, out, rec.name, **common)
+    else:   # netdsl's divisor counts padding (PyTorch's count_include_pad=True)
+        b.node("AveragePool", ins, out, rec.name, count_include_pad=1, **common)
+
+
+def _gap(b, rec, ins, out, params):
+    pooled = b.node("GlobalAveragePool", ins, f"{rec.name}.pooled", f"{rec.name}.pool")
+    b.node("Flatten", [pooled], out, rec.name, axis=1)
+
+
+def _fc(b, rec, ins, out, params):
+    w = params["weight"]
+    if len(rec.in_shapes[0]) == 3:
+        # netdsl flattens a map as (H, W, C); ONNX Flatten of NCHW gives (C, H, W).
+        h, wd, c = rec.in_shapes[0]
+        w = w.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(h * wd * c, -1)
+        ins = [b.node("Flatten", ins, f"{rec.name}.flat", f"{rec.name}.flatten", axis=1)]
+    inputs = [ins[0], b.init(f"{rec.name}.weight", w.T)]
+    if "bias" in params:
+        inputs.append(b.init(f"{rec.name}.bias", params["bias"]))
+    b.node("Gemm", inputs, out, rec.name, transB=1)
+
+
+def _flatten(b, rec, ins, out, params):
+    shape = rec.in_shapes[0]
+    src = ins[0]
+    if len(shape) == 3 and shape[0] * shape[1] > 1:
+        src = b.node("Transpose", [src], f"{rec.name}.nhwc", f"{rec.name}.to_nhwc",
+                     perm=[0, 2, 3, 1])
+    b.node("Flatten", [src], out, rec.name, axis=1)
+
+
+def _batchnorm(b, rec, ins, out, params):
+    names = [b.init(f"{rec.name}.{k}", params[k])
+             for k in ("gamma", "beta", "running_mean", "running_var")]
+    # ONNX momentum weighs the old running value; netdsl's weighs the batch.
+    b.node("BatchNormalization", [ins[0], *names], out, rec.name,
+           epsilon=float(rec.attrs["eps"]), momentum=1.0 - float(rec.attrs["momentum"]))
+
+
+def _simple(op_type: str):
+    def export(b, rec, ins, out, params):
+        b.node(op_type, ins, out, rec.name)
+    return export
+
+
+def _concat(b, rec, ins, out, params):
+    b.node("Concat", ins, out, rec.name, axis=1)   # channels (NCHW) or features (N, F)
+
+
+def _add(b, rec, ins, out, params):
+    b.node("Add" if len(ins) == 2 else "Sum", ins, out, rec.name)
+
+
+def _softmax(b, rec, ins, out, params):
+    b.node("Softmax", ins, out, rec.name, axis=1)
+
+
+EXPORTERS = {
+    "conv": _conv, "pool": _pool, "maxpool": _pool, "avgpool": _pool, "gap": _gap,
+    "fc": _fc, "flatten": _flatten, "batchnorm": _batchnorm,
+    "relu": _simple("Relu"), "tanh": _simple("Tanh"), "sigmoid": _simple("Sigmoid"),
+    "identity": _simple("Identity"), "dropout": _simple("Identity"),
+    "concat": _concat, "add": _add, "softmax": _softmax,
+}
+
+
+def _no_exporter(rec: G.Node) -> NetdslError:
+    nearest = NEAREST.get(rec.op)
+    return NetdslError(f"{rec.name} ({rec.op.upper()}) has no ONNX operator, so the network "
+                       "cannot be exported", rec.loc,
+                       hint=(f"the nearest layer ONNX has is {nearest}" if nearest else
+                             "ONNX export supports: " + ", ".join(sorted(
+                                 k for k in EXPORTERS if k not in ("identity", "dropout")))))
+
+
+def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET):
+    """The ONNX ModelProto of ``g``'s inference graph with ``params`` (NumPy arrays)."""
+    onnx = require_onnx()
+    helper = onnx.helper
+    order, (logits_node, logits_port) = inference_nodes(g)
+    b = _Builder(onnx)
+    tensor = {}   # netdsl node name -> ONNX tensor name of its output
+    source = None
+    for rec in order:
+        if rec.op == "input":
+            source = rec
+            tensor[rec.name] = INPUT_NAME
+            continue
+        if rec.op not in EXPORTERS:
+            raise _no_exporter(rec)
+        if any(port != 0 for _, port in rec.inputs):
+            raise NetdslError(f"{rec.name} reads a second output of a layer; ONNX export "
+                              "handles single-output layers only", rec.loc)
+        out = OUTPUT_NAME if rec.name == logits_node else rec.name
+        tensor[rec.name] = out
+        EXPORTERS[rec.op](b, rec, [tensor[s] for s, _ in rec.inputs], out,
+                          params.get(rec.name, {}))
+    h, w, c = source.out_shape
+    k = G.node(g, logits_node).out_shapes[logits_port]
+    graph = helper.make_graph(
+        b.nodes, name or g.graph.get("name", "net"),
+        [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", *k])],
+        initializer=b.inits)
+    model = helper.make_model(graph, producer_name="netdsl",
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 8)   # readable by older runtimes too
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_file(model, path: str) -> None:
+    """Write ``model`` to ``path``; an unwritable path is a NetdslError."""
+    try:
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+    except OSError as exc:
+        raise NetdslError(f"cannot write '{path}': {exc.strerror or exc}",
+                          hint="check that the directory exists and is writable") from None
