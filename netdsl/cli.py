@@ -152,6 +152,7 @@ def cmd_run(args) -> int:
     from .executor import Executor
     from .graph import nodes
     from .memory_estimate import check_fits, device_available_bytes, estimate_run_bytes
+    from .preprocess import make_record
     from .train.data import load_dataset
     from .train.fingerprint import graph_fingerprint
     from .train.loop import Interrupted, Trainer, check_same_network, default_out_dir
@@ -200,7 +201,9 @@ def cmd_run(args) -> int:
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
                           meta={"network": g.graph["name"], "source": g.graph["source"].text,
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
-                                "graph": graph_fingerprint(g)})
+                                "graph": graph_fingerprint(g),
+                                # what predict/eval need to prepare new images as these were
+                                "preprocess": make_record(data, input_shape)})
         if args.resume:
             trainer.resume(args.resume)
         try:

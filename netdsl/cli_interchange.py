@@ -79,7 +79,7 @@ def cmd_predict(args) -> int:
     if args.top < 1:
         raise NetdslError(f"--top must be at least 1, got {args.top}")
     results = predict_files(args.file, args.weights, args.images, top=args.top, sets=sets,
-                            input_shape=input_shape)
+                            input_shape=input_shape, invert=args.invert)
     print(json.dumps(results, indent=2) if args.format == "json"
           else format_predictions(results))
     return 0
@@ -121,6 +121,8 @@ def add_commands(sub, common) -> None:
     p.add_argument("--weights", metavar="CKPT", help="checkpoint .npz from netdsl run")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files or an .npy batch")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--invert", action="store_true",
+                   help="dark ink on a light background (the digit sets are light on dark)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_predict)
 

@@ -1,0 +1,135 @@
+"""Preprocessing new inputs exactly as training did, from a record kept in the checkpoint.
+
+Training (netdsl.train.data) turns a source's images, scaled to [0, 1], into the network's
+input in three steps: channel conversion (1→C by repetition, RGB→grey by luma), centred
+zero-padding or bilinear resizing from the source's native size to INPUT's, and per-channel
+standardisation with the train split's mean and std. ``netdsl run`` stores what those steps
+need as ``meta["preprocess"]`` in every checkpoint::
+
+    {"data": "digits", "native_shape": [8, 8, 1], "input_shape": [32, 32, 1],
+     "mean": [0.30], "std": [0.37], "classes": 10}
+
+A new image is first brought to the native size (so that it is padded or resized to INPUT
+the way training images were), then goes through the same steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import NetdslError
+from .train.data import apply_normalisation, convert_channels, fit_to_shape, resize_bilinear
+
+
+def make_record(data, input_shape) -> dict:
+    """The preprocessing record of a loaded :class:`~netdsl.train.data.Dataset`."""
+    return {"data": data.name, "native_shape": [int(d) for d in data.native_shape],
+            "input_shape": [int(d) for d in input_shape], "mean": list(data.mean),
+            "std": list(data.std), "classes": int(data.num_classes)}
+
+
+def record_for(meta: dict, input_shape, path: str = "checkpoint") -> dict:
+    """The checkpoint's record; for a checkpoint written before records existed, rebuilt by
+    reading the training data again (same spec, same split, same statistics)."""
+    record = meta.get("preprocess")
+    if record:
+        return record
+    config = meta.get("config") or {}
+    if not config.get("data"):
+        raise NetdslError(f"'{path}' does not say how its training images were preprocessed",
+                          hint="use a checkpoint written by netdsl run")
+    from .train.data import load_dataset
+    data = load_dataset(config["data"], input_shape=input_shape,
+                        holdout=int(config.get("holdout", -1)))
+    return make_record(data, input_shape)
+
+
+def prepare(x: np.ndarray, record: dict) -> np.ndarray:
+    """NHWC images in [0, 1] → the network's normalised input, as in training."""
+    nh, nw, nc = record["native_shape"]
+    x = convert_channels(np.asarray(x, np.float32), nc)
+    if x.shape[1:3] != (nh, nw):
+        x = resize_bilinear(x, nh, nw)
+    x = fit_to_shape(x, tuple(record["input_shape"]))
+    return apply_normalisation(x, record["mean"], record["std"])
+
+
+def _unit_range(a: np.ndarray, where: str) -> np.ndarray:
+    """Integer pixels scaled to [0, 1] by their type's range; floats must already be there."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255
+    if a.dtype.kind in "ui":
+        top = 255 if a.size and a.max() <= 255 else 65535
+        return a.astype(np.float32) / top
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise NetdslError(f"{where}: holds NaN or infinite values")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise NetdslError(f"{where}: float pixels must lie in [0, 1], found "
+                          f"{a.min():g}..{a.max():g}",
+                          hint="scale the images to [0, 1] as the data readers do")
+    return a
+
+
+def read_image(path: str, record: dict) -> np.ndarray:
+    """One image file as an H×W×C float array in [0, 1], already at the native size
+    (Pillow's resampling filters average when they shrink, so small digits stay legible)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise NetdslError("reading images needs Pillow, which is not installed",
+                          hint="pip install 'netdsl[images]' (or: pip install pillow), or "
+                               "pass an .npy batch") from None
+    try:
+        with Image.open(path) as img:
+            img.load()
+            grey = img.mode in ("1", "L", "LA", "I", "I;16", "F", "P") and record[
+                "native_shape"][2] == 1
+            img = img.convert("L" if grey else "RGB")
+            nh, nw, _ = record["native_shape"]
+            if img.size != (nw, nh):
+                img = img.resize((nw, nh), Image.BILINEAR)
+            a = np.asarray(img)
+    except FileNotFoundError:
+        raise NetdslError(f"image '{path}' does not exist") from None
+    except OSError as exc:
+        raise NetdslError(f"cannot read image '{path}': {exc}",
+                          hint="give a PNG or JPEG file, or an .npy batch") from None
+    if a.ndim == 2:
+        a = a[..., None]
+    return _unit_range(a, path)
+
+
+def read_npy(path: str) -> np.ndarray:
+    """An .npy batch N×H×W×C or N×H×W (one image H×W×C is not accepted: ambiguous)."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise NetdslError(f"'{path}' does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise NetdslError(f"cannot read '{path}' as a NumPy array: {exc}") from None
+    if a.ndim == 3:
+        a = a[..., None]
+    if a.ndim != 4 or a.dtype.kind not in "uif":
+        raise NetdslError(f"'{path}' holds a {a.dtype} array of shape {a.shape}; expected a "
+                          "batch of images N×H×W×C or N×H×W",
+                          hint="for one image, save it as x[None] (a batch of one)")
+    return _unit_range(a, path)
+
+
+def load_inputs(paths: list[str], record: dict, *, invert: bool = False):
+    """(names, normalised NHWC batch) for image files and .npy batches, in the given order."""
+    names, parts = [], []
+    for path in paths:
+        if str(path).lower().endswith(".npy"):
+            batch = read_npy(path)
+            names += [f"{path}[{i}]" for i in range(len(batch))]
+            parts.append(batch)
+        else:
+            names.append(str(path))
+            parts.append(read_image(path, record)[None])
+    prepared = []
+    for part in parts:
+        if invert:   # dark ink on white paper → the datasets' light-on-dark convention
+            part = 1 - part
+        prepared.append(prepare(part, record))
+    return names, np.concatenate(prepared)
