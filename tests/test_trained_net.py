@@ -1,0 +1,142 @@
+"""A trained LeNet-5 used the way a user would: exported to ONNX (checked by onnxruntime),
+asked for predictions on a PNG and an .npy batch, and evaluated on its held-out data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from netdsl.cli import main
+from netdsl.train.checkpoint import load_checkpoint
+from netdsl.train.data import load_dataset
+
+from conftest import NETS
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """LeNet-5 trained for one epoch on 400 of scikit-learn's digits (an npz data set), with a
+    held-out set of 100; returns the paths and the data spec."""
+    from sklearn.datasets import load_digits
+    root = tmp_path_factory.mktemp("lenet")
+    d = load_digits()
+    data = root / "digits400.npz"
+    np.savez(data, x=(d.images[:400] / 16).astype(np.float32), y=d.target[:400])
+    spec = f"npz:{data}"
+    out = root / "run"
+    assert main(["run", str(NETS / "lenet5.net"), "--data", spec, "--epochs", "1",
+                 "--holdout", "100", "--out", str(out), "--quiet"]) == 0
+    return {"net": str(NETS / "lenet5.net"), "ckpt": str(out / "checkpoint.npz"),
+            "spec": spec, "root": root, "images": d.images[:400] / 16, "labels": d.target[:400]}
+
+
+def held_out(trained):
+    """The held-out examples as training prepared them (load_dataset's own normalisation)."""
+    ds = load_dataset(trained["spec"], input_shape=(32, 32, 1), holdout=100)
+    return ds.x_test, ds.y_test
+
+
+def test_checkpoint_records_preprocessing(trained):
+    pre = load_checkpoint(trained["ckpt"])["meta"]["preprocess"]
+    assert pre["native_shape"] == [8, 8, 1] and pre["input_shape"] == [32, 32, 1]
+    assert pre["classes"] == 10
+    # The statistics are those of the training images as the net sees them: 8×8 digits
+    # resized to 32×32 (bilinear, half-pixel centres), computed here by PyTorch in float64.
+    torch = pytest.importorskip("torch")
+    small = torch.tensor(trained["images"][:300, None], dtype=torch.float64)
+    big = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear",
+                                          align_corners=False).numpy()
+    np.testing.assert_allclose(pre["mean"], [big.mean()], rtol=1e-5)
+    np.testing.assert_allclose(pre["std"], [big.std()], rtol=1e-5)
+
+
+def test_trained_lenet5_matches_onnxruntime(trained, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from netdsl.trained import load_trained
+    out = tmp_path / "lenet5.onnx"
+    assert main(["export", trained["net"], "--weights", trained["ckpt"], "-o", str(out)]) == 0
+    x, _ = held_out(trained)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    theirs = sess.run(["logits"], {"input": x.transpose(0, 3, 1, 2).copy()})[0]
+    ours = load_trained(trained["net"], trained["ckpt"]).executor().forward(x).logits
+    assert np.abs(theirs - ours).max() <= 1e-5 * np.abs(ours).max()
+
+
+def test_eval_reproduces_training_accuracy(trained, capsys):
+    assert main(["eval", trained["net"], "--weights", trained["ckpt"], "--data",
+                 trained["spec"], "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    history = load_checkpoint(trained["ckpt"])["metrics"]["history"]
+    assert report["split"] == "held-out last 100" and report["examples"] == 100
+    # The accuracy the trainer measured at the end of the epoch, by its own pipeline.
+    assert report["accuracy"] == pytest.approx(history[-1]["test_acc"], abs=1e-9)
+    # Confusion matrix from an independent count (scikit-learn) of the executor's predictions
+    # on the trainer's own held-out tensors.
+    from sklearn.metrics import confusion_matrix
+    from netdsl.trained import load_trained
+    x, y = held_out(trained)
+    pred = load_trained(trained["net"], trained["ckpt"]).executor().predict(x)
+    expected = confusion_matrix(y, pred, labels=range(10))
+    assert report["confusion"] == expected.tolist()
+    for c in report["per_class"]:
+        n = int((y == c["class"]).sum())
+        assert c["examples"] == n
+        assert c["correct"] == int(((y == c["class"]) & (pred == y)).sum())
+
+
+def test_eval_table(trained, capsys):
+    assert main(["eval", trained["net"], "--weights", trained["ckpt"], "--data",
+                 trained["spec"]]) == 0
+    out = capsys.readouterr().out
+    assert "held-out last 100): accuracy" in out and "confusion matrix" in out
+    assert out.count("\n") >= 1 + 1 + 11 + 2 + 10
+
+
+def test_predict_npy_and_png_agree_with_softmax_of_logits(trained, tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    images = trained["images"][-3:]
+    batch = tmp_path / "three.npy"
+    np.save(batch, images.astype(np.float32))
+    png = tmp_path / "digit.png"
+    Image.fromarray((images[0] * 255).round().astype(np.uint8)).save(png)
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(batch), str(png),
+                 "--top", "10", "--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["input"] for r in results] == [f"{batch}[0]", f"{batch}[1]", f"{batch}[2]",
+                                             str(png)]
+    # Expected: float64 softmax of the logits on the trainer's own prepared tensors.
+    from netdsl.trained import load_trained
+    x, _ = held_out(trained)
+    logits = load_trained(trained["net"], trained["ckpt"]).executor().forward(
+        x[-3:]).logits.astype(np.float64)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    for row, r in zip(p, results):
+        got = {t["class"]: t["probability"] for t in r["top"]}
+        assert [t["class"] for t in r["top"]][0] == int(row.argmax())
+        np.testing.assert_allclose([got[c] for c in range(10)], row, rtol=1e-4)
+    # The PNG (8-bit rounding of the same image) gets the same ranking of the top class.
+    assert results[3]["top"][0]["class"] == results[0]["top"][0]["class"]
+
+
+def test_predict_table_and_errors(trained, tmp_path, capsys):
+    batch = tmp_path / "one.npy"
+    np.save(batch, trained["images"][:1].astype(np.float32))
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(batch),
+                 "--top", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{batch}[0]: ") and line.count("%") == 2
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((1, 8, 8), 3.0, np.float32))
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(bad)]) == 1
+    assert "must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["predict", trained["net"], str(batch)]) == 1
+    assert "needs --weights" in capsys.readouterr().err
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"],
+                 str(tmp_path / "nope.png")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(batch),
+                 "--top", "0"]) == 1
+    assert "--top" in capsys.readouterr().err
