@@ -140,3 +140,51 @@ def test_predict_table_and_errors(trained, tmp_path, capsys):
     assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(batch),
                  "--top", "0"]) == 1
     assert "--top" in capsys.readouterr().err
+
+
+def test_checkpoint_without_preprocessing_record_is_rebuilt(trained, tmp_path, capsys):
+    # A checkpoint from before the record existed: the record is rebuilt from the training
+    # data named in its config, and predictions do not change.
+    from netdsl.train.checkpoint import save_checkpoint
+    ck = load_checkpoint(trained["ckpt"])
+    meta = {k: v for k, v in ck["meta"].items() if k != "preprocess"}
+    old = tmp_path / "old.npz"
+    save_checkpoint(str(old), params=ck["params"], optimizer_state={}, epoch=1, step=5,
+                    metrics={}, meta=meta)
+    batch = tmp_path / "b.npy"
+    np.save(batch, trained["images"][:4].astype(np.float32))
+    outs = []
+    for weights in (trained["ckpt"], str(old)):
+        assert main(["predict", trained["net"], "--weights", weights, str(batch),
+                     "--format", "json"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0] == outs[1]
+    # Without a record and without a config there is nothing to go on: a clear error.
+    bare = tmp_path / "bare.npz"
+    save_checkpoint(str(bare), params=ck["params"], optimizer_state={}, epoch=0, step=0,
+                    metrics={}, meta={})
+    assert main(["predict", trained["net"], "--weights", str(bare), str(batch)]) == 1
+    assert "does not say how its training images were preprocessed" in capsys.readouterr().err
+
+
+def test_rgb_png_is_converted_like_training_data(trained, tmp_path, capsys):
+    # An RGB image of a grey digit (R = G = B) gives the grey image's probabilities.
+    Image = pytest.importorskip("PIL.Image")
+    grey = (trained["images"][-1] * 255).round().astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"],
+                 str(tmp_path / "g.png"), str(tmp_path / "rgb.png"), "--format", "json"]) == 0
+    g, rgb = json.loads(capsys.readouterr().out)
+    assert [t["class"] for t in g["top"]] == [t["class"] for t in rgb["top"]]
+    np.testing.assert_allclose([t["probability"] for t in g["top"]],
+                               [t["probability"] for t in rgb["top"]], rtol=1e-3)
+
+
+@pytest.mark.parametrize("command", ["export", "import", "predict", "eval"])
+def test_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"netdsl {command} " in out
