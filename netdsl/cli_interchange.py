@@ -15,8 +15,11 @@ EXPORT_EXAMPLE = """example:
   netdsl run nets/lenet5.net --epochs 2 --out runs/lenet5
   netdsl export nets/lenet5.net --weights runs/lenet5/checkpoint.npz -o lenet5.onnx
 
+  netdsl export nets/lenet5.net --weights ckpt.npz -o lenet5.safetensors   # weights only
+
 The file's input is NCHW (N×C×H×W, float32) named 'input'; its output is 'logits' (N×K).
-Without --weights the net's seeded initial weights are exported."""
+Without --weights the net's seeded initial weights are exported. An output ending in
+.safetensors gets the weights (netdsl layout and names) and the checkpoint's meta instead."""
 
 IMPORT_EXAMPLE = """example:
   netdsl import lenet5.onnx -o imported.net      # also writes imported.npz (the weights)
@@ -50,8 +53,14 @@ def cmd_export(args) -> int:
     """Compile FILE for inference, bind weights, write ONNX."""
     from .onnx_export import export_file, require_onnx, to_onnx
     from .trained import load_trained
-    require_onnx()
     sets, input_shape = _weights_and_sets(args, weights_required=False)
+    if args.output.lower().endswith(".safetensors"):
+        from .safetensors_io import write_safetensors
+        t = load_trained(args.file, args.weights, sets=sets, input_shape=input_shape)
+        write_safetensors(args.output, t.params, t.meta)
+        print(f"{args.output}: {sum(len(v) for v in t.params.values())} tensors (safetensors)")
+        return 0
+    require_onnx()
     t = load_trained(args.file, args.weights, sets=sets, input_shape=input_shape)
     model = to_onnx(t.graph, t.params, opset=args.opset)
     export_file(model, args.output)
@@ -103,7 +112,8 @@ def add_commands(sub, common) -> None:
                        epilog=EXPORT_EXAMPLE, formatter_class=raw)
     common(e)
     e.add_argument("--weights", metavar="CKPT", help="checkpoint .npz (default: initial weights)")
-    e.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    e.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                   help="OUT.onnx, or OUT.safetensors for the weights alone")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     e.set_defaults(func=cmd_export)
 

@@ -85,7 +85,8 @@ def bind_params(g: nx.DiGraph, saved: dict, path: str, *, dtype=np.float32) -> d
 
 def load_trained(path: str, weights: str | None = None, *, sets: dict | None = None,
                  input_shape=None, num_classes: int | None = None, mode: str = "infer"):
-    """Compile ``path`` for inference and bind ``weights`` (a checkpoint) or initial weights.
+    """Compile ``path`` for inference and bind ``weights`` (a checkpoint .npz, or .safetensors)
+    or the net's seeded initial weights.
 
     Program parameters: the checkpoint's, then ``sets``. Input shape and classes: the
     arguments, then the checkpoint's preprocessing record, then the file's dataset.
@@ -95,7 +96,11 @@ def load_trained(path: str, weights: str | None = None, *, sets: dict | None = N
     from .train.checkpoint import load_checkpoint
     meta, saved = {}, None
     if weights:
-        ck = load_checkpoint(weights)
+        if str(weights).lower().endswith(".safetensors"):
+            from .safetensors_io import read_safetensors
+            ck = read_safetensors(weights)
+        else:
+            ck = load_checkpoint(weights)
         meta, saved = ck.get("meta") or {}, ck["params"]
     overrides = {**checkpoint_overrides(meta), **(sets or {})}
     pre = meta.get("preprocess") or {}

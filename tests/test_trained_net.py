@@ -188,3 +188,34 @@ def test_help_shows_an_example(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "example:" in out and f"netdsl {command} " in out
+
+
+def test_safetensors_weights(trained, tmp_path, capsys):
+    out = tmp_path / "lenet5.safetensors"
+    assert main(["export", trained["net"], "--weights", trained["ckpt"], "-o", str(out)]) == 0
+    assert "tensors (safetensors)" in capsys.readouterr().out
+    ck = load_checkpoint(trained["ckpt"])
+    # The official reader sees the same arrays under the checkpoint's key names.
+    st = pytest.importorskip("safetensors.numpy")
+    tensors = st.load_file(str(out))
+    expected = {f"param/{n}/{k}": v for n, t in ck["params"].items() for k, v in t.items()}
+    assert sorted(tensors) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(tensors[key], value)
+    # predict reads the file (weights and preprocessing record) like the checkpoint.
+    batch = tmp_path / "b.npy"
+    np.save(batch, trained["images"][:3].astype(np.float32))
+    outs = []
+    for weights in (trained["ckpt"], str(out)):
+        assert main(["predict", trained["net"], "--weights", weights, str(batch),
+                     "--format", "json"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0] == outs[1]
+    # A file written by the official writer reads back too.
+    other = tmp_path / "official.safetensors"
+    st.save_file(expected, str(other))
+    from netdsl.safetensors_io import read_safetensors
+    back = read_safetensors(str(other))["params"]
+    for node, t in ck["params"].items():
+        for k, v in t.items():
+            np.testing.assert_array_equal(back[node][k], v)
