@@ -79,14 +79,41 @@ def _conv(b, rec, ins, out, params):
            pads=_pads(conv_padding(a)), group=a["groups"])
 
 
-def _pool(b, rec, ins, out, params):
+def _pool_geometry(rec) -> tuple[list, list, list, int]:
+    """kernel, strides, pads (ONNX order) and ceil_mode that give netdsl's output size.
+
+    ONNX rounds up without the Caffe/PyTorch rule that drops a last window starting in the
+    right padding, so ceil_mode is set only where netdsl's size is the plain rounded-up one;
+    where it equals the rounded-down size, floor mode gives the same windows. A max pool that
+    needs both (one axis each) gets extra end padding instead, which −inf padding allows."""
     a = rec.attrs
     size = as_pair(a["size"])
     stride = as_pair(a["stride"])
     stride = size if not isinstance(stride, tuple) else stride  # AUTO: the window size
-    common = dict(kernel_shape=list(size), strides=list(stride), pads=_pads(as_pair(a["pad"])),
-                  ceil_mode=int(bool(a["ceil"])))
-    if a["kind"] == "max":
+    pad = as_pair(a["pad"])
+    pads = [pad[0], pad[1], pad[0], pad[1]]
+    want = rec.out_shape[:2]
+    span = [n + 2 * p - k for n, p, k in zip(rec.in_shapes[0][:2], pad, size)]
+    floor = [sp // s + 1 for sp, s in zip(span, stride)]
+    ceil = [-(-sp // s) + 1 for sp, s in zip(span, stride)]
+    if list(want) == floor:
+        return list(size), list(stride), pads, 0
+    if list(want) == ceil:
+        return list(size), list(stride), pads, 1
+    if a["kind"] != "max":
+        raise NetdslError(f"{rec.name}: ONNX cannot express this average pool's rounding "
+                          f"(ceil on one axis, the last-window rule on the other)", rec.loc,
+                          hint="use ceil=false, or an input size that both axes round alike")
+    for axis in range(2):
+        if want[axis] > floor[axis]:
+            pads[axis + 2] += stride[axis] - span[axis] % stride[axis]   # one more window
+    return list(size), list(stride), pads, 0
+
+
+def _pool(b, rec, ins, out, params):
+    kernel, strides, pads, ceil_mode = _pool_geometry(rec)
+    common = dict(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil_mode)
+    if rec.attrs["kind"] == "max":
         b.node("MaxPool", ins, out, rec.name, **common)
     else:   # netdsl's divisor counts padding (PyTorch's count_include_pad=True)
         b.node("AveragePool", ins, out, rec.name, count_include_pad=1, **common)

@@ -39,6 +39,36 @@ def _conv(imp, node, index, a):
     imp.values[node.output[0]] = Value(layer, "map")
 
 
+def _pool_rounding(imp, node, index, a, op, kernel, strides) -> tuple:
+    """(pad, ceil) for netdsl that give the size ONNX computes. ONNX's ceil_mode has no
+    last-window rule, and netdsl's exporter writes a max pool that needs one more window on
+    one axis only as extra end padding; both are recognised by trying floor and ceil."""
+    p = list(a.get("pads", [0, 0, 0, 0]))
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(p) != 4:
+        return _pads(imp, node, index, a, kernel), bool(a.get("ceil_mode", 0))
+    begin, extra = (p[0], p[1]), (p[2] - p[0], p[3] - p[1])
+    if min(extra) < 0 or (max(extra) > 0 and op != "maxpool"):
+        _pads(imp, node, index, a, kernel)   # the uneven-padding error
+    sizes = imp.chw_of(node.input[0], node, index)[1:]
+    want = imp.chw_of(node.output[0], node, index)[1:]
+    for ceil in (bool(a.get("ceil_mode", 0)), not a.get("ceil_mode", 0)):
+        got = []
+        for n, k, s, b in zip(sizes, kernel, strides, begin):
+            span = n + 2 * b - k
+            out = (-(-span // s) if ceil else span // s) + 1
+            if ceil and (out - 1) * s >= n + b:
+                out -= 1
+            got.append(out)
+        # Extra end padding must only add the overhanging window ceil rounding gives.
+        if got == list(want) and all(e < s for e, s in zip(extra, strides)) and \
+                (ceil or max(extra) == 0):
+            return begin, ceil
+    raise imp.error(f"rounds its output to {list(want)} from {list(sizes)} in a way netdsl's "
+                    "pooling cannot reproduce", node, index,
+                    hint="netdsl pads evenly and rounds up only while a window starts inside "
+                         "the input or its left padding")
+
+
 def _pool(op: str):
     def handle(imp, node, index, a):
         x = imp.as_map(node.input[0], node, index)
@@ -47,12 +77,12 @@ def _pool(op: str):
             raise imp.error("dilated pooling and pooling indices have no netdsl layer", node,
                             index)
         kernel = tuple(a["kernel_shape"])
-        pad = _pads(imp, node, index, a, kernel)
+        strides = tuple(a.get("strides", [1, 1]))
+        pad, ceil = _pool_rounding(imp, node, index, a, op, kernel, strides)
         if op == "avgpool" and pad != (0, 0) and not a.get("count_include_pad", 0):
             raise imp.error("averages without counting padding (count_include_pad=0)", node,
                             index, hint="netdsl's AVGPOOL divides by the padded window size")
-        args = {"size": kernel, "stride": tuple(a.get("strides", [1, 1])), "pad": pad,
-                "ceil": bool(a.get("ceil_mode", 0))}
+        args = {"size": kernel, "stride": strides, "pad": tuple(pad), "ceil": ceil}
         imp.values[node.output[0]] = Value(imp.add(op, args, [x.layer], hint=node.name), "map")
     return handle
 

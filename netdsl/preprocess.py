@@ -31,8 +31,8 @@ def record_for(meta: dict, input_shape, path: str = "checkpoint") -> dict:
     """The checkpoint's record; for a checkpoint written before records existed, rebuilt by
     reading the training data again (same spec, same split, same statistics)."""
     record = meta.get("preprocess")
-    if record:
-        return record
+    if record:   # the network's input wins (a --input given now may differ from training's)
+        return dict(record, input_shape=[int(d) for d in input_shape])
     config = meta.get("config") or {}
     if not config.get("data"):
         raise NetdslError(f"'{path}' does not say how its training images were preprocessed",

@@ -92,6 +92,33 @@ def test_layer_options_match_onnxruntime():
     assert ops.count("Sum") == 1 and ops.count("Gemm") == 3 and "GlobalAveragePool" not in ops
 
 
+POOL_ROUNDING = [
+    # The last window would start in the right padding: netdsl (like Caffe and PyTorch)
+    # drops it, ONNX's ceil_mode does not, so this must be written in floor mode.
+    "INPUT(5x5x2) -> MAXPOOL(2, stride=2, pad=1, ceil=true) -> FC",
+    "INPUT(5x5x2) -> AVGPOOL(2, stride=2, pad=1, ceil=true) -> FC",
+    # A last window overhanging the input: ceil_mode.
+    "INPUT(6x6x2) -> CONV(4, 3) -> MAXPOOL(3, stride=2, ceil=true) -> FC",
+    "INPUT(7x6x2) -> AVGPOOL(3, stride=2, pad=1, ceil=true) -> FC",
+    # One axis of each kind (5: rule, 6: overhang): extra end padding of −inf.
+    "INPUT(5x6x2) -> MAXPOOL(3, stride=3, pad=1, ceil=true) -> FC",
+]
+
+
+@pytest.mark.parametrize("text", POOL_ROUNDING)
+def test_pool_rounding_matches_onnxruntime(text):
+    c = compile_text(text, mode="infer")
+    assert_same_logits(c.graph, randomise(Executor(c.graph, seed=0).params), batch=3)
+
+
+def test_pool_rounding_onnx_cannot_express_is_an_error():
+    c = compile_text("INPUT(5x6x2) -> AVGPOOL(3, stride=3, pad=1, ceil=true) -> FC",
+                     mode="infer")
+    with pytest.raises(NetdslError) as info:
+        to_onnx(c.graph, Executor(c.graph).params)
+    assert "ONNX cannot express" in info.value.message and info.value.loc.col == 17
+
+
 def test_fc_on_a_map_permutes_its_rows():
     # FC reading a 3×3×4 map directly: ONNX flattens C·H·W, netdsl H·W·C.
     c = compile_text("INPUT(6x6x2) -> CONV(4, 3) -> MAXPOOL(2) -> FC(5) -> RELU -> FC",

@@ -17,7 +17,7 @@ from netdsl.onnx_export import to_onnx            # noqa: E402
 from netdsl.onnx_import import import_file        # noqa: E402
 from netdsl.trained import load_trained           # noqa: E402
 
-from test_onnx_export import MIXED, randomise     # noqa: E402
+from test_onnx_export import MIXED, POOL_ROUNDING, randomise     # noqa: E402
 
 
 def signature(model) -> tuple[str, list]:
@@ -91,6 +91,12 @@ def test_layer_options_round_trip(tmp_path):
                       "-> MAXPOOL(2) -> FC(5) -> RELU -> FC", mode="infer")
     params = randomise(Executor(c2.graph, seed=0).params)
     check_same(*round_trip(c2.graph, params, tmp_path))
+
+
+@pytest.mark.parametrize("text", POOL_ROUNDING)
+def test_pool_rounding_round_trip(text, tmp_path):
+    c = compile_text(text, mode="infer")
+    check_same(*round_trip(c.graph, randomise(Executor(c.graph, seed=1).params), tmp_path))
 
 
 def test_imported_text_is_readable(nets_dir, tmp_path):
