@@ -181,6 +181,9 @@ EXPORTERS = {
 }
 
 
+FUSED_ACTS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
 def _no_exporter(rec: G.Node) -> NetdslError:
     nearest = NEAREST.get(rec.op)
     return NetdslError(f"{rec.name} ({rec.op.upper()}) has no ONNX operator, so the network "
@@ -210,8 +213,16 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET):
                               "handles single-output layers only", rec.loc)
         out = OUTPUT_NAME if rec.name == logits_node else rec.name
         tensor[rec.name] = out
-        EXPORTERS[rec.op](b, rec, [tensor[s] for s, _ in rec.inputs], out,
+        # A graph from the inference pipeline may carry an activation fused into its producer.
+        act = rec.meta.get("act")
+        if act and act not in FUSED_ACTS:
+            raise NetdslError(f"{rec.name} has a fused {act} that ONNX export does not know",
+                              rec.loc)
+        first = f"{rec.name}.pre_{act}" if act else out
+        EXPORTERS[rec.op](b, rec, [tensor[s] for s, _ in rec.inputs], first,
                           params.get(rec.name, {}))
+        if act:
+            b.node(FUSED_ACTS[act], [first], out, f"{rec.name}.{act}")
     h, w, c = source.out_shape
     k = G.node(g, logits_node).out_shapes[logits_port]
     graph = helper.make_graph(

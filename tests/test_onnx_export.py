@@ -127,6 +127,20 @@ def test_fc_on_a_map_permutes_its_rows():
     assert_same_logits(c.graph, params, batch=4)
 
 
+def test_fused_activation_is_exported():
+    # The compiler's inference pipeline may fuse a ReLU into its conv (meta["act"]); the file
+    # must still apply it.
+    c = compile_text("INPUT(6x6x2) -> CONV(4, 3) -> RELU -> FC", mode="infer")
+    params = randomise(Executor(c.graph, seed=0).params)
+    reference = to_onnx(c.graph, params)
+    G.node(c.graph, "conv1").meta["act"] = "relu"
+    G.remove_node(c.graph, "relu1", replacement=("conv1", 0))
+    fused = to_onnx(c.graph, params)
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 2)).astype(np.float32)
+    np.testing.assert_array_equal(ort_logits(fused, x), ort_logits(reference, x))
+    assert [n.op_type for n in fused.graph.node].count("Relu") == 1
+
+
 def test_layer_without_onnx_operator_is_a_located_error(monkeypatch):
     monkeypatch.delitem(EXPORTERS, "tanh")
     c = compile_text("INPUT(8x8x1) -> CONV(4) -> TANH -> FC", mode="infer")
