@@ -51,6 +51,8 @@ def layer_text(op: str, args: dict) -> str:
             parts.append(f"pad={_pair(args['pad'])}")
         if args["ceil"]:
             parts.append("ceil=true")
+        if not args.get("count_include_pad", True):
+            parts.append("count_include_pad=false")
         return f"{op.upper()}({', '.join(parts)})"
     if op == "fc":
         return f"FC({args['units']}" + (")" if args["bias"] else ", bias=false)")
@@ -60,7 +62,11 @@ def layer_text(op: str, args: dict) -> str:
         return "BN" + (f"({', '.join(parts)})" if parts else "")
     if op == "dropout":
         return f"DROPOUT({_number(args['rate'])})"
-    return op.upper()
+    if not args:
+        return op.upper()
+    # Any other layer: every argument by keyword (pairs as HxW).
+    return f"{op.upper()}(" + ", ".join(
+        f"{k}={_pair(v) if isinstance(v, tuple) else _number(v)}" for k, v in args.items()) + ")"
 
 
 def _labels(layers, consumers, needs_label) -> dict:

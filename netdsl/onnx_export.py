@@ -26,8 +26,10 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
-# The layer to suggest when a layer has no ONNX operator (filled as layers are added).
-NEAREST = {}
+# The layer to suggest when a layer has no ONNX operator.
+NEAREST = {"local": "CONV (the same window, weights shared across positions)",
+           "maxpool_switches": "MAXPOOL (ONNX MaxPool's indices count N·C·H·W positions)",
+           "maxunpool": "DECONV (learned upsampling)"}
 
 
 def require_onnx():
@@ -100,7 +102,7 @@ def _pool_geometry(rec) -> tuple[list, list, list, int]:
         return list(size), list(stride), pads, 0
     if list(want) == ceil:
         return list(size), list(stride), pads, 1
-    if a["kind"] != "max":
+    if a["kind"] != "max":   # extra end padding would change the divisor
         raise NetdslError(f"{rec.name}: ONNX cannot express this average pool's rounding "
                           f"(ceil on one axis, the last-window rule on the other)", rec.loc,
                           hint="use ceil=false, or an input size that both axes round alike")
@@ -115,8 +117,9 @@ def _pool(b, rec, ins, out, params):
     common = dict(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil_mode)
     if rec.attrs["kind"] == "max":
         b.node("MaxPool", ins, out, rec.name, **common)
-    else:   # netdsl's divisor counts padding (PyTorch's count_include_pad=True)
-        b.node("AveragePool", ins, out, rec.name, count_include_pad=1, **common)
+    else:   # by default netdsl's divisor counts padding (PyTorch's count_include_pad=True)
+        b.node("AveragePool", ins, out, rec.name,
+               count_include_pad=int(bool(rec.attrs.get("count_include_pad", True))), **common)
 
 
 def _gap(b, rec, ins, out, params):
@@ -172,12 +175,60 @@ def _softmax(b, rec, ins, out, params):
     b.node("Softmax", ins, out, rec.name, axis=1)
 
 
+def _leakyrelu(b, rec, ins, out, params):
+    b.node("LeakyRelu", ins, out, rec.name, alpha=float(rec.attrs["slope"]))
+
+
+def _lrn(b, rec, ins, out, params):
+    a = rec.attrs
+    n = a["size"]
+    if n % 2 == 0:   # netdsl's window is c−n/2 … c+n/2−1, ONNX's c−n/2+1 … c+n/2
+        raise NetdslError(f"{rec.name}: an LRN window of even size {n} is centred differently "
+                          "in ONNX", rec.loc, hint="use an odd size (AlexNet's is 5)")
+    # ONNX divides alpha by the size, like netdsl's default alpha_over_n=true.
+    alpha = a["alpha"] if a.get("alpha_over_n", True) else a["alpha"] * n
+    if len(rec.in_shapes[0]) == 1:   # a vector: ONNX LRN wants N×C×D…, so add two axes
+        ins = [b.node("Unsqueeze", [ins[0], b.const_i64(f"{rec.name}.axes", [2, 3])],
+                      f"{rec.name}.map", f"{rec.name}.unsqueeze")]
+        res = b.node("LRN", ins, f"{rec.name}.lrn", rec.name, size=n, alpha=float(alpha),
+                     beta=float(a["beta"]), bias=float(a["k"]))
+        b.node("Flatten", [res], out, f"{rec.name}.flatten", axis=1)
+        return
+    b.node("LRN", ins, out, rec.name, size=n, alpha=float(alpha), beta=float(a["beta"]),
+           bias=float(a["k"]))
+
+
+def _deconv(b, rec, ins, out, params):
+    a = rec.attrs
+    w = params["weight"]                        # (KH, KW, C/g, F)
+    kh, kw, cg, f = w.shape
+    g = a["groups"]
+    # ONNX ConvTranspose: (C, F/g, KH, KW), input channel g·Cg + c feeding group g's filters.
+    w = w.reshape(kh, kw, cg, g, f // g).transpose(3, 2, 4, 0, 1).reshape(g * cg, f // g, kh, kw)
+    inputs = [ins[0], b.init(f"{rec.name}.weight", w)]
+    if "bias" in params:
+        inputs.append(b.init(f"{rec.name}.bias", params["bias"]))
+    b.node("ConvTranspose", inputs, out, rec.name, kernel_shape=[kh, kw],
+           strides=list(as_pair(a["stride"])), dilations=list(as_pair(a["dilation"])),
+           pads=_pads(as_pair(a["pad"])), output_padding=list(as_pair(a["output_padding"])),
+           group=g)
+
+
+def _crop(b, rec, ins, out, params):
+    (h, w, _), (th, tw, _) = rec.in_shapes[0], rec.out_shape
+    top, left = (h - th) // 2, (w - tw) // 2    # a second input only gives the size
+    b.node("Slice", [ins[0], b.const_i64(f"{rec.name}.starts", [top, left]),
+                     b.const_i64(f"{rec.name}.ends", [top + th, left + tw]),
+                     b.const_i64(f"{rec.name}.axes", [2, 3])], out, rec.name)
+
+
 EXPORTERS = {
     "conv": _conv, "pool": _pool, "maxpool": _pool, "avgpool": _pool, "gap": _gap,
     "fc": _fc, "flatten": _flatten, "batchnorm": _batchnorm,
     "relu": _simple("Relu"), "tanh": _simple("Tanh"), "sigmoid": _simple("Sigmoid"),
     "identity": _simple("Identity"), "dropout": _simple("Identity"),
     "concat": _concat, "add": _add, "softmax": _softmax,
+    "leakyrelu": _leakyrelu, "lrn": _lrn, "deconv": _deconv, "crop": _crop,
 }
 
 
@@ -225,6 +276,7 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET):
             b.node(FUSED_ACTS[act], [first], out, f"{rec.name}.{act}")
     h, w, c = source.out_shape
     k = G.node(g, logits_node).out_shapes[logits_port]
+    k = (k[2], k[0], k[1]) if len(k) == 3 else k   # per-position logits are NCHW too
     graph = helper.make_graph(
         b.nodes, name or g.graph.get("name", "net"),
         [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", c, h, w])],

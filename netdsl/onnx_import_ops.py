@@ -79,10 +79,13 @@ def _pool(op: str):
         kernel = tuple(a["kernel_shape"])
         strides = tuple(a.get("strides", [1, 1]))
         pad, ceil = _pool_rounding(imp, node, index, a, op, kernel, strides)
-        if op == "avgpool" and pad != (0, 0) and not a.get("count_include_pad", 0):
-            raise imp.error("averages without counting padding (count_include_pad=0)", node,
-                            index, hint="netdsl's AVGPOOL divides by the padded window size")
         args = {"size": kernel, "stride": strides, "pad": tuple(pad), "ceil": ceil}
+        if op == "avgpool" and not a.get("count_include_pad", 0) and (pad != (0, 0) or ceil):
+            if not _has_arg("avgpool", "count_include_pad"):
+                raise imp.error("averages without counting padding (count_include_pad=0)",
+                                node, index,
+                                hint="netdsl's AVGPOOL divides by the padded window size")
+            args["count_include_pad"] = False
         imp.values[node.output[0]] = Value(imp.add(op, args, [x.layer], hint=node.name), "map")
     return handle
 
@@ -237,7 +240,14 @@ def _identity(imp, node, index, a):
 def _softmax(imp, node, index, a):
     outputs = {o.name for o in imp.graph.output}
     if node.output[0] not in outputs:
-        raise imp.error("a softmax inside the network has no netdsl layer", node, index)
+        v = imp.values[node.input[0]]
+        rank = 4 if v.kind in ("map", "chw") else 2
+        if not _has_layer("softmax") or v.kind == "chw" or a.get("axis", -1) % rank != 1:
+            raise imp.error("a softmax inside the network (other than over channels) has no "
+                            "netdsl layer", node, index)
+        layer = imp.add("softmax", {}, [v.layer], hint=node.name)
+        imp.values[node.output[0]] = Value(layer, v.kind)
+        return
     imp.values[node.output[0]] = imp.values[node.input[0]]
     imp.notes.append(f"the final Softmax '{node.name}' was dropped: netdsl's loss applies it, "
                      "and predict prints probabilities")
@@ -246,6 +256,91 @@ def _softmax(imp, node, index, a):
 def _constant(imp, node, index, a):
     imp.consts[node.output[0]] = imp.np.to_array(a["value"]) if "value" in a else \
         np.asarray(next(iter(a.values())))
+
+
+def _has_layer(op: str) -> bool:
+    from .layers import lookup
+    return lookup(op) is not None
+
+
+def _has_arg(op: str, arg: str) -> bool:
+    from .layers import lookup
+    spec = lookup(op)
+    return spec is not None and any(a.name == arg for a in spec.args)
+
+
+def _needs(imp, node, index, op: str) -> None:
+    if not _has_layer(op):
+        raise imp.error("has no netdsl layer", node, index)
+
+
+def _leakyrelu(imp, node, index, a):
+    _needs(imp, node, index, "leakyrelu")
+    v = imp.values[node.input[0]]
+    layer = imp.add("leakyrelu", {"slope": float(a.get("alpha", 0.01))}, [v.layer],
+                    hint=node.name)
+    imp.values[node.output[0]] = Value(layer, v.kind, v.chw)
+
+
+def _lrn(imp, node, index, a):
+    _needs(imp, node, index, "lrn")
+    x = imp.as_map(node.input[0], node, index)
+    if a["size"] % 2 == 0:
+        raise imp.error(f"an LRN window of even size {a['size']} is centred differently in "
+                        "netdsl", node, index)
+    args = {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)),
+            "beta": float(a.get("beta", 0.75)), "k": float(a.get("bias", 1.0))}
+    imp.values[node.output[0]] = Value(imp.add("lrn", args, [x.layer], hint=node.name), "map")
+
+
+def _conv_transpose(imp, node, index, a):
+    _needs(imp, node, index, "deconv")
+    x = imp.as_map(node.input[0], node, index)
+    w = imp.const(node.input[1], node, index, "the weight")
+    c, fg, kh, kw = w.shape
+    g = int(a.get("group", 1))
+    if a.get("output_shape") or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise imp.error("sets output_shape or auto_pad; netdsl needs explicit pads", node,
+                        index)
+    # (C, F/g, KH, KW) → (KH, KW, C/g, F): inverse of the exporter's rearrangement.
+    weight = w.reshape(g, c // g, fg, kh, kw).transpose(3, 4, 1, 0, 2).reshape(
+        kh, kw, c // g, g * fg)
+    params = {"weight": np.ascontiguousarray(weight)}
+    if len(node.input) > 2 and node.input[2]:
+        params["bias"] = imp.const(node.input[2], node, index, "the bias")
+    args = {"filters": g * fg, "kernel": (kh, kw), "stride": tuple(a.get("strides", [1, 1])),
+            "pad": _pads(imp, node, index, a, (kh, kw)),
+            "output_padding": tuple(a.get("output_padding", [0, 0])),
+            "dilation": tuple(a.get("dilations", [1, 1])), "groups": g, "bias": "bias" in params}
+    layer = imp.add("deconv", args, [x.layer], params, node.name)
+    imp.values[node.output[0]] = Value(layer, "map")
+
+
+def _slice(imp, node, index, a):
+    """A centred crop of H and W (what netdsl's exporter writes for CROP)."""
+    _needs(imp, node, index, "crop")
+    x = imp.as_map(node.input[0], node, index)
+    starts, ends = (imp.const(n, node, index, "the slice bounds").tolist()
+                    for n in node.input[1:3])
+    axes = imp.const(node.input[3], node, index, "the axes").tolist() if len(node.input) > 3 \
+        else list(range(len(starts)))
+    steps = imp.const(node.input[4], node, index, "the steps").tolist() \
+        if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+    _, h, w = imp.chw_of(node.input[0], node, index)
+    box = {2: (0, h), 3: (0, w)}
+    for ax, st, en, sp in zip(axes, starts, ends, steps):
+        if ax % 4 not in box or sp != 1:
+            raise imp.error("slices other than a crop of height and width have no netdsl "
+                            "layer", node, index)
+        n = box[ax % 4][1]
+        box[ax % 4] = (max(0, st + n if st < 0 else st), min(n, en + n if en < 0 else en))
+    (top, bottom), (left, right) = box[2], box[3]
+    th, tw = bottom - top, right - left
+    if (top, left) != ((h - th) // 2, (w - tw) // 2):
+        raise imp.error(f"crops rows {top}:{bottom}, columns {left}:{right} of {h}×{w}; "
+                        "netdsl's CROP takes the centre", node, index)
+    layer = imp.add("crop", {"size": (th, tw)}, [x.layer], hint=node.name)
+    imp.values[node.output[0]] = Value(layer, "map")
 
 
 HANDLERS = {
@@ -257,4 +352,5 @@ HANDLERS = {
     "Relu": _elementwise("relu"), "Tanh": _elementwise("tanh"),
     "Sigmoid": _elementwise("sigmoid"), "BatchNormalization": _batchnorm,
     "Dropout": _dropout, "Identity": _identity, "Softmax": _softmax, "Constant": _constant,
+    "LeakyRelu": _leakyrelu, "LRN": _lrn, "ConvTranspose": _conv_transpose, "Slice": _slice,
 }
