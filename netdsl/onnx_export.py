@@ -274,6 +274,10 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET):
                           params.get(rec.name, {}))
         if act:
             b.node(FUSED_ACTS[act], [first], out, f"{rec.name}.{act}")
+    size = sum(len(t.raw_data) for t in b.inits)
+    if size >= 2**31:   # protobuf's limit for one message; ONNX's external data is not used
+        raise NetdslError(f"the weights take {size / 2**30:.1f} GiB; an ONNX file holds at "
+                          "most 2 GiB", hint="export a smaller network (fewer FC units)")
     h, w, c = source.out_shape
     k = G.node(g, logits_node).out_shapes[logits_port]
     k = (k[2], k[0], k[1]) if len(k) == 3 else k   # per-position logits are NCHW too
