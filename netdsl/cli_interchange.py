@@ -30,7 +30,8 @@ PREDICT_EXAMPLE = """example:
   netdsl predict nets/lenet5.net --weights runs/lenet5/checkpoint.npz batch.npy --format json
 
 Images (PNG, JPEG, ...; needs Pillow) are scaled to [0, 1], resized to the training data's
-size, then fitted and normalised exactly as in training. An .npy file holds a batch N×H×W×C
+size, then fitted and normalised exactly as in training. --invert for dark ink on white,
+--crop-ink to cut a small digit out of a big frame first. An .npy file holds a batch N×H×W×C
 (or N×H×W) with values in [0, 1]."""
 
 EVAL_EXAMPLE = """example:
@@ -88,7 +89,7 @@ def cmd_predict(args) -> int:
     if args.top < 1:
         raise NetdslError(f"--top must be at least 1, got {args.top}")
     results = predict_files(args.file, args.weights, args.images, top=args.top, sets=sets,
-                            input_shape=input_shape, invert=args.invert)
+                            input_shape=input_shape, invert=args.invert, ink=args.crop_ink)
     print(json.dumps(results, indent=2) if args.format == "json"
           else format_predictions(results))
     return 0
@@ -133,6 +134,9 @@ def add_commands(sub, common) -> None:
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true",
                    help="dark ink on a light background (the digit sets are light on dark)")
+    p.add_argument("--crop-ink", action="store_true",
+                   help="cut each image to its ink's bounding box first, as the digits data "
+                        "was made (for a digit drawn small in a big frame, e.g. MNIST)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_predict)
 

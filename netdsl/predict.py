@@ -30,14 +30,14 @@ def top_k(probs: np.ndarray, k: int) -> list[list[dict]]:
 
 
 def predict_files(path: str, weights: str, inputs: list[str], *, top: int = 3, sets=None,
-                  input_shape=None, invert: bool = False) -> list[dict]:
+                  input_shape=None, invert: bool = False, ink: bool = False) -> list[dict]:
     """Compile ``path``, bind ``weights``, prepare ``inputs`` as in training and classify.
     Returns ``[{"input": name, "top": [{"class": c, "probability": p}, ...]}, ...]``."""
     from .preprocess import load_inputs, record_for
     from .trained import load_trained
     trained = load_trained(path, weights, sets=sets, input_shape=input_shape)
     record = record_for(trained.meta, _input_shape(trained), weights)
-    names, x = load_inputs(inputs, record, invert=invert)
+    names, x = load_inputs(inputs, record, invert=invert, ink=ink)
     probs = softmax(logits_of(trained, x))
     return [{"input": name, "top": best} for name, best in zip(names, top_k(probs, top))]
 

@@ -70,9 +70,39 @@ def _unit_range(a: np.ndarray, where: str) -> np.ndarray:
     return a
 
 
+def crop_ink(a: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """An H×W×C image in [0, 1] cut to the bounding box of its ink (pixels above
+    ``threshold`` of the brightest), centred in a square of background: how the UCI digits
+    (scikit-learn's ``digits``) were made, so a digit drawn small in a big frame (MNIST, a
+    photo) fills the 8×8 grid as the training digits do. A blank image is returned as is."""
+    ink = a.max(axis=2) if a.size else a
+    rows, cols = np.nonzero(ink > threshold * ink.max()) if ink.max() > 0 else ((), ())
+    if len(rows) == 0:
+        return a
+    box = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    h, w, c = box.shape
+    n = max(h, w)
+    out = np.zeros((n, n, c), np.float32)
+    out[(n - h) // 2:(n - h) // 2 + h, (n - w) // 2:(n - w) // 2 + w] = box
+    return out
+
+
+def _resize_image(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """H×W×C float → h×w×C with Pillow's bilinear filter, which averages when it shrinks (so
+    thin strokes do not vanish, as they would with point sampling)."""
+    if a.shape[:2] == (h, w):
+        return a
+    try:
+        from PIL import Image
+    except ImportError:   # an .npy batch without Pillow: the training resize (no averaging)
+        return resize_bilinear(a[None], h, w)[0]
+    a = np.ascontiguousarray(a, np.float32)
+    return np.stack([np.asarray(Image.fromarray(a[..., c]).resize((w, h), Image.BILINEAR),
+                                np.float32) for c in range(a.shape[2])], axis=-1)
+
+
 def read_image(path: str, record: dict) -> np.ndarray:
-    """One image file as an H×W×C float array in [0, 1], already at the native size
-    (Pillow's resampling filters average when they shrink, so small digits stay legible)."""
+    """One image file as an H×W×C float array in [0, 1] (grey when the training data was)."""
     try:
         from PIL import Image
     except ImportError:
@@ -84,11 +114,7 @@ def read_image(path: str, record: dict) -> np.ndarray:
             img.load()
             grey = img.mode in ("1", "L", "LA", "I", "I;16", "F", "P") and record[
                 "native_shape"][2] == 1
-            img = img.convert("L" if grey else "RGB")
-            nh, nw, _ = record["native_shape"]
-            if img.size != (nw, nh):
-                img = img.resize((nw, nh), Image.BILINEAR)
-            a = np.asarray(img)
+            a = np.asarray(img.convert("L" if grey else "RGB"))
     except FileNotFoundError:
         raise NetdslError(f"image '{path}' does not exist") from None
     except OSError as exc:
@@ -116,20 +142,27 @@ def read_npy(path: str) -> np.ndarray:
     return _unit_range(a, path)
 
 
-def load_inputs(paths: list[str], record: dict, *, invert: bool = False):
-    """(names, normalised NHWC batch) for image files and .npy batches, in the given order."""
-    names, parts = [], []
+def load_inputs(paths: list[str], record: dict, *, invert: bool = False,
+                ink: bool = False):
+    """(names, normalised NHWC batch) for image files and .npy batches, in the given order.
+    ``invert``: dark ink on light paper; ``ink``: crop each image to its ink first."""
+    names, images = [], []
     for path in paths:
         if str(path).lower().endswith(".npy"):
             batch = read_npy(path)
             names += [f"{path}[{i}]" for i in range(len(batch))]
-            parts.append(batch)
+            images += list(batch)
         else:
             names.append(str(path))
-            parts.append(read_image(path, record)[None])
+            images.append(read_image(path, record))
+    nh, nw, _ = record["native_shape"]
     prepared = []
-    for part in parts:
+    for a in images:
         if invert:   # dark ink on white paper → the datasets' light-on-dark convention
-            part = 1 - part
-        prepared.append(prepare(part, record))
+            a = 1 - a
+        if ink:
+            a = crop_ink(a)
+        # To the training data's native size first, so that prepare() then pads or resizes
+        # it to INPUT exactly as training did.
+        prepared.append(prepare(_resize_image(a, nh, nw)[None], record))
     return names, np.concatenate(prepared)

@@ -219,3 +219,31 @@ def test_safetensors_weights(trained, tmp_path, capsys):
     for node, t in ck["params"].items():
         for k, v in t.items():
             np.testing.assert_array_equal(back[node][k], v)
+
+
+def test_crop_ink_cuts_the_bounding_box_into_a_square():
+    from netdsl.preprocess import crop_ink
+    a = np.zeros((10, 12, 1), np.float32)
+    a[2:5, 3:9, 0] = 1.0          # ink: 3 rows × 6 columns
+    a[0, 0, 0] = 0.05             # below 10% of the brightest: background
+    out = crop_ink(a)
+    expected = np.zeros((6, 6, 1), np.float32)
+    expected[1:4, :, 0] = 1.0     # centred vertically in a 6×6 square
+    np.testing.assert_array_equal(out, expected)
+    blank = np.zeros((4, 4, 1), np.float32)
+    assert crop_ink(blank) is blank
+
+
+def test_predict_crop_ink_finds_a_small_digit_in_a_big_frame(trained, tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    digit = (trained["images"][-2] * 255).round().astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "tight.png")
+    frame = np.zeros((40, 40), np.uint8)           # the same digit, small, off-centre
+    frame[5:13, 20:28] = digit
+    Image.fromarray(frame).save(tmp_path / "framed.png")
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"], "--crop-ink",
+                 str(tmp_path / "tight.png"), str(tmp_path / "framed.png"),
+                 "--format", "json"]) == 0
+    tight, framed = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([t["probability"] for t in framed["top"]],
+                               [t["probability"] for t in tight["top"]], rtol=1e-5)
