@@ -1,11 +1,9 @@
 """Import an ONNX model as a `.net` file and a checkpoint (``netdsl import``).
 
 The ONNX graph is read node by node into a small list of netdsl layers (:class:`Layer`),
-which :mod:`netdsl.net_writer` writes as readable chains. Covered: Conv (grouped, dilated,
-symmetric padding), MaxPool/AveragePool (ceil mode, padding counted in averages), Global-
-AveragePool, Gemm or MatMul(+Add) as FC, BatchNormalization (inference form), Relu, Tanh,
-Sigmoid, Flatten/Reshape to (N, -1), Concat and Add/Sum, Dropout and Identity; a final
-Softmax is dropped (the loss applies it).
+which :mod:`netdsl.net_writer` writes as readable chains; the operator handlers are in
+:mod:`netdsl.onnx_import_ops` (docs/interchange.md lists them). A final Softmax is dropped
+(the loss applies it).
 
 Layout: ONNX tensors are NCHW, netdsl maps are HWC, and the two flatten a map in different
 orders (C·H·W vs H·W·C). Each ONNX tensor is therefore tracked with a *kind*: ``map``, ``flat``
@@ -125,7 +123,12 @@ class _Importer:
             if handler is None:
                 raise self.error("has no netdsl layer", node, index,
                                  hint="netdsl imports: " + ", ".join(sorted(HANDLERS)))
-            handler(self, node, index, self.attrs(node))
+            try:
+                handler(self, node, index, self.attrs(node))
+            except KeyError as exc:   # an input no earlier node produced as a netdsl value
+                raise self.error(f"reads '{exc.args[0]}', which netdsl cannot represent (a "
+                                 "constant used as data, or a second graph input)", node,
+                                 index) from None
 
 
 _KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",

@@ -177,6 +177,9 @@ def test_import_errors(tmp_path, capsys):
                  h.make_node("Relu", ["f"], ["r"], name="r"),
                  h.make_node("Concat", ["r", "r"], ["y"], name="cat", axis=1)], {"w": w}, 2),
          "netdsl flattens in another order"),
+        (_model([h.make_node("Concat", ["x", "k"], ["y"], name="cat", axis=1)],
+                {"k": np.zeros((1, 1, 8, 8), np.float32)}),
+         "node 0 'cat' (Concat): reads 'k', which netdsl cannot represent"),
     ]
     for model, message in cases:
         path = tmp_path / "bad.onnx"
