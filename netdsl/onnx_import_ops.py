@@ -117,7 +117,9 @@ def _flatten_value(imp, node, index, v: Value):
 
 def _reshape(imp, node, index, a):
     shape = [int(s) for s in imp.const(node.input[1], node, index, "the target shape")]
-    if len(shape) != 2 or not (shape[1] == -1 or shape[0] in (0, -1)):
+    dims = imp.shapes.get(node.input[0]) or []
+    features = int(np.prod(dims[1:])) if dims and None not in dims[1:] else None
+    if len(shape) != 2 or not (shape[1] in (-1, features) or shape[0] in (0, -1)):
         raise imp.error(f"reshapes to {shape}; netdsl imports only flattening reshapes "
                         "to (N, -1)", node, index)
     _flatten_value(imp, node, index, imp.values[node.input[0]])
@@ -214,6 +216,8 @@ def _elementwise(op: str):
 
 def _batchnorm(imp, node, index, a):
     v = imp.values[node.input[0]]
+    if v.kind == "nhwc":
+        raise imp.error("normalises a channel-last (transposed) map over its rows", node, index)
     if v.kind not in ("map", "flat"):
         v = Value(imp.as_flat(node.input[0], node, index), "flat")
     names = ("gamma", "beta", "running_mean", "running_var")
