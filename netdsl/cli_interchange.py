@@ -63,7 +63,7 @@ def cmd_export(args) -> int:
         return 0
     require_onnx()
     t = load_trained(args.file, args.weights, sets=sets, input_shape=input_shape)
-    model = to_onnx(t.graph, t.params, opset=args.opset)
+    model = to_onnx(t.graph, t.params, opset=args.opset, preprocess=t.meta.get("preprocess"))
     export_file(model, args.output)
     ops = sorted({n.op_type for n in model.graph.node})
     print(f"{args.output}: {len(model.graph.node)} ONNX nodes ({', '.join(ops)}), "

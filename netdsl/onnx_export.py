@@ -24,6 +24,7 @@ from .trained import inference_nodes
 
 OPSET = 17
 INPUT_NAME = "input"
+PREPROCESS_KEY = "netdsl.preprocess"
 OUTPUT_NAME = "logits"
 
 # The layer to suggest when a layer has no ONNX operator.
@@ -244,8 +245,12 @@ def _no_exporter(rec: G.Node) -> NetdslError:
                                  k for k in EXPORTERS if k not in ("identity", "dropout")))))
 
 
-def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET):
-    """The ONNX ModelProto of ``g``'s inference graph with ``params`` (NumPy arrays)."""
+def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
+            preprocess: dict | None = None):
+    """The ONNX ModelProto of ``g``'s inference graph with ``params`` (NumPy arrays).
+    ``preprocess`` (a checkpoint's record, see netdsl.preprocess) is kept in the model's
+    metadata as JSON under ``netdsl.preprocess``: other tools can read how to prepare inputs,
+    and ``netdsl import`` restores it."""
     onnx = require_onnx()
     helper = onnx.helper
     order, (logits_node, logits_port) = inference_nodes(g)
@@ -289,6 +294,9 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET):
     model = helper.make_model(graph, producer_name="netdsl",
                               opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 8)   # readable by older runtimes too
+    if preprocess:
+        import json
+        helper.set_model_props(model, {PREPROCESS_KEY: json.dumps(preprocess)})
     onnx.checker.check_model(model)
     return model
 

@@ -195,12 +195,33 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     from .trained import main_head
     source = input_shape
     logits = int(G.node(c.graph, main_head(c.graph).inputs[0][0]).out_shape[0])
-    record = {"data": f"onnx:{model_path}", "native_shape": list(source),
-              "input_shape": list(source), "mean": [0.0] * source[2], "std": [1.0] * source[2],
-              "classes": logits}
+    record = _stored_record(model)
+    if record is None:
+        record = {"data": f"onnx:{model_path}", "native_shape": list(source),
+                  "input_shape": list(source), "mean": [0.0] * source[2],
+                  "std": [1.0] * source[2], "classes": logits}
+        notes.append("predict feeds images scaled to [0, 1] without normalisation: apply the "
+                     "model's own preprocessing to .npy inputs if it had one")
+    else:
+        notes.append(f"the preprocessing netdsl export stored (data {record.get('data')}) is "
+                     "kept: predict prepares images as that training did")
     save_checkpoint(weights_path, params=bound, optimizer_state={}, epoch=0, step=0,
                     metrics={}, meta={"network": name, "source": text, "params": {},
                                       "imported_from": str(model_path), "preprocess": record})
-    notes.append("predict feeds images scaled to [0, 1] without normalisation: apply the "
-                 "model's own preprocessing to .npy inputs if it had one")
     return {"layers": c.graph.number_of_nodes() - 2, "notes": notes, "text": text}
+
+
+def _stored_record(model) -> dict | None:
+    """The preprocessing record netdsl export keeps in the model's metadata, if well formed."""
+    import json
+    from .onnx_export import PREPROCESS_KEY
+    for prop in model.metadata_props:
+        if prop.key == PREPROCESS_KEY:
+            try:
+                record = json.loads(prop.value)
+            except ValueError:
+                return None
+            keys = ("native_shape", "input_shape", "mean", "std")
+            return record if isinstance(record, dict) and all(k in record for k in keys) \
+                else None
+    return None

@@ -247,3 +247,25 @@ def test_predict_crop_ink_finds_a_small_digit_in_a_big_frame(trained, tmp_path, 
     tight, framed = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose([t["probability"] for t in framed["top"]],
                                [t["probability"] for t in tight["top"]], rtol=1e-5)
+
+
+def test_exported_then_imported_net_predicts_like_the_original(trained, tmp_path, capsys):
+    # The preprocessing record travels in the ONNX metadata, so the imported net prepares
+    # images exactly as the original checkpoint does.
+    pytest.importorskip("onnx")
+    model = tmp_path / "lenet5.onnx"
+    assert main(["export", trained["net"], "--weights", trained["ckpt"], "-o", str(model)]) == 0
+    assert main(["import", str(model), "-o", str(tmp_path / "back.net")]) == 0
+    assert "preprocessing netdsl export stored" in capsys.readouterr().out
+    batch = tmp_path / "b.npy"
+    np.save(batch, trained["images"][:5].astype(np.float32))
+    outs = []
+    for net, weights in ((trained["net"], trained["ckpt"]),
+                         (str(tmp_path / "back.net"), str(tmp_path / "back.npz"))):
+        assert main(["predict", net, "--weights", weights, str(batch), "--top", "10",
+                     "--format", "json"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    for a, b in zip(*outs):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        np.testing.assert_allclose([t["probability"] for t in a["top"]],
+                                   [t["probability"] for t in b["top"]], rtol=1e-5, atol=1e-7)
