@@ -13,7 +13,7 @@ from .errors import NetdslError
 
 EXPORT_EXAMPLE = """example:
   netdsl run nets/lenet5.net --epochs 2 --out runs/lenet5
-  netdsl export nets/lenet5.net --weights runs/lenet5/checkpoint.npz -o lenet5.onnx
+  netdsl export nets/lenet5.net --weights runs/lenet5/checkpoint.npz -o lenet5.onnx --check
 
   netdsl export nets/lenet5.net --weights ckpt.npz -o lenet5.safetensors   # weights only
 
@@ -68,6 +68,13 @@ def cmd_export(args) -> int:
     ops = sorted({n.op_type for n in model.graph.node})
     print(f"{args.output}: {len(model.graph.node)} ONNX nodes ({', '.join(ops)}), "
           f"weights from {args.weights or 'initialisation (seeded)'}")
+    if args.check:
+        from .onnx_export import check_with_onnxruntime
+        err = check_with_onnxruntime(model, t)
+        verdict = "agree" if err <= 1e-5 else "DIFFER (please report this as a bug)"
+        print(f"onnxruntime check on a random batch of 2: max |difference| = {err:.1e} of the "
+              f"largest logit: netdsl and onnxruntime {verdict}")
+        return 0 if err <= 1e-5 else 70
     return 0
 
 
@@ -116,6 +123,9 @@ def add_commands(sub, common) -> None:
     e.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
                    help="OUT.onnx, or OUT.safetensors for the weights alone")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    e.add_argument("--check", action="store_true",
+                   help="run the file in onnxruntime on a random batch and compare its logits "
+                        "with netdsl's")
     e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("import", help="turn an ONNX model into a .net file and weights",

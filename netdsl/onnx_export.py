@@ -309,3 +309,19 @@ def export_file(model, path: str) -> None:
     except OSError as exc:
         raise NetdslError(f"cannot write '{path}': {exc.strerror or exc}",
                           hint="check that the directory exists and is writable") from None
+
+
+def check_with_onnxruntime(model, trained, batch: int = 2, seed: int = 0) -> float:
+    """max |onnxruntime − netdsl| / max |netdsl| of the logits on a random normal batch."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise NetdslError("--check needs onnxruntime, which is not installed",
+                          hint="pip install 'netdsl[onnx]' (or: pip install onnxruntime)") from None
+    shape = next(r for r in G.nodes(trained.graph) if r.op == "input").out_shape
+    x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+    ours = np.asarray(trained.executor().forward(x).logits, np.float64)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(
+        np.moveaxis(x, -1, 1))})[0]
+    return float(np.abs(theirs - ours).max() / max(np.abs(ours).max(), 1e-30))

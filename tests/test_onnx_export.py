@@ -160,6 +160,8 @@ def test_export_command_writes_a_checked_model(tmp_path, nets_dir, capsys):
     inp = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in inp[1:]] == [1, 32, 32]
     assert "lenet5.onnx" in capsys.readouterr().out
+    assert main(["export", str(nets_dir / "lenet5.net"), "-o", str(out), "--check"]) == 0
+    assert "netdsl and onnxruntime agree" in capsys.readouterr().out
 
 
 def test_export_command_errors(tmp_path, nets_dir, capsys):
