@@ -179,7 +179,9 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         elements = [element(i) for i in chain]
         if len(inputs[first]) == 1:   # starts from a labelled layer's output
             elements.insert(0, f"@{labels[inputs[first][0]]}")
-        statements.append(elements[0] + "".join(f"\n  -> {e}" for e in elements[1:]))
+        one_line = " -> ".join(elements)
+        statements.append(one_line if len(one_line) <= 60 and "\n" not in one_line else
+                          elements[0] + "".join(f"\n  -> {e}" for e in elements[1:]))
     text = (header + f"net {name}\n\n" + "\n\n".join(statements) + "\n")
     return text, labels
 

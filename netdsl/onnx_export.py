@@ -124,8 +124,8 @@ def _pool(b, rec, ins, out, params):
 
 
 def _gap(b, rec, ins, out, params):
-    pooled = b.node("GlobalAveragePool", ins, f"{rec.name}.pooled", f"{rec.name}.pool")
-    b.node("Flatten", [pooled], out, rec.name, axis=1)
+    pooled = b.node("GlobalAveragePool", ins, f"{rec.name}.pooled", rec.name)
+    b.node("Flatten", [pooled], out, f"{rec.name}.flatten", axis=1)
 
 
 def _fc(b, rec, ins, out, params):

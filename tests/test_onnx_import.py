@@ -99,6 +99,21 @@ def test_pool_rounding_round_trip(text, tmp_path):
     check_same(*round_trip(c.graph, randomise(Executor(c.graph, seed=1).params), tmp_path))
 
 
+def test_joins_of_several_forks_round_trip(tmp_path):
+    # A join whose branches start at different layers is written with references
+    # (concat { @p | @q | @r }) and the statements feeding it follow the main one.
+    text = """
+concat { @a -> GAP | @a -> RELU -> CONV(4) -> RELU -> GAP | @x -> GAP } -> FC(6) -> RELU -> FC
+x: INPUT(8x8x2) -> a: CONV(4)
+"""
+    c = compile_text(text, mode="infer")
+    params = randomise(Executor(c.graph, seed=0).params)
+    first, second, t = round_trip(c.graph, params, tmp_path)
+    check_same(first, second, t)
+    written = (tmp_path / "imported.net").read_text()
+    assert "concat { @" in written and written.count("\n@") >= 2
+
+
 def test_imported_text_is_readable(nets_dir, tmp_path):
     t = load_trained(str(nets_dir / "inception_small.net"), input_shape=(28, 28, 1))
     _, _, imported = round_trip(t.graph, t.params, tmp_path)
