@@ -37,6 +37,7 @@ size, then fitted and normalised exactly as in training. --invert for dark ink o
 EVAL_EXAMPLE = """example:
   netdsl eval nets/lenet5.net --weights runs/lenet5/checkpoint.npz --data digits
   netdsl eval nets/lenet5.net --weights ckpt.npz --data mnist:data/mnist --format json
+  netdsl eval nets/lenet5.net --weights ckpt.npz --data digits --plot confusion.png
 
 The data's test split is used; a source without one is evaluated on the same held-out last
 examples as in training (--holdout to change)."""
@@ -109,6 +110,9 @@ def cmd_eval(args) -> int:
     report = evaluate_file(args.file, args.weights, args.data, sets=sets,
                            input_shape=input_shape, holdout=args.holdout)
     print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
+    if args.plot:
+        from .evaluate import plot_confusion
+        plot_confusion(report, args.plot)
     return 0
 
 
@@ -158,4 +162,6 @@ def add_commands(sub, common) -> None:
     v.add_argument("--holdout", type=int, help="held-out examples when the data has no test "
                                                "split (default: as in training)")
     v.add_argument("--format", choices=["table", "json"], default="table")
+    v.add_argument("--plot", metavar="FILE", help="also draw the confusion matrix (PNG, SVG "
+                                                  "or PDF; needs matplotlib)")
     v.set_defaults(func=cmd_eval)

@@ -77,3 +77,37 @@ def format_report(r: dict) -> str:
     for t, row in enumerate(m):
         lines.append(f"{t:>9}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
+
+
+def plot_confusion(report: dict, path: str) -> None:
+    """Draw the confusion matrix as an image (PNG, SVG or PDF by the file's suffix), counts in
+    the cells, darker for more examples; rows are true classes, columns predictions."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")   # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NetdslError("--plot needs matplotlib, which is not installed",
+                          hint="pip install 'netdsl[plots]' (or: pip install matplotlib)") from None
+    m = np.asarray(report["confusion"])
+    k = m.shape[0]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    ax.imshow(m, cmap="Blues")
+    for t in range(k):
+        for p in range(k):
+            ax.text(p, t, str(m[t, p]), ha="center", va="center", fontsize=8,
+                    color="white" if m[t, p] > m.max() / 2 else "black")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{report['data']}: {100 * report['accuracy']:.2f}% of {report['examples']}",
+                 fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as exc:
+        raise NetdslError(f"cannot write '{path}': {exc}",
+                          hint="use a .png, .svg or .pdf file in an existing directory") from None
+    finally:
+        plt.close(fig)

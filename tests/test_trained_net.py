@@ -269,3 +269,21 @@ def test_exported_then_imported_net_predicts_like_the_original(trained, tmp_path
         assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
         np.testing.assert_allclose([t["probability"] for t in a["top"]],
                                    [t["probability"] for t in b["top"]], rtol=1e-5, atol=1e-7)
+
+
+def test_eval_plot_draws_the_confusion_matrix(trained, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    svg = tmp_path / "confusion.svg"
+    assert main(["eval", trained["net"], "--weights", trained["ckpt"], "--data",
+                 trained["spec"], "--format", "json", "--plot", str(svg)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    text = svg.read_text()
+    assert text.lstrip().startswith("<?xml") and "predicted class" in text
+    assert f"{100 * report['accuracy']:.2f}%" in text
+    png = tmp_path / "confusion.png"
+    assert main(["eval", trained["net"], "--weights", trained["ckpt"], "--data",
+                 trained["spec"], "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["eval", trained["net"], "--weights", trained["ckpt"], "--data",
+                 trained["spec"], "--plot", str(tmp_path / "no" / "c.png")]) == 1
+    assert "cannot write" in capsys.readouterr().err
