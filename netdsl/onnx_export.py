@@ -23,6 +23,7 @@ from .layers.structure import as_pair
 from .trained import inference_nodes
 
 OPSET = 17
+MIN_OPSET = 13   # Softmax over one axis, Unsqueeze with an axes input
 INPUT_NAME = "input"
 PREPROCESS_KEY = "netdsl.preprocess"
 OUTPUT_NAME = "logits"
@@ -253,6 +254,11 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
     and ``netdsl import`` restores it."""
     onnx = require_onnx()
     helper = onnx.helper
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise NetdslError(f"--opset {opset} is not possible: netdsl writes opsets "
+                          f"{MIN_OPSET}..{newest} (the installed onnx package's newest)",
+                          hint=f"the default, {OPSET}, is read by most runtimes")
     order, (logits_node, logits_port) = inference_nodes(g)
     b = _Builder(onnx)
     tensor = {}   # netdsl node name -> ONNX tensor name of its output
@@ -293,7 +299,8 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
         initializer=b.inits)
     model = helper.make_model(graph, producer_name="netdsl",
                               opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = min(model.ir_version, 8)   # readable by older runtimes too
+    if opset <= 17:
+        model.ir_version = min(model.ir_version, 8)   # readable by older runtimes too
     if preprocess:
         import json
         helper.set_model_props(model, {PREPROCESS_KEY: json.dumps(preprocess)})

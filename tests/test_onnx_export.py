@@ -164,6 +164,24 @@ def test_export_command_writes_a_checked_model(tmp_path, nets_dir, capsys):
     assert "netdsl and onnxruntime agree" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("opset", [13, onnx.defs.onnx_opset_version()])
+def test_other_opsets_match_onnxruntime(opset):
+    c = compile_text(MIXED, mode="infer")
+    params = randomise(Executor(c.graph, seed=3).params, seed=4)
+    model = to_onnx(c.graph, params, opset=opset)
+    assert model.opset_import[0].version == opset
+    shape = (2, 13, 12, 4)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    try:
+        theirs = ort_logits(model, x)
+    except Exception as exc:   # an onnx newer than the installed onnxruntime reads
+        if opset > 13 and "opset" in str(exc).lower():
+            pytest.skip(f"onnxruntime does not read opset {opset}: {exc}")
+        raise
+    ours = Executor(c.graph, params=params).forward(x).logits
+    assert np.abs(theirs - ours).max() <= RTOL * np.abs(ours).max()
+
+
 def test_export_command_errors(tmp_path, nets_dir, capsys):
     assert main(["export", str(nets_dir / "lenet5.net"), "--weights",
                  str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.onnx")]) == 1
@@ -177,3 +195,6 @@ def test_export_command_errors(tmp_path, nets_dir, capsys):
     assert main(["export", str(nets_dir / "resnet18.net"), "--weights", str(ck),
                  "-o", str(tmp_path / "r.onnx")]) == 1
     assert "no weights for conv1/weight" in capsys.readouterr().err
+    assert main(["export", str(nets_dir / "lenet5.net"), "--opset", "9",
+                 "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "--opset 9 is not possible" in capsys.readouterr().err
