@@ -287,3 +287,18 @@ def test_eval_plot_draws_the_confusion_matrix(trained, tmp_path, capsys):
     assert main(["eval", trained["net"], "--weights", trained["ckpt"], "--data",
                  trained["spec"], "--plot", str(tmp_path / "no" / "c.png")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_missing_optional_packages_are_clear_errors(trained, tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)      # import onnx now raises ImportError
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert main(["export", trained["net"], "-o", str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "needs the 'onnx' package" in err and "pip install 'netdsl[onnx]'" in err
+    assert main(["import", str(tmp_path / "x.onnx"), "-o", str(tmp_path / "x.net")]) == 1
+    assert "needs the 'onnx' package" in capsys.readouterr().err
+    png = tmp_path / "d.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(png)]) == 1
+    assert "needs Pillow" in capsys.readouterr().err
