@@ -42,11 +42,19 @@ def test_checkpoint_records_preprocessing(trained):
     assert pre["native_shape"] == [8, 8, 1] and pre["input_shape"] == [32, 32, 1]
     assert pre["classes"] == 10
     # The statistics are those of the training images as the net sees them: 8×8 digits
-    # resized to 32×32 (bilinear, half-pixel centres), computed here by PyTorch in float64.
-    torch = pytest.importorskip("torch")
-    small = torch.tensor(trained["images"][:300, None], dtype=torch.float64)
-    big = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear",
-                                          align_corners=False).numpy()
+    # resized to 32×32 (bilinear, half-pixel centres, clamped at the borders), computed here
+    # by a naive float64 loop over output pixels.
+    small = trained["images"][:300].astype(np.float64)
+    big = np.empty((300, 32, 32))
+    for i in range(32):
+        for j in range(32):
+            y = min(max((i + 0.5) * 8 / 32 - 0.5, 0), 7)
+            x = min(max((j + 0.5) * 8 / 32 - 0.5, 0), 7)
+            y0, x0 = int(y), int(x)
+            y1, x1 = min(y0 + 1, 7), min(x0 + 1, 7)
+            dy, dx = y - y0, x - x0
+            big[:, i, j] = ((1 - dy) * ((1 - dx) * small[:, y0, x0] + dx * small[:, y0, x1])
+                            + dy * ((1 - dx) * small[:, y1, x0] + dx * small[:, y1, x1]))
     np.testing.assert_allclose(pre["mean"], [big.mean()], rtol=1e-5)
     np.testing.assert_allclose(pre["std"], [big.std()], rtol=1e-5)
 
