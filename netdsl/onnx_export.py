@@ -289,12 +289,13 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
     if size >= 2**31:   # protobuf's limit for one message; ONNX's external data is not used
         raise NetdslError(f"the weights take {size / 2**30:.1f} GiB; an ONNX file holds at "
                           "most 2 GiB", hint="export a smaller network (fewer FC units)")
-    h, w, c = source.out_shape
+    shape = source.out_shape
+    in_dims = ["N", shape[2], shape[0], shape[1]] if len(shape) == 3 else ["N", *shape]
     k = G.node(g, logits_node).out_shapes[logits_port]
     k = (k[2], k[0], k[1]) if len(k) == 3 else k   # per-position logits are NCHW too
     graph = helper.make_graph(
         b.nodes, name or g.graph.get("name", "net"),
-        [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, in_dims)],
         [helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", *k])],
         initializer=b.inits)
     model = helper.make_model(graph, producer_name="netdsl",
@@ -329,6 +330,8 @@ def check_with_onnxruntime(model, trained, batch: int = 2, seed: int = 0) -> flo
     x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
     ours = np.asarray(trained.executor().forward(x).logits, np.float64)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    theirs = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(
-        np.moveaxis(x, -1, 1))})[0]
+    x_onnx = np.moveaxis(x, -1, 1) if x.ndim == 4 else x   # NHWC → NCHW; vectors as they are
+    theirs = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x_onnx)})[0]
+    if theirs.ndim == 4:   # per-position logits come back NCHW
+        theirs = np.moveaxis(theirs, 1, -1)
     return float(np.abs(theirs - ours).max() / max(np.abs(ours).max(), 1e-30))

@@ -61,13 +61,17 @@ class _Importer:
             raise self.error(f"has {len(inputs)} data inputs; netdsl networks have one")
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in inputs[0].type.tensor_type.shape.dim]
-        if len(dims) != 4 or None in dims[1:] or 0 in dims[1:]:
+        if len(dims) not in (2, 4) or None in dims[1:] or 0 in dims[1:]:
             raise self.error(f"input '{inputs[0].name}' has shape {dims}; netdsl imports "
-                             "image models with a fixed N×C×H×W input",
-                             hint="export the model with a fixed C, H and W")
-        c, h, w = dims[1:]
-        self.values[inputs[0].name] = Value(self.add("input", {"shape": (h, w, c)}, []), "map",
-                                            (c, h, w))
+                             "models with a fixed N×C×H×W (or N×F) input",
+                             hint="export the model with fixed sizes but the batch")
+        if len(dims) == 2:   # a vector input: INPUT(F) (needs a netdsl with flat inputs)
+            self.values[inputs[0].name] = Value(self.add("input", {"shape": (dims[1],)}, []),
+                                                "flat")
+        else:
+            c, h, w = dims[1:]
+            self.values[inputs[0].name] = Value(self.add("input", {"shape": (h, w, c)}, []),
+                                                "map", (c, h, w))
         self.graph = g
 
     def error(self, message: str, node=None, index: int = -1, hint: str | None = None):
@@ -197,9 +201,10 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     logits = int(G.node(c.graph, main_head(c.graph).inputs[0][0]).out_shape[0])
     record = _stored_record(model)
     if record is None:
-        record = {"data": f"onnx:{model_path}", "native_shape": list(source),
-                  "input_shape": list(source), "mean": [0.0] * source[2],
-                  "std": [1.0] * source[2], "classes": logits}
+        native = list(source) if len(source) == 3 else [source[0], 1, 1]
+        record = {"data": f"onnx:{model_path}", "native_shape": native,
+                  "input_shape": list(source), "mean": [0.0] * native[2],
+                  "std": [1.0] * native[2], "classes": logits}
         notes.append("predict feeds images scaled to [0, 1] without normalisation: apply the "
                      "model's own preprocessing to .npy inputs if it had one")
     else:

@@ -49,7 +49,13 @@ def prepare(x: np.ndarray, record: dict) -> np.ndarray:
     x = convert_channels(np.asarray(x, np.float32), nc)
     if x.shape[1:3] != (nh, nw):
         x = resize_bilinear(x, nh, nw)
-    x = fit_to_shape(x, tuple(record["input_shape"]))
+    target = tuple(record["input_shape"])
+    if len(target) == 1:   # a flat INPUT(F): fitted and normalised as an image, then flattened
+        from .train.data import flat_image_shape
+        image = flat_image_shape(target[0], (nh, nw, nc), record.get("data", "the data"))
+        x = apply_normalisation(fit_to_shape(x, image), record["mean"], record["std"])
+        return x.reshape(len(x), -1)
+    x = fit_to_shape(x, target)
     return apply_normalisation(x, record["mean"], record["std"])
 
 
