@@ -182,8 +182,17 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         one_line = " -> ".join(elements)
         statements.append(one_line if len(one_line) <= 60 and "\n" not in one_line else
                           elements[0] + "".join(f"\n  -> {e}" for e in elements[1:]))
-    text = (header + f"net {name}\n\n" + "\n\n".join(statements) + "\n")
+    text = (header + f"net {name}\n\n" + _round_param() + "\n\n".join(statements) + "\n")
     return text, labels
+
+
+def _round_param() -> str:
+    """``param ROUND = floor`` where windowed layers take a ``round`` argument (whose default
+    refuses sizes that do not divide): ONNX, like PyTorch, rounds window counts down."""
+    from .layers import lookup
+    if any(a.name == "round" for a in lookup("conv").args):
+        return "param ROUND = floor      # ONNX rounds window counts down\n\n"
+    return ""
 
 
 def _wrap(elements: list[str], width: int = 88) -> str:
