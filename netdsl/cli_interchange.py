@@ -35,6 +35,7 @@ size, then fitted and normalised exactly as in training. --invert for dark ink o
 (or N×H×W) with values in [0, 1]."""
 
 EVAL_EXAMPLE = """example:
+  netdsl eval nets/lenet5.net --weights runs/lenet5/checkpoint.npz          # training data
   netdsl eval nets/lenet5.net --weights runs/lenet5/checkpoint.npz --data digits
   netdsl eval nets/lenet5.net --weights ckpt.npz --data mnist:data/mnist --format json
   netdsl eval nets/lenet5.net --weights ckpt.npz --data digits --plot confusion.png
@@ -158,7 +159,8 @@ def add_commands(sub, common) -> None:
                        epilog=EVAL_EXAMPLE, formatter_class=raw)
     common(v)
     v.add_argument("--weights", metavar="CKPT", help="checkpoint .npz from netdsl run")
-    v.add_argument("--data", required=True, help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
+    v.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE (default: the "
+                                  "data the checkpoint was trained on)")
     v.add_argument("--holdout", type=int, help="held-out examples when the data has no test "
                                                "split (default: as in training)")
     v.add_argument("--format", choices=["table", "json"], default="table")

@@ -44,14 +44,21 @@ def eval_split(spec: str, holdout: int) -> tuple:
     return x[-count:], y[-count:], f"held-out last {count}", splits.num_classes
 
 
-def evaluate_file(path: str, weights: str, spec: str, *, sets=None, input_shape=None,
-                  holdout: int | None = None, batch_size: int = 256) -> dict:
-    """Evaluate checkpoint ``weights`` of ``path`` on data ``spec``; see :func:`report_from`."""
+def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None,
+                  input_shape=None, holdout: int | None = None, batch_size: int = 256) -> dict:
+    """Evaluate checkpoint ``weights`` of ``path`` on data ``spec`` (default: the data it was
+    trained on, from the checkpoint); see :func:`report_from`."""
     from .predict import _input_shape, logits_of
     from .preprocess import prepare, record_for
     from .trained import load_trained
     trained = load_trained(path, weights, sets=sets, input_shape=input_shape)
     record = record_for(trained.meta, _input_shape(trained), weights)
+    if spec is None:
+        spec = (trained.meta.get("config") or {}).get("data")
+        if not spec:
+            raise NetdslError(f"'{weights}' does not name the data it was trained on",
+                              hint="give the data: --data digits, mnist:DIR, cifar10:DIR or "
+                                   "npz:FILE")
     if holdout is None:
         holdout = int((trained.meta.get("config") or {}).get("holdout", -1))
     x, y, split, classes = eval_split(spec, holdout)
