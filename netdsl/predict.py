@@ -15,6 +15,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def logits_of(trained, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The main head's logits for a prepared NHWC batch, batch by batch."""
+    from . import graph as G
+    from .errors import NetdslError
+    from .trained import main_head
+    head = main_head(trained.graph)
+    src = G.node(trained.graph, head.inputs[0][0])
+    shape = src.out_shapes[head.inputs[0][1]]
+    if len(shape) != 1:   # e.g. per-pixel logits of a segmentation net
+        raise NetdslError(f"this network predicts a {'×'.join(map(str, shape))} map of "
+                          f"scores ({src.name}), not one class per image", src.loc,
+                          hint="predict and eval classify whole images; export the net to "
+                               "ONNX to use its maps")
     ex = trained.executor()
     out = [to_numpy(ex.forward(x[i:i + batch_size]).logits)
            for i in range(0, len(x), batch_size)]

@@ -310,3 +310,19 @@ def test_missing_optional_packages_are_clear_errors(trained, tmp_path, monkeypat
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
     assert main(["predict", trained["net"], "--weights", trained["ckpt"], str(png)]) == 1
     assert "needs Pillow" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_map_of_scores():
+    from netdsl.compiler import compile_text
+    from netdsl.errors import NetdslError
+    from netdsl.executor import Executor
+    from netdsl.layers import lookup
+    from netdsl.predict import logits_of
+    from netdsl.trained import Trained
+    if lookup("softmax_xent2d") is None:
+        pytest.skip("no per-position loss layer")
+    c = compile_text("INPUT(6x6x1) -> CONV(3, 1) -> SOFTMAX_XENT2D", mode="infer")
+    t = Trained(c.graph, Executor(c.graph).params)
+    with pytest.raises(NetdslError) as info:
+        logits_of(t, np.zeros((1, 6, 6, 1), np.float32))
+    assert "predicts a 6×6×3 map of scores" in info.value.message
