@@ -30,9 +30,9 @@ PREDICT_EXAMPLE = """example:
   netdsl predict nets/lenet5.net --weights runs/lenet5/checkpoint.npz batch.npy --format json
 
 Images (PNG, JPEG, ...; needs Pillow) are scaled to [0, 1], resized to the training data's
-size, then fitted and normalised exactly as in training. --invert for dark ink on white,
---crop-ink to cut a small digit out of a big frame first. An .npy file holds a batch N×H×W×C
-(or N×H×W) with values in [0, 1]."""
+size, then fitted and normalised exactly as in training. An .npy file holds a batch N×H×W×C
+(or N×H×W) with values in [0, 1]. --invert for dark ink on white paper; --crop-ink to cut a
+digit drawn small in a big frame (e.g. MNIST) to its bounding box first."""
 
 EVAL_EXAMPLE = """example:
   netdsl eval nets/lenet5.net --weights runs/lenet5/checkpoint.npz          # training data
