@@ -65,7 +65,11 @@ def cmd_export(args) -> int:
         return 0
     require_onnx()
     t = load_trained(args.file, args.weights, sets=sets, input_shape=input_shape)
-    model = to_onnx(t.graph, t.params, opset=args.opset, preprocess=t.meta.get("preprocess"))
+    graph, params = t.graph, t.params
+    if args.optimize:   # the compiler's inference pipeline: BN folded, activations fused
+        m = t.bound().for_inference()
+        graph, params = m.graph, m.params
+    model = to_onnx(graph, params, opset=args.opset, preprocess=t.meta.get("preprocess"))
     export_file(model, args.output)
     ops = sorted({n.op_type for n in model.graph.node})
     print(f"{args.output}: {len(model.graph.node)} ONNX nodes ({', '.join(ops)}), "
@@ -128,6 +132,9 @@ def add_commands(sub, common) -> None:
     e.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
                    help="OUT.onnx, or OUT.safetensors for the weights alone")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    e.add_argument("--optimize", action="store_true",
+                   help="export what netdsl's inference pipeline runs: batch norm folded into "
+                        "the conv/FC before it (fewer nodes; the file no longer has BN layers)")
     e.add_argument("--check", action="store_true",
                    help="run the file in onnxruntime on a random batch and compare its logits "
                         "with netdsl's")

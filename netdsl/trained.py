@@ -15,7 +15,6 @@ import numpy as np
 
 from . import graph as G
 from .errors import NetdslError
-from .layers import get
 
 _SIMPLE_VALUE = re.compile(r"^(-?\d+(\.\d*)?([eE][-+]?\d+)?|true|false|True|False|\d+x\d+(x\d+)?)$")
 
@@ -34,12 +33,17 @@ class Trained:
         from .executor import Executor
         return Executor(self.graph, params=self.params)
 
+    def bound(self):
+        """The graph and weights as a :class:`netdsl.model.BoundModel` (for its passes)."""
+        from .model import BoundModel
+        return BoundModel(self.graph, self.params)
+
 
 def main_head(g: nx.DiGraph) -> G.Node:
-    """The loss whose input is the network's prediction: the largest weight, first in order
-    (the executor's rule, so GoogLeNet-style 0.3-weighted auxiliary heads are not it)."""
-    heads = [(i, rec) for i, rec in enumerate(G.nodes(g)) if get(rec.op).role == "loss"]
-    return max(heads, key=lambda item: (item[1].attrs.get("weight", 1.0), -item[0]))[1]
+    """The loss whose input is the network's prediction (netdsl.model's rule: the largest
+    weight, first in order, so GoogLeNet-style 0.3-weighted auxiliary heads are not it)."""
+    from .model import main_head as model_main_head
+    return model_main_head(g)
 
 
 def inference_nodes(g: nx.DiGraph) -> tuple[list[G.Node], tuple[str, int]]:

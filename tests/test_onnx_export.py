@@ -182,6 +182,22 @@ def test_other_opsets_match_onnxruntime(opset):
     assert np.abs(theirs - ours).max() <= RTOL * np.abs(ours).max()
 
 
+def test_optimized_export_folds_batchnorm(nets_dir, tmp_path, capsys):
+    # --optimize exports the compiler's inference pipeline: no BN nodes, the same logits.
+    out = tmp_path / "r.onnx"
+    assert main(["export", str(nets_dir / "inception_small.net"), "--input", "28x28x1",
+                 "--optimize", "--check", "-o", str(out)]) == 0
+    assert "netdsl and onnxruntime agree" in capsys.readouterr().out
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 1 + 2 * 6   # no aux conv
+    t = load_trained(str(nets_dir / "inception_small.net"), input_shape=(28, 28, 1))
+    x = np.random.default_rng(2).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    theirs = sess.run(["logits"], {"input": x.transpose(0, 3, 1, 2).copy()})[0]
+    ours = t.executor().forward(x).logits       # the unfolded net
+    assert np.abs(theirs - ours).max() <= 1e-5 * np.abs(ours).max()
+
+
 def test_export_command_errors(tmp_path, nets_dir, capsys):
     assert main(["export", str(nets_dir / "lenet5.net"), "--weights",
                  str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.onnx")]) == 1
