@@ -27,6 +27,7 @@ INT_FLAGS = {
     "batch": (1, 10**15, "examples"),          # summary: arithmetic only
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
+    "top": (1, 1_000_000, "classes shown per input"),   # predict
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 

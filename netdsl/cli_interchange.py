@@ -99,8 +99,6 @@ def cmd_predict(args) -> int:
     """Top-K classes with probabilities for each image."""
     from .predict import format_predictions, predict_files
     sets, input_shape = _weights_and_sets(args, weights_required=True)
-    if args.top < 1:
-        raise NetdslError(f"--top must be at least 1, got {args.top}")
     results = predict_files(args.file, args.weights, args.images, top=args.top, sets=sets,
                             input_shape=input_shape, invert=args.invert, ink=args.crop_ink)
     print(json.dumps(results, indent=2) if args.format == "json"
