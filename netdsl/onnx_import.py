@@ -52,7 +52,11 @@ class _Importer:
         self.layers: list[Layer] = []
         self.values: dict[str, Value] = {}
         self.notes: list[str] = []
-        inferred = require_onnx().shape_inference.infer_shapes(model).graph
+        try:   # strict: a weight that does not fit its input is the file's error, said here
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+        except Exception as exc:   # onnx's InferenceError and friends
+            raise NetdslError(f"{path}: the model's tensor shapes do not fit together: "
+                              f"{str(exc).strip().splitlines()[-1][:300]}") from None
         self.shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
                                  for d in vi.type.tensor_type.shape.dim]
                        for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
@@ -133,6 +137,11 @@ class _Importer:
                 raise self.error(f"reads '{exc.args[0]}', which netdsl cannot represent (a "
                                  "constant used as data, or a second graph input)", node,
                                  index) from None
+            except (ValueError, IndexError, TypeError) as exc:
+                # Arrays of a foreign file that do not have the shapes its node implies (the
+                # handlers reshape and index them): the file's problem, told at the node.
+                raise self.error(f"its weights or attributes do not fit its input "
+                                 f"({type(exc).__name__}: {exc})", node, index) from None
 
 
 _KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",

@@ -145,6 +145,9 @@ def read_npy(path: str) -> np.ndarray:
         raise NetdslError(f"'{path}' holds a {a.dtype} array of shape {a.shape}; expected a "
                           "batch of images N×H×W×C or N×H×W",
                           hint="for one image, save it as x[None] (a batch of one)")
+    if 0 in a.shape:
+        raise NetdslError(f"'{path}' holds an empty batch of shape {a.shape}",
+                          hint="save at least one image with non-empty sides")
     return _unit_range(a, path)
 
 
