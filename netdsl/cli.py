@@ -1,4 +1,5 @@
-"""The `netdsl` command line: run, summary, check, draw, layers, bench.
+"""The `netdsl` command line: run, summary, check, draw, layers, bench (and export, import,
+predict, eval from cli_interchange).
 
 Every user mistake (bad file, bad flag value, bad data) ends as a NetdslError printed with its
 location and hint, and a non-zero exit status; no traceback reaches the user.
@@ -27,6 +28,7 @@ INT_FLAGS = {
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
     "rounds": (1, 10_000, "rounds"),
+    "top": (1, 1_000_000, "classes shown per input"),   # predict
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 
@@ -157,6 +159,7 @@ def cmd_run(args) -> int:
     from .executor import Executor
     from .graph import nodes
     from .memory_estimate import check_fits, device_available_bytes, estimate_run_bytes
+    from .preprocess import make_record
     from .train.data import load_dataset
     from .train.fingerprint import graph_fingerprint
     from .train.loop import Interrupted, Trainer, check_same_network, default_out_dir
@@ -208,7 +211,9 @@ def cmd_run(args) -> int:
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
                           meta={"network": g.graph["name"], "source": g.graph["source"].text,
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
-                                "graph": graph_fingerprint(g)})
+                                "graph": graph_fingerprint(g),
+                                # what predict/eval need to prepare new images as these were
+                                "preprocess": make_record(data, input_shape)})
         if args.resume:
             trainer.resume(args.resume)
         try:
@@ -338,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     pass_flags(b)
     kernel_flags(b, threads_default=2)
     b.set_defaults(func=cmd_bench)
+
+    from .cli_interchange import add_commands
+    add_commands(sub, common)   # export, import, predict, eval
     return p
 
 

@@ -41,6 +41,8 @@ class Dataset:
     num_classes: int
     native_shape: tuple          # (H, W, C) as stored in the files
     test_name: str               # "test split" or "held-out last N"
+    mean: tuple = ()             # per-channel mean and std used to normalise (train split's),
+    std: tuple = ()              # stored in checkpoints so that predict/eval can repeat it
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -78,10 +80,12 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
         x_train = fit_to_shape(x_train, target)
         x_test = fit_to_shape(x_test, target)
     # In place: these arrays were made by the reader for us alone, and CIFAR copies are big.
-    x_train, x_test = normalise(x_train, x_test, in_place=True)
+    mean, std = channel_stats(x_train)
+    x_train = apply_normalisation(x_train, mean, std, in_place=True)
+    x_test = apply_normalisation(x_test, mean, std, in_place=True)
     return Dataset(splits.name, x_train, y_train.astype(np.int64), x_test,
                    y_test.astype(np.int64), splits.num_classes, tuple(splits.native_shape),
-                   test_name)
+                   test_name, tuple(mean), tuple(std))
 
 
 def holdout_count(total: int, holdout: int, name: str = "dataset") -> int:
@@ -249,20 +253,34 @@ def resize_bilinear(x: np.ndarray, h: int, w: int, chunk: int = 4096) -> np.ndar
     return out
 
 
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of NHWC images; a constant channel gets std 1
+    rather than a division by 0."""
+    means, stds = [], []
+    for c in range(x.shape[3]):
+        channel = x[..., c]
+        # float64 sums: float32 accumulation drifts over millions of pixels.
+        mean = channel.mean(dtype=np.float64)
+        var = max(np.square(channel).mean(dtype=np.float64) - mean * mean, 0.0)
+        means.append(float(mean))
+        stds.append(float(np.sqrt(var)) if var > 1e-12 else 1.0)
+    return means, stds
+
+
+def apply_normalisation(x: np.ndarray, mean, std, *, in_place: bool = False) -> np.ndarray:
+    """(x − mean)/std per channel, as float32; float32 input is overwritten when ``in_place``."""
+    out = np.asarray(x, np.float32) if in_place else np.array(x, np.float32)
+    for c, (m, s) in enumerate(zip(mean, std)):
+        out[..., c] -= np.float32(m)
+        out[..., c] /= np.float32(s)
+    return out
+
+
 def normalise(x_train: np.ndarray, x_test: np.ndarray, *,
               in_place: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Both sets standardised per channel with the TRAIN set's mean and std (test statistics
     must not leak into training). A constant channel keeps std 1 rather than dividing by 0.
     Float32 inputs are overwritten when ``in_place``; otherwise they stay untouched."""
-    train = np.asarray(x_train, np.float32) if in_place else np.array(x_train, np.float32)
-    test = np.asarray(x_test, np.float32) if in_place else np.array(x_test, np.float32)
-    for c in range(train.shape[3]):
-        channel = train[..., c]
-        # float64 sums: float32 accumulation drifts over millions of pixels.
-        mean = channel.mean(dtype=np.float64)
-        var = max(np.square(channel).mean(dtype=np.float64) - mean * mean, 0.0)
-        std = np.sqrt(var) if var > 1e-12 else 1.0
-        for arr in (train, test):
-            arr[..., c] -= np.float32(mean)
-            arr[..., c] /= np.float32(std)
-    return train, test
+    mean, std = channel_stats(np.asarray(x_train, np.float32))
+    return (apply_normalisation(x_train, mean, std, in_place=in_place),
+            apply_normalisation(x_test, mean, std, in_place=in_place))
