@@ -17,12 +17,20 @@ from . import ast
 from .scope import Namer, PendingRef, Scope, Tensor
 from .values import Word, as_count, evaluate, number_from_text, shown, unbound_error
 
-_COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-[0-9]+)*)")
+_COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-(?:[0-9]+|[A-Za-z_][A-Za-z_0-9]*))*)")
 _NUMERIC_KINDS = ("int", "float", "bool", "dims")
 MAX_NODES = 100_000
 # Repeat iterations and block calls, counted whether or not they add nodes: `[RELU*0]*10**13`
 # adds none but would still loop for days.
 MAX_STEPS = 5 * MAX_NODES
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """A call argument written ``@name``: a tensor for a block's ``@param``."""
+
+    ref: ast.Ref
+    scope: Scope
 
 
 @dataclass
@@ -31,7 +39,7 @@ class Target:
 
     spec: LayerSpec | None = None
     block: ast.BlockDef | None = None
-    numbers: tuple[int, ...] = ()
+    numbers: tuple = ()            # compact numbers; a str is a parameter name (CONV3-c)
     base: str = ""                 # the name without compact numbers, as written
 
 
@@ -166,7 +174,8 @@ class ChainExpander:
         match = _COMPACT.fullmatch(call.name)
         if match:
             letters, digits, groups = match.groups()
-            numbers = tuple(number_from_text(g, call.name_loc) for g in groups.split("-")[1:])
+            numbers = tuple(number_from_text(g, call.name_loc) if g.isdigit() else g
+                            for g in groups.split("-")[1:])
             if digits and groups and lookup(letters + digits):
                 return Target(spec=lookup(letters + digits), numbers=numbers, base=letters + digits)
             # POOL2 is compact only for layers that have a compact form; INPUT2 is a typo.
@@ -224,7 +233,8 @@ class ChainExpander:
         positional, keyword = [], {}
         fold = (lambda k: k) if exact else str.lower
         for arg in args:
-            value = evaluate(arg.value, scope.env)
+            value = (TensorArg(arg.value, scope) if isinstance(arg.value, ast.Ref)
+                     else evaluate(arg.value, scope.env))
             if arg.key is None:
                 if keyword:
                     raise NetdslError("a positional argument cannot follow a keyword argument",
@@ -239,6 +249,13 @@ class ChainExpander:
     def bind(self, spec: LayerSpec, call: ast.Call, numbers: tuple, scope: Scope) -> dict:
         """Validated attrs for a layer call; errors located at the argument at fault."""
         positional, keyword = self.evaluate_args(call.args, scope, spec.name)
+        for arg in call.args:
+            if isinstance(arg.value, ast.Ref):
+                raise NetdslError(f"{spec.name} takes no tensor argument '@{arg.value.name}'",
+                                  arg.loc, hint=f"join tensors with concat {{ @{arg.value.name}"
+                                  " | ... }; only a block parameter declared as @name takes one")
+        # CONV3-c: a compact group that is a name reads a (block) parameter.
+        numbers = tuple(self._compact_value(n, call, scope) for n in numbers)
         if numbers:
             if len(numbers) > len(spec.compact):
                 fills = ", ".join(spec.compact) or "nothing"
@@ -266,6 +283,14 @@ class ChainExpander:
             raise NetdslError(exc.message, self._arg_loc(exc.message, call, spec),
                               detail=exc.detail,
                               hint=exc.hint or self._choice_hint(exc.message, spec)) from None
+
+    @staticmethod
+    def _compact_value(number, call: ast.Call, scope: Scope):
+        if not isinstance(number, str):
+            return number
+        if number not in scope.env:
+            raise unbound_error(number, call.name_loc, scope.env)
+        return scope.env[number]
 
     @staticmethod
     def _choice_hint(message: str, spec: LayerSpec) -> str | None:
@@ -356,11 +381,18 @@ class ChainExpander:
                               hint="blocks cannot be recursive")
         self._step(call.loc)
         values = self.bind_block(block, call, scope)
+        tensors = {k: v for k, v in values.items() if isinstance(v, TensorArg)}
+        values = {k: v for k, v in values.items() if k not in tensors}
         if el.label:
             instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
         else:
             instance = self.namer.auto(scope.prefix, block.name, el.loc)
         inner = scope.block(instance, block.name, ChainMap(values, self.params))
+        for name, arg in tensors.items():
+            # `@skip` inside the block names the caller's tensor, looked up in the caller's
+            # scope once every statement is expanded (it may be a forward reference).
+            self.refs.append((arg.ref, arg.scope))
+            inner.define(name, PendingRef(len(self.refs) - 1), arg.ref.loc)
         self._active_blocks.append(block.name.lower())
         try:
             return self.chain(block.body, current, inner, ref_ok=True)
@@ -390,6 +422,18 @@ class ChainExpander:
             values[key] = value
         for param in block.params:
             if param.name in values:
+                given = values[param.name]
+                arg_loc = next((a.loc for a in call.args if a.key == param.name),
+                               None) or self._positional_loc(call, names.index(param.name))
+                if param.tensor and not isinstance(given, TensorArg):
+                    raise NetdslError(f"block '{block.name}': '@{param.name}' takes a tensor, "
+                                      f"got {shown(given)}", arg_loc,
+                                      hint=f"pass a labelled tensor, e.g. @enc1; {signature}")
+                if not param.tensor and isinstance(given, TensorArg):
+                    raise NetdslError(f"block '{block.name}': parameter '{param.name}' takes a "
+                                      f"value, not the tensor @{given.ref.name}", arg_loc,
+                                      hint=f"declare it as @{param.name} to pass a tensor; "
+                                           f"{signature}")
                 continue
             if param.default is None:
                 raise NetdslError(f"block '{block.name}' needs argument '{param.name}'",
@@ -405,6 +449,12 @@ class ChainExpander:
                                            f"{signature}")
             values[param.name] = evaluate(param.default, env)
         return values
+
+
+    @staticmethod
+    def _positional_loc(call: ast.Call, index: int):
+        positional = [a for a in call.args if a.key is None]
+        return positional[index].loc if index < len(positional) else call.loc
 
 
 def _find_name(expr: ast.Expr, name: str) -> ast.Name | None:

@@ -9,7 +9,7 @@ from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
 from ..errors import Location, NetdslError, SourceFile
 from . import ast
-from .syntax_errors import blank_slash_comments, syntax_error
+from .syntax_errors import syntax_error
 from .values import number_from_text
 
 def _grammar_path() -> Path:
@@ -35,7 +35,7 @@ def lark_parser() -> Lark:
 
 def parse(source: SourceFile) -> ast.Program:
     """Parse a `.net` file into an :class:`ast.Program`; a located NetdslError on bad syntax."""
-    text = blank_slash_comments(source.text)
+    text = source.text
     parser = lark_parser()
     try:
         tree = parser.parse(text)
@@ -137,6 +137,12 @@ class _ToAst(Transformer):
         default = children[1] if len(children) > 1 else None
         return ast.BlockParam(str(children[0]), default, self._tok(children[0]))
 
+    def tensor_param(self, meta, children):
+        ref = self.ref(meta, children)
+        if ref.port is not None:
+            raise NetdslError("a tensor parameter is written @name, without a port", ref.loc)
+        return ast.BlockParam(ref.name, None, ref.loc, tensor=True)
+
     def train_stmt(self, meta, children):
         return ast.TrainStmt(list(children), self._loc(meta))
 
@@ -183,6 +189,12 @@ class _ToAst(Transformer):
     def kw_arg(self, meta, children):
         return ast.CallArg(str(children[0]), children[1], self._loc(meta))
 
+    def pos_ref_arg(self, meta, children):
+        return ast.CallArg(None, self.ref(meta, children), self._loc(meta))
+
+    def kw_ref_arg(self, meta, children):
+        return ast.CallArg(str(children[0]), self.ref(meta, children[1:]), self._loc(meta))
+
     def join(self, meta, children):
         return ast.Join(children[0], children[1], self._loc(meta))
 
@@ -193,7 +205,8 @@ class _ToAst(Transformer):
         return ast.Group(children[0], self._loc(meta))
 
     def ref(self, meta, children):
-        return ast.Ref(str(children[0])[1:], self._tok(children[0]))
+        name, dot, port = str(children[0])[1:].partition(".")
+        return ast.Ref(name, self._tok(children[0]), port if dot else None)
 
     def repeat(self, meta, children):
         return ast.Repeat(children[0], self._loc(meta))
@@ -243,6 +256,9 @@ class _ToAst(Transformer):
         dims = tuple(number_from_text(d, loc, what="dimension")
                      for d in str(children[0]).lower().split("x"))
         return ast.Literal(dims, loc)
+
+    def dims_expr(self, meta, children):
+        return ast.Dims(list(children), self._loc(meta))
 
     def string_lit(self, meta, children):
         return ast.Literal(_unquote(str(children[0])), self._tok(children[0]))
