@@ -19,7 +19,7 @@ from .values import Word, evaluate, is_finite_number, shown, unbound_error
 
 # Parameters that tune the defaults of bare layers (netdsl.shapes.resolve_auto reads them from
 # g.graph["params"]): --set accepts them whether or not the program mentions them.
-LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN")
+LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN", "ROUND")
 
 
 def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
