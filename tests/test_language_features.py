@@ -176,3 +176,37 @@ def test_old_style_comment_is_a_located_error(text, line, col):
     assert "'//' is integer division, not a comment" in err.message
     assert "comments start with #" in err.hint
     assert (err.loc.line, err.loc.col) == (line, col), err.render()
+
+
+# ---- did-you-mean never proposes the inverse -------------------------------------------------
+
+@pytest.mark.parametrize("word, inverse", [("UNPOOL", "pool"), ("DECONV", "conv"),
+                                           ("MAXUNPOOL", "maxpool"), ("deconvolution", "conv")])
+def test_unknown_inverse_is_not_offered_its_opposite(word, inverse):
+    err = error_of(f"INPUT(8x8x1) -> {word} -> FC")
+    suggested = err.hint.split("'")[1] if err.hint.startswith("did you mean") else None
+    assert suggested is None or inverse not in suggested, err.hint
+    assert "pool" not in (suggested or "") and "conv" != suggested
+
+
+@pytest.fixture
+def inverse_layers():
+    """Test-only stand-ins for the layers helper's transposed conv and max-unpooling."""
+    specs = [LayerSpec(name="upconv_t", doc="Transposed convolution (\"deconvolution\").",
+                       args=(), infer_shape=None, forward=None, backward=None),
+             LayerSpec(name="maxunpool_t", doc="Max unpooling: values back at the switches.",
+                       args=(), infer_shape=None, forward=None, backward=None)]
+    for spec in specs:
+        base.register(spec)
+    yield
+    for spec in specs:
+        del base._REGISTRY[spec.name], base._ALIASES[spec.name]
+
+
+@pytest.mark.parametrize("word, expected", [("DECONV", "deconvolution"), ("UNPOOL", "unpool")])
+def test_unknown_inverse_is_offered_the_layer_whose_doc_or_name_matches(inverse_layers, word,
+                                                                       expected):
+    err = error_of(f"INPUT(8x8x1) -> {word} -> FC")
+    suggested = err.hint.split("'")[1]
+    spec = base.lookup(suggested)
+    assert expected in (spec.name + " " + " ".join(spec.aliases) + " " + spec.doc).lower()

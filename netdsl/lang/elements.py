@@ -12,8 +12,9 @@ from typing import Mapping
 
 from ..errors import NetdslError, did_you_mean
 from ..graph import Node
-from ..layers import LayerSpec, all_names, bind_args, get, lookup
+from ..layers import LayerSpec, bind_args, get, lookup
 from . import ast
+from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
 from .values import Word, as_count, evaluate, number_from_text, shown, unbound_error
 
@@ -185,9 +186,8 @@ class ChainExpander:
             word = letters
         else:
             word = call.name
-        choices = all_names() + [b.name for b in self.blocks.values()]
         raise NetdslError(f"unknown layer or block '{call.name}'", call.name_loc,
-                          hint=did_you_mean(word, choices) or
+                          hint=suggest_layer(word, [b.name for b in self.blocks.values()]) or
                           "see `netdsl layers` for the layers, or define it with 'block'")
 
     def node_name(self, label: str | None, base: str, scope: Scope, el: ast.Element) -> str:
