@@ -52,9 +52,18 @@ class NetdslError(Exception):
         self.loc = loc
         self.detail = detail
         self.hint = hint
+        self.others: list[NetdslError] = []   # further independent errors of the same file
 
     def render(self) -> str:
-        """The error as the CLI prints it: `file:line:col: error: ...`, source line, caret, hint."""
+        """The error as the CLI prints it: `file:line:col: error: ...`, source line, caret, hint;
+        then each further independent error the same way, and how many there are in all."""
+        parts = [self._render_one()] + [e._render_one() for e in self.others[:MAX_SHOWN - 1]]
+        if self.others:
+            more = len(self.others) + 1 - len(parts)
+            parts.append(f"{len(self.others) + 1} errors" + (f" ({more} not shown)" if more else ""))
+        return "\n".join(parts)
+
+    def _render_one(self) -> str:
         head = f"{self.loc}: error: {self.message}" if self.loc else f"netdsl: error: {self.message}"
         out = [head]
         if self.loc and self.loc.source:
@@ -73,6 +82,17 @@ class NetdslError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+# How many errors of one file are shown at once; the rest are counted.
+MAX_SHOWN = 20
+
+
+def combined(errors: list[NetdslError]) -> NetdslError:
+    """The first error, carrying the others (see :meth:`NetdslError.render`)."""
+    first = errors[0]
+    first.others = list(errors[1:])
+    return first
 
 
 class ShapeError(NetdslError):

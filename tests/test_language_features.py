@@ -210,3 +210,29 @@ def test_unknown_inverse_is_offered_the_layer_whose_doc_or_name_matches(inverse_
     suggested = err.hint.split("'")[1]
     spec = base.lookup(suggested)
     assert expected in (spec.name + " " + " ".join(spec.aliases) + " " + spec.doc).lower()
+
+
+# ---- all independent errors at once --------------------------------------------------------------
+
+def test_independent_errors_are_reported_together_first_one_unchanged():
+    text = ("INPUT(8x8x1) -> CNOV -> RELU -> CONV(N) -> FC\n"
+            "@x -> [CONV]*K -> FC(M) -> LOSS(0.3)\n"
+            "x: INPUT(4x4x1) -> FC")
+    err = error_of(text)
+    rendered = err.render()
+    assert rendered.splitlines()[:4] == [
+        "test.net:1:17: error: unknown layer or block 'CNOV'",
+        "    INPUT(8x8x1) -> CNOV -> RELU -> CONV(N) -> FC",
+        "                    ^~~~",
+        "  hint: did you mean 'conv'?"]
+    where = [(e.loc.line, e.loc.col, e.message) for e in [err] + err.others]
+    assert where == [(1, 17, "unknown layer or block 'CNOV'"),
+                     (1, 38, "unbound parameter 'N'"),
+                     (2, 14, "unbound parameter 'K'"),
+                     (2, 22, "unbound parameter 'M'")]
+    assert rendered.endswith("\n4 errors")
+
+
+def test_a_single_error_renders_as_before():
+    err = error_of("INPUT(8x8x1) -> CNOV -> FC")
+    assert not err.others and len(err.render().splitlines()) == 4

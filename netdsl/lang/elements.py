@@ -62,6 +62,7 @@ class ChainExpander:
         self.root = Scope(None, "", (), "", params)
         self._active_blocks: list[str] = []
         self._steps = 0
+        self.errors: list[NetdslError] = []   # recovered from: reported together at the end
         self.last_loc = None      # the element expanded last: where a too-deep nesting is reported
 
     # ---- chains and elements ----------------------------------------------------------------
@@ -109,7 +110,11 @@ class ChainExpander:
             return self.primary(el, current, scope)
         post = el.postfixes[k - 1]
         if isinstance(post, ast.Repeat):
-            count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
+            try:
+                count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
+            except NetdslError as err:   # carry on as if once, to check the body too
+                self.errors.append(err)
+                count = 1
             if count > MAX_NODES:
                 raise NetdslError(f"repeat count {shown(count)} is more than the limit of "
                                   f"{MAX_NODES:,}", post.count.loc,
@@ -196,8 +201,21 @@ class ChainExpander:
         return self.namer.auto(scope.prefix, base, el.loc)
 
     # ---- layer calls ----------------------------------------------------------------------
+    def placeholder(self, err: NetdslError, el: ast.Element, current, scope: Scope) -> Tensor:
+        """Record an error that does not stop the expansion (an unknown name, a bad argument)
+        and stand in an identity for the element, so that the rest of the file is still
+        checked and all its independent errors are reported at once."""
+        self.errors.append(err)
+        name = self.node_name(el.label, "error", scope, el)
+        inputs = [current] if current is not None else []
+        return self._add(Node(name, "identity", {}, inputs, el.loc, scope.frames,
+                              {"placeholder": True}))
+
     def call(self, call: ast.Call, el: ast.Element, current, scope: Scope) -> Tensor:
-        target = self.resolve(call)
+        try:
+            target = self.resolve(call)
+        except NetdslError as err:
+            return self.placeholder(err, el, current, scope)
         if target.block is not None:
             return self.block_call(target.block, call, el, current, scope)
         spec = target.spec
@@ -214,7 +232,10 @@ class ChainExpander:
                                   hint=f"write {call.name} {{ ... | ... }} with one branch per "
                                        "input")
             inputs = [current]
-        attrs = self.bind(spec, call, target.numbers, scope)
+        try:
+            attrs = self.bind(spec, call, target.numbers, scope)
+        except NetdslError as err:
+            return self.placeholder(err, el, current, scope)
         name = self.node_name(el.label, spec.name, scope, el)
         return self._add(Node(name, spec.name, attrs, inputs, el.loc, scope.frames))
 
@@ -380,7 +401,10 @@ class ChainExpander:
             raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
                               hint="blocks cannot be recursive")
         self._step(call.loc)
-        values = self.bind_block(block, call, scope)
+        try:
+            values = self.bind_block(block, call, scope)
+        except NetdslError as err:
+            return self.placeholder(err, el, current, scope)
         tensors = {k: v for k, v in values.items() if isinstance(v, TensorArg)}
         values = {k: v for k, v in values.items() if k not in tensors}
         if el.label:

@@ -7,7 +7,7 @@ from pathlib import PurePath
 
 import networkx as nx
 
-from ..errors import NetdslError, did_you_mean
+from ..errors import NetdslError, combined, did_you_mean
 from ..graph import new_graph
 from ..layers import lookup
 from ..train.config import _TYPES as _TRAIN_KINDS  # train key -> "int", "float", "bool", "str"
@@ -41,10 +41,17 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
         raise NetdslError("the program has no chain such as 'INPUT -> CONV -> FC'",
                           hint="a network is described by at least one chain statement")
     try:
-        first_output = expander.statement(chains[0].chain)
-        first_loc = chains[0].chain.elements[-1].loc
-        for stmt in chains[1:]:
-            expander.statement(stmt.chain)
+        first_output, first_loc = None, chains[0].chain.elements[-1].loc
+        for i, stmt in enumerate(chains):
+            try:
+                output = expander.statement(stmt.chain)
+            except NetdslError as err:   # statements are independent: check the others too
+                expander.errors.append(err)
+                continue
+            if i == 0:
+                first_output = output
+        if expander.errors:
+            raise combined(expander.errors)
         g = new_graph(_network_name(program, name), program.source)
         build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
     except RecursionError:
