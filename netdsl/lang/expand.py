@@ -1,6 +1,7 @@
 """Program to graph: parameters and ``--set`` overrides, blocks, chains, the train section."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import fields
 from pathlib import PurePath
@@ -102,26 +103,37 @@ def _collect_blocks(statements) -> dict[str, ast.BlockDef]:
     return blocks
 
 
-def _referenced_names(node, out: set) -> set:
-    """Every name a program could read as a parameter: in expressions, counts and flags."""
-    if isinstance(node, ast.Name):
-        out.add(node.id)
-    elif isinstance(node, ast.Optional) and node.flag:
-        out.add(node.flag)
-    elif isinstance(node, ast.Element):
-        implied = any(isinstance(p, ast.Optional) and not p.flag for p in node.postfixes)
-        callee = node.primary.callee if isinstance(node.primary, ast.Join) else node.primary
-        if implied and isinstance(callee, ast.Call):
-            out.add(callee.name.upper())
-            out.add(re.match(r"[A-Za-z_]*", callee.name).group().upper())
-    if isinstance(node, list):
-        for item in node:
-            _referenced_names(item, out)
-    elif hasattr(node, "__dataclass_fields__"):
-        for f in fields(node):
-            if f.name != "source":
-                _referenced_names(getattr(node, f.name), out)
+def _referenced_names(root, out: set) -> set:
+    """Every name a program could read as a parameter: in expressions, counts and flags.
+    (Walked without recursion, fields looked up once per class: it visits every AST node.)"""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if isinstance(node, ast.Name):
+            out.add(node.id)
+        elif isinstance(node, ast.Optional) and node.flag:
+            out.add(node.flag)
+        elif isinstance(node, ast.Element):
+            implied = any(isinstance(p, ast.Optional) and not p.flag for p in node.postfixes)
+            callee = node.primary.callee if isinstance(node.primary, ast.Join) else node.primary
+            if implied and isinstance(callee, ast.Call):
+                out.add(callee.name.upper())
+                out.add(re.match(r"[A-Za-z_]*", callee.name).group().upper())
+        fields_of = _ast_fields(type(node))
+        if fields_of:
+            stack.extend(getattr(node, f) for f in fields_of)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _ast_fields(cls) -> tuple[str, ...]:
+    """The fields of an AST class that may hold other AST nodes; () for anything else."""
+    if not hasattr(cls, "__dataclass_fields__") or cls.__module__ != ast.__name__:
+        return ()
+    return tuple(f.name for f in fields(cls) if f.name != "source" and not f.name.endswith("loc"))
 
 
 def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
@@ -151,8 +163,11 @@ def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
                               "can hold")
     undeclared = {k: v for k, v in overrides.items() if k not in first}
     params: dict = dict(undeclared)
-    for i, d in enumerate(defs):
-        later = frozenset(x.name for x in defs[i + 1:]) - set(params)
+    # Declared names not bound yet, kept up to date as we go (recomputing it per parameter
+    # made 20,000 declarations take minutes).
+    later = {d.name for d in defs} - set(params)
+    for d in defs:
+        later.discard(d.name)
         default = evaluate(d.value, params, declared_later=later)
         if isinstance(default, Word):  # a declared word is meant as text: `param INIT = he`
             default = str(default)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import LarkError, UnexpectedInput, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedInput
 
 from ..errors import Location, NetdslError, SourceFile
 from . import ast
@@ -28,9 +28,13 @@ GRAMMAR_PATH = _grammar_path()
 
 @functools.lru_cache(maxsize=1)
 def lark_parser() -> Lark:
-    """The LALR parser for the grammar file, built on first use and cached."""
+    """The LALR parser for the grammar file, built on first use and cached.
+
+    Positions are not propagated by lark and punctuation is kept: :class:`_ToAst` takes each
+    construct's span from its first and last token itself, which is several times faster on
+    long files (lark's propagation dominated a 60,000-layer parse)."""
     return Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
-                propagate_positions=True, maybe_placeholders=False)
+                propagate_positions=False, keep_all_tokens=True, maybe_placeholders=False)
 
 
 def parse(source: SourceFile) -> ast.Program:
@@ -43,13 +47,7 @@ def parse(source: SourceFile) -> ast.Program:
         raise syntax_error(exc, source, text, parser) from None
     except LarkError as exc:  # anything else lark raises is still a problem with the input
         raise NetdslError(f"cannot parse {source.path}: {exc}") from None
-    _check_depth(tree, source)
-    try:
-        statements = _ToAst(source).transform(tree)
-    except VisitError as exc:  # a NetdslError raised while building the tree
-        if isinstance(exc.orig_exc, NetdslError):
-            raise exc.orig_exc from None
-        raise
+    statements, _span = _ToAst(source).build(tree, 1)
     return ast.Program(statements=statements, source=source)
 
 
@@ -58,22 +56,27 @@ def parse(source: SourceFile) -> ast.Program:
 # bracket level is about three tree levels, each operator in a row one.
 MAX_DEPTH = 200
 
+# The tokens the AST is built from; the rest is punctuation (kept only for positions).
+_KEPT = frozenset({"NAME", "COMPACT", "REF", "DIMS", "FLOAT", "INT", "STRING"})
 
-def _check_depth(tree, source: SourceFile) -> None:
-    """A located error where the tree first gets deeper than MAX_DEPTH (walked without
-    recursion)."""
-    stack = [(tree, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if not isinstance(node, Tree):
-            continue
-        if depth > MAX_DEPTH:
-            meta = node.meta
-            line, col = (meta.line, meta.column) if not getattr(meta, "empty", True) else (1, 1)
-            raise NetdslError("the program is nested too deeply here", Location(source, line, col),
-                              hint="brackets inside brackets or a long run of operators: "
-                                   "split it with a block or a parameter")
-        stack.extend((child, depth + 1) for child in node.children)
+
+class _Meta:
+    """Where a construct is: what lark's propagated positions gave, computed by _ToAst."""
+
+    __slots__ = ("line", "column", "end_line", "end_column")
+    empty = False
+
+    def __init__(self, start, end):
+        self.line, self.column = start
+        self.end_line, self.end_column = end
+
+
+def _first_token(tree) -> Token | None:
+    while isinstance(tree, Tree):
+        if not tree.children:
+            return None
+        tree = tree.children[0]
+    return tree
 
 
 def _unquote(text: str) -> str:
@@ -90,17 +93,51 @@ def _unquote(text: str) -> str:
     return "".join(out)
 
 
-@v_args(meta=True)
-class _ToAst(Transformer):
-    """Builds :mod:`netdsl.lang.ast` objects from the Lark tree, attaching locations."""
+class _ToAst:
+    """Builds :mod:`netdsl.lang.ast` objects from the Lark tree, attaching locations.
+
+    Each rule (or alias) ``r`` has a method ``r(meta, children)``. The walk is our own rather
+    than lark's Transformer: its per-call wrappers made long files several times slower. It
+    recurses once per tree level, which _check_depth bounds."""
 
     def __init__(self, source: SourceFile):
-        super().__init__()
         self.source = source
+
+    def build(self, tree, depth: int):
+        """(AST of ``tree``, its span): children first, then the rule's method. A located
+        error where the tree gets deeper than MAX_DEPTH, before Python's stack runs out."""
+        if depth > MAX_DEPTH:
+            tok = _first_token(tree)
+            loc = (Location(self.source, tok.line, tok.column) if tok is not None
+                   else Location(self.source, 1, 1))
+            raise NetdslError("the program is nested too deeply here", loc,
+                              hint="brackets inside brackets or a long run of operators: "
+                                   "split it with a block or a parameter")
+        children, start, end = [], None, None
+        for child in tree.children:
+            if isinstance(child, Token):
+                if start is None:
+                    start = (child.line, child.column)
+                end = (child.end_line, child.end_column)
+                if child.type in _KEPT:
+                    children.append(child)
+                continue
+            value, span = self.build(child, depth + 1)
+            if span is not None:
+                if start is None:
+                    start = span[0]
+                end = span[1]
+            children.append(value)
+        span = (start, end) if start is not None else None
+        meta = _Meta(start, end) if span is not None else None
+        return getattr(self, str(tree.data))(meta, children), span
+
+    def atom(self, meta, children):   # "(" expr ")"
+        return children[0]
 
     # -- locations --------------------------------------------------------------------------
     def _loc(self, meta) -> Location:
-        if getattr(meta, "empty", True):
+        if meta is None:
             return Location(self.source, 1, 1, 1)
         if meta.end_line == meta.line:
             length = meta.end_column - meta.column

@@ -104,6 +104,10 @@ def build_graph(g: nx.DiGraph, nodes: dict[str, Node], refs: list[tuple[ast.Ref,
 
 
 def _refuse_cycles(g: nx.DiGraph, via_ref: dict) -> None:
+    # The common case first: find_cycle visits edges through slow views (seconds on 60,000
+    # layers); the acyclicity test is a quick topological pass.
+    if nx.is_directed_acyclic_graph(g):
+        return
     try:
         edges = nx.find_cycle(g)
     except nx.NetworkXNoCycle:

@@ -88,7 +88,7 @@ def _is_number(value) -> bool:
 
 
 def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
-             declared_later: frozenset = frozenset()):
+             declared_later=frozenset()):
     """The value of ``expr`` with names looked up in ``env``.
 
     Unbound names evaluate to a :class:`Word` (``true``/``false`` to booleans). Names in
@@ -133,7 +133,7 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
     raise TypeError(f"not an expression: {expr!r}")  # a parser bug, not a user error
 
 
-def _dims(expr: ast.Dims, env: Mapping, declared_later: frozenset) -> tuple:
+def _dims(expr: ast.Dims, env: Mapping, declared_later) -> tuple:
     """``S x S x 3``: a tuple of whole positive sizes; a part that is itself dimensions
     (``SHAPE x 2`` with SHAPE = 8x8) is spliced in."""
     dims: list[int] = []
