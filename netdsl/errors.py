@@ -8,6 +8,7 @@ arithmetic that failed, when there is some) and how it might be fixed. The CLI p
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 
 
@@ -18,10 +19,15 @@ class SourceFile:
     path: str
     text: str
 
-    def line(self, lineno: int) -> str:
+    @functools.cached_property
+    def _lines(self) -> list[str]:
         # Split on \n only, as the parser counts lines: splitlines() would also break at form
-        # feeds and U+2028, shifting every later line.
-        lines = self.text.split("\n")
+        # feeds and U+2028, shifting every later line. Split once: the parser asks per
+        # construct, and splitting per call made long multi-line files quadratic.
+        return self.text.split("\n")
+
+    def line(self, lineno: int) -> str:
+        lines = self._lines
         return lines[lineno - 1].rstrip("\r") if 0 < lineno <= len(lines) else ""
 
 

@@ -92,11 +92,8 @@ def build_graph(g: nx.DiGraph, nodes: dict[str, Node], refs: list[tuple[ast.Ref,
             inputs.append(tensor)
         n.inputs = inputs
     # Every node first, then the edges, so that the graph's node order is the file's order.
-    for n in nodes.values():
-        g.add_node(n.name, node=n)
-    for n in nodes.values():
-        for src, _port in n.inputs:
-            g.add_edge(src, n.name)
+    g.add_nodes_from((n.name, {"node": n}) for n in nodes.values())
+    g.add_edges_from((src, n.name) for n in nodes.values() for src, _port in n.inputs)
     _refuse_cycles(g, via_ref)
     if first_output is not None:
         _add_implicit_loss(g, namer, resolver.tensor(first_output), first_loc)
