@@ -101,6 +101,11 @@ def cmd_layers(args) -> int:
         names = ", ".join((spec.name, *spec.aliases))
         sig = ", ".join(f"{a.name}={_as_written(a.default)}" for a in spec.args)
         print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
+        outputs = getattr(spec, "output_names", ())
+        if spec.outputs > 1:   # read other outputs as @label.name or @label.index
+            print("    outputs: " + ", ".join(f"{i} {n}" if n else str(i) for i, n in
+                                              enumerate(list(outputs) + [""] * spec.outputs)
+                                              if i < spec.outputs))
     return 0
 
 

@@ -236,3 +236,11 @@ def test_independent_errors_are_reported_together_first_one_unchanged():
 def test_a_single_error_renders_as_before():
     err = error_of("INPUT(8x8x1) -> CNOV -> FC")
     assert not err.others and len(err.render().splitlines()) == 4
+
+
+def test_layers_command_lists_output_names(two_out, capsys):
+    from netdsl.cli import main
+    assert main(["layers"]) == 0
+    text = capsys.readouterr().out
+    block = text[text.index("twoout_lang"):].split("\n")[:4]
+    assert "    outputs: 0 out, 1 switches" in block
