@@ -188,6 +188,12 @@ def syntax_error(exc: UnexpectedInput, source: SourceFile, text: str, parser) ->
     if tok is not None and str(tok) in _OPERATORS and re.search(r"\*\s*\w+$", before):
         return NetdslError(f"unexpected '{tok}' after a repeat count", loc,
                            hint="put an expression repeat count in parentheses, e.g. *(N-1)")
+    if tok is not None and re.search(r"(^|[^A-Za-z0-9_])[xX]$", before) and \
+            re.search(r"[A-Za-z0-9_)]\s+[xX]$", before):
+        # `param N = 3` then `x: INPUT ...`: the lone x continued the expression as `3 x ...`.
+        return NetdslError(f"unexpected {shown} here", loc,
+                           hint="a lone x between sizes builds dimensions (S x S x 3); end the "
+                                "statement before it with ';' or rename the label")
     if tok is None:
         return NetdslError("unexpected end of file", loc, hint=expected)
     if str(tok) == "->":
