@@ -60,17 +60,6 @@ MAX_DEPTH = 200
 _KEPT = frozenset({"NAME", "COMPACT", "REF", "DIMS", "FLOAT", "INT", "STRING"})
 
 
-class _Meta:
-    """Where a construct is: what lark's propagated positions gave, computed by _ToAst."""
-
-    __slots__ = ("line", "column", "end_line", "end_column")
-    empty = False
-
-    def __init__(self, start, end):
-        self.line, self.column = start
-        self.end_line, self.end_column = end
-
-
 def _first_token(tree) -> Token | None:
     while isinstance(tree, Tree):
         if not tree.children:
@@ -128,22 +117,24 @@ class _ToAst:
                     start = span[0]
                 end = span[1]
             children.append(value)
+        # The span doubles as the rule's "meta": ((line, column), (end_line, end_column)).
         span = (start, end) if start is not None else None
-        meta = _Meta(start, end) if span is not None else None
-        return getattr(self, str(tree.data))(meta, children), span
+        return getattr(self, tree.data)(span, children), span
 
     def atom(self, meta, children):   # "(" expr ")"
         return children[0]
 
     # -- locations --------------------------------------------------------------------------
     def _loc(self, meta) -> Location:
+        """The location of a rule's span ((line, column), (end_line, end_column))."""
         if meta is None:
             return Location(self.source, 1, 1, 1)
-        if meta.end_line == meta.line:
-            length = meta.end_column - meta.column
+        (line, column), (end_line, end_column) = meta
+        if end_line == line:
+            length = end_column - column
         else:  # a multi-line construct: underline to the end of its first line
-            length = len(self.source.line(meta.line)) - meta.column + 1
-        return Location(self.source, meta.line, meta.column, max(1, length))
+            length = len(self.source.line(line)) - column + 1
+        return Location(self.source, line, column, length if length > 1 else 1)
 
     def _tok(self, tok: Token) -> Location:
         return Location(self.source, tok.line, tok.column, max(1, len(tok)))
