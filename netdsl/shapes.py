@@ -46,6 +46,7 @@ def _rounding(g) -> str:
     value = g.graph.get("params", {}).get("ROUND", "exact")
     if not isinstance(value, str) or value.lower() not in ROUNDING:
         raise NetdslError(f"parameter ROUND must be one of {', '.join(ROUNDING)}, got {value!r}",
+                          g.graph.get("param_locs", {}).get("ROUND"),
                           hint="ROUND says how windowed layers round a size that is not whole")
     return value.lower()
 
@@ -122,6 +123,9 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
                 raise NetdslError("INPUT has no shape", rec.loc,
                                   hint="write it like INPUT(32x32x3), or pass --input HxWxC or --data")
             attrs["shape"] = _source_shape(rec, input_shape, written=False)
+        if attrs.get("ceil") is True and attrs.get("round") not in (AUTO, "ceil"):
+            raise NetdslError(f"{rec.op}: ceil=true and round={attrs['round']} disagree",
+                              rec.loc, hint="ceil=true is round=ceil: keep one of them")
         if attrs.get("round") is AUTO:
             # The file's ROUND where the layer offers it (ROUND = ceil: pools round up, convs,
             # which offer no ceil, round down as in Caffe).

@@ -95,9 +95,15 @@ def test_size_that_does_not_divide_is_an_error_with_the_arithmetic():
     assert compile_text(text.replace("224x224", "227x227"), num_classes=10)  # fits
 
 
-def test_bad_file_rounding_is_refused():
-    with pytest.raises(NetdslError, match="ROUND must be one of exact, floor, ceil"):
+def test_bad_file_rounding_is_refused_at_its_declaration():
+    with pytest.raises(NetdslError, match="ROUND must be one of exact, floor, ceil") as info:
         compile_text("param ROUND = down\nINPUT(8x8x1) -> FC", num_classes=2)
+    assert (info.value.loc.line, info.value.loc.col) == (1, 7)
+
+
+def test_ceil_and_a_different_round_disagree():
+    with pytest.raises(NetdslError, match="ceil=true and round=floor disagree"):
+        compile_text("INPUT(7x7x1) -> POOL(2, ceil=true, round=floor) -> FC", num_classes=2)
 
 
 def test_add_shape_mismatch_points_at_the_join():

@@ -64,6 +64,9 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                                "after postfixes go too deep around here; flatten some of "
                                "them") from None
     g.graph["params"] = dict(params)
+    # Where each parameter is declared: later stages locate errors about a value (ROUND).
+    g.graph["param_locs"] = {d.name: d.loc for s in statements if isinstance(s, ast.ParamStmt)
+                             for d in s.params}
     g.graph["train"] = _train_settings(statements, params)
     return g
 
