@@ -244,3 +244,12 @@ def test_layers_command_lists_output_names(two_out, capsys):
     text = capsys.readouterr().out
     block = text[text.index("twoout_lang"):].split("\n")[:4]
     assert "    outputs: 0 out, 1 switches" in block
+
+
+def test_failed_parameter_is_reported_once_with_the_other_errors():
+    # A's default fails; B and the chain use A (not reported again); Z and CNOV are independent.
+    err = error_of("param A = X + 1, B = A * 2\n"
+                   "INPUT(8x8x1) -> CONV(A) -> [RELU]*B -> FC(Z) -> CNOV")
+    where = [(e.loc.line, e.loc.col, e.message) for e in [err] + err.others]
+    assert where == [(1, 11, "unbound parameter 'X'"), (2, 43, "unbound parameter 'Z'"),
+                     (2, 49, "unknown layer or block 'CNOV'")]

@@ -16,7 +16,8 @@ from ..layers import LayerSpec, bind_args, get, lookup
 from . import ast
 from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
-from .values import Word, as_count, evaluate, number_from_text, shown, unbound_error
+from .values import (FAILED, CascadeError, Word, as_count, cascade, evaluate,
+                     number_from_text, shown, unbound_error)
 
 _COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-(?:[0-9]+|[A-Za-z_][A-Za-z_0-9]*))*)")
 _NUMERIC_KINDS = ("int", "float", "bool", "dims")
@@ -113,7 +114,8 @@ class ChainExpander:
             try:
                 count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
             except NetdslError as err:   # carry on as if once, to check the body too
-                self.errors.append(err)
+                if not isinstance(err, CascadeError):
+                    self.errors.append(err)
                 count = 1
             if count > MAX_NODES:
                 raise NetdslError(f"repeat count {shown(count)} is more than the limit of "
@@ -156,6 +158,8 @@ class ChainExpander:
             raise NetdslError(f"'{written}' needs a boolean parameter '{name}'", loc,
                               hint=f"add 'param {name} = true' (or --set {name}=true)")
         value = scope.env[name]
+        if value is FAILED:
+            raise cascade(name)
         if not isinstance(value, bool):
             raise NetdslError(f"parameter '{name}' switches '{written}' and must be true or "
                               f"false, got {value!r}", loc)
@@ -205,7 +209,8 @@ class ChainExpander:
         """Record an error that does not stop the expansion (an unknown name, a bad argument)
         and stand in an identity for the element, so that the rest of the file is still
         checked and all its independent errors are reported at once."""
-        self.errors.append(err)
+        if not isinstance(err, CascadeError):
+            self.errors.append(err)
         name = self.node_name(el.label, "error", scope, el)
         inputs = [current] if current is not None else []
         return self._add(Node(name, "identity", {}, inputs, el.loc, scope.frames,
@@ -311,6 +316,8 @@ class ChainExpander:
             return number
         if number not in scope.env:
             raise unbound_error(number, call.name_loc, scope.env)
+        if scope.env[number] is FAILED:
+            raise cascade(number)
         return scope.env[number]
 
     @staticmethod

@@ -16,7 +16,8 @@ from ..train.config import coerce_setting
 from . import ast
 from .elements import ChainExpander
 from .resolve import build_graph
-from .values import Word, evaluate, is_finite_number, shown, unbound_error
+from .values import (FAILED, CascadeError, Word, evaluate, is_finite_number, shown,
+                     unbound_error)
 
 # Parameters that tune the defaults of bare layers (netdsl.shapes.resolve_auto reads them from
 # g.graph["params"]): --set accepts them whether or not the program mentions them.
@@ -34,10 +35,14 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
     overrides = dict(overrides or {})
     statements = program.statements
     blocks = _collect_blocks(statements)
-    params = _bind_params(program, overrides, blocks)
+    param_errors: list[NetdslError] = []
+    params = _bind_params(program, overrides, blocks, param_errors)
 
     expander = ChainExpander(params, blocks)
+    expander.errors.extend(param_errors)
     chains = [s for s in statements if isinstance(s, ast.ChainStmt)]
+    if not chains and param_errors:
+        raise combined(param_errors)
     if not chains:
         raise NetdslError("the program has no chain such as 'INPUT -> CONV -> FC'",
                           hint="a network is described by at least one chain statement")
@@ -47,7 +52,8 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
             try:
                 output = expander.statement(stmt.chain)
             except NetdslError as err:   # statements are independent: check the others too
-                expander.errors.append(err)
+                if not isinstance(err, CascadeError):
+                    expander.errors.append(err)
                 continue
             if i == 0:
                 first_output = output
@@ -139,7 +145,7 @@ def _ast_fields(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name != "source" and not f.name.endswith("loc"))
 
 
-def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
+def _bind_params(program: ast.Program, overrides: dict, blocks, errors: list) -> dict:
     """Program parameters in file order, each default evaluated over the earlier ones, with
     ``--set`` values taking precedence. A ``--set`` name that the program does not declare is
     bound before any default is evaluated (``param M = N + 1`` with ``--set N=2``). Unknown
@@ -171,7 +177,15 @@ def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
     later = {d.name for d in defs} - set(params)
     for d in defs:
         later.discard(d.name)
-        default = evaluate(d.value, params, declared_later=later)
+        try:
+            default = evaluate(d.value, params, declared_later=later)
+        except NetdslError as err:
+            # Reported with the program's other independent errors; uses of this parameter
+            # are skipped (FAILED) instead of reported again.
+            if not isinstance(err, CascadeError):
+                errors.append(err)
+            params[d.name] = FAILED
+            continue
         if isinstance(default, Word):  # a declared word is meant as text: `param INIT = he`
             default = str(default)
         if d.name in overrides:

@@ -27,6 +27,25 @@ class Word(str):
         return word
 
 
+class Failed:
+    """The value of a parameter whose default failed: the error is reported once, and
+    anything that uses the parameter is skipped rather than reported again."""
+
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+FAILED = Failed()
+
+
+class CascadeError(NetdslError):
+    """A consequence of an error already reported (a use of a FAILED parameter): not shown."""
+
+
+def cascade(name: str) -> CascadeError:
+    return CascadeError(f"'{name}' has no value: its declaration failed")
+
+
 def unbound_error(name: str, loc: Location | None, bound: Mapping) -> NetdslError:
     """'unbound parameter' with the declare/--set hint and a did-you-mean over bound names."""
     hint = f"declare it with 'param {name} = ...' or pass --set {name}=..."
@@ -99,7 +118,10 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
         return expr.value
     if isinstance(expr, ast.Name):
         if expr.id in env:
-            return env[expr.id]
+            value = env[expr.id]
+            if value is FAILED:
+                raise cascade(expr.id)
+            return value
         if expr.id.lower() in ("true", "false"):
             return expr.id.lower() == "true"
         if expr.id in declared_later:
