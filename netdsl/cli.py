@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="input shape: replaces INPUT's (HxW = one channel, N = flat)")
 
     r = sub.add_parser("run", help="train a network")
-    common(r, input_flag=False)
+    common(r)
     r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
