@@ -41,14 +41,16 @@ def check_int_flags(args) -> None:
 
 
 def _dims(text: str) -> tuple:
+    """--input: HxWxC, HxW (one channel: 28x28 is 28×28×1) or one size (a flat input, 784)."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:
         dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise NetdslError(f"--input expects HxWxC like 32x32x3, got '{text}'")
-    return dims
+    if not 1 <= len(dims) <= 3 or min(dims) < 1 or max(dims) > 1_000_000:
+        raise NetdslError(f"--input expects HxWxC like 32x32x3, HxW like 28x28 (one channel) "
+                          f"or a flat size like 784, got '{text}'")
+    return dims + (1,) if len(dims) == 2 else dims
 
 
 def _split_sets(pairs: list[str]) -> tuple[dict, dict]:
@@ -65,16 +67,18 @@ def _split_sets(pairs: list[str]) -> tuple[dict, dict]:
     return params, train
 
 
-def _compile(args, mode="train", cli_train=None):
+def _compile(args, mode="train", cli_train=None, need_data=False):
     from .compiler import compile_file
     params, train = _split_sets(getattr(args, "set", None))
     train.update({k: v for k, v in (cli_train or {}).items() if v is not None})
-    input_shape = _dims(args.input) if getattr(args, "input", None) else None
-    return compile_file(args.file, overrides=params, cli_train=train, input_shape=input_shape,
-                        mode=mode)
+    override = _dims(args.input) if getattr(args, "input", None) else None
+    return compile_file(args.file, overrides=params, cli_train=train, input_override=override,
+                        mode=mode, need_data=need_data)
 
 
 def _print_warnings(g) -> None:
+    for message, loc in g.graph.get("notes", []):
+        print(f"{loc}: note: {message}" if loc else f"netdsl: note: {message}", file=sys.stderr)
     for message, loc in g.graph.get("warnings", []):
         print(f"{loc}: warning: {message}" if loc else f"netdsl: warning: {message}",
               file=sys.stderr)
@@ -143,8 +147,11 @@ def cmd_layers(args) -> int:
         names = ", ".join((spec.name, *spec.aliases))
         sig = ", ".join(f"{a.name}={_as_written(a.default)}" for a in spec.args)
         print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
-        if spec.outputs > 1:
-            print(f"    outputs: {', '.join(spec.output_names) or spec.outputs}")
+        outputs = getattr(spec, "output_names", ())
+        if spec.outputs > 1:   # read other outputs as @label.name or @label.index
+            print("    outputs: " + ", ".join(f"{i} {n}" if n else str(i) for i, n in
+                                              enumerate(list(outputs) + [""] * spec.outputs)
+                                              if i < spec.outputs))
     return 0
 
 
@@ -155,7 +162,7 @@ def cmd_run(args) -> int:
     from .train.loop import Trainer, default_out_dir
     cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
-    c = _compile(args, cli_train=cli_train)
+    c = _compile(args, cli_train=cli_train, need_data=True)
     g, cfg = c.graph, c.config
     try:
         _check_data(c)
@@ -163,6 +170,10 @@ def cmd_run(args) -> int:
         _print_warnings(g)
     xp = get_xp(args.device)
     ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
+    if len(ex.input_shape) == 1 and cfg.augment != "none":
+        raise NetdslError(f"augment = {cfg.augment} needs images, but the input is flat "
+                          f"({ex.input_shape[0]} values)",
+                          hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
     _check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
     out_dir = args.out or default_out_dir(g.graph["name"])
@@ -233,10 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="K=V", default=[],
                         help="bind a program parameter (or a train setting such as lr); repeatable")
         if input_flag:
-            sp.add_argument("--input", metavar="HxWxC", help="input shape when INPUT has none")
+            sp.add_argument("--input", metavar="HxWxC",
+                            help="input shape: replaces INPUT's (HxW = one channel, N = flat)")
 
     r = sub.add_parser("run", help="train a network")
-    common(r, input_flag=False)
+    common(r)
     r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)

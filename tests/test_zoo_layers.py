@@ -355,5 +355,5 @@ def test_netdsl_layers_lists_every_layer_and_the_switches_output(capsys):
     out = capsys.readouterr().out
     listed = {line.split(",")[0] for line in out.splitlines() if not line.startswith(" ")}
     assert listed == {spec.name for spec in all_specs()}
-    assert "    outputs: out, switches" in out
+    assert "    outputs: 0 out, 1 switches" in out
 
