@@ -93,11 +93,19 @@ def _check_data(c) -> None:
     _check_heads(c.graph, facts.num_classes, c.config.data)
 
 
+def _data_named(c, args) -> bool:
+    """True when the file's train section or the command line names a dataset, or the input
+    shape comes from it: only then does `check` hold the net against the data's headers."""
+    return ("data" in c.graph.graph.get("train", {}) or getattr(args, "data", None) is not None
+            or c.graph.graph.get("data_read", False))
+
+
 def cmd_check(args) -> int:
     from .graph import nodes
     c = _compile(args)
     try:
-        _check_data(c)
+        if _data_named(c, args):   # else the net is checked on its own (language: no dataset)
+            _check_data(c)
     finally:
         _print_warnings(c.graph)
     total = sum(n.n_params for n in nodes(c.graph))

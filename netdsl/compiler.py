@@ -107,6 +107,7 @@ def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_
         native, classes = dataset_info(config.data)
         input_shape = input_shape or native
         num_classes = num_classes or classes
+        g.graph["data_read"] = True      # the net's shape or classes came from the dataset
     g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode,
                     input_override=input_override)
     return Compiled(g, config, log)
