@@ -41,13 +41,13 @@ def _compare(steps: dict, total: int, rounds: int = 5, warmup: int = 3) -> dict:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def netdsl_step(batch: int, xp=np):
+def netdsl_step(batch: int, xp=np, passes=None):
     from .compiler import compile_file
     from .executor import Executor
     from .train.config import TrainConfig
     from .train.optim import make_optimizer
     c = compile_file(str(NET), overrides=dict(SETS), input_shape=(32, 32, 3), num_classes=10)
-    ex = Executor(c.graph, xp=xp, seed=0)
+    ex = Executor(c.graph, xp=xp, seed=0, passes=passes)
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch, 32, 32, 3)).astype(np.float32))
@@ -87,21 +87,33 @@ def torch_step(batch: int, threads: int):
     return step, torch.__version__
 
 
+def _thread_limit(threads: int):
+    """A context that caps BLAS threads at ``threads``; threadpoolctl is optional (the `bench`
+    extra), and without it the BLAS default applies and the printout says so."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+        print("threadpoolctl is not installed (pip install netdsl[bench]): BLAS threads are "
+              "not limited")
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads)
+
+
 def main(args) -> int:
-    from threadpoolctl import threadpool_limits
     result = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
               "threads": args.threads, "batch": args.batch, "steps": args.steps}
     xp = np
     if args.device == "gpu":
         from .backend import get_xp
         xp = get_xp("gpu")
-    steps = {"netdsl": netdsl_step(args.batch, xp)}
+    steps = {"netdsl": netdsl_step(args.batch, xp, getattr(args, "passes", None))}
     version = None
     try:
         steps["torch"], version = torch_step(args.batch, args.threads)
     except ImportError:
         print("PyTorch is not installed: pip install torch to compare")
-    with threadpool_limits(limits=args.threads):
+    with _thread_limit(args.threads):
         med = _compare(steps, args.steps)
     t = med["netdsl"]
     result["netdsl_ms"] = 1000 * t

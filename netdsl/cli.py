@@ -14,6 +14,30 @@ from .errors import NetdslError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
+
+# Whole-number flags: (smallest, largest, what the number means). The upper bounds keep a typo
+# (--batch 6400000) from becoming a multi-gigabyte allocation or a run that never ends.
+INT_FLAGS = {
+    "epochs": (1, 1_000_000, "epochs"),
+    "batch_size": (1, 1_000_000, "examples per step"),
+    "holdout": (-1, 10**9, "held-out examples (-1 = 20%)"),  # 0: refused by check_with_data
+    "seed": (0, 2**63 - 1, "random seed"),
+    "batch": (1, 10**15, "examples"),          # summary: arithmetic only
+    "threads": (1, 1024, "threads"),
+    "steps": (1, 1_000_000, "timed steps"),
+}
+INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
+
+
+def check_int_flags(args) -> None:
+    """Every whole-number flag the user gave lies in its range, or a NetdslError naming it."""
+    ranges = {**INT_FLAGS, **INT_FLAGS_BY_COMMAND.get(args.command, {})}
+    for key, (lo, hi, what) in ranges.items():
+        value = getattr(args, key, None)
+        if value is not None and not lo <= value <= hi:
+            raise NetdslError(f"--{key.replace('_', '-')} {value} is out of range: {what} must be "
+                              f"between {lo:,} and {hi:,}")
 
 
 def _dims(text: str) -> tuple:
@@ -60,21 +84,49 @@ def _print_warnings(g) -> None:
               file=sys.stderr)
 
 
+def _check_data(c, need_data: bool = True) -> None:
+    """Settings and heads against the data's headers, before anything is loaded. Without
+    ``need_data`` (check) a dataset that cannot be read is noted and these checks skipped:
+    checking a network never needs its data."""
+    from .train.config import check_with_data
+    from .train.data import data_facts
+    if not need_data and "data_unreadable" in c.graph.graph:
+        c.graph.graph.setdefault("notes", []).append((
+            f"the data was not checked: {c.graph.graph['data_unreadable']}", None))
+        return
+    facts = c.graph.graph.get("data_facts") or data_facts(c.config.data)
+    check_with_data(c.graph, c.config, facts)
+    _check_heads(c.graph, facts.num_classes, c.config.data)
+
+
 def cmd_check(args) -> int:
     from .graph import nodes
     c = _compile(args)
-    _print_warnings(c.graph)
+    try:
+        _check_data(c, need_data=False)
+    finally:
+        _print_warnings(c.graph)
     total = sum(n.n_params for n in nodes(c.graph))
     print(f"{args.file}: ok ({c.graph.number_of_nodes()} nodes, {total:,} parameters)")
     return 0
 
 
 def cmd_summary(args) -> int:
-    from .summary import format_table, summarize
+    from .summary import format_table, human_bytes, summarize
     c = _compile(args)
     _print_warnings(c.graph)
+    from .memory import memory_table
     s = summarize(c.graph, batch=args.batch)
-    print(json.dumps(s, indent=2, ensure_ascii=False) if args.format == "json" else format_table(s))
+    s["compile_passes"] = [{"pass": name, "changed": changed} for name, changed in c.pass_log]
+    s["memory"] = m = memory_table(c.graph, args.batch, passes=args.passes)
+    if args.format == "json":
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    print(format_table(s))
+    print(f"planned peak memory, batch {args.batch} float32 (activations, caches, workspace"
+          f"{', gradients' if m['train_gradient_bytes'] else ''}; weights apart): training step "
+          f"{human_bytes(m['train_peak_bytes'])} (at {m['train_peak_at']}), inference "
+          f"{human_bytes(m['infer_peak_bytes'])} (at {m['infer_peak_at']})")
     return 0
 
 
@@ -118,19 +170,18 @@ def cmd_run(args) -> int:
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
     c = _compile(args, cli_train=cli_train, need_data=True)
     g, cfg = c.graph, c.config
-    _print_warnings(g)
+    try:
+        _check_data(c)
+    finally:
+        _print_warnings(g)
     xp = get_xp(args.device)
-    ex = Executor(g, xp=xp, seed=cfg.seed)
+    ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
     if len(ex.input_shape) == 1 and cfg.augment != "none":
         raise NetdslError(f"augment = {cfg.augment} needs images, but the input is flat "
                           f"({ex.input_shape[0]} values)",
                           hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
     data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
-    _check_heads(g, data.num_classes, data.name)
-    if "flip" in cfg.augment and data.name.split(":")[0] in ("digits", "mnist"):
-        print(f"netdsl: warning: augment = {cfg.augment} mirrors images, which turns digits into "
-              "other shapes (a mirrored 2 is no 2); consider augment = affine+crop",
-              file=sys.stderr)
+    _check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
     out_dir = args.out or default_out_dir(g.graph["name"])
     from .graph import nodes
     n_params = sum(n.n_params for n in nodes(g))
@@ -177,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "convolutional networks written in the netdsl language.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def pass_flags(sp):
+        sp.add_argument("-O0", dest="passes", action="store_const", const="O0",
+                        help="run no optimisation pass (training and inference pipelines)")
+        sp.add_argument("--passes", metavar="A,B", help="run only these passes (e.g. "
+                        "fold_batchnorm,fuse_activations), each where its mode allows")
+
     def common(sp, input_flag=True):
         sp.add_argument("file", help="a .net file")
         sp.add_argument("--set", action="append", metavar="K=V", default=[],
@@ -198,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "no test split (default 20%%)")
     r.add_argument("--seed", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    pass_flags(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
     common(s)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--format", choices=["table", "json"], default="table")
+    pass_flags(s)
     s.set_defaults(func=cmd_summary)
 
     c = sub.add_parser("check", help="validate a .net file")
@@ -224,20 +283,49 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    pass_flags(b)
     b.set_defaults(func=cmd_bench)
     return p
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the reader went away (`netdsl layers | head -1`), and Python
+    would otherwise complain about the failed final flush at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+
+
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default sys.argv[1:]) and return the exit status."""
+    try:
+        status = _dispatch(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at exit
+        return status
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_int_flags(args)
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except NetdslError as err:
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:
+        print("netdsl: error: out of memory", file=sys.stderr)
+        print("  hint: use a smaller batch size, input or network", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as err:  # a bug in netdsl, not in the user's input
         if os.environ.get("NETDSL_DEBUG"):
             raise

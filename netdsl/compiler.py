@@ -17,6 +17,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from . import graph as G
 from .errors import NetdslError, SourceFile
 from .lang import expand, parse
 from .passes import run_passes
@@ -45,9 +46,25 @@ def train_config(g: nx.DiGraph, cli: dict | None = None) -> TrainConfig:
     return make_config(g.graph.get("train", {}), cli or {})
 
 
+def require_one_input(g: nx.DiGraph) -> None:
+    """A network reads exactly one INPUT (the executor feeds one batch); a located error at the
+    second one otherwise. The verifier checks the same invariant, as a compiler bug, later."""
+    from .layers import get
+    sources = [rec for rec in G.nodes(g) if get(rec.op).role == "source"]
+    if not sources:
+        raise NetdslError("the network has no INPUT", hint="start it with INPUT(HxWxC) -> ...")
+    if len(sources) > 1:
+        first, second = sorted(sources, key=lambda r: (r.loc.line, r.loc.col) if r.loc else (0, 0))[:2]
+        raise NetdslError(f"a network has exactly one INPUT, this one has {len(sources)}",
+                          second.loc, detail=f"the first INPUT is at {first.loc}",
+                          hint="join branches with concat{...} or add{...} after one INPUT, "
+                               "or refer back to a layer with @name")
+
+
 def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str = "train",
            input_override=None):
     """Stages 3–5 on an expanded graph. Returns the graph and the pass log."""
+    require_one_input(g)
     resolve_auto(g, input_shape=input_shape, num_classes=num_classes,
                  input_override=input_override)
     infer_shapes(g)
@@ -78,13 +95,7 @@ def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_
     config = train_config(g, cli_train)
     shape_known = input_override is not None or input_shape is not None or not needs_input_shape(g)
     if not need_data and shape_known and num_classes is None:
-        num_classes = DEFAULT_CLASSES
-        bare = bare_classifiers(g)
-        if bare:
-            g.graph.setdefault("notes", []).append((
-                f"{bare[0].name} has no width: assuming {DEFAULT_CLASSES} classes without "
-                f"reading the dataset ('run' uses the dataset's count; write FC(K) to fix it)",
-                bare[0].loc))
+        num_classes = _classes_without_data(g, config)
     if (input_shape is None and not shape_known) or num_classes is None:
         from .train.data import dataset_info
         native, classes = dataset_info(config.data)
@@ -93,6 +104,28 @@ def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_
     g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode,
                     input_override=input_override)
     return Compiled(g, config, log)
+
+
+def _classes_without_data(g: nx.DiGraph, config: TrainConfig) -> int:
+    """The class count for check, summary and draw: the data's, when its headers can be read
+    (``g.graph["data_facts"]`` keeps them for the data checks), else DEFAULT_CLASSES with a
+    note when a bare classifier depends on it. A data spec that is not even well-formed is an
+    error (a train setting); a dataset that is missing is not, here."""
+    from .train.data import data_facts, parse_spec
+    parse_spec(config.data)
+    try:
+        facts = data_facts(config.data)
+    except NetdslError as err:
+        g.graph["data_unreadable"] = err.message
+        bare = bare_classifiers(g)
+        if bare:
+            g.graph.setdefault("notes", []).append((
+                f"{bare[0].name} has no width and the data cannot be read ({err.message}): "
+                f"assuming {DEFAULT_CLASSES} classes ('run' uses the data's count; write "
+                f"FC(K) to fix it)", bare[0].loc))
+        return DEFAULT_CLASSES
+    g.graph["data_facts"] = facts
+    return facts.num_classes
 
 
 def compile_file(path: str, **kwargs) -> Compiled:

@@ -21,6 +21,18 @@ from .graph import nodes
 from .summary import count_with_units, summarize
 
 RENDERED_FORMATS = ("svg", "png", "pdf")
+# graphviz's layout is superlinear; a huge unfolded net can keep `dot` busy for hours. Past
+# this many seconds the run is stopped and the user is told to fold or write the .dot source.
+RENDER_TIMEOUT_S = 120.0
+
+
+def render_timeout() -> float:
+    """Seconds `dot` may run: NETDSL_DOT_TIMEOUT when it is a positive number, else the default."""
+    try:
+        value = float(os.environ.get("NETDSL_DOT_TIMEOUT", ""))
+    except ValueError:
+        return RENDER_TIMEOUT_S
+    return value if 0 < value < float("inf") else RENDER_TIMEOUT_S
 SOURCE_FORMATS = ("dot", "gv")
 
 _NODE_DEFAULTS = {"shape": "box", "style": "rounded,filled", "fillcolor": "#f5f5f5",
@@ -260,6 +272,27 @@ def _write(path: str, data, what: str) -> None:
         raise NetdslError(f"cannot write {what} '{path}': {e.strerror or e}") from None
 
 
+def _render(program: str, source: str, fmt: str, out_path: str) -> bytes | None:
+    """graphviz's ``dot -T<fmt>`` output for ``source``, within :func:`render_timeout` seconds;
+    None when the program cannot be started (the caller then writes the source instead)."""
+    timeout = render_timeout()
+    try:
+        proc = subprocess.run([program, f"-T{fmt}"], input=source.encode("utf-8"),
+                              capture_output=True, timeout=timeout)
+    except (FileNotFoundError, PermissionError):
+        return None
+    except subprocess.TimeoutExpired:
+        stem = os.path.splitext(out_path)[0]
+        raise NetdslError(f"graphviz took longer than {timeout:g} s to render "
+                          f"'{out_path}' and was stopped",
+                          hint=f"draw with --fold, or write the source (-o {stem}.dot) and run "
+                               f"dot yourself; NETDSL_DOT_TIMEOUT=SECONDS allows longer") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.decode("utf-8", "replace").strip() or None
+        raise NetdslError(f"graphviz failed to render '{out_path}'", detail=detail)
+    return proc.stdout
+
+
 def draw(g, out_path: str, *, fold: bool = False) -> str:
     """Draw ``g`` to ``out_path``; the format follows the extension. Returns a message for the user.
 
@@ -278,15 +311,8 @@ def draw(g, out_path: str, *, fold: bool = False) -> str:
     if fmt in SOURCE_FORMATS:
         _write(out_path, dot.source, "diagram")
         return f"wrote {out_path} (graphviz source)"
-    rendered = None
-    if shutil.which("dot") is not None:
-        try:
-            rendered = dot.pipe(format=fmt)
-        except graphviz.ExecutableNotFound:
-            rendered = None
-        except (graphviz.CalledProcessError, subprocess.CalledProcessError) as e:
-            detail = (e.stderr or b"").decode("utf-8", "replace").strip() if e.stderr else None
-            raise NetdslError(f"graphviz failed to render '{out_path}'", detail=detail) from None
+    program = shutil.which("dot")
+    rendered = _render(program, dot.source, fmt, out_path) if program else None
     if rendered is None:
         dot_path = stem + ".dot"
         _write(dot_path, dot.source, "diagram")

@@ -119,10 +119,6 @@ def set_inputs(g: nx.DiGraph, name: str, inputs: list[tuple[str, int]]) -> None:
         g.add_edge(src, name)
 
 
-def consumers(g: nx.DiGraph, name: str) -> list[Node]:
-    return [node(g, s) for s in g.successors(name)]
-
-
 def remove_node(g: nx.DiGraph, name: str, replacement: tuple[str, int] | None = None) -> None:
     """Remove a node; consumers that read it read ``replacement`` instead (if given)."""
     for succ in list(g.successors(name)):

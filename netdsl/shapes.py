@@ -211,12 +211,9 @@ def _suggest_inputs(g: nx.DiGraph, err: NetdslError) -> None:
 
 def _infer_node(g: nx.DiGraph, rec: G.Node) -> None:
     spec = get(rec.op)
-    lo, hi = spec.inputs
-    n_in = len(rec.inputs)
-    if n_in < lo or (hi is not None and n_in > hi):
-        want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
-        raise NetdslError(f"{rec.op} takes {want} input{'s' if want != '1' else ''}, got {n_in}",
-                          rec.loc)
+    problem = spec.input_count_problem(len(rec.inputs))
+    if problem:
+        raise NetdslError(problem, rec.loc)
     in_shapes = [G.node(g, src).out_shapes[port] for src, port in rec.inputs]
     try:
         out = spec.infer_shape(rec.attrs, in_shapes)

@@ -9,11 +9,12 @@ so that a reader of the JSON does not have to guess:
 * ``macs`` are the multiply-accumulates of conv and fc layers, as the layer registry reports
   them; bias adds, activations, pooling and normalisation are not counted.
 * ``activations`` are output elements × batch, and the total is their sum over every layer:
-  the executor allocates each layer's output (as torchsummary counts them). A future memory
-  planner that reuses buffers (specs marked ``inplace``) will report its own, smaller figure.
+  the executor allocates each layer's output (as torchsummary counts them).
 * Loss heads are not layers of the network proper: they are listed under ``heads``.
 """
 from __future__ import annotations
+
+from decimal import Decimal, localcontext
 
 from . import layers
 from .errors import NetdslError
@@ -105,11 +106,22 @@ def summarize(g, *, batch: int = 1, dtype_bytes: int = 4) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Number formatting shared with the diagram's title.
 
+def _ratio(n: int, size: int, digits: int) -> str:
+    """``n / size`` to ``digits`` places. Decimal, not float: a legal program can count more
+    than a float holds (FC(10^300) -> FC(10^300)), and float division would overflow."""
+    with localcontext() as ctx:
+        ctx.prec = len(str(abs(n))) + digits + 2
+        return f"{Decimal(n) / size:.{digits}f}"
+
+
 def human_count(n: int, digits: int = 1) -> str:
-    """A count in decimal units: 138357544 → '138.4 M' (digits=1); plain below a thousand."""
+    """A count in decimal units: 138357544 → '138.4 M' (digits=1); plain below a thousand;
+    scientific past a thousand T: '1.0e+300'."""
+    if abs(n) >= 10**15:
+        return f"{Decimal(n):.{digits}e}"
     for size, unit in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
         if abs(n) >= size:
-            return f"{n / size:.{digits}f} {unit}"
+            return f"{_ratio(n, size, digits)} {unit}"
     return str(n)
 
 
@@ -120,10 +132,12 @@ def count_with_units(n: int, digits: int = 1) -> str:
 
 
 def human_bytes(n: int) -> str:
-    """A byte count in binary units: 1536 → '1.5 KiB'."""
+    """A byte count in binary units: 1536 → '1.5 KiB'; scientific past 1024 TiB."""
+    if n >= 1 << 50:
+        return f"{Decimal(n):.1e} B"
     for size, unit in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
         if n >= size:
-            return f"{n / size:.1f} {unit}"
+            return f"{_ratio(n, size, 1)} {unit}"
     return f"{n} B"
 
 

@@ -80,6 +80,7 @@ def test_broken_program_gives_located_error(path):
         assert expected in rendered, f"{expected!r} not in:\n{rendered}"
 
 
+@pytest.mark.slow
 def test_cli_check_fails_cleanly():
     if not (ROOT / "netdsl" / "__main__.py").exists():
         pytest.skip("the CLI (netdsl/__main__.py) is not there yet")

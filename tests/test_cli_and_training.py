@@ -12,6 +12,8 @@ import pytest
 
 from conftest import NETS, ROOT
 
+pytestmark = pytest.mark.slow   # every test here starts `python -m netdsl` processes
+
 PATTERNS = sorted((NETS / "patterns").glob("*.net"))
 
 

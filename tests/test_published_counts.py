@@ -11,6 +11,8 @@ import pytest
 
 from conftest import NETS, ROOT
 
+pytestmark = pytest.mark.slow   # each test starts a `python -m netdsl summary` process
+
 
 def summary_json(*args):
     out = subprocess.run([sys.executable, "-m", "netdsl", "summary", *args, "--format", "json"],

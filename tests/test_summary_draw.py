@@ -48,15 +48,15 @@ from netdsl.layers.base import LayerSpec, ParamSpec  # noqa: E402
 from netdsl.summary import count_with_units, format_table, human_bytes, summarize  # noqa: E402
 
 
-def _spec(name, role="layer", label=(), style=None, inplace=False, outputs=1):
+def _spec(name, role="layer", label=(), style=None, outputs=1):
     return LayerSpec(name=name, doc=name, args=(), infer_shape=None, forward=None, backward=None,
-                     label=label, style=style or {}, role=role, inplace=inplace, outputs=outputs)
+                     label=label, style=style or {}, role=role, outputs=outputs)
 
 
 TEST_SPECS = {s.name: s for s in [
     _spec("input", role="source", label=("shape",), style={"shape": "invhouse"}),
     _spec("conv", label=("filters", "kernel", "stride"), style={"fillcolor": "#cfe2ff"}),
-    _spec("relu", inplace=True),
+    _spec("relu"),
     _spec("batchnorm"),
     _spec("pool", label=("kernel", "stride", "mode"), outputs=2),
     _spec("fc", label=("units",)),
@@ -405,12 +405,8 @@ def test_draw_without_dot_program_writes_source_and_says_how(tmp_path, monkeypat
 
 
 def test_draw_when_rendering_reports_missing_executable(tmp_path, monkeypatch):
-    import graphviz
-
-    def missing(*args, **kwargs):
-        raise graphviz.ExecutableNotFound(["dot"])
-    monkeypatch.setattr(draw_mod.shutil, "which", lambda name: "/usr/bin/dot")
-    monkeypatch.setattr(graphviz.Digraph, "pipe", missing)
+    # `which` finds a dot that then cannot be started (removed in between, or not executable).
+    monkeypatch.setattr(draw_mod.shutil, "which", lambda name: str(tmp_path / "no-such-dot"))
     message = draw(chain_graph(), str(tmp_path / "net.png"))
     assert (tmp_path / "net.dot").exists() and "dot -Tpng" in message
 
@@ -467,3 +463,26 @@ def test_real_vgg16_totals_match_the_published_counts(monkeypatch):
     shapes.infer_shapes(g)
     text = format_table(summarize(g))
     assert "138,357,544 (138.4 M)" in text and "15,470,264,320 (15.47 G)" in text
+
+
+def test_draw_stops_a_graphviz_that_hangs(tmp_path, monkeypatch):
+    # A stand-in `dot` that never finishes: draw must stop it and say what to do instead.
+    fake = tmp_path / "dot"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(draw_mod.shutil, "which", lambda name: str(fake))
+    monkeypatch.setenv("NETDSL_DOT_TIMEOUT", "0.5")
+    with pytest.raises(NetdslError) as err:
+        draw(chain_graph(), str(tmp_path / "net.svg"))
+    assert "longer than 0.5 s" in err.value.message and "--fold" in err.value.hint
+    assert not (tmp_path / "net.svg").exists()
+
+
+def test_draw_reports_a_graphviz_failure_with_its_message(tmp_path, monkeypatch):
+    fake = tmp_path / "dot"
+    fake.write_text("#!/bin/sh\necho 'syntax error in line 1' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(draw_mod.shutil, "which", lambda name: str(fake))
+    with pytest.raises(NetdslError) as err:
+        draw(chain_graph(), str(tmp_path / "net.svg"))
+    assert "failed to render" in err.value.message and "syntax error" in err.value.detail

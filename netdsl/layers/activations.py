@@ -46,7 +46,7 @@ def _sigmoid_backward(ctx, attrs, params, out, dout):
 
 register(LayerSpec(
     name="relu", doc="Rectified linear unit: max(x, 0).", args=(), infer_shape=_same_shape,
-    forward=_relu_forward, backward=_relu_backward, inplace=True, style=ACT_STYLE,
+    forward=_relu_forward, backward=_relu_backward, style=ACT_STYLE,
     example=_EXAMPLE))
 register(LayerSpec(
     name="tanh", doc="Hyperbolic tangent.", args=(), infer_shape=_same_shape,

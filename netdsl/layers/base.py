@@ -110,13 +110,21 @@ class LayerSpec:
     example: dict = field(default_factory=dict) # {"attrs": {...}, "in_shapes": [...]} for tests
     role: str = "layer"                         # layer | source | join | loss
     downsamples: bool = False                   # counts as a pooling step for the width rule
-    inplace: bool = False                       # output may share the input buffer
     train_only: bool = False                    # an identity at inference (dropout)
     resolve: Callable | None = None             # (attrs, info) -> attrs, fills AUTO args
 
     @property
     def multi_input(self) -> bool:
         return self.inputs[1] is None or self.inputs[1] > 1
+
+    def input_count_problem(self, n: int) -> str | None:
+        """Why ``n`` inputs are wrong for this layer ('conv takes 1 input, got 2'), or None.
+        One wording for the shape stage's user error and the verifier's invariant."""
+        lo, hi = self.inputs
+        if lo <= n and (hi is None or n <= hi):
+            return None
+        want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+        return f"{self.name} takes {want} input{'s' if want != '1' else ''}, got {n}"
 
 
 _REGISTRY: dict[str, LayerSpec] = {}

@@ -54,11 +54,7 @@ def _conv_shape(attrs, in_shapes):
         raise ShapeError(f"conv: {filters} filters are not divisible by groups={groups}",
                          detail=f"{filters} mod {groups} = {filters % groups}",
                          hint="pick groups that divides the filter count")
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    ph, pw = conv_padding(attrs)
-    rounding = attrs.get("round")
-    ho = out_size(h, kh, sh, ph, dh, what="conv", rounding=rounding)
-    wo = out_size(w, kw, sw, pw, dw, what="conv", rounding=rounding)
+    *_, (ho, wo) = _geometry(attrs, (1, h, w, c))
     return (ho, wo, filters)
 
 
@@ -82,12 +78,15 @@ def _conv_macs(attrs, in_shapes, out_shapes):
 
 
 def _geometry(attrs, x_shape):
+    """Kernel, stride, dilation, padding and output size for an (N, H, W, C) input: the one
+    place conv geometry is computed, for shape inference and for the kernels alike."""
     attrs = pair_attrs(attrs, PAIR_ARGS)
     n, h, w, c = x_shape
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     ph, pw = conv_padding(attrs)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rounding = attrs.get("round")      # exact refuses a partial window; AUTO floors
+    ho = out_size(h, kh, sh, ph, dh, what="conv", rounding=rounding)
+    wo = out_size(w, kw, sw, pw, dw, what="conv", rounding=rounding)
     return (kh, kw), (sh, sw), (dh, dw), (ph, pw), (ho, wo)
 
 
@@ -105,6 +104,14 @@ def _window_view(xp, xpad, kernel, stride, dilation, out_hw):
     return xp.lib.stride_tricks.as_strided(
         xpad, shape=(n, out_hw[0], out_hw[1], kernel[0], kernel[1], c),
         strides=(s_n, s_h * stride[0], s_w * stride[1], s_h * dilation[0], s_w * dilation[1], s_c))
+
+
+def im2col(xp, attrs, x):
+    """The (N·Ho·Wo, KH·KW·C) column matrix of a single-group conv on ``x``: what forward
+    multiplies by the weights and caches. A plan that keeps only ``x`` rebuilds it for backward."""
+    kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x.shape)
+    view = _window_view(xp, _pad(xp, x, ph, pw), kernel, stride, dilation, (ho, wo))
+    return view.reshape(x.shape[0] * ho * wo, -1)
 
 
 def _conv_forward(ctx, attrs, params, inputs):

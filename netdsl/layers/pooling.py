@@ -15,19 +15,16 @@ from .structure import pair_attrs, require_spatial
 POOL_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#d1e7dd"}
 
 
-def _pool_attrs(attrs) -> dict:
-    """attrs with pairs normalised and an AUTO stride read as the window size."""
-    attrs = pair_attrs(attrs, ("size", "stride", "pad"))
-    if attrs["stride"] is AUTO:
-        attrs["stride"] = attrs["size"]
-    return attrs
-
-
 def _resolve_pool(attrs, info=None):
     """Fill an AUTO stride with the window size (non-overlapping pooling, the usual case)."""
     if attrs.get("stride") is AUTO:
         attrs = dict(attrs, stride=attrs["size"])
     return attrs
+
+
+def _pool_attrs(attrs) -> dict:
+    """attrs with an AUTO stride read as the window size, and pairs normalised."""
+    return pair_attrs(_resolve_pool(attrs), ("size", "stride", "pad"))
 
 
 def _pool_shape(op: str):

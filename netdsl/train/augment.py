@@ -13,7 +13,6 @@ import numpy as np
 from ..errors import NetdslError, did_you_mean
 
 KINDS = ("crop", "flip", "affine")
-MODES = ("none", "crop", "flip", "affine", "crop+flip", "flip+crop", "affine+flip")
 
 
 def parse_mode(mode: str) -> set[str]:

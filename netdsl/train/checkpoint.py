@@ -169,6 +169,27 @@ def _read_archive(path: str, f) -> tuple:
     return header, arrays
 
 
+# The header fields a loader relies on, with the types it relies on (a hand-edited or damaged
+# header must be a user error, not a crash deep in resume).
+_HEADER_TYPES = {"version": int, "epoch": int, "step": int, "optimizer_scalars": dict,
+                 "metrics": dict, "meta": dict}
+
+
+def _check_header_types(path: str, header: dict) -> None:
+    for key, kind in _HEADER_TYPES.items():
+        if key not in header:
+            continue
+        value = header[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and kind is int and value < 0:
+            ok = False
+        if not ok:
+            raise NetdslError(f"checkpoint '{path}' is damaged: header field {key} = "
+                              f"{json.dumps(value)[:60]} is not a{'' if kind is dict else ' non-negative'} "
+                              f"{'JSON object' if kind is dict else 'whole number'}",
+                              hint="resume from another checkpoint, or start afresh")
+
+
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -189,6 +210,7 @@ def load_checkpoint(path) -> dict:
         raise NetdslError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_TAG:
         raise NetdslError(f"'{path}' is not a netdsl checkpoint (unrecognised header)")
+    _check_header_types(path, header)
     if header.get("version", 0) > FORMAT_VERSION:
         raise NetdslError(f"checkpoint '{path}' has format version {header['version']}, newer "
                           f"than this netdsl understands ({FORMAT_VERSION})",

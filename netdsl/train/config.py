@@ -48,6 +48,9 @@ class TrainConfig:
                                   f"got {getattr(self, key)}")
         if self.lr <= 0:
             raise NetdslError(f"train setting lr must be positive, got {self.lr}")
+        if self.holdout < -1 or self.holdout == 0:
+            raise NetdslError(f"train setting holdout = {self.holdout} keeps no examples for "
+                              f"evaluation", hint="use holdout = -1 for the default 20%")
         if self.seed < 0:
             raise NetdslError(f"train setting seed must be 0 or more, got {self.seed}")
 
@@ -100,3 +103,32 @@ def make_config(file_settings: dict, overrides: dict) -> TrainConfig:
         if value is not None:
             values[key] = coerce_setting(key, value)
     return replace(TrainConfig(), **values)
+
+
+def _loc(g, cfg: TrainConfig, key: str):
+    """Where ``key`` was set in the file, when the value in force is the file's (not the CLI's)."""
+    value, loc = g.graph.get("train", {}).get(key, (None, None))
+    try:
+        return loc if value is not None and coerce_setting(key, value) == getattr(cfg, key) else None
+    except NetdslError:
+        return None
+
+
+def check_with_data(g, cfg: TrainConfig, facts) -> None:
+    """The settings that depend on the data, checked before any data is loaded, by `check` and
+    `run` alike: holdout against the examples of a one-split source (a located error), and a
+    flip augmentation on digits (a warning added to the graph's warnings).
+
+    ``facts`` is a :class:`netdsl.train.data.DataFacts`.
+    """
+    from .augment import parse_mode
+    if "flip" in parse_mode(cfg.augment) and facts.kind in ("digits", "mnist"):
+        g.graph.setdefault("warnings", []).append((
+            f"augment = {cfg.augment} mirrors images, which turns digits into other shapes "
+            "(a mirrored 2 is no 2); consider augment = affine+crop", _loc(g, cfg, "augment")))
+    total = facts.single_split
+    if total is not None and cfg.holdout != -1 and not 0 < cfg.holdout < total:
+        raise NetdslError(f"holdout = {cfg.holdout} is not possible: {cfg.data} has no test split "
+                          f"and {total:,} examples", _loc(g, cfg, "holdout"),
+                          detail=f"holdout must be between 1 and {total - 1:,}",
+                          hint="use holdout = -1 for the default 20%")

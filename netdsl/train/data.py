@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NetdslError, did_you_mean
-from .datasets import (Splits, cifar_files, mnist_info, npz_info, read_cifar10, read_digits,
-                       read_mnist, read_npz)
+from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, npz_info,
+                       read_cifar10, read_digits, read_mnist, read_npz)
+from .idx import read_header
 
 KINDS = ("digits", "mnist", "cifar10", "npz")
 _SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE"
@@ -53,7 +54,8 @@ def dataset_info(spec: str) -> tuple[tuple[int, int, int], int]:
     """(native (H, W, C), num_classes) of a data spec, reading headers rather than whole files
     where the format allows: digits → ((8,8,1),10), mnist:DIR → ((28,28,1),10) from the IDX
     header, cifar10:DIR → ((32,32,3),10), npz:FILE → x's stored shape and the labels."""
-    return splits_info(spec)
+    facts = data_facts(spec)
+    return facts.native_shape, facts.num_classes
 
 
 def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
@@ -170,18 +172,32 @@ def read_splits(spec: str) -> Splits:
     return read_npz(Path(arg).expanduser())
 
 
-def splits_info(spec: str) -> tuple[tuple[int, int, int], int]:
-    """(native H, W, C), num_classes) reading as little as possible: IDX headers, npz array
-    headers plus labels; digits and cifar10 are fixed formats, only their files are checked."""
+@dataclass(frozen=True)
+class DataFacts:
+    """What the settings are checked against before any data is loaded (see data_facts)."""
+
+    kind: str                     # digits | mnist | cifar10 | npz
+    native_shape: tuple           # (H, W, C) as stored
+    num_classes: int
+    single_split: int | None      # examples, when the source has one split (holdout applies)
+
+
+def data_facts(spec: str) -> DataFacts:
+    """The facts of a data spec, reading as little as possible: IDX headers, npz array headers
+    plus labels; digits and cifar10 are fixed formats, only their files are checked."""
     kind, arg = parse_spec(spec)
+    path = Path(arg).expanduser()
     if kind == "digits":
-        return (8, 8, 1), 10
+        return DataFacts(kind, (8, 8, 1), 10, DIGITS_COUNT)
     if kind == "mnist":
-        return mnist_info(Path(arg).expanduser()), 10
+        splits = mnist_files(path)
+        dims = read_header(next(iter(splits.values()))[0], "images")[1]   # the first split's
+        return DataFacts(kind, (dims[1], dims[2], 1), 10, dims[0] if len(splits) == 1 else None)
     if kind == "cifar10":
-        cifar_files(Path(arg).expanduser())
-        return (32, 32, 3), 10
-    return npz_info(Path(arg).expanduser())
+        cifar_files(path)   # a one-split CIFAR's size needs the pickles: holdout checked on load
+        return DataFacts(kind, (32, 32, 3), 10, None)
+    native, classes, count = npz_info(path)
+    return DataFacts(kind, native, classes, count)
 
 
 # ---------------------------------------------------------------------------------------------

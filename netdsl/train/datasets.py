@@ -9,9 +9,8 @@ files), :func:`read_cifar10` (the python pickle batches), :func:`read_npz` (arra
 """
 from __future__ import annotations
 
-import gzip
+import math
 import pickle
-import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -20,6 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NetdslError
+from .idx import read_idx
+
+
+DIGITS_COUNT = 1797      # scikit-learn's bundled digits
+MAX_CLASSES = 100_000   # ImageNet-21k has 21,841; a label past this is a code, not a class id
 
 
 @dataclass
@@ -73,7 +77,6 @@ def read_digits() -> Splits:
 # ---------------------------------------------------------------------------------------------
 # MNIST: IDX files, big-endian header of a magic number and one uint32 per dimension.
 
-_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 _MNIST_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -91,63 +94,7 @@ def _find_first(directory: Path, names: list[str]) -> Path | None:
     return None
 
 
-def read_file_bytes(path: Path) -> bytes:
-    """All bytes of ``path``, gunzipped when it ends in .gz."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        # BadGzipFile is an OSError, so it must be caught before the generic read failure.
-        raise NetdslError(f"{path}: corrupt gzip file ({e})",
-                          hint="download it again, or check it with 'gzip -t'") from None
-    except OSError as e:
-        raise NetdslError(f"cannot read {path}: {e.strerror or e}") from None
-
-
-def _idx_header(data: bytes, path: Path, kind: str) -> tuple[int, tuple[int, ...]]:
-    """(header length, dims) of an IDX images/labels file, after checking its magic number."""
-    expected = _IDX_MAGIC[kind]
-    ndim = expected & 0xFF
-    header_len = 4 + 4 * ndim
-    if len(data) < 4:
-        raise NetdslError(f"{path}: file is truncated: {len(data)} bytes, too short for an "
-                          f"IDX header")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != expected:
-        other = "labels" if kind == "images" else "images"
-        hint = (f"this is an IDX {other} file: are the file names swapped?"
-                if magic == _IDX_MAGIC[other] else "the file is gzip-compressed: name it *.gz"
-                if data[:2] == b"\x1f\x8b" else None)
-        raise NetdslError(f"{path}: bad IDX magic number: expected 0x{expected:08x} for "
-                          f"{kind}, found 0x{magic:08x}", hint=hint)
-    if len(data) < header_len:
-        raise NetdslError(f"{path}: file is truncated: {len(data)} bytes, the IDX {kind} "
-                          f"header alone needs {header_len}")
-    return header_len, struct.unpack(">" + "I" * ndim, data[4:header_len])
-
-
-def read_idx(path: Path, kind: str) -> np.ndarray:
-    """The uint8 array of an IDX ``kind`` ('images' or 'labels') file, checked against its
-    header."""
-    data = read_file_bytes(path)
-    header_len, dims = _idx_header(data, path, kind)
-    if dims[0] == 0:
-        raise NetdslError(f"{path}: empty dataset: the header says it holds 0 {kind}")
-    want = int(np.prod(dims))
-    have = len(data) - header_len
-    if have != want:
-        what = (f"{dims[0]} images of {dims[1]}×{dims[2]} = {want} bytes" if kind == "images"
-                else f"{dims[0]} labels = {want} bytes")
-        problem = "file is truncated" if have < want else "file is longer than its header says"
-        raise NetdslError(f"{path}: {problem}: header says {what}, file has {have} "
-                          f"(after the {header_len}-byte header)",
-                          hint="download it again" if have < want else None)
-    return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
-
-
-def _mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
+def mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
     """{split: (images path, labels path)} for the splits present; errors name what is missing."""
     _require_dir(directory, "mnist")
     found = {}
@@ -168,22 +115,10 @@ def _mnist_files(directory: Path) -> dict[str, tuple[Path, Path]]:
     return found
 
 
-def mnist_info(directory: Path) -> tuple[int, int, int]:
-    """(H, W, 1) from the first images file's header (reads one gzip block at most)."""
-    images, _ = next(iter(_mnist_files(directory).values()))
-    try:
-        with (gzip.open if images.suffix == ".gz" else open)(images, "rb") as f:
-            head = f.read(16)
-    except (EOFError, zlib.error, OSError):  # OSError includes gzip.BadGzipFile
-        head = read_file_bytes(images)  # raises the same, well-worded error as a full read
-    _, dims = _idx_header(head, images, "images")
-    return dims[1], dims[2], 1
-
-
 def read_mnist(directory: Path) -> Splits:
     """MNIST-format IDX files in ``directory``: train and/or t10k, each optionally gzipped."""
     loaded = {}
-    for split, (img_path, lbl_path) in _mnist_files(directory).items():
+    for split, (img_path, lbl_path) in mnist_files(directory).items():
         x = read_idx(img_path, "images")
         y = read_idx(lbl_path, "labels")
         if len(x) != len(y):
@@ -249,8 +184,11 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in batch or "labels" not in batch:
         raise NetdslError(f"{path}: bad pickle: expected a dict with 'data' and 'labels'",
                           detail="entries found: " + (", ".join(map(str, batch)) or "none"))
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"])
+    try:
+        data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    except (ValueError, TypeError, OverflowError) as e:  # ragged lists, odd objects
+        raise NetdslError(f"{path}: bad pickle: 'data' and 'labels' must be arrays or lists of "
+                          f"numbers ({e})", hint="download cifar-10-python.tar.gz again") from None
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
         raise NetdslError(f"{path}: data must be N×3072 uint8 (32×32×3 images), "
                           f"found {'×'.join(map(str, data.shape))} {data.dtype}")
@@ -283,6 +221,9 @@ def read_cifar10(directory: Path) -> Splits:
 
 def npz_layout(shape: tuple, path: Path) -> tuple[bool, tuple[int, int, int]]:
     """(is channels-first, native (H, W, C)) for an x array of ``shape``."""
+    if len(shape) in (3, 4) and 0 in shape[1:]:
+        raise NetdslError(f"{path}: x holds empty images: shape {'×'.join(map(str, shape))}",
+                          hint="every image needs at least one pixel and one channel")
     if len(shape) == 3:
         return False, (shape[1], shape[2], 1)
     if len(shape) == 4:
@@ -318,6 +259,17 @@ def _open_npz(path: Path):
 
 
 def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    """Array ``key``, after checking that its header's shape fits the bytes stored: a header
+    that promises more than the file holds would otherwise allocate it all before failing."""
+    header = _npz_header(path, key)
+    if header is not None:
+        shape, dtype, stored = header
+        want = math.prod(shape) * dtype.itemsize
+        if want != stored:
+            raise NetdslError(f"{path}: array {key} is damaged: its header says "
+                              f"{'×'.join(map(str, shape)) or 'a scalar'} {dtype} = {want:,} "
+                              f"bytes, the archive holds {stored:,}",
+                              hint="save it again with np.savez(FILE, x=images, y=labels)")
     try:
         return archive[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -332,6 +284,11 @@ def _npz_labels(y: np.ndarray, count: int, path: Path) -> tuple[np.ndarray, int]
         raise NetdslError(f"{path}: y must be one integer label per example, found shape "
                           f"{'×'.join(map(str, y.shape))}",
                           hint="for one-hot labels save y.argmax(axis=1)")
+    if y.dtype.kind in "iuf" and y.size and not (np.abs(y) < MAX_CLASSES).all():
+        i = int(np.flatnonzero(~(np.abs(y) < MAX_CLASSES))[0])
+        raise NetdslError(f"{path}: example {i} has label {y[i]}: netdsl trains at most "
+                          f"{MAX_CLASSES:,} classes (labels 0..{MAX_CLASSES - 1:,})",
+                          hint="labels must be class ids 0, 1, 2, ... (not raw codes)")
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)  # whole numbers saved as floats are still labels
     if y.dtype.kind not in "iub":
@@ -346,29 +303,34 @@ def _npz_labels(y: np.ndarray, count: int, path: Path) -> tuple[np.ndarray, int]
     return check_labels(y, num_classes, str(path)), num_classes
 
 
-def _npz_header_shape(path: Path, key: str) -> tuple | None:
-    """The shape stored in an npz member's header, without reading its data (None if unknown)."""
+def _npz_header(path: Path, key: str) -> tuple | None:
+    """(shape, dtype, bytes after the header) of an npz member, without reading its data;
+    None when unknown (the array read then reports the problem)."""
     try:
         with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                            (2, 0): np.lib.format.read_array_header_2_0}.get(
                                np.lib.format.read_magic(f))
             if read_header:
-                return read_header(f)[0]
+                shape, _, dtype = read_header(f)
+                stored = zf.getinfo(f"{key}.npy").file_size - f.tell()
+                return (shape, dtype, stored) if not dtype.hasobject else None
     except Exception:  # any oddity: fall back to reading the array, which reports it properly
         pass
     return None
 
 
-def npz_info(path: Path) -> tuple[tuple[int, int, int], int]:
-    """(native H, W, C), num_classes) reading x's header and the labels only."""
+def npz_info(path: Path) -> tuple[tuple[int, int, int], int, int]:
+    """(native H, W, C), num_classes, examples) reading x's header and the labels only."""
     with _open_npz(path) as archive:
-        shape = _npz_header_shape(path, "x")
+        header = _npz_header(path, "x")
+        consistent = header and math.prod(header[0]) * header[1].itemsize == header[2]
+        shape = header[0] if consistent else None   # else the full read reports the damage
         if shape is None:
             shape = _npz_array(archive, "x", path).shape
         _, native = npz_layout(shape, path)
         _, num_classes = _npz_labels(_npz_array(archive, "y", path), shape[0], path)
-    return native, num_classes
+    return native, num_classes, shape[0]
 
 
 def _to_unit_range(x: np.ndarray, path: Path) -> np.ndarray:

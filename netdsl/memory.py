@@ -1,0 +1,300 @@
+"""The memory planner: what a training step or an inference batch of a plan holds, when.
+
+It walks the executor's plan (netdsl/plan.py) exactly as the executor does — forward in order,
+dropping a tensor once its last reader has run; backward in reverse, dropping each cache and
+incoming gradient after its step — with buffers instead of arrays. Every buffer has a size and a
+lifetime [first step, last step]; from those it derives
+
+* the **planned peak**: the largest sum of live buffers plus the step's own workspace
+  (im2col columns, padded copies, the temporaries of an element-wise expression), which is what
+  ``tracemalloc`` measures for a step (parameters excluded, parameter gradients included);
+* an **arena layout**: offsets for the long-lived buffers (activations, caches, gradients) by
+  first-fit over their lifetimes, so that buffers whose lifetimes do not overlap share memory.
+
+What each layer allocates is described by one footprint rule per op below (bytes of its output
+or whether it is a view of an input, what its cache keeps, its workspace forward and backward,
+whether its input gradients are fresh or views of the incoming one). A layer without a rule
+gets a conservative default (fresh output, cache keeps inputs and output); so does every step
+whose kernel comes from another provider (the rules describe the NumPy reference kernels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import nodes
+from .layers import numel
+from .layers.conv import conv_padding
+from .layers.structure import as_pair
+
+
+@dataclass
+class Footprint:
+    """Bytes one step allocates. ``out_alias``: the output *is* input k's buffer (a view)."""
+    out: int = 0
+    out_alias: int | None = None
+    fwd_tmp: int = 0
+    keep_in: tuple = ()          # inputs the training cache references
+    keep_out: bool = False       # the training cache references the output
+    cache: int = 0               # bytes the cache owns
+    bwd_tmp: int = 0
+    dx: tuple | None = None      # per input: fresh bytes, or None = a view of the incoming grad
+
+
+def _geom(st, n):
+    h, w, c = st.node.in_shapes[0]
+    ho, wo, f = st.node.out_shapes[0]
+    return h, w, c, ho, wo, f
+
+
+def _conv(st, n, it, training):
+    """im2col conv: padded copy + columns forward; backward per ``st.recompute``."""
+    from .plan import is_pointwise
+    a = st.node.attrs
+    h, w, c, ho, wo, f = _geom(st, n)
+    kh, kw = as_pair(a["kernel"])
+    ph, pw = conv_padding(a)
+    pad = n * (h + 2 * ph) * (w + 2 * pw) * c * it if (ph or pw) else 0
+    pointwise = is_pointwise(a) and a["groups"] == 1
+    cols = 0 if pointwise else n * ho * wo * kh * kw * c * it
+    fp = Footprint(out=n * ho * wo * f * it, fwd_tmp=pad + cols)
+    block = n * ho * wo * (c // a["groups"]) * it      # one kernel offset's share of dcols
+    if st.data_only:
+        fp.dx, dx = (0,), 0
+    elif pointwise:
+        fp.dx, dx = (n * h * w * c * it,), 0
+    else:
+        dx = n * (h + 2 * ph) * (w + 2 * pw) * c * it     # the padded dx a slice is taken of
+        fp.dx = (dx,)
+    if pointwise:
+        fp.keep_in = (0,)       # the columns are a view of the input
+    elif st.recompute:
+        # im2col again (padded copy + columns, before dx exists), then columns + block + dx
+        fp.keep_in = (0,)
+        fp.bwd_tmp = max(pad + cols - dx, cols + (block if dx else 0))
+    else:                       # kept columns (grouped, or a provider's choice): cache owns them
+        fp.cache, fp.fwd_tmp = cols, pad
+        fp.bwd_tmp = block if dx else 0
+    return fp
+
+
+def _elementwise(st, n, it, tmp_fwd, tmp_bwd):
+    x = n * numel(st.node.in_shapes[0]) * it
+    return Footprint(out=x, fwd_tmp=tmp_fwd * x, keep_out=True, bwd_tmp=int(tmp_bwd * x),
+                     dx=(x,))
+
+
+def _batchnorm(st, n, it, training):
+    x = n * numel(st.node.in_shapes[0]) * it
+    # Forward: x − μ lives beside x̂ (the cache) and the output; backward: dx̂ and x̂·mean
+    # beside dx (NumPy reuses the other temporaries of the expression in place).
+    return Footprint(out=x, fwd_tmp=x, cache=x, bwd_tmp=2 * x, dx=(x,))
+
+
+def _pool(st, n, it, training):
+    a = st.node.attrs
+    h, w, c, ho, wo, _ = _geom(st, n)
+    from .layers.pooling import _fast_path, _geometry
+    size, stride, pad, _, ext = _geometry(a, (n, h, w, c))
+    padded = n * ext[0] * ext[1] * c * it if ext != (h, w) else 0
+    o, o1 = n * ho * wo * c * it, n * ho * wo * c
+    if a["kind"] == "max":      # bool 'seen', the counts, one comparison; switches kept (uint8)
+        return Footprint(out=o, fwd_tmp=padded + 3 * o1, cache=o1, bwd_tmp=o + o1,
+                         dx=(n * ext[0] * ext[1] * c * it,))
+    if _fast_path((n, h, w, c), size, stride, pad, (ho, wo)):
+        return Footprint(out=o, bwd_tmp=o, dx=(n * h * w * c * it,))
+    return Footprint(out=o, fwd_tmp=padded, bwd_tmp=o, dx=(n * ext[0] * ext[1] * c * it,))
+
+
+def footprint(st, n: int, it: int, training: bool) -> Footprint:
+    """The footprint of plan step ``st`` for a batch of ``n`` with ``it``-byte elements."""
+    op = st.node.op if st.provider == "numpy" else f"{st.provider}:{st.node.op}"
+    x = n * numel(st.node.in_shapes[0]) * it if st.node.in_shapes else 0
+    out = n * numel(st.node.out_shapes[0]) * it
+    if op == "conv":
+        fp = _conv(st, n, it, training)
+    elif op == "fc":
+        fp = Footprint(out=out, keep_in=(0,), dx=(x,))
+    elif op == "batchnorm":
+        fp = _batchnorm(st, n, it, training)
+    elif op == "relu":
+        fp = _elementwise(st, n, it, 0, 1 / it)
+    elif op in ("tanh", "sigmoid"):
+        fp = _elementwise(st, n, it, 0 if op == "tanh" else 1, 0 if op == "tanh" else 1)
+    elif op in ("pool", "maxpool", "avgpool"):
+        fp = _pool(st, n, it, training)
+    elif op == "gap":
+        fp = Footprint(out=out, dx=(x,), bwd_tmp=out)
+    elif op in ("flatten", "identity", "input") or (op == "dropout" and not training):
+        fp = Footprint(out_alias=0, dx=(None,))
+    elif op == "dropout":
+        fp = Footprint(out=x, fwd_tmp=x + x // it, cache=x, dx=(x,))
+    elif op == "concat":
+        fp = Footprint(out=out, dx=(None,) * len(st.inputs))
+    elif op == "add":
+        fp = Footprint(out=out, dx=(None,) * len(st.inputs))
+    elif op == "softmax_xent":
+        fp = Footprint(out=it, fwd_tmp=2 * x, cache=x, dx=(x,))
+    else:
+        fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
+                       fwd_tmp=out, dx=(x,) * len(st.inputs))
+    if st.act is not None:      # fused activation: in place forward; its cache is the output
+        fp.keep_out = True
+    return fp
+
+
+@dataclass
+class MemoryPlan:
+    peak: int                    # bytes: the most a step holds at once (planned)
+    arena: int                   # bytes: long-lived buffers laid out by lifetime
+    at: str                      # where the peak is: "forward <node>" / "backward <node>"
+    gradients: int               # bytes of parameter gradients (part of a training peak)
+    offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
+
+
+class _Sim:
+    """Buffers with reference counts; tracks the live total, the peak and lifetimes."""
+
+    def __init__(self):
+        self.size, self.refs, self.born, self.died = {}, {}, {}, {}
+        self.live = self.peak = self.t = 0
+        self.at = ""
+
+    def new(self, nbytes: int) -> int | None:
+        if nbytes <= 0:
+            return None
+        b = len(self.size)
+        self.size[b], self.refs[b], self.born[b] = nbytes, 0, self.t
+        self.live += nbytes
+        return b
+
+    def ref(self, b):
+        if b is not None:
+            self.refs[b] += 1
+
+    def unref(self, b):
+        if b is None:
+            return
+        self.refs[b] -= 1
+        if self.refs[b] == 0:
+            self.live -= self.size[b]
+            self.died[b] = self.t
+
+    def touch(self, extra: int, where: str):
+        if self.live + extra > self.peak:
+            self.peak, self.at = self.live + extra, where
+        self.t += 1
+
+
+def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -> MemoryPlan:
+    """Simulate the executor on ``plan`` for one batch; see the module docstring."""
+    s = _Sim()
+    fps = [footprint(st, batch, itemsize, training) for st in plan]
+    value = [None] * len(plan)
+    cache: list = [()] * len(plan)
+    remaining = [st.consumers for st in plan]
+    heads = [i for i, st in enumerate(plan) if st.spec.role == "loss"]
+    for i, (st, fp) in enumerate(zip(plan, fps)):
+        ins = [value[j] for j, _ in st.inputs]
+        if fp.out_alias is not None:
+            value[i] = ins[fp.out_alias] if ins else None
+            s.ref(value[i])
+        else:
+            value[i] = s.new(fp.out)
+            s.ref(value[i])
+        own = s.new(fp.cache)
+        s.touch(fp.fwd_tmp, f"forward {st.node.name}")
+        held = [own] + [ins[k] for k in fp.keep_in] + ([value[i]] if fp.keep_out else [])
+        if training:
+            for b in held:
+                s.ref(b)
+            cache[i] = held
+        else:
+            s.ref(own)
+            s.unref(own)
+        for j, _ in st.inputs:
+            remaining[j] -= 1
+            if remaining[j] == 0:
+                s.unref(value[j])
+    if not training:
+        return MemoryPlan(s.peak, _arena(s), s.at, 0)
+    dout = [None] * len(plan)
+    grads = 0
+    for i in range(len(plan) - 1, -1, -1):
+        st, fp = plan[i], fps[i]
+        if st.spec.role == "source" or (dout[i] is None and i not in heads):
+            for b in cache[i]:
+                s.unref(b)
+            continue
+        if st.act is not None:
+            # The masked gradient replaces dout (both live with the mask for a moment); then
+            # the activation's output is let go before the layer's own backward.
+            s.touch(fp.out + fp.out // itemsize, f"backward {st.node.name}")
+            cache[i] = [b for b in cache[i] if b != value[i]]
+            s.unref(value[i])
+        pgrad = sum(numel(p.shape) * itemsize for p in (st.node.param_specs or {}).values()
+                    if p.trainable)
+        grads += pgrad
+        s.new(pgrad)                                     # kept: the step's result
+        fresh = [s.new(d) if d else None for d in (fp.dx or ())]
+        s.touch(fp.bwd_tmp, f"backward {st.node.name}")
+        for b in cache[i]:
+            s.unref(b)
+        for (j, _), d, nb in zip(st.inputs, fp.dx or (), fresh):
+            g = nb if d else (dout[i] if d is None else None)
+            if g is None:
+                continue
+            s.ref(g)
+            if dout[j] is not None:                      # fan-out: a + b into a new buffer
+                total = s.new(s.size[g])
+                s.touch(0, f"backward {st.node.name}")
+                s.ref(total)
+                s.unref(dout[j])
+                s.unref(g)
+                g = total
+            dout[j] = g
+        s.unref(dout[i])
+        dout[i] = None
+    return MemoryPlan(s.peak, _arena(s), s.at, grads)
+
+
+def _arena(s: _Sim) -> int:
+    """First-fit offsets for every buffer by lifetime; the arena's size."""
+    placed, top = [], 0
+    for b in sorted(s.size, key=lambda b: (-s.size[b], s.born[b])):
+        lo, hi, size = s.born[b], s.died.get(b, s.t), s.size[b]
+        clash = sorted((o, o + z) for o, z, a, d in placed if a <= hi and lo <= d)
+        off = 0
+        for o, e in clash:
+            if off + size <= o:
+                break
+            off = max(off, e)
+        placed.append((off, size, lo, hi))
+        top = max(top, off + size)
+    return top
+
+
+def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:
+    """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
+    the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:
+    the passes run on placeholder (broadcast zero) weights, which only BN folding reads."""
+    from .graph import copy_graph
+    from .model import BoundModel
+    from .plan import build_plan
+    zero = np.zeros((), dtype=dtype)
+    params = {rec.name: {k: np.broadcast_to(zero, ps.shape) for k, ps in rec.param_specs.items()}
+              for rec in nodes(g) if rec.param_specs}
+    model = BoundModel(copy_graph(g), params, dtype=dtype)
+    model.optimize("train", passes)
+    it = np.dtype(dtype).itemsize
+    train = plan_memory(build_plan(model.graph, dtype=dtype, kernels=kernels), batch,
+                        itemsize=it, training=True)
+    infer_model = model.for_inference(passes)
+    infer = plan_memory(build_plan(infer_model.graph, dtype=dtype, kernels=kernels), batch,
+                        itemsize=it, training=False)
+    return {"batch": batch, "dtype": np.dtype(dtype).name,
+            "train_peak_bytes": train.peak, "train_peak_at": train.at,
+            "train_gradient_bytes": train.gradients, "train_arena_bytes": train.arena,
+            "infer_peak_bytes": infer.peak, "infer_peak_at": infer.at,
+            "infer_arena_bytes": infer.arena}

@@ -1,0 +1,127 @@
+"""The compiled plan: a bound model's graph as a flat list of kernel calls.
+
+Each :class:`Step` knows its node, the kernel functions chosen for it
+(:func:`netdsl.kernels.select`), where its inputs come from (plan index and output port), how
+many inputs read it (so the executor drops a tensor as soon as its last reader has run, in
+training as in inference: whatever backward needs is held by the caches) and two decisions the
+compiler takes per layer:
+
+* ``act``: an activation fused into the step (``fuse_activations``): applied to the step's own
+  fresh output in place; its backward masks the incoming gradient.
+* ``recompute``: a NumPy convolution whose im2col matrix is larger than its input keeps the
+  *input* for backward and rebuilds the columns there, instead of caching the columns
+  (kh·kw times the input's size). One more copy per backward; the memory of every such layer's
+  columns is never held across the step.
+
+The memory planner (netdsl/memory.py) reads the same plan, so what it predicts is what runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import graph as G
+from .layers import get
+from .layers.conv import im2col
+
+
+@dataclass
+class Step:
+    node: G.Node
+    spec: object
+    inputs: list               # [(producer index in plan, port)]
+    consumers: int             # how many inputs read this step's outputs
+    forward: object = None     # the kernel chosen for this node
+    backward: object = None
+    provider: str = "numpy"
+    act: str | None = None     # fused activation applied in place to the output
+    recompute: bool = False    # conv: cache the input, rebuild im2col in backward
+    data_only: bool = False    # reads only the network input: no d(input) needed
+    meta: dict = field(default_factory=dict)
+
+
+def resolve_provider(kernels: str) -> str:
+    """'auto' → onednn when that provider can load, else numpy; other names pass through."""
+    if kernels != "auto":
+        return kernels
+    from . import kernels as K
+    available = getattr(K, "available", None)
+    return "onednn" if available is not None and available("onednn") else "numpy"
+
+
+def build_plan(g, *, dtype, kernels: str = "numpy") -> list[Step]:
+    """The steps of graph ``g`` in topological order, kernels chosen for ``dtype``."""
+    from .kernels import select
+    provider = resolve_provider(kernels)
+    order = G.nodes(g)
+    index = {rec.name: i for i, rec in enumerate(order)}
+    uses = {rec.name: 0 for rec in order}
+    for rec in order:
+        for src, _ in rec.inputs:
+            uses[src] += 1
+    steps = []
+    for rec in order:
+        spec = get(rec.op)
+        fwd, bwd, chosen = select(spec, rec.attrs, list(rec.in_shapes or ()), dtype, provider)
+        st = Step(rec, spec, [(index[s], p) for s, p in rec.inputs], uses[rec.name],
+                  fwd, bwd, chosen, act=rec.meta.get("act"))
+        st.recompute = chosen == "numpy" and _conv_cols_exceed_input(rec)
+        steps.append(st)
+    for st in steps:
+        st.data_only = bool(st.inputs) and all(steps[j].spec.role == "source"
+                                               for j, _ in st.inputs)
+    return steps
+
+
+def _conv_cols_exceed_input(rec: G.Node) -> bool:
+    """True for a single-group conv whose im2col matrix is not a free view of its input."""
+    if rec.op != "conv" or rec.attrs["groups"] != 1:
+        return False
+    return not is_pointwise(rec.attrs)
+
+
+def is_pointwise(attrs) -> bool:
+    """1×1, stride 1, no padding: the im2col matrix is the input itself."""
+    from .layers.conv import conv_padding
+    from .layers.structure import as_pair
+    return (as_pair(attrs["kernel"]) == (1, 1) and as_pair(attrs["stride"]) == (1, 1)
+            and conv_padding(attrs) == (0, 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Running one step: the kernel plus the plan's decisions.
+
+def run_forward(st: Step, ctx, params, ins):
+    """(out, cache) of one step, honouring ``recompute`` and ``act``."""
+    out, cache = st.forward(ctx, st.node.attrs, params, ins)
+    if st.recompute and ctx.training:
+        cache = ("recompute", ins[0])   # drop the columns; the input is enough
+    if st.act is not None:
+        out, act_cache = _act_forward(ctx, st.act, out)
+        cache = (cache, act_cache)
+    return out, cache
+
+
+def run_backward(st: Step, ctx, params, held: list):
+    """(dinputs, dparams) of one step, undoing ``act`` then ``recompute``. ``held`` is
+    ``[cache, dout]``, emptied here: so that the caller holds no reference and the incoming
+    gradient is freed as soon as the fused activation has replaced it by the masked one."""
+    dout = held.pop()
+    cache = held.pop()
+    if st.act is not None:
+        cache, act_cache = cache
+        dout = get(st.act).backward(ctx, {}, {}, act_cache, dout)[0][0]
+        del act_cache
+    if st.recompute and isinstance(cache, tuple) and cache[:1] == ("recompute",):
+        x = cache[1]
+        cache = (x.shape, im2col(ctx.xp, st.node.attrs, x))
+        del x
+    return st.backward(ctx, st.node.attrs, params, cache, dout)
+
+
+def _act_forward(ctx, act: str, out):
+    if act == "relu":
+        # The producer's output is fresh and read by nobody else (the fusion pass checked):
+        # overwrite it. The activation's cache is its output, as the relu entry's is.
+        ctx.xp.maximum(out, 0, out=out)
+        return out, out
+    return get(act).forward(ctx, {}, {}, [out])
