@@ -84,28 +84,28 @@ def _print_warnings(g) -> None:
               file=sys.stderr)
 
 
-def _check_data(c) -> None:
-    """Settings and heads against the data's headers, before anything is loaded."""
+def _check_data(c, need_data: bool = True) -> None:
+    """Settings and heads against the data's headers, before anything is loaded. Without
+    ``need_data`` (check) a dataset that cannot be read is noted and these checks skipped:
+    checking a network never needs its data."""
     from .train.config import check_with_data
     from .train.data import data_facts
-    facts = data_facts(c.config.data)
+    if not need_data and "data_unreadable" in c.graph.graph:
+        c.graph.graph.setdefault("notes", []).append((
+            f"the data was not checked: {c.graph.graph['data_unreadable']}", None))
+        return
+    facts = c.graph.graph.get("data_facts") or data_facts(c.config.data)
     check_with_data(c.graph, c.config, facts)
-    _check_heads(c.graph, facts.num_classes, c.config.data)
-
-
-def _data_named(c, args) -> bool:
-    """True when the file's train section or the command line names a dataset, or the input
-    shape comes from it: only then does `check` hold the net against the data's headers."""
-    return ("data" in c.graph.graph.get("train", {}) or getattr(args, "data", None) is not None
-            or c.graph.graph.get("data_read", False))
+    # check on the default dataset (not named by the file): per-pixel heads are not held to it
+    named = need_data or "data" in c.graph.graph.get("train", {}) or c.config.data != "digits"
+    _check_heads(c.graph, facts.num_classes, c.config.data, per_position=named)
 
 
 def cmd_check(args) -> int:
     from .graph import nodes
     c = _compile(args)
     try:
-        if _data_named(c, args):   # else the net is checked on its own (language: no dataset)
-            _check_data(c)
+        _check_data(c, need_data=False)
     finally:
         _print_warnings(c.graph)
     total = sum(n.n_params for n in nodes(c.graph))
@@ -207,22 +207,23 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _check_heads(g, num_classes: int, data_name: str) -> None:
+def _check_heads(g, num_classes: int, data_name: str, per_position: bool = True) -> None:
     """Every loss head needs at least one logit per class of the data, or training fails: a
-    flat (K,) vector, or an H×W×K map for a per-position head (softmax_xent2d)."""
+    flat (K,) vector, or an H×W×K map for a per-position head (softmax_xent2d). Without
+    ``per_position`` (check on a dataset the file does not name) per-position heads are left
+    alone: the default dataset has no per-pixel labels to hold them against."""
     from .graph import losses, node
     from .layers import get
     for head in losses(g):
         src = node(g, head.inputs[0][0])
         width = src.out_shapes[head.inputs[0][1]]
-        per_position = get(head.op).name == "softmax_xent2d"
-        if per_position and len(width) == 3 and width[2] < num_classes:
-            raise NetdslError(
-                f"{src.name} gives {width[2]} channels per position to the per-pixel loss "
-                f"{head.name}, but {data_name} has {num_classes} classes", src.loc,
-                hint=f"end with a 1×1 conv of {num_classes} filters: CONV(filters={num_classes}, "
-                     "kernel=1)")
-        if per_position:
+        if get(head.op).name == "softmax_xent2d":
+            if per_position and len(width) == 3 and width[2] < num_classes:
+                raise NetdslError(
+                    f"{src.name} gives {width[2]} channels per position to the per-pixel loss "
+                    f"{head.name}, but {data_name} has {num_classes} classes", src.loc,
+                    hint=f"end with a 1×1 conv of {num_classes} filters: "
+                         f"CONV(filters={num_classes}, kernel=1)")
             continue  # the loss's own shape rule already demanded H×W×K
         if len(width) != 1 or width[0] < num_classes:
             raise NetdslError(

@@ -95,22 +95,37 @@ def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_
     config = train_config(g, cli_train)
     shape_known = input_override is not None or input_shape is not None or not needs_input_shape(g)
     if not need_data and shape_known and num_classes is None:
-        num_classes = DEFAULT_CLASSES
-        bare = bare_classifiers(g)
-        if bare:
-            g.graph.setdefault("notes", []).append((
-                f"{bare[0].name} has no width: assuming {DEFAULT_CLASSES} classes without "
-                f"reading the dataset ('run' uses the dataset's count; write FC(K) to fix it)",
-                bare[0].loc))
+        num_classes = _classes_without_data(g, config)
     if (input_shape is None and not shape_known) or num_classes is None:
         from .train.data import dataset_info
         native, classes = dataset_info(config.data)
         input_shape = input_shape or native
         num_classes = num_classes or classes
-        g.graph["data_read"] = True      # the net's shape or classes came from the dataset
     g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode,
                     input_override=input_override)
     return Compiled(g, config, log)
+
+
+def _classes_without_data(g: nx.DiGraph, config: TrainConfig) -> int:
+    """The class count for check, summary and draw: the data's, when its headers can be read
+    (``g.graph["data_facts"]`` keeps them for the data checks), else DEFAULT_CLASSES with a
+    note when a bare classifier depends on it. A data spec that is not even well-formed is an
+    error (a train setting); a dataset that is missing is not, here."""
+    from .train.data import data_facts, parse_spec
+    parse_spec(config.data)
+    try:
+        facts = data_facts(config.data)
+    except NetdslError as err:
+        g.graph["data_unreadable"] = err.message
+        bare = bare_classifiers(g)
+        if bare:
+            g.graph.setdefault("notes", []).append((
+                f"{bare[0].name} has no width and the data cannot be read ({err.message}): "
+                f"assuming {DEFAULT_CLASSES} classes ('run' uses the data's count; write "
+                f"FC(K) to fix it)", bare[0].loc))
+        return DEFAULT_CLASSES
+    g.graph["data_facts"] = facts
+    return facts.num_classes
 
 
 def compile_file(path: str, **kwargs) -> Compiled:

@@ -165,10 +165,11 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
     return g
 
 
-# How far the search for a network input size that fits every layer looks, and on graphs of
-# at most how many nodes (each try is a shape inference that stops at the first misfit).
+# How far the search for a network input size that fits every layer looks, and how much work
+# it may do: each try copies the graph and infers shapes up to the first misfit, so the number
+# of tries shrinks as the graph grows (a 10,000-layer net gets a handful).
 _SEARCH_SPAN = 64
-_SEARCH_MAX_NODES = 5000
+_SEARCH_BUDGET = 100_000      # graph nodes copied over all tries
 
 
 def _suggest_inputs(g: nx.DiGraph, err: NetdslError) -> None:
@@ -176,7 +177,8 @@ def _suggest_inputs(g: nx.DiGraph, err: NetdslError) -> None:
     layer fits (AlexNet at 224 → 227), when the network has one square spatial input."""
     err.searched = True
     sources = [r for r in G.nodes(g) if get(r.op).role == "source"]
-    if len(sources) != 1 or g.number_of_nodes() > _SEARCH_MAX_NODES:
+    tries = min(2 * _SEARCH_SPAN, _SEARCH_BUDGET // max(1, g.number_of_nodes()))
+    if len(sources) != 1 or tries < 2:
         return
     shape = sources[0].attrs.get("shape")
     if not isinstance(shape, tuple) or len(shape) != 3 or shape[0] != shape[1]:
@@ -185,8 +187,9 @@ def _suggest_inputs(g: nx.DiGraph, err: NetdslError) -> None:
     for delta in range(1, _SEARCH_SPAN + 1):
         for side in (shape[0] - delta, shape[0] + delta):
             key = "below" if side < shape[0] else "above"
-            if key in found or side < 1:
+            if key in found or side < 1 or tries <= 0:
                 continue
+            tries -= 1
             trial = G.copy_graph(g)
             G.node(trial, sources[0].name).attrs["shape"] = (side, side, shape[2])
             try:
