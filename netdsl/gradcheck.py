@@ -77,6 +77,24 @@ def _test_params(rng, specs: dict) -> dict:
     return params
 
 
+def layer_inputs(spec, attrs: dict, shapes, rng: np.random.Generator, batch: int = BATCH) -> list:
+    """Valid float64 inputs for a layer test: the spec's ``make_inputs`` when random values are
+    not valid (switch indices), else :func:`distinct_values` (no ties, no kinks at 0)."""
+    if spec.make_inputs is not None:
+        return list(spec.make_inputs(rng, attrs, shapes, batch))
+    return [distinct_values(rng, (batch,) + tuple(s)) for s in shapes]
+
+
+def layer_labels(spec, shapes, rng: np.random.Generator, batch: int = BATCH):
+    """Labels for a loss: one class index per position of the logits but the class axis
+    ((N,) for (K,) logits, (N, H, W) for H×W×K), else None."""
+    if spec.role != "loss":
+        return None
+    return rng.integers(0, shapes[0][-1], size=(batch,) + tuple(shapes[0][:-1]))
+
+
+
+
 def check_layer(spec_name: str, attrs: dict | None = None, in_shapes=None, seed: int = 0,
                 training: bool = True) -> dict[str, float]:
     """Compare a layer's backward with finite differences of L = Σ out·R (R fixed, random).
@@ -93,11 +111,9 @@ def check_layer(spec_name: str, attrs: dict | None = None, in_shapes=None, seed:
         return {}  # nothing flows into a source: no gradient to check
     out_shape = spec.infer_shape(bound, shapes)
     rng = np.random.default_rng(seed)
-    inputs = [distinct_values(rng, (BATCH,) + s) for s in shapes]
+    inputs = layer_inputs(spec, bound, shapes, rng)
     params = _test_params(rng, spec.params(bound, shapes))
-    labels = None
-    if spec.role == "loss":
-        labels = rng.integers(0, shapes[0][-1], size=BATCH)
+    labels = layer_labels(spec, shapes, rng)
     outs = out_shape if spec.outputs > 1 else (out_shape,)
     weights = [rng.normal(size=(() if len(s) == 0 else (BATCH,) + tuple(s))) for s in outs]
 
@@ -113,11 +129,18 @@ def check_layer(spec_name: str, attrs: dict | None = None, in_shapes=None, seed:
         return float(sum(np.sum(o * r) for o, r in zip(as_tuple(out), weights)))
 
     out, cache = spec.forward(ctx(), bound, params, inputs)
-    dout = tuple(weights) if spec.outputs > 1 else weights[0]
+    # Integer outputs (switches) are piecewise constant: they get no gradient (None), and the
+    # objective still includes them, so a forward that let them vary with x would show.
+    dout = tuple(w if np.issubdtype(o.dtype, np.floating) else None
+                 for w, o in zip(weights, as_tuple(out)))
+    dout = dout if spec.outputs > 1 else dout[0]
     dinputs, dparams = spec.backward(ctx(), bound, params, cache, dout)
     errors = {}
     for i, x in enumerate(inputs):
-        errors[f"input{i}"] = relative_error(dinputs[i], numeric_grad(objective, x))
+        if not np.issubdtype(x.dtype, np.floating):
+            continue  # indices (switches) are not differentiable
+        analytic = np.zeros(x.shape) if dinputs[i] is None else dinputs[i]
+        errors[f"input{i}"] = relative_error(analytic, numeric_grad(objective, x))
     for name, ps in spec.params(bound, shapes).items():
         if ps.trainable:
             errors[name] = relative_error(dparams[name], numeric_grad(objective, params[name]))

@@ -112,6 +112,15 @@ class LayerSpec:
     downsamples: bool = False                   # counts as a pooling step for the width rule
     train_only: bool = False                    # an identity at inference (dropout)
     resolve: Callable | None = None             # (attrs, info) -> attrs, fills AUTO args
+    output_names: tuple[str, ...] = ()          # names of the outputs, e.g. ("out", "switches")
+    examples: tuple[dict, ...] = ()             # more examples (same form as ``example``)
+    random_example: Callable | None = None      # (rng) -> a random valid example, for tests
+    reference: Callable | None = None           # (attrs, params, inputs) -> out: naive loops
+    make_inputs: Callable | None = None         # (rng, attrs, in_shapes, batch) -> valid inputs
+
+    def all_examples(self) -> tuple[dict, ...]:
+        """``example`` followed by ``examples``: what the generic tests run."""
+        return (self.example,) + tuple(self.examples) if self.example else tuple(self.examples)
 
     @property
     def multi_input(self) -> bool:

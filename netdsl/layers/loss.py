@@ -1,5 +1,11 @@
-"""Softmax cross-entropy loss: logits (K,) and integer labels → one scalar for the batch."""
+"""Losses: logits and integer labels (in ``ctx.labels``) → one scalar for the batch.
+
+softmax_xent (flat (K,) logits), softmax_xent2d (H×W×K logits, one label per position: dense
+prediction / segmentation) and svm_loss (the multi-class hinge loss of cs231n).
+"""
 from __future__ import annotations
+
+import math
 
 from ..errors import NetdslError, ShapeError
 from .base import Arg, LayerSpec, register, shape_str
@@ -57,3 +63,115 @@ register(LayerSpec(
               minimum=0),),
     infer_shape=_xent_shape, forward=_xent_forward, backward=_xent_backward, role="loss",
     label=("weight",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(4,)]}))
+
+
+# --------------------------------------------------------------------------------------------
+# Shared label handling
+
+def _labels(ctx, op: str, want_shape, k: int):
+    """ctx.labels as int64 of ``want_shape`` (batch first), every value in 0..k−1."""
+    xp = ctx.xp
+    if ctx.labels is None:
+        raise NetdslError(f"{op}: no labels were given for the batch")
+    labels = xp.asarray(ctx.labels).astype(xp.int64, copy=False)
+    if labels.size != math.prod(want_shape):
+        raise NetdslError(f"{op}: labels of shape {tuple(labels.shape)} for logits needing "
+                          f"{tuple(want_shape)}",
+                          hint="a per-position loss needs one label per pixel (N×H×W)"
+                          if len(want_shape) > 1 else None)
+    labels = labels.reshape(want_shape)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= k:
+        raise NetdslError(f"{op}: label {high if high >= k else low} is outside 0..{k - 1} "
+                          f"for {k} logits",
+                          hint="the last layer must have as many outputs as the data has classes")
+    return labels
+
+
+# --------------------------------------------------------------------------------------------
+# softmax_xent2d: per-position softmax cross-entropy
+
+def _xent2d_shape(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    if len(shape) != 3:
+        raise ShapeError(f"softmax_xent2d needs H×W×K logits, got {shape_str(shape)}",
+                         hint="use softmax_xent for flat (K,) logits; a 1×1 conv with K "
+                              "filters gives per-position logits")
+    if shape[2] < 2:
+        raise ShapeError(f"softmax_xent2d needs at least 2 classes, got {shape[2]}")
+    return ()
+
+
+def _xent2d_forward(ctx, attrs, params, inputs):
+    xp, logits = ctx.xp, inputs[0]
+    n, h, w, k = logits.shape
+    labels = _labels(ctx, "softmax_xent2d", (n * h * w,), k)
+    flat = logits.reshape(-1, k)
+    shifted = flat - flat.max(axis=1, keepdims=True)
+    exp = xp.exp(shifted)
+    total = exp.sum(axis=1, keepdims=True)
+    log_p = shifted[xp.arange(flat.shape[0]), labels] - xp.log(total[:, 0])
+    loss = -attrs["weight"] * log_p.mean()  # mean over N·H·W positions
+    return xp.asarray(loss, dtype=logits.dtype), (exp / total, labels, logits.shape)
+
+
+def _xent2d_backward(ctx, attrs, params, cache, dout):
+    probs, labels, shape = cache
+    grad = probs.copy()
+    grad[ctx.xp.arange(grad.shape[0]), labels] -= 1
+    grad *= dout * (attrs["weight"] / grad.shape[0])
+    return [grad.reshape(shape)], {}
+
+
+register(LayerSpec(
+    name="softmax_xent2d", doc="Per-position softmax cross-entropy: H×W×K logits, N×H×W labels, "
+    "mean over every position.", aliases=("pixel_xent", "softmax_xent_2d", "pixel_softmax_xent"),
+    args=(Arg("weight", "float", 1.0, doc="multiplies this loss", minimum=0),),
+    infer_shape=_xent2d_shape, forward=_xent2d_forward, backward=_xent2d_backward, role="loss",
+    label=("weight",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(3, 2, 4)]},
+    examples=({"attrs": {"weight": 0.5}, "in_shapes": [(1, 5, 2)]},)))
+
+
+# --------------------------------------------------------------------------------------------
+# svm_loss: multi-class hinge
+
+def _svm_forward(ctx, attrs, params, inputs):
+    xp, scores = ctx.xp, inputs[0]
+    n, k = scores.shape
+    labels = _labels(ctx, "svm_loss", (n,), k)
+    rows = xp.arange(n)
+    margins = scores - scores[rows, labels][:, None] + attrs["margin"]
+    margins[rows, labels] = 0  # the true class is not compared with itself
+    active = margins > 0
+    loss = attrs["weight"] * (margins * active).sum() / n
+    return xp.asarray(loss, dtype=scores.dtype), (active, labels)
+
+
+def _svm_backward(ctx, attrs, params, cache, dout):
+    active, labels = cache
+    n = active.shape[0]
+    grad = active.astype(dout.dtype if hasattr(dout, "dtype") else float)
+    # Each active margin adds +1 to its class and −1 to the true class.
+    grad[ctx.xp.arange(n), labels] = -active.sum(axis=1)
+    grad *= dout * (attrs["weight"] / n)
+    return [grad], {}
+
+
+def _svm_shape(attrs, in_shapes):
+    shape = tuple(in_shapes[0])
+    if len(shape) != 1:
+        raise ShapeError(f"svm_loss needs flat (K,) scores, got {shape_str(shape)}",
+                         hint="put GAP or FC(units=classes) before the loss")
+    if shape[0] < 2:
+        raise ShapeError(f"svm_loss needs at least 2 classes, got {shape[0]}")
+    return ()
+
+
+register(LayerSpec(
+    name="svm_loss", doc="Multi-class SVM (hinge) loss: mean over the batch of "
+    "Σ_{j≠y} max(0, s_j − s_y + margin).", aliases=("hinge", "multiclass_hinge", "svm"),
+    args=(Arg("margin", "float", 1.0, doc="required lead of the true class", minimum=0),
+          Arg("weight", "float", 1.0, doc="multiplies this loss", minimum=0)),
+    infer_shape=_svm_shape, forward=_svm_forward, backward=_svm_backward, role="loss",
+    label=("margin",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(5,)]},
+    examples=({"attrs": {"margin": 0.5, "weight": 2.0}, "in_shapes": [(7,)]},)))

@@ -4,13 +4,15 @@ global average pooling (gap).
 Windows are visited by looping over the KH·KW kernel offsets, each a strided slice of the whole
 padded batch, so Python never loops over pixels or examples. With ``ceil`` rounding the last
 window may run past the padded input; that overhang is filled with −inf (max) or 0 (avg) and
-the average's divisor counts only the padded extent (PyTorch's count_include_pad=True rule).
+the average's divisor counts only the padded extent (PyTorch's count_include_pad=True rule,
+the default); ``count_include_pad=false`` divides by the real pixels of each window instead.
 """
 from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import AUTO, Arg, LayerSpec, out_size, register
 from .structure import pair_attrs, require_spatial
+from . import naive
 
 POOL_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#d1e7dd"}
 
@@ -83,11 +85,15 @@ def _fast_path(x_shape, size, stride, pad, out_hw):
             and out_hw[1] * size[1] == x_shape[2])
 
 
-def _divisor(xp, x_shape, size, stride, pad, out_hw, ext, dtype):
-    """(Ho, Wo, 1) window sizes clipped to the padded input (count_include_pad=True)."""
+def _divisor(xp, x_shape, size, stride, pad, out_hw, ext, dtype, include_pad=True):
+    """(Ho, Wo, 1) window sizes clipped to the padded input (count_include_pad=True) or to the
+    real pixels (False)."""
     h, w = x_shape[1:3]
     inside = xp.zeros((1, ext[0], ext[1], 1), dtype=dtype)
-    inside[:, :h + 2 * pad[0], :w + 2 * pad[1], :] = 1
+    if include_pad:
+        inside[:, :h + 2 * pad[0], :w + 2 * pad[1], :] = 1
+    else:
+        inside[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w, :] = 1
     count = xp.zeros((1, out_hw[0], out_hw[1], 1), dtype=dtype)
     for rows, cols in _offsets(size, stride, out_hw):
         count += inside[:, rows, cols, :]
@@ -106,7 +112,8 @@ def _pool_forward(ctx, attrs, params, inputs):
         out = xp.zeros((n, ho, wo, c), dtype=x.dtype)
         for rows, cols in _offsets(size, stride, (ho, wo)):
             out += xpad[:, rows, cols, :]
-        divisor = _divisor(xp, x.shape, size, stride, pad, (ho, wo), ext, x.dtype)
+        divisor = _divisor(xp, x.shape, size, stride, pad, (ho, wo), ext, x.dtype,
+                           attrs.get("count_include_pad", True))
         out /= divisor
         return out, (x.shape, divisor)
     xpad = _pad_to(xp, x, pad, ext, -xp.inf)
@@ -157,7 +164,21 @@ def _pool_args(kind_default: str):
                 minimum=1),
             Arg("pad", "pair", (0, 0), doc="pixels of padding per side", minimum=0),
             Arg("kind", "str", kind_default, doc="max or avg", choices=("max", "avg")),
-            Arg("ceil", "bool", False, doc="round the output size up (Caffe style)"))
+            Arg("ceil", "bool", False, doc="round the output size up (Caffe style)"),
+            Arg("count_include_pad", "bool", True, doc="avg: padding counts in the divisor "
+                "(PyTorch's default); false: divide by the real pixels only"))
+
+
+def random_pool_example(rng, kinds=("max", "avg")) -> dict:
+    """Random valid pooling arguments and input (windows, strides, pads, ceil, divisor rule)."""
+    size = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    stride = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    pad = tuple(int(rng.integers(0, k // 2 + 1)) for k in size)
+    hw = tuple(int(rng.integers(k, k + 5)) for k in size)
+    return {"attrs": {"size": size, "stride": stride, "pad": pad,
+                      "kind": str(rng.choice(kinds)), "ceil": bool(rng.integers(0, 2)),
+                      "count_include_pad": bool(rng.integers(0, 2))},
+            "in_shapes": [hw + (int(rng.integers(1, 4)),)]}
 
 
 def _pool_spec(name: str, kind: str, aliases: tuple, doc: str) -> LayerSpec:
@@ -169,7 +190,13 @@ def _pool_spec(name: str, kind: str, aliases: tuple, doc: str) -> LayerSpec:
         # Only the generic POOL needs its kind spelt out; MAXPOOL/AVGPOOL say it in the name.
         label=(("kind",) if name == "pool" else ()) + ("size", "stride"),
         downsamples=True, resolve=_resolve_pool,
-        example={"attrs": {"size": 2}, "in_shapes": [(4, 5, 2)]})
+        reference=naive.pool, random_example=random_pool_example,
+        example={"attrs": {"size": 2}, "in_shapes": [(4, 5, 2)]},
+        examples=({"attrs": {"size": 3, "stride": 2, "pad": 1, "ceil": True}, "in_shapes": [(6, 6, 2)]},
+                  {"attrs": {"size": 3, "stride": 1, "pad": 1, "kind": "avg",
+                             "count_include_pad": False}, "in_shapes": [(4, 5, 2)]},
+                  {"attrs": {"size": (3, 2), "stride": (1, 2), "pad": (1, 0)},
+                   "in_shapes": [(4, 5, 1)]}))
 
 
 register(_pool_spec("pool", "max", ("pooling",),
@@ -177,7 +204,8 @@ register(_pool_spec("pool", "max", ("pooling",),
 register(_pool_spec("maxpool", "max", ("max_pool", "maxpool2d"),
                     "Max pooling: the largest value in each window."))
 register(_pool_spec("avgpool", "avg", ("avg_pool", "avgpool2d"),
-                    "Average pooling: the mean of each window (padding counts as zeros)."))
+                    "Average pooling: the mean of each window (padding counts as zeros unless "
+                    "count_include_pad=false)."))
 
 
 # --------------------------------------------------------------------------------------------

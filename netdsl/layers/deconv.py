@@ -1,0 +1,181 @@
+"""Transposed convolution ("deconvolution", U-Net's up-conv, learnable upsampling).
+
+Every input pixel (i, j) adds x[i, j] · W[a, b] at output (i·s − p + a·d, j·s − p + b·d): the
+adjoint of a convolution with the same kernel, stride, pad and dilation, so
+
+    O = (I − 1)·S − 2P + D·(K − 1) + output_padding + 1.
+
+weight (KH, KW, C/groups, F), the conv layout (PyTorch's ConvTranspose2d weight[c, f, a, b] is
+our weight[a, b, c % Cg, g·Fg + f]). Forward is one GEMM per group, (N·H·W, Cg) @ (Cg, KH·KW·Fg),
+then a col2im scatter over the KH·KW kernel offsets; backward is the conv's im2col view of the
+output gradient times W (dx) and xᵀ times the same columns (dW).
+"""
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import REQUIRED, Arg, LayerSpec, ParamSpec, register
+from .conv import CONV_STYLE, _window_view
+from .structure import pair_attrs, require_spatial
+from . import naive
+
+_PAIRS = ("kernel", "stride", "pad", "dilation", "output_padding")
+
+
+def deconv_out_hw(attrs, hw) -> tuple[int, int]:
+    """(Ho, Wo) of a transposed conv on an H×W input; a ShapeError with the arithmetic when
+    output_padding is too large or the size is not positive."""
+    attrs = pair_attrs(attrs, _PAIRS)
+    out = []
+    for size, k, s, p, d, op in zip(hw, *(attrs[n] for n in _PAIRS)):
+        if op >= max(s, d):
+            raise ShapeError(f"deconv: output_padding={op} must be smaller than the stride "
+                             f"({s}) or the dilation ({d})",
+                             detail=f"output_padding < max({s}, {d}) = {max(s, d)}",
+                             hint="output_padding only picks among the sizes a stride-"
+                                  f"{s} conv maps to the same input size")
+        o = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+        if o < 1:
+            raise ShapeError(f"deconv k={k} on {size}-wide input gives a non-positive size",
+                             detail=f"({size} − 1)·{s} − 2·{p} + {d}·({k} − 1) + {op} + 1 = "
+                                    f"{o}".replace("-", "−"),
+                             hint="use less padding")
+        out.append(o)
+    return tuple(out)
+
+
+def _deconv_shape(attrs, in_shapes):
+    h, w, c = require_spatial("deconv", in_shapes[0],
+                              "a transposed conv upsamples a spatial map; it cannot follow FC")
+    groups, filters = attrs["groups"], attrs["filters"]
+    for what, count in (("input channels", c), ("filters", filters)):
+        if count % groups:
+            raise ShapeError(f"deconv: {count} {what} are not divisible by groups={groups}",
+                             detail=f"{count} mod {groups} = {count % groups}",
+                             hint=f"pick groups that divides the {what}")
+    return deconv_out_hw(attrs, (h, w)) + (filters,)
+
+
+def _deconv_params(attrs, in_shapes):
+    (kh, kw), c = pair_attrs(attrs, _PAIRS)["kernel"], in_shapes[0][-1]
+    groups, filters = attrs["groups"], attrs["filters"]
+    # Fans as for the equivalent conv (each output gets KH·KW·Cg/S² inputs on average; the
+    # conv rule keeps he/glorot scales comparable to PyTorch's).
+    specs = {"weight": ParamSpec((kh, kw, c // groups, filters), attrs["init"],
+                                 fan_in=kh * kw * filters // groups, fan_out=kh * kw * c // groups)}
+    if attrs["bias"]:
+        specs["bias"] = ParamSpec((filters,), "zeros")
+    return specs
+
+
+def _deconv_macs(attrs, in_shapes, out_shapes):
+    h, w, c = in_shapes[0]
+    kh, kw = pair_attrs(attrs, _PAIRS)["kernel"]
+    return h * w * c * kh * kw * attrs["filters"] // attrs["groups"]
+
+
+def _geometry(attrs, x_shape):
+    attrs = pair_attrs(attrs, _PAIRS)
+    ho, wo = deconv_out_hw(attrs, x_shape[1:3])
+    ph, pw = attrs["pad"]
+    return attrs, (ho, wo), (ho + 2 * ph, wo + 2 * pw)
+
+
+def _deconv_forward(ctx, attrs, params, inputs):
+    xp, x = ctx.xp, inputs[0]
+    attrs, (ho, wo), (hf, wf) = _geometry(attrs, x.shape)
+    n, h, w, c = x.shape
+    weight, groups = params["weight"], attrs["groups"]
+    kh, kw, cg, f = weight.shape
+    fg = f // groups
+    (sh, sw), (dh, dw), (ph, pw) = attrs["stride"], attrs["dilation"], attrs["pad"]
+    full = xp.zeros((n, hf, wf, f), dtype=x.dtype)
+    rows = x.reshape(n * h * w, c)
+    for g in range(groups):
+        w_g = weight[..., g * fg:(g + 1) * fg].transpose(2, 0, 1, 3).reshape(cg, -1)
+        cols = (rows[:, g * cg:(g + 1) * cg] @ w_g).reshape(n, h, w, kh, kw, fg)
+        for a in range(kh):
+            for b in range(kw):
+                # The canvas is O + 2P = (I − 1)·S + D·(K − 1) + output_padding + 1 tall, so
+                # every offset's strided rows fit.
+                full[:, a * dh:a * dh + sh * (h - 1) + 1:sh, b * dw:b * dw + sw * (w - 1) + 1:sw,
+                     g * fg:(g + 1) * fg] += cols[:, :, :, a, b, :]
+    out = full[:, ph:ph + ho, pw:pw + wo, :]
+    if "bias" in params:
+        out = out + params["bias"]
+    return out, (x,)
+
+
+def _deconv_backward(ctx, attrs, params, cache, dout):
+    xp = ctx.xp
+    (x,) = cache
+    attrs, (ho, wo), (hf, wf) = _geometry(attrs, x.shape)
+    n, h, w, c = x.shape
+    weight, groups = params["weight"], attrs["groups"]
+    kh, kw, cg, f = weight.shape
+    fg = f // groups
+    (ph, pw) = attrs["pad"]
+    dout = dout.astype(weight.dtype, copy=False)
+    grads = {}
+    if "bias" in params:
+        grads["bias"] = dout.sum(axis=(0, 1, 2))
+    # The gradient on the full canvas, zeros where the output was cropped by the padding.
+    canvas = xp.zeros((n, hf, wf, f), dtype=dout.dtype)
+    canvas[:, ph:ph + ho, pw:pw + wo, :] = dout
+    view = _window_view(xp, canvas, (kh, kw), attrs["stride"], attrs["dilation"], (h, w))
+    dx = xp.empty(x.shape, dtype=dout.dtype) if ctx.input_grad else None
+    dweight = xp.empty_like(weight)
+    x_rows = x.reshape(n * h * w, c)
+    for g in range(groups):
+        fs, cs = slice(g * fg, (g + 1) * fg), slice(g * cg, (g + 1) * cg)
+        cols = view[..., fs].reshape(n * h * w, kh * kw * fg)           # one im2col copy
+        dw_g = x_rows[:, cs].T @ cols                                     # (Cg, KH·KW·Fg)
+        dweight[..., fs] = dw_g.reshape(cg, kh, kw, fg).transpose(1, 2, 0, 3)
+        if dx is not None:
+            w_g = weight[..., fs].transpose(0, 1, 3, 2).reshape(-1, cg)  # (KH·KW·Fg, Cg)
+            dx[..., cs] = (cols @ w_g).reshape(n, h, w, cg)
+    grads["weight"] = dweight
+    return [dx], grads
+
+
+def _deconv_random(rng):
+    k = [int(v) for v in rng.integers(1, 4, size=2)]
+    s = [int(v) for v in rng.integers(1, 4, size=2)]
+    d = [int(v) for v in rng.integers(1, 3, size=2)]
+    p = [int(rng.integers(0, dd * (kk - 1) // 2 + 1)) for kk, dd in zip(k, d)]  # keeps O ≥ 2
+    op = [int(rng.integers(0, max(ss, dd))) for ss, dd in zip(s, d)]
+    groups = int(rng.choice([1, 2]))
+    return {"attrs": {"filters": 2 * int(rng.integers(1, 3)), "kernel": tuple(k),
+                      "stride": tuple(s), "pad": tuple(p), "dilation": tuple(d),
+                      "output_padding": tuple(op), "groups": groups,
+                      "bias": bool(rng.integers(0, 2))},
+            "in_shapes": [(int(rng.integers(2, 5)), int(rng.integers(2, 5)), 2 * groups)]}
+
+
+register(LayerSpec(
+    name="deconv", doc="Transposed convolution (learnable upsampling, U-Net's up-conv): "
+    "O = (I − 1)·S − 2P + D·(K − 1) + output_padding + 1.",
+    aliases=("convtranspose", "conv_transpose", "convtranspose2d", "transposed_conv",
+             "transposedconv", "upconv", "up_conv", "deconvolution"),
+    args=(Arg("filters", "int", REQUIRED, doc="number of output channels", minimum=1),
+          Arg("kernel", "pair", (2, 2), doc="kernel size, k or KHxKW", minimum=1),
+          Arg("stride", "pair", (2, 2), doc="upsampling factor (input step)", minimum=1),
+          Arg("pad", "pair", (0, 0), doc="pixels cropped from each side of the output",
+              minimum=0),
+          Arg("output_padding", "pair", (0, 0), doc="extra rows/cols on the bottom/right to "
+              "reach an exact size (< stride)", minimum=0),
+          Arg("dilation", "pair", (1, 1), doc="spacing between kernel taps", minimum=1),
+          Arg("groups", "int", 1, doc="channel groups", minimum=1),
+          Arg("bias", "bool", True, doc="add a learned per-filter bias"),
+          Arg("init", "str", "he", doc="weight initialiser", choices=("he", "glorot", "lecun"))),
+    infer_shape=_deconv_shape, forward=_deconv_forward, backward=_deconv_backward,
+    params=_deconv_params, macs=_deconv_macs, compact=("kernel", "filters"),
+    label=("filters", "kernel", "stride"), style={**CONV_STYLE, "fillcolor": "#9ec5fe"},
+    reference=naive.deconv,
+    example={"attrs": {"filters": 2}, "in_shapes": [(2, 3, 3)]},
+    examples=({"attrs": {"filters": 3, "kernel": 3, "stride": 2, "pad": 1, "output_padding": 1},
+               "in_shapes": [(3, 2, 2)]},
+              {"attrs": {"filters": 4, "kernel": 3, "stride": 1, "pad": 1, "groups": 2,
+                         "dilation": 2}, "in_shapes": [(3, 3, 4)]},
+              {"attrs": {"filters": 2, "kernel": (3, 2), "stride": (3, 1), "output_padding": (2, 0),
+                         "bias": False}, "in_shapes": [(2, 3, 1)]}),
+    random_example=_deconv_random))

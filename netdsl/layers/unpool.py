@@ -1,0 +1,214 @@
+"""Max pooling that remembers where each maximum was (its *switches*), and max-unpooling that
+puts values back there (Zeiler & Fergus's deconvnet, SegNet's decoder).
+
+Switches follow PyTorch's ``return_indices``: for every pooled value, the flat index r·W + c of
+its input pixel within its channel plane, as int64, shape (N, Ho, Wo, C). ``maxunpool`` takes
+(values, switches) and optionally a third tensor whose H×W is the size to restore (SegNet and
+odd sizes need it: 2×2 pooling maps both 4 and 5 to 2); otherwise ``out=HxW`` or PyTorch's
+default (Ho − 1)·S − 2P + K. Positions no switch points at are zero; where overlapping windows
+share a maximum the values add up (the adjoint of max pooling's gradient routing).
+"""
+from __future__ import annotations
+
+from ..errors import NetdslError, ShapeError
+from .base import AUTO, Arg, LayerSpec, out_size, register, shape_str
+from .pooling import (POOL_STYLE, _geometry, _pool_args, _pool_backward, _pool_forward,
+                      _pool_shape, _resolve_pool, random_pool_example)
+from .structure import as_pair, pair_attrs, require_spatial
+from . import naive
+
+
+# --------------------------------------------------------------------------------------------
+# maxpool_switches
+
+def _switch_forward(ctx, attrs, params, inputs):
+    xp, x = ctx.xp, inputs[0]
+    attrs = dict(attrs, kind="max")
+    values, (x_shape, offset) = _pool_forward(ctx, attrs, params, inputs)
+    size, stride, pad, (ho, wo), _ = _geometry(attrs, x.shape)
+    # Window offset (row-major a·KW + b) → input row and column → flat index in the plane.
+    offset = offset.astype(xp.int64)
+    rows = xp.arange(ho, dtype=xp.int64)[None, :, None, None] * stride[0] - pad[0] \
+        + offset // size[1]
+    cols = xp.arange(wo, dtype=xp.int64)[None, None, :, None] * stride[1] - pad[1] \
+        + offset % size[1]
+    switches = rows * x.shape[2] + cols
+    return (values, switches), (x_shape, offset)
+
+
+def _switch_backward(ctx, attrs, params, cache, dout):
+    dvalues = dout[0] if isinstance(dout, tuple) else dout
+    if dvalues is None:  # only the switches are used downstream: they carry no gradient
+        return [None], {}
+    return _pool_backward(ctx, dict(attrs, kind="max"), params, cache, dvalues)
+
+
+def _switch_shape(attrs, in_shapes):
+    out = _pool_shape("maxpool_switches")(dict(attrs, kind="max"), in_shapes)
+    return (out, out)
+
+
+def _switch_random(rng):
+    ex = random_pool_example(rng, ("max",))
+    ex["attrs"] = {k: v for k, v in ex["attrs"].items() if k not in ("kind", "count_include_pad")}
+    return ex
+
+
+register(LayerSpec(
+    name="maxpool_switches", doc="Max pooling with two outputs: the maxima and their switches "
+    "(flat input positions, for maxunpool).",
+    aliases=("maxpool_with_switches", "pool_switches", "maxpool_indices", "switch_pool"),
+    args=tuple(a for a in _pool_args("max") if a.name not in ("kind", "count_include_pad")),
+    infer_shape=_switch_shape, forward=_switch_forward, backward=_switch_backward,
+    outputs=2, output_names=("out", "switches"), compact=("size", "stride"),
+    label=("size", "stride"), style=POOL_STYLE, downsamples=True, resolve=_resolve_pool,
+    reference=naive.pool_switches,
+    random_example=_switch_random,
+    example={"attrs": {"size": 2}, "in_shapes": [(4, 5, 2)]},
+    examples=({"attrs": {"size": 3, "stride": 2, "pad": 1, "ceil": True},
+               "in_shapes": [(6, 5, 2)]},
+              {"attrs": {"size": 3, "stride": 1}, "in_shapes": [(4, 4, 1)]})))
+
+
+# --------------------------------------------------------------------------------------------
+# maxunpool
+
+def _unpool_attrs(attrs) -> dict:
+    attrs = pair_attrs(attrs, ("size", "stride", "pad", "out"))
+    if attrs["stride"] is AUTO:
+        attrs["stride"] = attrs["size"]
+    return attrs
+
+
+def unpool_out_hw(attrs, in_shapes) -> tuple[int, int]:
+    """The H×W maxunpool restores: the third input's, ``out``, or (Ho − 1)·S − 2P + K; a
+    ShapeError with the arithmetic when pooling that size cannot give the values' Ho×Wo."""
+    attrs = _unpool_attrs(attrs)
+    pooled = tuple(in_shapes[0][:2])
+    size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
+    if len(in_shapes) > 2:
+        target, source = tuple(in_shapes[2][:2]), "the third input"
+    elif attrs["out"] != "auto":
+        target, source = tuple(attrs["out"]), "out"
+    else:
+        return tuple((o - 1) * s - 2 * p + k for o, s, p, k in zip(pooled, stride, pad, size))
+    for o, t, k, s, p in zip(pooled, target, size, stride, pad):
+        fits = []
+        for ceil in (False, True):
+            try:
+                fits.append(out_size(t, k, s, p, ceil=ceil, what="maxunpool"))
+            except NetdslError:
+                fits.append(None)
+        if o not in fits:
+            raise ShapeError(
+                f"maxunpool: {source} asks for size {t}, but pooling {t} with k={k}, s={s}, "
+                f"p={p} gives {fits[0]}, not the {o} of the values",
+                detail=f"⌊({t} − {k} + 2·{p})/{s}⌋ + 1 = {fits[0]}",
+                hint="unpool to the size of the tensor that was pooled (pass it as the third "
+                     "input), with the pool's own size, stride and pad")
+    return target
+
+
+def _unpool_shape(attrs, in_shapes):
+    values = require_spatial("maxunpool", in_shapes[0], "maxunpool takes a pooled H×W×C map")
+    if len(in_shapes) < 2 or tuple(in_shapes[1]) != values:
+        got = shape_str(in_shapes[1]) if len(in_shapes) > 1 else "nothing"
+        raise ShapeError(f"maxunpool: the switches must have the values' shape "
+                         f"{shape_str(values)}, got {got}",
+                         hint="pass the second output of the maxpool_switches that made them")
+    if len(in_shapes) > 2:
+        require_spatial("maxunpool", in_shapes[2], "the third input gives the output H×W")
+    for k, p in zip(as_pair(attrs["size"]), as_pair(attrs["pad"])):
+        if p > k // 2:
+            raise ShapeError(f"maxunpool: pad={p} is more than half the window size {k}",
+                             detail=f"pad must be ≤ {k}//2 = {k // 2}", hint="use the pool's pad")
+    h, w = unpool_out_hw(attrs, in_shapes)
+    if h < 1 or w < 1:
+        raise ShapeError(f"maxunpool: output size {h}×{w} is not positive",
+                         hint="give out=HxW or the pooled tensor as a third input")
+    return (h, w, values[2])
+
+
+def _unpool_forward(ctx, attrs, params, inputs):
+    xp = ctx.xp
+    values, switches = inputs[0], inputs[1]
+    n, ho, wo, c = values.shape
+    h, w = unpool_out_hw(attrs, [v.shape[1:] for v in inputs])
+    switches = switches.astype(xp.int64, copy=False)
+    if switches.size and (int(switches.min()) < 0 or int(switches.max()) >= h * w):
+        raise NetdslError(f"maxunpool: a switch points outside the {h}×{w} output",
+                          detail=f"switch values {int(switches.min())}..{int(switches.max())}, "
+                                 f"the plane has {h * w} positions",
+                          hint="unpool with the geometry of the pool that made the switches")
+    # Flat position in the (N, H·W, C) output of every pooled value.
+    index = ((xp.arange(n, dtype=xp.int64)[:, None, None, None] * (h * w) + switches) * c
+             + xp.arange(c, dtype=xp.int64))
+    out = xp.bincount(index.ravel(), weights=values.ravel(), minlength=n * h * w * c)
+    return out.astype(values.dtype, copy=False).reshape(n, h, w, c), (index, len(inputs))
+
+
+def _unpool_backward(ctx, attrs, params, cache, dout):
+    index, n_inputs = cache
+    dvalues = dout.reshape(-1)[index]  # each pooled value moved to one place: read it back
+    return [dvalues] + [None] * (n_inputs - 1), {}
+
+
+def _unpool_make_inputs(rng, attrs, in_shapes, batch):
+    """Values with no ties and switches from a real max pooling of the restored size."""
+    import numpy as np
+    from .base import Ctx
+    h, w = unpool_out_hw(attrs, in_shapes)
+    c = in_shapes[0][2]
+    pool_attrs = _unpool_attrs(attrs)
+    ceil = out_size(h, pool_attrs["size"][0], pool_attrs["stride"][0], pool_attrs["pad"][0],
+                    what="maxunpool") != in_shapes[0][0] or \
+        out_size(w, pool_attrs["size"][1], pool_attrs["stride"][1], pool_attrs["pad"][1],
+                 what="maxunpool") != in_shapes[0][1]
+    x = rng.permutation(batch * h * w * c).reshape(batch, h, w, c).astype(np.float64)
+    (_, switches), _ = _switch_forward(
+        Ctx(xp=np), {"size": pool_attrs["size"], "stride": pool_attrs["stride"],
+                     "pad": pool_attrs["pad"], "ceil": ceil}, {}, [x])
+    values = rng.permutation(switches.size).reshape(switches.shape) / switches.size - 0.5
+    extra = [rng.normal(size=(batch,) + tuple(s)) for s in in_shapes[2:]]
+    return [values, switches] + extra
+
+
+def _unpool_random(rng):
+    ex = random_pool_example(rng, ("max",))
+    h, w, c = ex["in_shapes"][0]
+    a = ex["attrs"]
+    ceil = a["ceil"]
+    pooled = tuple(out_size(i, k, s, p, ceil=ceil, what="maxunpool")
+                   for i, k, s, p in zip((h, w), a["size"], a["stride"], a["pad"]))
+    attrs = {"size": a["size"], "stride": a["stride"], "pad": a["pad"]}
+    shapes = [pooled + (c,), pooled + (c,)]
+    mode = int(rng.integers(0, 3))
+    if mode == 0:
+        shapes.append((h, w, int(rng.integers(1, 3))))
+    elif mode == 1:
+        attrs["out"] = (h, w)
+    elif not ceil:
+        pass  # PyTorch's default size: (Ho − 1)·S − 2P + K
+    else:
+        shapes.append((h, w, 1))
+    return {"attrs": attrs, "in_shapes": shapes}
+
+
+register(LayerSpec(
+    name="maxunpool", doc="Max-unpooling: puts each value back where its switch says, zeros "
+    "elsewhere; inputs values, switches [, a tensor of the size to restore].",
+    aliases=("unpool", "max_unpool", "maxunpool2d", "unpooling"),
+    args=(Arg("size", "pair", (2, 2), doc="the pool's window size", minimum=1),
+          Arg("stride", "pair", AUTO, doc="the pool's stride (default: the size)", minimum=1),
+          Arg("pad", "pair", (0, 0), doc="the pool's padding", minimum=0),
+          Arg("out", "pair", "auto", doc="output HxW (default: the third input's, or "
+              "(Ho−1)·S − 2P + K)", choices=("auto",), minimum=1)),
+    infer_shape=_unpool_shape, forward=_unpool_forward, backward=_unpool_backward,
+    inputs=(2, 3), compact=("size", "stride"), label=("size", "stride"), style=POOL_STYLE,
+    resolve=_resolve_pool, reference=naive.maxunpool, make_inputs=_unpool_make_inputs,
+    example={"attrs": {"size": 2}, "in_shapes": [(2, 2, 2), (2, 2, 2), (5, 4, 1)]},
+    examples=({"attrs": {"size": 2}, "in_shapes": [(2, 3, 2), (2, 3, 2)]},
+              {"attrs": {"size": 3, "stride": 2, "pad": 1, "out": (6, 5)},
+               "in_shapes": [(4, 3, 1), (4, 3, 1)]},
+              {"attrs": {"size": 3, "stride": 1}, "in_shapes": [(2, 3, 2), (2, 3, 2)]}),
+    random_example=_unpool_random))
