@@ -15,20 +15,53 @@ def assert_grads_ok(errors, expect):
         assert err < TOLERANCE, f"{name}: relative error {err:.2e}"
 
 
-def expected_tensors(spec, n_inputs):
-    names = [f"input{i}" for i in range(n_inputs)]
-    return names + [k for k, ps in spec.params(gradcheck.bound_attrs(spec),
-                                               spec.example["in_shapes"]).items()
-                    if ps.trainable]
+def expected_tensors(spec, example):
+    """input{i} for every float input (switch indices are not differentiable), then each
+    trainable parameter."""
+    bound = gradcheck.bound_attrs(spec, example["attrs"])
+    shapes = [tuple(s) for s in example["in_shapes"]]
+    inputs = gradcheck.layer_inputs(spec, bound, shapes, np.random.default_rng(0))
+    names = [f"input{i}" for i, x in enumerate(inputs) if np.issubdtype(x.dtype, np.floating)]
+    return names + [k for k, ps in spec.params(bound, shapes).items() if ps.trainable]
 
 
-@pytest.mark.parametrize("spec", all_specs(), ids=lambda s: s.name)
-def test_example_gradients(spec):
-    errors = check_layer(spec.name)
+RANDOM_GRADCHECKS = 3  # random valid argument sets per spec with a generator (kept small: time)
+
+
+def gradient_cases():
+    cases = []
+    for spec in all_specs():
+        for k, example in enumerate(spec.all_examples()):
+            cases.append(pytest.param(spec, example, id=f"{spec.name}-ex{k}"))
+        if spec.random_example is not None:
+            rng = np.random.default_rng(1000 + sum(map(ord, spec.name)))
+            for k in range(RANDOM_GRADCHECKS):
+                cases.append(pytest.param(spec, spec.random_example(rng),
+                                          id=f"{spec.name}-random{k}"))
+    return cases
+
+
+@pytest.mark.parametrize("spec,example", gradient_cases())
+def test_example_gradients(spec, example):
+    """Float64 finite differences of every float input and trainable parameter, for every
+    example of every layer (groups > 1, dilation, ceil pooling, unpool switches, transposed
+    conv with output_padding are among them) and random valid arguments."""
+    errors = check_layer(spec.name, example["attrs"], example["in_shapes"])
     if spec.role == "source":
         assert errors == {}
         return
-    assert_grads_ok(errors, expected_tensors(spec, len(spec.example["in_shapes"])))
+    assert_grads_ok(errors, expected_tensors(spec, example))
+
+
+def test_gradient_cases_cover_the_brief():
+    """The special cases the registry-wide check must include are among the examples."""
+    def has(name, **want):
+        return any(all(ex["attrs"].get(k) == v for k, v in want.items())
+                   for ex in get(name).all_examples())
+    assert has("conv", groups=2) and has("conv", dilation=2)
+    assert has("pool", ceil=True) and has("maxpool_switches", ceil=True)
+    assert has("deconv", output_padding=1) and has("deconv", groups=2)
+    assert get("maxunpool").make_inputs is not None and len(get("maxunpool").all_examples()) >= 3
 
 
 @pytest.mark.parametrize("name,attrs,in_shapes,expect", [

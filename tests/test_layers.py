@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from netdsl.errors import NetdslError, ShapeError
-from netdsl.gradcheck import bound_attrs
+from netdsl.gradcheck import bound_attrs, layer_inputs, layer_labels
 from netdsl.layers import AUTO, Ctx, ParamSpec, all_specs, bind_args, get, lookup
 from netdsl.layers.init import init_param
 
@@ -23,33 +23,90 @@ def run(name, x, attrs=None, params=None, training=False, labels=None):
 
 # Every spec: metadata and shape rule agreeing with forward
 
+RANDOM_DRAWS = 8  # random valid argument sets per spec that has a generator
+
+
+def all_cases():
+    """(spec, example) for every registered layer: its examples, then random valid ones."""
+    cases = []
+    for spec in all_specs():
+        for k, example in enumerate(spec.all_examples()):
+            cases.append(pytest.param(spec, example, id=f"{spec.name}-ex{k}"))
+        if spec.random_example is not None:
+            rng = np.random.default_rng(sum(map(ord, spec.name)))
+            for k in range(RANDOM_DRAWS):
+                cases.append(pytest.param(spec, spec.random_example(rng),
+                                          id=f"{spec.name}-random{k}"))
+    return cases
+
+
+CASES = all_cases()
+
+
+def test_every_layer_is_covered_by_the_generic_tests():
+    """100% coverage: every registered spec has examples that the generic tests run, every
+    windowed layer draws random valid arguments and every reference is exercised."""
+    covered = {case.values[0].name for case in CASES}
+    assert covered == {spec.name for spec in all_specs()}
+    for spec in all_specs():
+        assert spec.all_examples(), spec.name
+        assert set(spec.output_names) == set() or len(spec.output_names) == spec.outputs
+    windowed = {"conv", "pool", "maxpool", "avgpool", "lrn", "local", "deconv",
+                "maxpool_switches", "maxunpool", "crop"}
+    assert windowed <= {s.name for s in all_specs() if s.random_example is not None}
+    assert windowed <= {s.name for s in all_specs() if s.reference is not None}
+
+
 @pytest.mark.parametrize("spec", all_specs(), ids=lambda s: s.name)
 def test_spec_has_doc_example_style_label(spec):
     assert spec.doc and "\n" not in spec.doc
-    assert set(spec.example) == {"attrs", "in_shapes"}
+    for example in spec.all_examples():
+        assert set(example) == {"attrs", "in_shapes"}
     assert spec.style.get("fillcolor", "").startswith("#")
     arg_names = {a.name for a in spec.args}
     assert set(spec.label) <= arg_names and set(spec.compact) <= arg_names
 
 
-@pytest.mark.parametrize("spec", all_specs(), ids=lambda s: s.name)
-def test_infer_shape_matches_forward(spec):
-    bound = bound_attrs(spec)
-    shapes = [tuple(s) for s in spec.example["in_shapes"]]
+def _forward_case(spec, example, batch=2):
+    """Bound attrs, in/out shapes, float64 params and the forward outputs of one case."""
+    bound = bound_attrs(spec, example["attrs"])
+    shapes = [tuple(s) for s in example["in_shapes"]]
     expected = spec.infer_shape(bound, shapes)
+    rng = np.random.default_rng(7)
     if spec.role == "source":
-        inputs = [RNG.normal(size=(2,) + tuple(bound["shape"]))]
+        inputs = [rng.normal(size=(batch,) + tuple(bound["shape"]))]
     else:
-        inputs = [RNG.normal(size=(2,) + s) for s in shapes]
-    params = {name: init_param(np, RNG, ps, np.float64)
+        inputs = layer_inputs(spec, bound, shapes, rng, batch)
+    params = {name: init_param(np, rng, ps, np.float64)
               for name, ps in spec.params(bound, shapes).items()}
-    labels = RNG.integers(0, shapes[0][-1], size=2) if spec.role == "loss" else None
+    params = {k: v + 0.1 * rng.normal(size=v.shape) for k, v in params.items()}  # no zero bias
+    labels = layer_labels(spec, shapes, rng, batch)
     ctx = Ctx(xp=np, training=True, rng=np.random.default_rng(0), labels=labels)
     out, _ = spec.forward(ctx, bound, params, inputs)
-    want = expected if spec.role == "loss" else (2,) + tuple(expected)
-    assert out.shape == want
+    return bound, shapes, expected, inputs, params, out
+
+
+@pytest.mark.parametrize("spec,example", CASES)
+def test_infer_shape_matches_forward(spec, example):
+    bound, shapes, expected, inputs, params, out = _forward_case(spec, example)
+    outs = out if spec.outputs > 1 else (out,)
+    wants = expected if spec.outputs > 1 else (expected,)
+    assert len(outs) == len(wants) == spec.outputs
+    for o, want in zip(outs, wants):
+        assert o.shape == (tuple(want) if spec.role == "loss" else (2,) + tuple(want))
     if spec.role == "source":
         assert out is inputs[0]
+
+
+@pytest.mark.parametrize("spec,example", [c for c in CASES if c.values[0].reference is not None])
+def test_forward_matches_naive_reference(spec, example):
+    """The fast forward equals the spec's naive-loop definition (float64)."""
+    bound, shapes, expected, inputs, params, out = _forward_case(spec, example)
+    want = spec.reference(bound, params, inputs)
+    outs, wants = (out, want) if spec.outputs > 1 else ((out,), (want,))
+    for o, w in zip(outs, wants):
+        assert o.shape == w.shape
+        np.testing.assert_allclose(o, w, rtol=1e-10, atol=1e-12)
 
 
 def test_aliases_and_compact_notation():
