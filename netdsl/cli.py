@@ -187,11 +187,22 @@ def cmd_run(args) -> int:
 
 
 def _check_heads(g, num_classes: int, data_name: str) -> None:
-    """Every loss head needs at least one logit per class of the data, or training fails."""
+    """Every loss head needs at least one logit per class of the data, or training fails: a
+    flat (K,) vector, or an H×W×K map for a per-position head (softmax_xent2d)."""
     from .graph import losses, node
+    from .layers import get
     for head in losses(g):
         src = node(g, head.inputs[0][0])
         width = src.out_shapes[head.inputs[0][1]]
+        per_position = get(head.op).name == "softmax_xent2d"
+        if per_position and len(width) == 3 and width[2] < num_classes:
+            raise NetdslError(
+                f"{src.name} gives {width[2]} channels per position to the per-pixel loss "
+                f"{head.name}, but {data_name} has {num_classes} classes", src.loc,
+                hint=f"end with a 1×1 conv of {num_classes} filters: CONV(filters={num_classes}, "
+                     "kernel=1)")
+        if per_position:
+            continue  # the loss's own shape rule already demanded H×W×K
         if len(width) != 1 or width[0] < num_classes:
             raise NetdslError(
                 f"{src.name} gives {'×'.join(map(str, width))} outputs to the loss {head.name}, but "

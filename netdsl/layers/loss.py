@@ -105,7 +105,7 @@ def _xent2d_shape(attrs, in_shapes):
 def _xent2d_forward(ctx, attrs, params, inputs):
     xp, logits = ctx.xp, inputs[0]
     n, h, w, k = logits.shape
-    labels = _labels(ctx, "softmax_xent2d", (n * h * w,), k)
+    labels = _labels(ctx, "softmax_xent2d", (n, h, w), k).reshape(-1)
     flat = logits.reshape(-1, k)
     shifted = flat - flat.max(axis=1, keepdims=True)
     exp = xp.exp(shifted)
