@@ -143,6 +143,8 @@ def cmd_layers(args) -> int:
         names = ", ".join((spec.name, *spec.aliases))
         sig = ", ".join(f"{a.name}={_as_written(a.default)}" for a in spec.args)
         print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
+        if spec.outputs > 1:
+            print(f"    outputs: {', '.join(spec.output_names) or spec.outputs}")
     return 0
 
 

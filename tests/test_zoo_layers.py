@@ -297,3 +297,26 @@ def test_check_heads_accepts_a_per_pixel_head_with_enough_channels():
     with pytest.raises(NetdslError, match="3 channels per position .* 10 classes") as info:
         _check_heads(build_segnet(classes=3), 10, "mnist")
     assert "kernel=1" in info.value.hint
+
+
+TINY_UNET = """net tiny_unet
+INPUT(12x12x1) -> e: CONV(4, pad=valid) -> LEAKYRELU -> POOL2 -> LRN(3, alpha_over_n=false)
+  -> LOCAL(4, 1) -> up: DECONV(4, 2)
+  -> concat { @up | crop { @e | @up } } -> CONV(3, 1) -> PIXEL_XENT
+"""
+
+
+def test_new_layers_written_in_the_language_compile_and_train_a_step():
+    from netdsl.compiler import compile_text
+    g = compile_text(TINY_UNET, num_classes=3).graph
+    local = G.node(g, "local1")
+    assert local.out_shapes == ((5, 5, 4),) and local.n_params == 5 * 5 * (4 * 4 + 4)
+    assert G.node(g, "up").out_shapes == ((10, 10, 4),)
+    ex = Executor(g, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 12, 12, 1)), rng.integers(0, 3, (2, 10, 10))
+    first = float(ex.forward(x, y, training=True).loss)
+    assert math.isfinite(first) and first > 0
+    grads = ex.backward()
+    assert {"e", "local1", "up", "conv1"} <= set(grads)
+    assert all(np.isfinite(v).all() for d in grads.values() for v in d.values())
