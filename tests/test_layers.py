@@ -453,3 +453,25 @@ def test_initialisers_statistics():
     assert (init_param(np, rng, ParamSpec((3,), "ones")) == 1).all()
     with pytest.raises(NetdslError, match="unknown initialiser"):
         init_param(np, rng, ParamSpec((3,), "xavier"))
+
+
+@pytest.mark.parametrize("spec,example", [c for c in CASES if c.values[0].role != "source"])
+def test_float32_in_float32_out_and_gradients(spec, example):
+    """Training runs in float32: no layer may silently promote to float64 (forward or back)."""
+    bound = bound_attrs(spec, example["attrs"])
+    shapes = [tuple(s) for s in example["in_shapes"]]
+    rng = np.random.default_rng(5)
+    inputs = [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+              for x in layer_inputs(spec, bound, shapes, rng, 2)]
+    params = {name: init_param(np, rng, ps, np.float32)
+              for name, ps in spec.params(bound, shapes).items()}
+    ctx = Ctx(xp=np, training=True, rng=np.random.default_rng(0),
+              labels=layer_labels(spec, shapes, rng, 2), dtype=np.float32)
+    out, cache = spec.forward(ctx, bound, params, inputs)
+    outs = out if spec.outputs > 1 else (out,)
+    assert outs[0].dtype == np.float32
+    douts = tuple(np.ones_like(o) if np.issubdtype(o.dtype, np.floating) else None for o in outs)
+    dinputs, dparams = spec.backward(ctx, bound, params, cache,
+                                     douts if spec.outputs > 1 else douts[0])
+    for d in list(dinputs) + list(dparams.values()):
+        assert d is None or d.dtype == np.float32
