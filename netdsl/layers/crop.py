@@ -63,6 +63,6 @@ register(LayerSpec(
     args=(Arg("size", "pair", "like", doc="HxW to keep (default: the second input's H×W)",
               choices=("like",), minimum=1),),
     infer_shape=_crop_shape, forward=_crop_forward, backward=_crop_backward, inputs=(1, 2),
-    label=("size",), style=STRUCT_STYLE, reference=naive.crop, random_example=_crop_random,
+    style=STRUCT_STYLE, reference=naive.crop, random_example=_crop_random,  # shape says the size
     example={"attrs": {"size": (2, 3)}, "in_shapes": [(5, 4, 2)]},
     examples=({"attrs": {}, "in_shapes": [(6, 5, 2), (3, 4, 3)]},)))
