@@ -320,3 +320,9 @@ def test_new_layers_written_in_the_language_compile_and_train_a_step():
     grads = ex.backward()
     assert {"e", "local1", "up", "conv1"} <= set(grads)
     assert all(np.isfinite(v).all() for d in grads.values() for v in d.values())
+
+
+def test_lrn_refuses_k_zero():
+    with pytest.raises(ShapeError, match="k must be positive") as info:
+        shape("lrn", {"k": 0.0}, [(4, 4, 8)])
+    assert info.value.hint and info.value.detail

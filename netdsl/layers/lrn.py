@@ -38,9 +38,11 @@ def _lrn_shape(attrs, in_shapes):
     if len(shape) not in (1, 3):
         raise ShapeError(f"lrn normalises across channels of an H×W×C map (or a vector), got "
                          f"{shape_str(shape)}")
-    if attrs["k"] <= 0 and attrs["alpha"] == 0:
-        raise ShapeError("lrn: k = 0 and alpha = 0 divide by zero",
-                         detail=f"k + α·Σa² = {attrs['k']:g} + 0", hint="use k=1 or k=2")
+    if attrs["k"] <= 0:
+        # A window of zeros (common after ReLU) would divide 0 by 0^β.
+        raise ShapeError(f"lrn: k must be positive, got {attrs['k']:g}",
+                         detail="k + α·Σa² = 0 where all n channels are 0",
+                         hint="use k=1 (Caffe, PyTorch) or k=2 (AlexNet)")
     return shape
 
 
