@@ -20,8 +20,8 @@ from . import layers
 from .errors import NetdslError
 from .graph import nodes
 
-MAC_CONVENTION = ("multiply-accumulates of conv and fc layers (bias adds, activations, pooling, "
-                  "normalisation not counted)")
+MAC_CONVENTION = ("multiply-accumulates of conv and fc layers, and of their kin local and deconv "
+                  "(bias adds, activations, pooling, normalisation not counted)")
 ACTIVATION_CONVENTION = ("output elements × batch per layer; the total sums every layer's output, "
                          "as the executor allocates them (the input included)")
 
