@@ -107,7 +107,10 @@ def _node_label(node, spec) -> str:
     shapes = [layers.shape_str(s) for s in (node.out_shapes or (None,))]
     if len(shapes) > 1:
         # Several outputs: a port cell per output so that edges show which one they read.
-        cells = "".join(f'<td port="o{i}">{i}: {_esc(s)}</td>' for i, s in enumerate(shapes))
+        # Cells read by the spec's output names (out, switches), by index without them.
+        names = list(getattr(spec, "output_names", ())) or list(range(len(shapes)))
+        cells = "".join(f'<td port="o{i}">{_esc(names[i])}: {_esc(s)}</td>'
+                        for i, s in enumerate(shapes))
         span = len(shapes)
         return (f'<<table border="0" cellborder="1" cellspacing="0">'
                 f'<tr><td colspan="{span}" border="0">{_small(node.name)}</td></tr>'

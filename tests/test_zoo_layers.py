@@ -326,3 +326,10 @@ def test_lrn_refuses_k_zero():
     with pytest.raises(ShapeError, match="k must be positive") as info:
         shape("lrn", {"k": 0.0}, [(4, 4, 8)])
     assert info.value.hint and info.value.detail
+
+
+def test_diagram_names_the_switch_port():
+    from netdsl.draw import to_dot
+    source = to_dot(build_segnet()).source
+    assert '<td port="o1">switches: 2×2×2</td>' in source
+    assert 'tailport=o1' in source.replace('"', "")   # the unpool reads the switches port
