@@ -22,8 +22,8 @@ def _crop_shape(attrs, in_shapes):
         require_spatial("crop", in_shapes[1], "the second input gives the H×W to crop to")
     elif attrs["size"] == "like":
         raise ShapeError("crop needs a size or a second input",
-                         hint="write CROP(size=56x56), or crop to another tensor: "
-                              "crop(@skip, @up)")
+                         hint="write CROP(size=56x56), or crop to the size of another tensor: "
+                              "crop { @skip | @up }")
     th, tw = crop_hw(attrs, in_shapes)
     if th > h or tw > w:
         raise ShapeError(f"crop: cannot cut {th}×{tw} out of {h}×{w}",
