@@ -333,3 +333,15 @@ def test_diagram_names_the_switch_port():
     source = to_dot(build_segnet()).source
     assert '<td port="o1">switches: 2×2×2</td>' in source
     assert 'tailport=o1' in source.replace('"', "")   # the unpool reads the switches port
+
+
+def test_language_doc_unet_example_compiles_with_its_stated_sizes():
+    """The U-Net example of docs/language.md: the crop really cuts 24×24 to 20×20."""
+    from pathlib import Path
+    from netdsl.compiler import compile_text
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    section = doc.split("### U-Net's up-conv and copy-and-crop")[1]
+    g = compile_text(section.split("```")[1], num_classes=11).graph
+    crop = G.node(g, "crop1")
+    assert crop.in_shapes == ((24, 24, 16), (20, 20, 16)) and crop.out_shapes == ((20, 20, 16),)
+    assert G.node(g, "conv3").out_shapes == ((20, 20, 11),)
