@@ -155,3 +155,12 @@ def test_locally_connected_as_unfold_einsum(kernel, stride, pad):
     gw = wt.grad.numpy().reshape(ho, wo, c, kh, kw, f).transpose(0, 1, 3, 4, 2, 5)
     close(grads["weight"], gw)
     close(grads["bias"], bt.grad)
+
+
+def test_switches_on_ties_are_pytorchs_first_maximum():
+    """ReLU outputs are full of equal zeros: both pick the first maximum in window order."""
+    x = np.maximum(RNG.normal(size=(2, 6, 6, 3)), 0).astype(np.float32)
+    x[0, :2, :2, 0] = 0.0
+    (_, switches), _, _, _ = run("maxpool_switches", {"size": 3, "stride": 2, "pad": 1}, [x])
+    _, it = F.max_pool2d(torch.tensor(x.transpose(0, 3, 1, 2)), 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(switches, nhwc(it))
