@@ -346,3 +346,13 @@ def test_language_doc_unet_example_compiles_with_its_stated_sizes():
     assert crop.in_shapes == ((24, 24, 16), (20, 20, 16)) and crop.out_shapes == ((20, 20, 16),)
     head = G.node(g, G.losses(g)[0].inputs[0][0])
     assert head.out_shapes == ((20, 20, 11),)
+
+
+def test_netdsl_layers_lists_every_layer_and_the_switches_output(capsys):
+    from netdsl.cli import main
+    from netdsl.layers import all_specs
+    assert main(["layers"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split(",")[0] for line in out.splitlines() if not line.startswith(" ")}
+    assert listed == {spec.name for spec in all_specs()}
+    assert "    outputs: out, switches" in out
