@@ -58,8 +58,8 @@ def _deconv_shape(attrs, in_shapes):
 def _deconv_params(attrs, in_shapes):
     (kh, kw), c = pair_attrs(attrs, _PAIRS)["kernel"], in_shapes[0][-1]
     groups, filters = attrs["groups"], attrs["filters"]
-    # Fans as for the equivalent conv (each output gets KH·KW·Cg/S² inputs on average; the
-    # conv rule keeps he/glorot scales comparable to PyTorch's).
+    # PyTorch's fans for ConvTranspose2d (its weight is C × F/groups × KH × KW): fan_in =
+    # F/groups·KH·KW, fan_out = C/groups·KH·KW, so he/glorot scales match a PyTorch model's.
     specs = {"weight": ParamSpec((kh, kw, c // groups, filters), attrs["init"],
                                  fan_in=kh * kw * filters // groups, fan_out=kh * kw * c // groups)}
     if attrs["bias"]:
