@@ -59,9 +59,9 @@ def _deconv_params(attrs, in_shapes):
     (kh, kw), c = pair_attrs(attrs, _PAIRS)["kernel"], in_shapes[0][-1]
     groups, filters = attrs["groups"], attrs["filters"]
     # PyTorch's fans for ConvTranspose2d (its weight is C × F/groups × KH × KW): fan_in =
-    # F/groups·KH·KW, fan_out = C/groups·KH·KW, so he/glorot scales match a PyTorch model's.
+    # F/groups·KH·KW, fan_out = C·KH·KW, so he/glorot scales match a PyTorch model's.
     specs = {"weight": ParamSpec((kh, kw, c // groups, filters), attrs["init"],
-                                 fan_in=kh * kw * filters // groups, fan_out=kh * kw * c // groups)}
+                                 fan_in=kh * kw * filters // groups, fan_out=kh * kw * c)}
     if attrs["bias"]:
         specs["bias"] = ParamSpec((filters,), "zeros")
     return specs
