@@ -164,3 +164,12 @@ def test_switches_on_ties_are_pytorchs_first_maximum():
     (_, switches), _, _, _ = run("maxpool_switches", {"size": 3, "stride": 2, "pad": 1}, [x])
     _, it = F.max_pool2d(torch.tensor(x.transpose(0, 3, 1, 2)), 3, 2, 1, return_indices=True)
     np.testing.assert_array_equal(switches, nhwc(it))
+
+
+def test_transposed_conv_fans_are_pytorchs():
+    spec = get("deconv")
+    bound = bind_args(spec, [], {"filters": 6, "kernel": 3, "groups": 2})
+    ps = spec.params(bound, [(5, 5, 4)])["weight"]
+    layer = torch.nn.ConvTranspose2d(4, 6, 3, groups=2)
+    fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    assert (ps.fan_in, ps.fan_out) == (fan_in, fan_out)
