@@ -36,7 +36,8 @@ def _ours(name, attrs, shapes, batch, rng):
     spec = get(name)
     bound = bind_args(spec, [], attrs)
     bound = spec.resolve(bound, None) if spec.resolve else bound
-    params = {k: init_param(np, rng, ps, np.float32) for k, ps in spec.params(bound, shapes).items()}
+    params = {k: init_param(np, rng, ps, np.float32)
+              for k, ps in spec.params(bound, shapes).items()}
     if spec.make_inputs is not None:
         inputs = [x.astype(np.float32) if x.dtype.kind == "f" else x
                   for x in spec.make_inputs(rng, bound, shapes, batch)]

@@ -82,7 +82,8 @@ register(LayerSpec(
     name="leakyrelu", doc="Leaky ReLU: x for x > 0, slope·x otherwise (slope 0.01 by default).",
     aliases=("leaky_relu", "lrelu"),
     args=(Arg("slope", "float", 0.01, doc="gradient for negative inputs", minimum=0),),
-    infer_shape=_same_shape, forward=_leaky_forward, backward=_leaky_backward, label=("slope",), style=ACT_STYLE, example={"attrs": {"slope": 0.1}, "in_shapes": [(3, 3, 2)]},
+    infer_shape=_same_shape, forward=_leaky_forward, backward=_leaky_backward,
+    label=("slope",), style=ACT_STYLE, example={"attrs": {"slope": 0.1}, "in_shapes": [(3, 3, 2)]},
     examples=({"attrs": {}, "in_shapes": [(5,)]},)))
 register(LayerSpec(
     name="softmax", doc="Softmax over the last axis (channels of each position, or features); "

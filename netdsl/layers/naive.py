@@ -90,7 +90,8 @@ def pool_switches(attrs, params, inputs):
                     for a in range(size[0]):        # window order: row-major, first max wins
                         for e in range(size[1]):
                             r, q = i * stride[0] - pad[0] + a, j * stride[1] - pad[1] + e
-                            if 0 <= r < h and 0 <= q < w and (best is None or x[b, r, q, ch] > best[0]):
+                            inside = 0 <= r < h and 0 <= q < w
+                            if inside and (best is None or x[b, r, q, ch] > best[0]):
                                 best = (x[b, r, q, ch], r * w + q)
                     switches[b, i, j, ch] = best[1]
     return values, switches
