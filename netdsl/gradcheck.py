@@ -93,8 +93,6 @@ def layer_labels(spec, shapes, rng: np.random.Generator, batch: int = BATCH):
     return rng.integers(0, shapes[0][-1], size=(batch,) + tuple(shapes[0][:-1]))
 
 
-
-
 def check_layer(spec_name: str, attrs: dict | None = None, in_shapes=None, seed: int = 0,
                 training: bool = True) -> dict[str, float]:
     """Compare a layer's backward with finite differences of L = Σ out·R (R fixed, random).
@@ -129,8 +127,7 @@ def check_layer(spec_name: str, attrs: dict | None = None, in_shapes=None, seed:
         return float(sum(np.sum(o * r) for o, r in zip(as_tuple(out), weights)))
 
     out, cache = spec.forward(ctx(), bound, params, inputs)
-    # Integer outputs (switches) are piecewise constant: they get no gradient (None), and the
-    # objective still includes them, so a forward that let them vary with x would show.
+    # Integer outputs (switches) are piecewise constant in the inputs: no gradient (None).
     dout = tuple(w if np.issubdtype(o.dtype, np.floating) else None
                  for w, o in zip(weights, as_tuple(out)))
     dout = dout if spec.outputs > 1 else dout[0]
