@@ -53,4 +53,5 @@ register(LayerSpec(
           Arg("init", "str", "he", doc="weight initialiser", choices=("he", "glorot", "lecun"))),
     infer_shape=_fc_shape, forward=_fc_forward, backward=_fc_backward,
     params=_fc_params, macs=_fc_macs, compact=("units",), label=("units",), style=DENSE_STYLE,
-    example={"attrs": {"units": 3}, "in_shapes": [(2, 2, 3)]}))
+    example={"attrs": {"units": 3}, "in_shapes": [(2, 2, 3)]},
+    examples=({"attrs": {"units": 4, "bias": False}, "in_shapes": [(6,)]},)))

@@ -65,4 +65,5 @@ register(LayerSpec(
           Arg("momentum", "float", 0.1, doc="weight of the batch in the running stats",
               minimum=0)),
     infer_shape=_bn_shape, forward=_bn_forward, backward=_bn_backward, params=_bn_params,
-    style=NORM_STYLE, example={"attrs": {}, "in_shapes": [(3, 3, 2)]}))
+    style=NORM_STYLE, example={"attrs": {}, "in_shapes": [(3, 3, 2)]},
+    examples=({"attrs": {}, "in_shapes": [(5,)]},)))

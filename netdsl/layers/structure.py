@@ -181,7 +181,8 @@ register(LayerSpec(
     name="concat", doc="Joins its inputs along channels (maps) or features (vectors).",
     aliases=("cat",), args=(), infer_shape=_concat_shape, forward=_concat_forward,
     backward=_concat_backward, inputs=(2, None), role="join", style=JOIN_STYLE,
-    example={"attrs": {}, "in_shapes": [(3, 3, 2), (3, 3, 3)]}))
+    example={"attrs": {}, "in_shapes": [(3, 3, 2), (3, 3, 3)]},
+    examples=({"attrs": {}, "in_shapes": [(3,), (2,), (4,)]},)))
 
 
 def _add_shape(attrs, in_shapes):
@@ -211,4 +212,5 @@ register(LayerSpec(
     name="add", doc="Element-wise sum of inputs of equal shape (residual joins).",
     aliases=("sum",), args=(), infer_shape=_add_shape, forward=_add_forward,
     backward=_add_backward, inputs=(2, None), role="join", style=JOIN_STYLE,
-    example={"attrs": {}, "in_shapes": [(3, 3, 2), (3, 3, 2)]}))
+    example={"attrs": {}, "in_shapes": [(3, 3, 2), (3, 3, 2)]},
+    examples=({"attrs": {}, "in_shapes": [(4,)] * 3},)))
