@@ -125,6 +125,9 @@ def cmd_summary(args) -> int:
         print(json.dumps(s, indent=2, ensure_ascii=False))
         return 0
     print(format_table(s))
+    if "unplanned" in m:
+        print(f"planned peak memory: not planned ({m['unplanned']})")
+        return 0
     print(f"planned peak memory, batch {args.batch} float32 (activations, caches, workspace"
           f"{', gradients' if m['train_gradient_bytes'] else ''}; weights apart): training step "
           f"{human_bytes(m['train_peak_bytes'])} (at {m['train_peak_at']}), inference "

@@ -275,6 +275,20 @@ def _arena(s: _Sim) -> int:
     return top
 
 
+def _beyond_addressable(g, batch: int, itemsize: int) -> str | None:
+    """Why the graph cannot be planned: the first tensor (a batch of outputs, or a parameter)
+    of more bytes than a 64-bit address space holds; None when every one fits."""
+    limit = 2 ** 63 - 1
+    for rec in nodes(g):
+        for shape in rec.out_shapes or ():
+            if batch * numel(shape) * itemsize > limit:
+                return f"{rec.name}'s output for batch {batch} exceeds 2^63 bytes"
+        for name, ps in (rec.param_specs or {}).items():
+            if numel(ps.shape) * itemsize > limit:
+                return f"{rec.name}.{name} exceeds 2^63 bytes"
+    return None
+
+
 def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:
     """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
     the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:
@@ -282,6 +296,10 @@ def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str =
     from .graph import copy_graph
     from .model import BoundModel
     from .plan import build_plan
+    too_big = _beyond_addressable(g, batch, np.dtype(dtype).itemsize)
+    if too_big:
+        # NumPy cannot even describe such a tensor (no machine could hold it): no plan.
+        return {"batch": batch, "dtype": np.dtype(dtype).name, "unplanned": too_big}
     zero = np.zeros((), dtype=dtype)
     params = {rec.name: {k: np.broadcast_to(zero, ps.shape) for k, ps in rec.param_specs.items()}
               for rec in nodes(g) if rec.param_specs}

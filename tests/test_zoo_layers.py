@@ -357,3 +357,13 @@ def test_netdsl_layers_lists_every_layer_and_the_switches_output(capsys):
     assert listed == {spec.name for spec in all_specs()}
     assert "    outputs: 0 out, 1 switches" in out
 
+
+def test_summary_of_a_net_beyond_any_memory_prints_without_a_plan(tmp_path, capsys):
+    """Found by the fuzzer once the zoo layers joined its vocabulary: a transposed conv with a
+    stride of 2^31 gives a tensor NumPy cannot describe; the summary says so instead of exit 70."""
+    from netdsl.cli import main
+    net = tmp_path / "huge.net"
+    net.write_text("INPUT(12x12x1) -> DECONV(2, 7, 2147483648) -> FC\n")
+    assert main(["summary", str(net)]) == 0
+    assert "planned peak memory: not planned (deconv1's output for batch 1 exceeds 2^63 bytes)" \
+        in capsys.readouterr().out

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..errors import ShapeError
 from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register
 from .structure import pair_attrs, require_set, require_spatial
+from . import naive
 
 CONV_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#cfe2ff"}
 
@@ -202,6 +203,20 @@ def _conv_backward(ctx, attrs, params, cache, dout):
     return [dx], grads
 
 
+def _conv_random(rng):
+    """Random valid conv arguments: kernels, strides, pads, dilations and groups."""
+    k = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    d = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    groups = int(rng.choice([1, 2, 3]))
+    pad = "same" if all(dd * (kk - 1) % 2 == 0 for kk, dd in zip(k, d)) and rng.integers(0, 2) \
+        else tuple(int(rng.integers(0, 3)) for _ in k)
+    hw = tuple(int(rng.integers(dd * (kk - 1) + 1, dd * (kk - 1) + 5)) for kk, dd in zip(k, d))
+    return {"attrs": {"filters": groups * int(rng.integers(1, 3)), "kernel": k, "dilation": d,
+                      "stride": tuple(int(v) for v in rng.integers(1, 3, size=2)), "pad": pad,
+                      "groups": groups, "bias": bool(rng.integers(0, 2))},
+            "in_shapes": [hw + (groups * int(rng.integers(1, 3)),)]}
+
+
 register(LayerSpec(
     name="conv", doc="2-D convolution (NHWC): `filters` kernels of size `kernel`, with bias.",
     aliases=("conv2d", "convolution"),
@@ -220,4 +235,9 @@ register(LayerSpec(
     infer_shape=_conv_shape, forward=_conv_forward, backward=_conv_backward,
     params=_conv_params, macs=_conv_macs, compact=("kernel", "filters"),
     label=("filters", "kernel", "stride", "dilation", "groups"), style=CONV_STYLE,
-    example={"attrs": {"filters": 4, "kernel": 3}, "in_shapes": [(5, 5, 3)]}))
+    reference=naive.conv, random_example=_conv_random,
+    example={"attrs": {"filters": 4, "kernel": 3}, "in_shapes": [(5, 5, 3)]},
+    examples=({"attrs": {"filters": 4, "kernel": 3, "groups": 2, "stride": 2, "pad": 1},
+               "in_shapes": [(5, 4, 4)]},
+              {"attrs": {"filters": 2, "kernel": (3, 2), "dilation": 2, "pad": "valid"},
+               "in_shapes": [(6, 5, 2)]})))
