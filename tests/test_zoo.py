@@ -209,6 +209,7 @@ SMALL = {"alexnet": ("67x67x3", {}), "zfnet": ("64x64x3", {}), "vgg16": ("32x32x
          "inception_small": ("16x16x1", {})}
 
 
+@pytest.mark.slow   # 0.3–17 s per net on the shared machine (VGG's 4096-wide FCs dominate)
 @pytest.mark.parametrize("name", ALL_NETS)
 def test_forward_backward_at_reduced_size(name):
     shape, sets = SMALL[name]

@@ -12,6 +12,8 @@ from netdsl.compiler import compile_file
 from netdsl.executor import Executor
 from netdsl.train.optim import Adam
 
+pytestmark = pytest.mark.slow   # trains (10–40 s each on the shared machine)
+
 
 def _digits():
     datasets = pytest.importorskip("sklearn.datasets")
