@@ -52,7 +52,7 @@ class Executor:
         self.xp, self.dtype = model.xp, model.dtype
         self.passes, self.kernels = passes, kernels
         self.pass_log = model.optimize("train", passes)
-        self.plan = build_plan(model.graph, dtype=self.dtype, kernels=kernels)
+        self.plan = build_plan(model.graph, dtype=self.dtype, kernels=kernels, xp=self.xp)
         self.sources = [i for i, st in enumerate(self.plan) if st.spec.role == "source"]
         self.heads = [i for i, st in enumerate(self.plan) if st.spec.role == "loss"]
         if len(self.sources) != 1:

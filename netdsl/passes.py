@@ -117,9 +117,9 @@ def fuse_activations(g: nx.DiGraph) -> bool:
 
 
 FUSABLE = ("conv", "fc", "batchnorm")
+"""Producers whose output is a fresh array that no cache of theirs references."""
 FUSED_ACTIVATIONS = ("relu",)
 """Activations a producer may apply to its own output in place (the executor's ``act``)."""
-"""Producers whose output is a fresh array that no cache of theirs references."""
 
 
 def _prune_dead(g: nx.DiGraph) -> bool:

@@ -39,19 +39,23 @@ class Step:
     meta: dict = field(default_factory=dict)
 
 
-def resolve_provider(kernels: str) -> str:
-    """'auto' → onednn when that provider can load, else numpy; other names pass through."""
+def resolve_provider(kernels: str, xp=None, dtype=None) -> str:
+    """'auto' → onednn when that provider can run here, else numpy; other names pass through.
+    Delegates to ``netdsl.kernels.resolve`` where the kernels package provides it."""
+    from . import kernels as K
+    resolve = getattr(K, "resolve", None)
+    if resolve is not None:
+        return resolve(kernels, xp, dtype)
     if kernels != "auto":
         return kernels
-    from . import kernels as K
     available = getattr(K, "available", None)
     return "onednn" if available is not None and available("onednn") else "numpy"
 
 
-def build_plan(g, *, dtype, kernels: str = "numpy") -> list[Step]:
-    """The steps of graph ``g`` in topological order, kernels chosen for ``dtype``."""
+def build_plan(g, *, dtype, kernels: str = "numpy", xp=None) -> list[Step]:
+    """The steps of graph ``g`` in topological order, kernels chosen for ``xp``/``dtype``."""
     from .kernels import select
-    provider = resolve_provider(kernels)
+    provider = resolve_provider(kernels, xp, dtype)
     order = G.nodes(g)
     index = {rec.name: i for i, rec in enumerate(order)}
     uses = {rec.name: 0 for rec in order}
