@@ -169,8 +169,12 @@ def cmd_layers(args) -> int:
 def cmd_run(args) -> int:
     from .backend import get_xp
     from .executor import Executor
+    from .graph import nodes
+    from .memory_estimate import check_fits, device_available_bytes, estimate_run_bytes
     from .train.data import load_dataset
-    from .train.loop import Trainer, default_out_dir
+    from .train.fingerprint import graph_fingerprint
+    from .train.loop import Interrupted, Trainer, check_same_network, default_out_dir
+    from .train.rundir import open_run_dir
     cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
     c = _compile(args, cli_train=cli_train, need_data=True)
@@ -179,31 +183,56 @@ def cmd_run(args) -> int:
         _check_data(c)
     finally:
         _print_warnings(g)
-    xp = get_xp(args.device)
-    ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
-    if len(ex.input_shape) == 1 and cfg.augment != "none":
+    if args.resume:   # a missing file or another network: refused before any other work
+        check_same_network(g, args.resume)
+    flat = next(n.out_shape for n in nodes(g) if not n.inputs)
+    if len(flat) == 1 and cfg.augment != "none":
         raise NetdslError(f"augment = {cfg.augment} needs images, but the input is flat "
-                          f"({ex.input_shape[0]} values)",
+                          f"({flat[0]} values)",
                           hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
-    data = load_dataset(cfg.data, input_shape=ex.input_shape, holdout=cfg.holdout)
-    _check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
+    # Checked and locked before any data is read or weight made: a bad --out costs nothing.
     out_dir = args.out or default_out_dir(g.graph["name"])
-    from .graph import nodes
-    n_params = sum(n.n_params for n in nodes(g))
-    print(f"{g.graph['name']}: {n_params:,} parameters, input {'×'.join(map(str, ex.input_shape))}, "
-          f"data {data.name} ({len(data.x_train)} train / {len(data.x_test)} {data.test_name}), "
-          f"{cfg.optimizer} lr {cfg.lr} {cfg.schedule}, batch {cfg.batch_size}, "
-          f"{'GPU' if xp.__name__ == 'cupy' else 'CPU'}, checkpoints in {out_dir}/")
-    source_text = g.graph["source"].text
-    trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
-                      meta={"network": g.graph["name"], "source": source_text,
-                            "params": {k: str(v) for k, v in g.graph["params"].items()}})
-    if args.resume:
-        trainer.resume(args.resume)
-    try:
-        result = trainer.run()
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    with open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite) as run_dir:
+        for name in run_dir.removed_temps:
+            print(f"netdsl: removed {os.path.join(out_dir, name)}, left by an interrupted save",
+                  file=sys.stderr)
+        xp = get_xp(args.device)
+        on_gpu = xp.__name__ == "cupy"
+        size = dict(optimizer=cfg.optimizer, momentum=cfg.momentum, passes=args.passes,
+                    weight_decay=cfg.weight_decay, batch_size=cfg.batch_size)
+        available = device_available_bytes(xp)   # measured before the data takes its share
+        check_fits(estimate_run_bytes(g, **size), available=available,
+                   what=f"training {g.graph['name']} at batch {cfg.batch_size}")
+        input_shape = next(n.out_shape for n in nodes(g) if not n.inputs)
+        data = load_dataset(cfg.data, input_shape=input_shape, holdout=cfg.holdout)
+        _check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
+        if not on_gpu:   # on a GPU the dataset stays in host memory, the rest on the device
+            check_fits(estimate_run_bytes(g, **size, input_shape=input_shape,
+                                          dataset_examples=len(data.x_train) + len(data.x_test)),
+                       available=available,
+                       what=f"training {g.graph['name']} on {data.name} at batch "
+                            f"{cfg.batch_size}")
+        ex = Executor(g, xp=xp, seed=cfg.seed, passes=args.passes)
+        n_params = sum(n.n_params for n in nodes(g))
+        print(f"{g.graph['name']}: {n_params:,} parameters, input "
+              f"{'×'.join(map(str, ex.input_shape))}, data {data.name} ({len(data.x_train)} "
+              f"train / {len(data.x_test)} {data.test_name}), {cfg.optimizer} lr {cfg.lr} "
+              f"{cfg.schedule}, batch {cfg.batch_size}, {'GPU' if on_gpu else 'CPU'}, "
+              f"checkpoints in {out_dir}/")
+        # The fingerprint of the network as compiled, not as the training passes rewrote it:
+        # --passes/-O0 change how it runs, not what it is.
+        trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
+                          meta={"network": g.graph["name"], "source": g.graph["source"].text,
+                                "params": {k: str(v) for k, v in g.graph["params"].items()},
+                                "graph": graph_fingerprint(g)})
+        if args.resume:
+            trainer.resume(args.resume)
+        try:
+            result = trainer.run()
+        except Interrupted as stop:
+            return stop.exit_status
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
     n_test = len(data.y_test)
     acc = result["accuracy"]
     print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
@@ -268,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     r.add_argument("--out", metavar="DIR", help="checkpoint directory (default runs/NAME)")
     r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint .npz")
+    r.add_argument("--overwrite", action="store_true",
+                   help="allow a fresh run into an --out that holds a checkpoint; the new run's "
+                        "first save replaces it")
     r.add_argument("--holdout", type=int, help="examples kept for evaluation when the data has "
                                                "no test split (default 20%%)")
     r.add_argument("--seed", type=int)

@@ -22,6 +22,12 @@ class TensorArg:
 
 
 
+def _start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
+    return NetdslError("a chain must start at INPUT or @name", el.loc,
+                       hint="the first element was left out (*0 or a false flag)" if vanished
+                       else "begin with INPUT -> ... or continue from a label with @name -> ...")
+
+
 class BlockCalls:
     """Expanding calls of user blocks (see the module docstring)."""
 

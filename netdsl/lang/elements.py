@@ -13,7 +13,7 @@ from ..errors import NetdslError, did_you_mean
 from ..graph import Node
 from ..layers import LayerSpec, bind_args, get, lookup
 from . import ast
-from .blocks import BlockCalls, TensorArg
+from .blocks import BlockCalls, TensorArg, _start_error
 from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
 from .values import (FAILED, CascadeError, Word, as_count, cascade, evaluate,
@@ -35,12 +35,6 @@ class Target:
     block: ast.BlockDef | None = None
     numbers: tuple = ()            # compact numbers; a str is a parameter name (CONV3-c)
     base: str = ""                 # the name without compact numbers, as written
-
-
-def _start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
-    return NetdslError("a chain must start at INPUT or @name", el.loc,
-                       hint="the first element was left out (*0 or a false flag)" if vanished
-                       else "begin with INPUT -> ... or continue from a label with @name -> ...")
 
 
 class ChainExpander(BlockCalls):

@@ -144,8 +144,9 @@ def _unreadable(path: str, exc: Exception) -> NetdslError:
                             "use an earlier checkpoint")
 
 
-def _read_archive(path: str, f) -> tuple:
-    """The parsed JSON header and all arrays of the open checkpoint file ``f``."""
+def _read_archive(path: str, f, with_arrays: bool = True) -> tuple:
+    """The parsed JSON header and all arrays (none unless ``with_arrays``) of the open
+    checkpoint file ``f``."""
     magic = f.read(len(_NPY_MAGIC))
     # Checked here so that np.load never gets to suggest unpickling a foreign file.
     if magic.startswith(_NPY_MAGIC):
@@ -163,7 +164,8 @@ def _read_archive(path: str, f) -> tuple:
                               f"(it has no '{_HEADER_KEY}' entry)")
         try:
             header = json.loads(str(archive[_HEADER_KEY]))
-            arrays = {key: archive[key] for key in archive.files if key != _HEADER_KEY}
+            arrays = {key: archive[key] for key in archive.files
+                      if key != _HEADER_KEY and with_arrays}
         except Exception as exc:   # a damaged member: zlib/CRC errors, bad .npy header, bad JSON
             raise _unreadable(path, exc) from None
     return header, arrays
@@ -198,6 +200,31 @@ def load_checkpoint(path) -> dict:
     checkpoint, truncated) raises :class:`NetdslError` naming it.
     """
     path = os.fspath(path)
+    header, arrays = _read_checked(path, with_arrays=True)
+    params: dict = {}
+    optimizer_state = dict(header.get("optimizer_scalars", {}))
+    for key, value in arrays.items():
+        if key.startswith((_PARAM_PREFIX, _OPT_PREFIX)) and (
+                value.dtype.kind != "f" or value.dtype.itemsize > 8):
+            raise _damaged(path, f"array '{key}' has dtype {value.dtype}, not float32/float64")
+        if key.startswith(_PARAM_PREFIX):
+            node, _, name = key[len(_PARAM_PREFIX):].rpartition("/")
+            params.setdefault(node, {})[name] = value
+        elif key.startswith(_OPT_PREFIX):
+            optimizer_state[key[len(_OPT_PREFIX):]] = value
+    metrics = dict(header.get("metrics", {}))
+    metrics.setdefault("history", [])
+    return {"params": params, "optimizer_state": optimizer_state, "epoch": header.get("epoch", 0),
+            "step": header.get("step", 0), "metrics": metrics, "meta": header.get("meta", {})}
+
+
+def load_header(path) -> dict:
+    """Only the checked JSON header of a checkpoint (``epoch``, ``step``, ``metrics``,
+    ``meta``, ...): cheap, so the CLI can refuse a mismatched resume before loading data."""
+    return _read_checked(os.fspath(path), with_arrays=False)[0]
+
+
+def _read_checked(path: str, with_arrays: bool) -> tuple:
     if not os.path.exists(path):
         raise NetdslError(f"checkpoint '{path}' does not exist")
     if os.path.isdir(path):
@@ -205,7 +232,7 @@ def load_checkpoint(path) -> dict:
     try:
         # We open the file ourselves: np.load(path) leaks its handle when the zip is damaged.
         with open(path, "rb") as f:
-            header, arrays = _read_archive(path, f)
+            header, arrays = _read_archive(path, f, with_arrays)
     except OSError as exc:
         raise NetdslError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_TAG:
@@ -215,15 +242,51 @@ def load_checkpoint(path) -> dict:
         raise NetdslError(f"checkpoint '{path}' has format version {header['version']}, newer "
                           f"than this netdsl understands ({FORMAT_VERSION})",
                           hint="upgrade netdsl to load it")
+    check_header(header, path)
+    return header, arrays
 
-    params: dict = {}
-    optimizer_state = dict(header.get("optimizer_scalars", {}))
-    for key, value in arrays.items():
-        if key.startswith(_PARAM_PREFIX):
-            node, _, name = key[len(_PARAM_PREFIX):].rpartition("/")
-            params.setdefault(node, {})[name] = value
-        elif key.startswith(_OPT_PREFIX):
-            optimizer_state[key[len(_OPT_PREFIX):]] = value
-    return {"params": params, "optimizer_state": optimizer_state, "epoch": header.get("epoch", 0),
-            "step": header.get("step", 0), "metrics": header.get("metrics", {}),
-            "meta": header.get("meta", {})}
+
+# Far above any real run, far below where int/float conversions or schedules would misbehave.
+MAX_EPOCH, MAX_STEP = 10 ** 9, 2 ** 53
+_ROW_NUMBERS = ("loss", "train_acc", "test_acc", "images_per_s", "lr", "seconds")
+
+
+def _damaged(path: str, why: str) -> NetdslError:
+    return NetdslError(f"checkpoint '{path}' is damaged: {why}",
+                       hint="was the file edited by hand? use the checkpoint as netdsl wrote it, "
+                            "or an earlier one")
+
+
+def _is_count(value, limit: int) -> bool:
+    return type(value) is int and 0 <= value <= limit
+
+
+def check_header(header: dict, path: str) -> None:
+    """Every header field has the type and range netdsl writes; anything else (a hand-edited
+    or corrupted header) is a NetdslError naming the field, never a crash later on. Types
+    first (:func:`_check_header_types`), then the ranges a resumed run relies on."""
+    _check_header_types(path, header)
+    for key, limit in (("epoch", MAX_EPOCH), ("step", MAX_STEP)):
+        if key in header and not _is_count(header[key], limit):
+            raise _damaged(path, f"{key} = {header[key]!r} is not a whole number "
+                                 f"between 0 and {limit}")
+    scalars = header.get("optimizer_scalars", {})
+    if "t" in scalars and not _is_count(scalars["t"], MAX_STEP):
+        raise _damaged(path, f"optimizer step count t = {scalars['t']!r} is not a whole number")
+    if "optimizer" in scalars and not isinstance(scalars["optimizer"], str):
+        raise _damaged(path, f"optimizer = {scalars['optimizer']!r} is not a name")
+
+
+def check_history(history, epochs_done: int, path: str) -> list:
+    """The trainer's ``metrics.history``: one record per finished epoch, numbered 1, 2, …"""
+    if not isinstance(history, list):
+        raise _damaged(path, "metrics.history is not a list")
+    for i, row in enumerate(history):
+        ok = isinstance(row, dict) and _is_count(row.get("epoch"), MAX_EPOCH) and all(
+            isinstance(row.get(k, 0.0), (int, float)) and not isinstance(row.get(k), bool)
+            for k in _ROW_NUMBERS)
+        if not ok or row["epoch"] != i + 1 or "test_acc" not in row:
+            raise _damaged(path, f"metrics.history[{i}] is not an epoch record: {row!r:.80}")
+    if len(history) != epochs_done:
+        raise _damaged(path, f"{len(history)} epoch record(s) for {epochs_done} epoch(s) done")
+    return list(history)
