@@ -16,6 +16,7 @@ INPUT(12x12x1) -> local: [CONV(8) -> RELU] -> POOL2 -> CONV(16) -> RELU -> POOL2
 """
 
 
+@pytest.mark.slow  # trains for 100 steps (about 6 s of CPU)
 def test_per_pixel_digit_segmentation_learns_on_mnist():
     """Each pixel is labelled with its digit's class + 1 where the ink is, 0 elsewhere; after
     100 Adam steps the per-pixel accuracy beats predicting background everywhere."""
