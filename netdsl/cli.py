@@ -44,14 +44,16 @@ def check_int_flags(args) -> None:
 
 
 def _dims(text: str) -> tuple:
+    """--input: HxWxC, HxW (one channel: 28x28 is 28×28×1) or one size (a flat input, 784)."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:
         dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise NetdslError(f"--input expects HxWxC like 32x32x3, got '{text}'")
-    return dims
+    if not 1 <= len(dims) <= 3 or min(dims) < 1 or max(dims) > 1_000_000:
+        raise NetdslError(f"--input expects HxWxC like 32x32x3, HxW like 28x28 (one channel) "
+                          f"or a flat size like 784, got '{text}'")
+    return dims + (1,) if len(dims) == 2 else dims
 
 
 def _split_sets(pairs: list[str]) -> tuple[dict, dict]:
@@ -68,35 +70,45 @@ def _split_sets(pairs: list[str]) -> tuple[dict, dict]:
     return params, train
 
 
-def _compile(args, mode="train", cli_train=None):
+def _compile(args, mode="train", cli_train=None, need_data=False):
     from .compiler import compile_file
     params, train = _split_sets(getattr(args, "set", None))
     train.update({k: v for k, v in (cli_train or {}).items() if v is not None})
-    input_shape = _dims(args.input) if getattr(args, "input", None) else None
-    return compile_file(args.file, overrides=params, cli_train=train, input_shape=input_shape,
-                        mode=mode)
+    override = _dims(args.input) if getattr(args, "input", None) else None
+    return compile_file(args.file, overrides=params, cli_train=train, input_override=override,
+                        mode=mode, need_data=need_data)
 
 
 def _print_warnings(g) -> None:
+    for message, loc in g.graph.get("notes", []):
+        print(f"{loc}: note: {message}" if loc else f"netdsl: note: {message}", file=sys.stderr)
     for message, loc in g.graph.get("warnings", []):
         print(f"{loc}: warning: {message}" if loc else f"netdsl: warning: {message}",
               file=sys.stderr)
 
 
-def _check_data(c) -> None:
-    """Settings and heads against the data's headers, before anything is loaded."""
+def _check_data(c, need_data: bool = True) -> None:
+    """Settings and heads against the data's headers, before anything is loaded. Without
+    ``need_data`` (check) a dataset that cannot be read is noted and these checks skipped:
+    checking a network never needs its data."""
     from .train.config import check_with_data
     from .train.data import data_facts
-    facts = data_facts(c.config.data)
+    if not need_data and "data_unreadable" in c.graph.graph:
+        c.graph.graph.setdefault("notes", []).append((
+            f"the data was not checked: {c.graph.graph['data_unreadable']}", None))
+        return
+    facts = c.graph.graph.get("data_facts") or data_facts(c.config.data)
     check_with_data(c.graph, c.config, facts)
-    _check_heads(c.graph, facts.num_classes, c.config.data)
+    # check on the default dataset (not named by the file): per-pixel heads are not held to it
+    named = need_data or "data" in c.graph.graph.get("train", {}) or c.config.data != "digits"
+    _check_heads(c.graph, facts.num_classes, c.config.data, per_position=named)
 
 
 def cmd_check(args) -> int:
     from .graph import nodes
     c = _compile(args)
     try:
-        _check_data(c)
+        _check_data(c, need_data=False)
     finally:
         _print_warnings(c.graph)
     total = sum(n.n_params for n in nodes(c.graph))
@@ -149,8 +161,11 @@ def cmd_layers(args) -> int:
         names = ", ".join((spec.name, *spec.aliases))
         sig = ", ".join(f"{a.name}={_as_written(a.default)}" for a in spec.args)
         print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
-        if spec.outputs > 1:
-            print(f"    outputs: {', '.join(spec.output_names) or spec.outputs}")
+        outputs = getattr(spec, "output_names", ())
+        if spec.outputs > 1:   # read other outputs as @label.name or @label.index
+            print("    outputs: " + ", ".join(f"{i} {n}" if n else str(i) for i, n in
+                                              enumerate(list(outputs) + [""] * spec.outputs)
+                                              if i < spec.outputs))
     return 0
 
 
@@ -166,7 +181,7 @@ def cmd_run(args) -> int:
     from .train.rundir import open_run_dir
     cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
-    c = _compile(args, cli_train=cli_train)
+    c = _compile(args, cli_train=cli_train, need_data=True)
     g, cfg = c.graph, c.config
     try:
         _check_data(c)
@@ -174,6 +189,11 @@ def cmd_run(args) -> int:
         _print_warnings(g)
     if args.resume:   # a missing file or another network: refused before any other work
         check_same_network(g, args.resume)
+    flat = next(n.out_shape for n in nodes(g) if not n.inputs)
+    if len(flat) == 1 and cfg.augment != "none":
+        raise NetdslError(f"augment = {cfg.augment} needs images, but the input is flat "
+                          f"({flat[0]} values)",
+                          hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
     # Checked and locked before any data is read or weight made: a bad --out costs nothing.
     out_dir = args.out or default_out_dir(g.graph["name"])
     with open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite) as run_dir:
@@ -228,22 +248,23 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _check_heads(g, num_classes: int, data_name: str) -> None:
+def _check_heads(g, num_classes: int, data_name: str, per_position: bool = True) -> None:
     """Every loss head needs at least one logit per class of the data, or training fails: a
-    flat (K,) vector, or an H×W×K map for a per-position head (softmax_xent2d)."""
+    flat (K,) vector, or an H×W×K map for a per-position head (softmax_xent2d). Without
+    ``per_position`` (check on a dataset the file does not name) per-position heads are left
+    alone: the default dataset has no per-pixel labels to hold them against."""
     from .graph import losses, node
     from .layers import get
     for head in losses(g):
         src = node(g, head.inputs[0][0])
         width = src.out_shapes[head.inputs[0][1]]
-        per_position = get(head.op).name == "softmax_xent2d"
-        if per_position and len(width) == 3 and width[2] < num_classes:
-            raise NetdslError(
-                f"{src.name} gives {width[2]} channels per position to the per-pixel loss "
-                f"{head.name}, but {data_name} has {num_classes} classes", src.loc,
-                hint=f"end with a 1×1 conv of {num_classes} filters: CONV(filters={num_classes}, "
-                     "kernel=1)")
-        if per_position:
+        if get(head.op).name == "softmax_xent2d":
+            if per_position and len(width) == 3 and width[2] < num_classes:
+                raise NetdslError(
+                    f"{src.name} gives {width[2]} channels per position to the per-pixel loss "
+                    f"{head.name}, but {data_name} has {num_classes} classes", src.loc,
+                    hint=f"end with a 1×1 conv of {num_classes} filters: "
+                         f"CONV(filters={num_classes}, kernel=1)")
             continue  # the loss's own shape rule already demanded H×W×K
         if len(width) != 1 or width[0] < num_classes:
             raise NetdslError(
@@ -282,10 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="K=V", default=[],
                         help="bind a program parameter (or a train setting such as lr); repeatable")
         if input_flag:
-            sp.add_argument("--input", metavar="HxWxC", help="input shape when INPUT has none")
+            sp.add_argument("--input", metavar="HxWxC",
+                            help="input shape: replaces INPUT's (HxW = one channel, N = flat)")
 
     r = sub.add_parser("run", help="train a network")
-    common(r, input_flag=False)
+    common(r)
     r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)

@@ -21,7 +21,7 @@ from . import graph as G
 from .errors import NetdslError, SourceFile
 from .lang import expand, parse
 from .passes import run_passes
-from .shapes import infer_shapes, resolve_auto
+from .shapes import bare_classifiers, infer_shapes, needs_input_shape, resolve_auto
 from .train.config import TrainConfig, make_config
 
 
@@ -61,10 +61,12 @@ def require_one_input(g: nx.DiGraph) -> None:
                                "or refer back to a layer with @name")
 
 
-def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str = "train"):
+def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str = "train",
+           input_override=None):
     """Stages 3–5 on an expanded graph. Returns the graph and the pass log."""
     require_one_input(g)
-    resolve_auto(g, input_shape=input_shape, num_classes=num_classes)
+    resolve_auto(g, input_shape=input_shape, num_classes=num_classes,
+                 input_override=input_override)
     infer_shapes(g)
     return g, run_passes(g, mode)     # verifies after shape inference, then after each pass
 
@@ -76,18 +78,54 @@ class Compiled:
     pass_log: list
 
 
+# The class count assumed by `check`, `summary` and `draw` for a classifier whose last FC is
+# bare, when the input shape is known without the dataset (the dataset decides at `run`).
+DEFAULT_CLASSES = 10
+
+
 def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_shape=None,
-                   num_classes=None, mode: str = "train") -> Compiled:
-    """The whole pipeline. ``input_shape``/``num_classes`` default to the configured dataset's."""
+                   num_classes=None, mode: str = "train", input_override=None,
+                   need_data: bool = True) -> Compiled:
+    """The whole pipeline. ``input_shape`` fills a bare INPUT; ``input_override`` (``--input``)
+    replaces any INPUT's shape, with a note when the file fixed another. ``input_shape`` and
+    ``num_classes`` default to the configured dataset's; with ``need_data=False`` (check,
+    summary, draw) the dataset is read only when the input shape is known no other way, and a
+    bare classifier is given DEFAULT_CLASSES units, with a note."""
     g = build_graph(source, overrides)
     config = train_config(g, cli_train)
-    if input_shape is None or num_classes is None:
+    shape_known = input_override is not None or input_shape is not None or not needs_input_shape(g)
+    if not need_data and shape_known and num_classes is None:
+        num_classes = _classes_without_data(g, config)
+    if (input_shape is None and not shape_known) or num_classes is None:
         from .train.data import dataset_info
         native, classes = dataset_info(config.data)
         input_shape = input_shape or native
         num_classes = num_classes or classes
-    g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode)
+    g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode,
+                    input_override=input_override)
     return Compiled(g, config, log)
+
+
+def _classes_without_data(g: nx.DiGraph, config: TrainConfig) -> int:
+    """The class count for check, summary and draw: the data's, when its headers can be read
+    (``g.graph["data_facts"]`` keeps them for the data checks), else DEFAULT_CLASSES with a
+    note when a bare classifier depends on it. A data spec that is not even well-formed is an
+    error (a train setting); a dataset that is missing is not, here."""
+    from .train.data import data_facts, parse_spec
+    parse_spec(config.data)
+    try:
+        facts = data_facts(config.data)
+    except NetdslError as err:
+        g.graph["data_unreadable"] = err.message
+        bare = bare_classifiers(g)
+        if bare:
+            g.graph.setdefault("notes", []).append((
+                f"{bare[0].name} has no width and the data cannot be read ({err.message}): "
+                f"assuming {DEFAULT_CLASSES} classes ('run' uses the data's count; write "
+                f"FC(K) to fix it)", bare[0].loc))
+        return DEFAULT_CLASSES
+    g.graph["data_facts"] = facts
+    return facts.num_classes
 
 
 def compile_file(path: str, **kwargs) -> Compiled:

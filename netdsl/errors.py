@@ -8,6 +8,7 @@ arithmetic that failed, when there is some) and how it might be fixed. The CLI p
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 
 
@@ -18,10 +19,15 @@ class SourceFile:
     path: str
     text: str
 
-    def line(self, lineno: int) -> str:
+    @functools.cached_property
+    def _lines(self) -> list[str]:
         # Split on \n only, as the parser counts lines: splitlines() would also break at form
-        # feeds and U+2028, shifting every later line.
-        lines = self.text.split("\n")
+        # feeds and U+2028, shifting every later line. Split once: the parser asks per
+        # construct, and splitting per call made long multi-line files quadratic.
+        return self.text.split("\n")
+
+    def line(self, lineno: int) -> str:
+        lines = self._lines
         return lines[lineno - 1].rstrip("\r") if 0 < lineno <= len(lines) else ""
 
 
@@ -52,9 +58,18 @@ class NetdslError(Exception):
         self.loc = loc
         self.detail = detail
         self.hint = hint
+        self.others: list[NetdslError] = []   # further independent errors of the same file
 
     def render(self) -> str:
-        """The error as the CLI prints it: `file:line:col: error: ...`, source line, caret, hint."""
+        """The error as the CLI prints it: `file:line:col: error: ...`, source line, caret, hint;
+        then each further independent error the same way, and how many there are in all."""
+        parts = [self._render_one()] + [e._render_one() for e in self.others[:MAX_SHOWN - 1]]
+        if self.others:
+            more = len(self.others) + 1 - len(parts)
+            parts.append(f"{len(self.others) + 1} errors" + (f" ({more} not shown)" if more else ""))
+        return "\n".join(parts)
+
+    def _render_one(self) -> str:
         head = f"{self.loc}: error: {self.message}" if self.loc else f"netdsl: error: {self.message}"
         out = [head]
         if self.loc and self.loc.source:
@@ -73,6 +88,17 @@ class NetdslError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+# How many errors of one file are shown at once; the rest are counted.
+MAX_SHOWN = 20
+
+
+def combined(errors: list[NetdslError]) -> NetdslError:
+    """The first error, carrying the others (see :meth:`NetdslError.render`)."""
+    first = errors[0]
+    first.others = list(errors[1:])
+    return first
 
 
 class ShapeError(NetdslError):

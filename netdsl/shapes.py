@@ -12,6 +12,7 @@ import networkx as nx
 from . import graph as G
 from .errors import NetdslError
 from .layers import AUTO, bind_args, get, numel, shape_str
+from .layers.base import ROUNDING
 
 DEFAULT_WIDTH = 64        # VGG: conv1 has 64 filters ...
 DEFAULT_MAX_WIDTH = 512   # ... doubling after each pool, capped at 512
@@ -23,6 +24,31 @@ def _setting(g, key, default):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise NetdslError(f"parameter {key} must be a positive whole number, got {value!r}")
     return value
+
+
+def _fix_source(g, rec, override) -> None:
+    """``--input`` replaces a written INPUT shape (with a note); a written shape of rank 2 gains
+    its one channel; other ranks are refused at the INPUT."""
+    attrs = rec.attrs
+    if override is not None:
+        new = _source_shape(rec, override, written=False)
+        if attrs["shape"] is not AUTO and tuple(attrs["shape"]) != new:
+            g.graph.setdefault("notes", []).append((
+                f"--input {'x'.join(map(str, new))} replaces the file's INPUT("
+                f"{'x'.join(map(str, attrs['shape']))})", rec.loc))
+        attrs["shape"] = new
+    elif attrs["shape"] is not AUTO:
+        attrs["shape"] = _source_shape(rec, attrs["shape"], written=True)
+
+
+def _rounding(g) -> str:
+    """The file's default rounding of windowed layers: ``param ROUND = floor`` (or --set)."""
+    value = g.graph.get("params", {}).get("ROUND", "exact")
+    if not isinstance(value, str) or value.lower() not in ROUNDING:
+        raise NetdslError(f"parameter ROUND must be one of {', '.join(ROUNDING)}, got {value!r}",
+                          g.graph.get("param_locs", {}).get("ROUND"),
+                          hint="ROUND says how windowed layers round a size that is not whole")
+    return value.lower()
 
 
 def _reaches_loss_without_weights(g, name) -> bool:
@@ -44,7 +70,33 @@ def _reaches_loss_without_weights(g, name) -> bool:
     return False
 
 
-def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10) -> nx.DiGraph:
+def needs_input_shape(g: nx.DiGraph) -> bool:
+    """True when some source layer's shape is not written (it comes from the dataset)."""
+    return any(get(rec.op).role == "source" and rec.attrs.get("shape") is AUTO
+               for rec in G.nodes(g))
+
+
+def bare_classifiers(g: nx.DiGraph) -> list:
+    """The nodes whose ``units`` will be the number of classes (a bare FC before a loss)."""
+    return [rec for rec in G.nodes(g)
+            if rec.attrs.get("units") is AUTO and _reaches_loss_without_weights(g, rec.name)]
+
+
+def _source_shape(rec, shape, written: bool) -> tuple:
+    """An input shape of rank 1 (flat, FC-only nets), 2 (H×W, one channel) or 3 (H×W×C)."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) == 2:
+        return dims + (1,)
+    if len(dims) in (1, 3):
+        return dims
+    where = "INPUT(...)" if written else "the input shape"
+    raise NetdslError(f"{where} has {len(dims)} dimensions: {'x'.join(map(str, dims))}",
+                      rec.loc, hint="write H×W×C (32x32x3), H×W for one channel (28x28), "
+                                    "or one size for a flat input (784)")
+
+
+def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
+                 input_override=None) -> nx.DiGraph:
     """Fill every AUTO argument, by argument name so that future layers share the rules:
 
     * ``shape`` of a source layer: ``input_shape`` (the dataset's image shape or ``--input``);
@@ -52,6 +104,7 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10) -> n
     * ``units``: the number of classes when the layer feeds a loss directly, else HIDDEN;
     * anything else: the spec's own ``resolve(attrs, info)`` hook.
     """
+    rounding = _rounding(g)
     width = _setting(g, "WIDTH", DEFAULT_WIDTH)
     max_width = _setting(g, "MAX_WIDTH", DEFAULT_MAX_WIDTH)
     hidden = _setting(g, "HIDDEN", DEFAULT_HIDDEN)
@@ -61,13 +114,23 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10) -> n
         before = max((pools[src] for src, _ in rec.inputs), default=0)
         pools[rec.name] = before + (1 if spec.downsamples else 0)
         attrs = rec.attrs
+        if spec.role == "source" and "shape" in attrs:
+            _fix_source(g, rec, input_override)
         if not any(v is AUTO for v in attrs.values()):
             continue
         if attrs.get("shape") is AUTO and spec.role == "source":
             if input_shape is None:
                 raise NetdslError("INPUT has no shape", rec.loc,
                                   hint="write it like INPUT(32x32x3), or pass --input HxWxC or --data")
-            attrs["shape"] = tuple(int(d) for d in input_shape)
+            attrs["shape"] = _source_shape(rec, input_shape, written=False)
+        if attrs.get("ceil") is True and attrs.get("round") not in (AUTO, "ceil"):
+            raise NetdslError(f"{rec.op}: ceil=true and round={attrs['round']} disagree",
+                              rec.loc, hint="ceil=true is round=ceil: keep one of them")
+        if attrs.get("round") is AUTO:
+            # The file's ROUND where the layer offers it (ROUND = ceil: pools round up, convs,
+            # which offer no ceil, round down as in Caffe).
+            choices = next(a.choices for a in spec.args if a.name == "round")
+            attrs["round"] = rounding if rounding in choices else "floor"
         if attrs.get("filters") is AUTO:
             attrs["filters"] = min(width * 2 ** before, max_width)
         if attrs.get("units") is AUTO:
@@ -90,11 +153,60 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
     A ``residual { body }`` add whose body changed the shape gets its projection shortcut
     inserted here, on the way, because the add's own shape rule needs it.
     """
-    for rec in G.nodes(g):
-        if rec.meta.get("residual") == "auto" and not rec.meta.get("projected"):
-            _project_shortcut(g, rec)
-        _infer_node(g, rec)
+    try:
+        for rec in G.nodes(g):
+            if rec.meta.get("residual") == "auto" and not rec.meta.get("projected"):
+                _project_shortcut(g, rec)
+            _infer_node(g, rec)
+    except NetdslError as err:
+        if getattr(err, "rounding_error", None) and not getattr(err, "searched", False):
+            _suggest_inputs(g, err)
+        raise
     return g
+
+
+# How far the search for a network input size that fits every layer looks, and how much work
+# it may do: each try copies the graph and infers shapes up to the first misfit, so the number
+# of tries shrinks as the graph grows (a 10,000-layer net gets a handful).
+_SEARCH_SPAN = 64
+_SEARCH_BUDGET = 100_000      # graph nodes copied over all tries
+
+
+def _suggest_inputs(g: nx.DiGraph, err: NetdslError) -> None:
+    """Replace a misfit's layer-level hint by the nearest network input sizes with which every
+    layer fits (AlexNet at 224 → 227), when the network has one square spatial input."""
+    err.searched = True
+    sources = [r for r in G.nodes(g) if get(r.op).role == "source"]
+    tries = min(2 * _SEARCH_SPAN, _SEARCH_BUDGET // max(1, g.number_of_nodes()))
+    if len(sources) != 1 or tries < 2:
+        return
+    shape = sources[0].attrs.get("shape")
+    if not isinstance(shape, tuple) or len(shape) != 3 or shape[0] != shape[1]:
+        return
+    found = {}
+    for delta in range(1, _SEARCH_SPAN + 1):
+        for side in (shape[0] - delta, shape[0] + delta):
+            key = "below" if side < shape[0] else "above"
+            if key in found or side < 1 or tries <= 0:
+                continue
+            tries -= 1
+            trial = G.copy_graph(g)
+            G.node(trial, sources[0].name).attrs["shape"] = (side, side, shape[2])
+            try:
+                for rec in G.nodes(trial):
+                    if rec.meta.get("residual") == "auto" and not rec.meta.get("projected"):
+                        _project_shortcut(trial, rec)
+                    _infer_node(trial, rec)
+            except NetdslError:
+                continue
+            found[key] = side
+        if len(found) == 2:
+            break
+    if not found:
+        return
+    sizes = " or ".join(f"{s}×{s}×{shape[2]}" for s in sorted(found.values()))
+    err.hint = (f"the nearest network inputs that fit every layer are {sizes}; or round: add "
+                "round=floor (PyTorch) to this layer, or 'param ROUND = floor' to the file")
 
 
 def _infer_node(g: nx.DiGraph, rec: G.Node) -> None:

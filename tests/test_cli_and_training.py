@@ -71,7 +71,7 @@ def test_check_reports_ok_and_counts():
 @pytest.mark.parametrize("args,needle", [
     (["run", "nets/lenet5.net", "--data", "nope:x"], "unknown"),
     (["run", "nets/lenet5.net", "--data", "mnist:/nonexistent/dir"], "/nonexistent/dir"),
-    (["summary", "nets/lenet5.net", "--input", "32x32"], "HxWxC"),
+    (["summary", "nets/lenet5.net", "--input", "32x32x3x2"], "HxWxC"),
     (["summary", "nets/cs231n.net", "--set", "Q=3"], "Q"),
     (["summary", "nets/cs231n.net", "--set", "N"], "NAME=VALUE"),
     (["run", "nets/lenet5.net", "--lr", "-1"], "lr"),

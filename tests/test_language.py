@@ -352,10 +352,10 @@ def test_train_section_values_and_locations():
 
 def test_comments_semicolons_and_multiline_chains():
     text = """# a comment
-net  demo   // the name
-param N = 4 // 2 is a comment here, not division
+net  demo   # the name
+param N = 8 // 2   # // is integer division everywhere: N = 4
 INPUT   # the input
-  -> CONV(N // 3)      # inside parentheses // divides
+  -> CONV(N // 3)      # inside parentheses // divides too
   -> RELU;  INPUT(4x4x1) -> x: FC; @x
      -> FC
 """

@@ -68,13 +68,30 @@ def random_net(seed: int) -> str:
     return text
 
 
+# Zoo nets whose input the 224→32 rule does not shrink to a size every layer still fits.
+ZOO_INPUTS = {"alexnet.net": ("227x227x3", "67x67x3"), "zfnet.net": ("224x224x3", "64x64x3"),
+              "googlenet.net": ("224x224x3", "96x96x3"), "deepface.net": ("152x152x3", "73x73x3"),
+              "unet.net": ("572x572x1", "188x188x1")}
+SHRUNK_WIDTHS = ("vgg16.net", "vgg19.net", "resnet18.net", "resnet34.net", "resnet50.net",
+                 "alexnet.net", "zfnet.net", "deepface.net", "googlenet.net")
+
+
 def _file_text(name: str) -> str:
-    """The file, shrunk where it is ImageNet-sized: 32×32 input and (VGG-16, ResNet-18) widths
-    divided by 16, so that float64 runs take milliseconds. The passes see the same structure."""
-    text = (NETS / name).read_text().replace("INPUT(224x224x3)", "INPUT(32x32x3)")
-    if name in ("vgg16.net", "resnet18.net"):
-        text = re.sub(r"(CONV3-|FC-|basic\(|CONV\()(\d+)",
+    """The file, shrunk where it is ImageNet-sized: a small input and widths divided by 16, so
+    that float64 runs take milliseconds. The passes see the same structure."""
+    text = (NETS / name).read_text()
+    old, new = ZOO_INPUTS.get(name, ("224x224x3", "32x32x3"))
+    text = text.replace(f"INPUT({old})", f"INPUT({new})")
+    if name in SHRUNK_WIDTHS:
+        text = re.sub(r"(CONV3-|FC-|basic\(|bottleneck\(|CONV\(|LOCAL\()(\d+)",
                       lambda m: f"{m.group(1)}{max(2, int(m.group(2)) // 16)}", text)
+    if name == "googlenet.net":
+        text = re.sub(r"inception\(([\d, ]+)\)", lambda m: "inception(" + ", ".join(
+            str(max(2, int(v) // 16)) for v in m.group(1).split(", ")) + ")", text)
+    if name == "unet.net":
+        text = text.replace("param W = 64", "param W = 2")
+    if name == "allcnn_c.net":
+        text = text.replace("param S = 32, A = 96, B = 192", "param S = 12, A = 6, B = 12")
     return text
 
 
@@ -114,9 +131,15 @@ def run(m: BoundModel, x, y, mode: str):
 
 
 def batch(m: BoundModel, n: int = 2):
+    """Inputs and labels: one per example, or one per position for a per-pixel head (U-Net,
+    SegNet), each below the head's logit count."""
+    from netdsl.model import main_head
     rng = np.random.default_rng(1)
     shape = [r for r in G.nodes(m.graph) if r.op == "input"][0].out_shape
-    return rng.standard_normal((n, *shape)), rng.integers(0, CLASSES, n)
+    src, port = main_head(m.graph).inputs[0]
+    logits = G.node(m.graph, src).out_shapes[port]
+    labels = rng.integers(0, min(CLASSES, logits[-1]), (n, *logits[:-1]))
+    return rng.standard_normal((n, *shape)), labels
 
 
 def main_loss(m, res):

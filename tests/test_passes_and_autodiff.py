@@ -10,6 +10,7 @@ from netdsl.passes import PIPELINE, verify
 from netdsl.shapes import infer_shapes, resolve_auto
 
 BRANCHY = """
+param ROUND = floor   # 6×6 stride 2 → 3×3 (3.5 floored), then a 2×2 pool → 1×1
 INPUT(6x6x2) -> CONV(4, 3) -> BN -> RELU
   -> c: concat { CONV(3, 1) | CONV(2, 3) -> TANH | identity }
   -> residual { CONV(9, 3) -> RELU -> CONV(9, 3) }

@@ -23,6 +23,7 @@ from netdsl.memory import plan_memory
 from conftest import NETS
 
 RESNET_SMALL = """
+param ROUND = floor   # 16×16 stride 2: (16 − 3 + 2)/2 + 1 = 8.5 → 8, as in PyTorch
 block basic(c, stride=1) {
   residual { CONV(c, 3, stride=stride, bias=false) -> BN -> RELU -> CONV(c, 3, bias=false) -> BN }
   -> RELU

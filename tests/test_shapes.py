@@ -59,10 +59,51 @@ def test_fc_flattens_and_counts_params():
 
 
 def test_pool_ceil_mode_and_stride_default():
-    g = compile_text("INPUT(7x7x1) -> POOL(2) -> MAXPOOL(3, stride=2, ceil=true) -> FC", num_classes=2).graph
+    g = compile_text("INPUT(7x7x1) -> POOL(2, round=floor) -> MAXPOOL(3, stride=2, ceil=true) "
+                     "-> FC", num_classes=2).graph
     pools = [r for r in G.nodes(g) if r.op in ("pool", "maxpool")]
     assert pools[0].attrs["stride"] == (2, 2) and pools[0].out_shape == (3, 3, 1)   # floor(5/2)+1
     assert pools[1].out_shape == (1, 1, 1)                 # ceil((3-3)/2)+1 = 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    # Hand arithmetic: (7 − 2)/2 + 1 = 3.5 → floor 3, ceil 4; (8 − 3 + 2)/2 + 1 = 4.5 → 4.
+    ("INPUT(7x7x1) -> POOL(2, round=floor) -> FC", (3, 3, 1)),
+    ("INPUT(7x7x1) -> POOL(2, round=ceil) -> FC", (4, 4, 1)),
+    ("param ROUND = ceil\nINPUT(7x7x1) -> POOL(2) -> FC", (4, 4, 1)),
+    ("param ROUND = floor\nINPUT(7x7x1) -> POOL(2) -> FC", (3, 3, 1)),
+    ("param ROUND = floor\nINPUT(8x8x1) -> CONV(2, 3, stride=2) -> FC", (4, 4, 2)),
+    ("param ROUND = ceil\nINPUT(8x8x1) -> CONV(2, 3, stride=2) -> FC", (4, 4, 2)),  # convs floor
+    ("INPUT(8x8x1) -> POOL(2) -> FC", (4, 4, 1)),                  # divides: exact is fine
+])
+def test_rounding_per_layer_and_per_file(text, expected):
+    g = compile_text(text, num_classes=2).graph
+    assert [r for r in G.nodes(g) if r.op in ("pool", "conv")][0].out_shape == expected
+
+
+def test_size_that_does_not_divide_is_an_error_with_the_arithmetic():
+    # AlexNet's first layer at 224 (the course notes' example): (224 − 11)/4 + 1 = 54.25, and
+    # 227 is the nearest input above with which every layer below fits.
+    text = ("INPUT(224x224x3) -> CONV(96, 11, stride=4, pad=0) -> MAXPOOL(3, stride=2)\n"
+            "  -> CONV(256, 5, pad=2) -> MAXPOOL(3, stride=2) -> FC(10)")
+    with pytest.raises(NetdslError) as info:
+        compile_text(text, num_classes=10)
+    err = info.value
+    assert (err.loc.line, err.loc.col) == (1, 21)
+    assert err.detail == "(224 − 11 + 2·0)/4 + 1 = 54.25"
+    assert "227×227×3" in err.hint and "round=floor" in err.hint
+    assert compile_text(text.replace("224x224", "227x227"), num_classes=10)  # fits
+
+
+def test_bad_file_rounding_is_refused_at_its_declaration():
+    with pytest.raises(NetdslError, match="ROUND must be one of exact, floor, ceil") as info:
+        compile_text("param ROUND = down\nINPUT(8x8x1) -> FC", num_classes=2)
+    assert (info.value.loc.line, info.value.loc.col) == (1, 7)
+
+
+def test_ceil_and_a_different_round_disagree():
+    with pytest.raises(NetdslError, match="ceil=true and round=floor disagree"):
+        compile_text("INPUT(7x7x1) -> POOL(2, ceil=true, round=floor) -> FC", num_classes=2)
 
 
 def test_add_shape_mismatch_points_at_the_join():

@@ -355,8 +355,7 @@ def test_netdsl_layers_lists_every_layer_and_the_switches_output(capsys):
     out = capsys.readouterr().out
     listed = {line.split(",")[0] for line in out.splitlines() if not line.startswith(" ")}
     assert listed == {spec.name for spec in all_specs()}
-    assert "    outputs: out, switches" in out
-
+    assert "    outputs: 0 out, 1 switches" in out
 
 
 def test_summary_of_a_net_beyond_any_memory_prints_without_a_plan(tmp_path, capsys):

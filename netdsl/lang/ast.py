@@ -56,7 +56,15 @@ class Unary:
     loc: Location
 
 
-Expr = Union[Literal, Name, BinOp, Unary]
+@dataclass
+class Dims:
+    """``S x S x 3``: sizes joined by the dimension operator (a tuple once evaluated)."""
+
+    parts: list["Expr"]
+    loc: Location
+
+
+Expr = Union[Literal, Name, BinOp, Unary, Dims]
 
 
 # ---- chains ---------------------------------------------------------------------------------
@@ -103,10 +111,12 @@ class Join:
 
 @dataclass
 class Ref:
-    """``@name``: the output of a labelled element (or a node, by its full name)."""
+    """``@name``: the output of a labelled element (or a node, by its full name);
+    ``@name.port`` one output of a multi-output layer, by its name or its index."""
 
     name: str
     loc: Location
+    port: str | None = None
 
 
 @dataclass
@@ -175,6 +185,7 @@ class BlockParam:
     name: str
     default: Expr | None
     loc: Location
+    tensor: bool = False          # written `@name`: the call passes a tensor (`up(64, @enc4)`)
 
 
 @dataclass
@@ -187,7 +198,8 @@ class BlockDef:
 
     def signature(self) -> str:
         """The block's signature as written, e.g. ``basic(c, stride=1)``."""
-        parts = [p.name + (f"={text_at(p.default.loc)}" if p.default is not None else "")
+        parts = [("@" if p.tensor else "") + p.name
+                 + (f"={text_at(p.default.loc)}" if p.default is not None else "")
                  for p in self.params]
         return f"{self.name}({', '.join(parts)})"
 

@@ -6,18 +6,20 @@ References are not looked up here (they may point forward); they become
 from __future__ import annotations
 
 import re
-from collections import ChainMap
 from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import NetdslError, did_you_mean
 from ..graph import Node
-from ..layers import LayerSpec, all_names, bind_args, get, lookup
+from ..layers import LayerSpec, bind_args, get, lookup
 from . import ast
+from .blocks import BlockCalls, TensorArg, _start_error
+from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
-from .values import Word, as_count, evaluate, number_from_text, shown, unbound_error
+from .values import (FAILED, CascadeError, Word, as_count, cascade, evaluate,
+                     number_from_text, shown, unbound_error)
 
-_COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-[0-9]+)*)")
+_COMPACT = re.compile(r"([A-Za-z_]+)([0-9]*)((?:-(?:[0-9]+|[A-Za-z_][A-Za-z_0-9]*))*)")
 _NUMERIC_KINDS = ("int", "float", "bool", "dims")
 MAX_NODES = 100_000
 # Repeat iterations and block calls, counted whether or not they add nodes: `[RELU*0]*10**13`
@@ -31,17 +33,11 @@ class Target:
 
     spec: LayerSpec | None = None
     block: ast.BlockDef | None = None
-    numbers: tuple[int, ...] = ()
+    numbers: tuple = ()            # compact numbers; a str is a parameter name (CONV3-c)
     base: str = ""                 # the name without compact numbers, as written
 
 
-def _start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
-    return NetdslError("a chain must start at INPUT or @name", el.loc,
-                       hint="the first element was left out (*0 or a false flag)" if vanished
-                       else "begin with INPUT -> ... or continue from a label with @name -> ...")
-
-
-class ChainExpander:
+class ChainExpander(BlockCalls):
     """Turns chain statements into :class:`Node` records (inputs may be pending refs)."""
 
     def __init__(self, params: Mapping, blocks: dict[str, ast.BlockDef]):
@@ -53,6 +49,7 @@ class ChainExpander:
         self.root = Scope(None, "", (), "", params)
         self._active_blocks: list[str] = []
         self._steps = 0
+        self.errors: list[NetdslError] = []   # recovered from: reported together at the end
         self.last_loc = None      # the element expanded last: where a too-deep nesting is reported
 
     # ---- chains and elements ----------------------------------------------------------------
@@ -100,7 +97,12 @@ class ChainExpander:
             return self.primary(el, current, scope)
         post = el.postfixes[k - 1]
         if isinstance(post, ast.Repeat):
-            count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
+            try:
+                count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
+            except NetdslError as err:   # carry on as if once, to check the body too
+                if not isinstance(err, CascadeError):
+                    self.errors.append(err)
+                count = 1
             if count > MAX_NODES:
                 raise NetdslError(f"repeat count {shown(count)} is more than the limit of "
                                   f"{MAX_NODES:,}", post.count.loc,
@@ -142,6 +144,8 @@ class ChainExpander:
             raise NetdslError(f"'{written}' needs a boolean parameter '{name}'", loc,
                               hint=f"add 'param {name} = true' (or --set {name}=true)")
         value = scope.env[name]
+        if value is FAILED:
+            raise cascade(name)
         if not isinstance(value, bool):
             raise NetdslError(f"parameter '{name}' switches '{written}' and must be true or "
                               f"false, got {value!r}", loc)
@@ -166,7 +170,8 @@ class ChainExpander:
         match = _COMPACT.fullmatch(call.name)
         if match:
             letters, digits, groups = match.groups()
-            numbers = tuple(number_from_text(g, call.name_loc) for g in groups.split("-")[1:])
+            numbers = tuple(number_from_text(g, call.name_loc) if g.isdigit() else g
+                            for g in groups.split("-")[1:])
             if digits and groups and lookup(letters + digits):
                 return Target(spec=lookup(letters + digits), numbers=numbers, base=letters + digits)
             # POOL2 is compact only for layers that have a compact form; INPUT2 is a typo.
@@ -176,9 +181,8 @@ class ChainExpander:
             word = letters
         else:
             word = call.name
-        choices = all_names() + [b.name for b in self.blocks.values()]
         raise NetdslError(f"unknown layer or block '{call.name}'", call.name_loc,
-                          hint=did_you_mean(word, choices) or
+                          hint=suggest_layer(word, [b.name for b in self.blocks.values()]) or
                           "see `netdsl layers` for the layers, or define it with 'block'")
 
     def node_name(self, label: str | None, base: str, scope: Scope, el: ast.Element) -> str:
@@ -187,8 +191,22 @@ class ChainExpander:
         return self.namer.auto(scope.prefix, base, el.loc)
 
     # ---- layer calls ----------------------------------------------------------------------
+    def placeholder(self, err: NetdslError, el: ast.Element, current, scope: Scope) -> Tensor:
+        """Record an error that does not stop the expansion (an unknown name, a bad argument)
+        and stand in an identity for the element, so that the rest of the file is still
+        checked and all its independent errors are reported at once."""
+        if not isinstance(err, CascadeError):
+            self.errors.append(err)
+        name = self.node_name(el.label, "error", scope, el)
+        inputs = [current] if current is not None else []
+        return self._add(Node(name, "identity", {}, inputs, el.loc, scope.frames,
+                              {"placeholder": True}))
+
     def call(self, call: ast.Call, el: ast.Element, current, scope: Scope) -> Tensor:
-        target = self.resolve(call)
+        try:
+            target = self.resolve(call)
+        except NetdslError as err:
+            return self.placeholder(err, el, current, scope)
         if target.block is not None:
             return self.block_call(target.block, call, el, current, scope)
         spec = target.spec
@@ -205,7 +223,10 @@ class ChainExpander:
                                   hint=f"write {call.name} {{ ... | ... }} with one branch per "
                                        "input")
             inputs = [current]
-        attrs = self.bind(spec, call, target.numbers, scope)
+        try:
+            attrs = self.bind(spec, call, target.numbers, scope)
+        except NetdslError as err:
+            return self.placeholder(err, el, current, scope)
         name = self.node_name(el.label, spec.name, scope, el)
         return self._add(Node(name, spec.name, attrs, inputs, el.loc, scope.frames))
 
@@ -224,7 +245,8 @@ class ChainExpander:
         positional, keyword = [], {}
         fold = (lambda k: k) if exact else str.lower
         for arg in args:
-            value = evaluate(arg.value, scope.env)
+            value = (TensorArg(arg.value, scope) if isinstance(arg.value, ast.Ref)
+                     else evaluate(arg.value, scope.env))
             if arg.key is None:
                 if keyword:
                     raise NetdslError("a positional argument cannot follow a keyword argument",
@@ -239,6 +261,13 @@ class ChainExpander:
     def bind(self, spec: LayerSpec, call: ast.Call, numbers: tuple, scope: Scope) -> dict:
         """Validated attrs for a layer call; errors located at the argument at fault."""
         positional, keyword = self.evaluate_args(call.args, scope, spec.name)
+        for arg in call.args:
+            if isinstance(arg.value, ast.Ref):
+                raise NetdslError(f"{spec.name} takes no tensor argument '@{arg.value.name}'",
+                                  arg.loc, hint=f"join tensors with concat {{ @{arg.value.name}"
+                                  " | ... }; only a block parameter declared as @name takes one")
+        # CONV3-c: a compact group that is a name reads a (block) parameter.
+        numbers = tuple(self._compact_value(n, call, scope) for n in numbers)
         if numbers:
             if len(numbers) > len(spec.compact):
                 fills = ", ".join(spec.compact) or "nothing"
@@ -266,6 +295,16 @@ class ChainExpander:
             raise NetdslError(exc.message, self._arg_loc(exc.message, call, spec),
                               detail=exc.detail,
                               hint=exc.hint or self._choice_hint(exc.message, spec)) from None
+
+    @staticmethod
+    def _compact_value(number, call: ast.Call, scope: Scope):
+        if not isinstance(number, str):
+            return number
+        if number not in scope.env:
+            raise unbound_error(number, call.name_loc, scope.env)
+        if scope.env[number] is FAILED:
+            raise cascade(number)
+        return scope.env[number]
 
     @staticmethod
     def _choice_hint(message: str, spec: LayerSpec) -> str | None:
@@ -345,74 +384,3 @@ class ChainExpander:
         raise NetdslError(f"residual takes a body and at most one shortcut, got {len(outputs)} "
                           "branches", join.loc, hint="write residual { body } or "
                                                      "residual { body | shortcut }")
-
-    # ---- blocks ---------------------------------------------------------------------------
-    def block_call(self, block: ast.BlockDef, call: ast.Call, el: ast.Element, current,
-                   scope: Scope) -> Tensor:
-        if current is None:
-            raise _start_error(el)
-        if block.name.lower() in self._active_blocks:
-            raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
-                              hint="blocks cannot be recursive")
-        self._step(call.loc)
-        values = self.bind_block(block, call, scope)
-        if el.label:
-            instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
-        else:
-            instance = self.namer.auto(scope.prefix, block.name, el.loc)
-        inner = scope.block(instance, block.name, ChainMap(values, self.params))
-        self._active_blocks.append(block.name.lower())
-        try:
-            return self.chain(block.body, current, inner, ref_ok=True)
-        finally:
-            self._active_blocks.pop()
-
-    def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope) -> dict:
-        """Block parameter values from a call: positional, keyword, then defaults."""
-        signature = f"its signature is {block.signature()}"
-        positional, keyword = self.evaluate_args(call.args, scope, block.name, exact=True)
-        names = [p.name for p in block.params]
-        if len(positional) > len(names):
-            extra = [a for a in call.args if a.key is None][len(names)]
-            raise NetdslError(f"block '{block.name}' takes {len(names)} argument"
-                              f"{'s' * (len(names) != 1)}, got {len(positional)}", extra.loc,
-                              hint=signature)
-        values = dict(zip(names, positional))
-        for key, value in keyword.items():
-            arg_loc = next(a.loc for a in call.args if a.key == key)
-            if key not in names:
-                close = did_you_mean(key, names)
-                raise NetdslError(f"block '{block.name}' has no parameter '{key}'", arg_loc,
-                                  hint=f"{close} {signature}" if close else signature)
-            if key in values:
-                raise NetdslError(f"block '{block.name}': argument '{key}' given twice", arg_loc,
-                                  hint=signature)
-            values[key] = value
-        for param in block.params:
-            if param.name in values:
-                continue
-            if param.default is None:
-                raise NetdslError(f"block '{block.name}' needs argument '{param.name}'",
-                                  call.loc, hint=signature)
-            # Defaults may use program parameters and the block's earlier parameters.
-            env = ChainMap(values, self.params)
-            for later in block.params[block.params.index(param) + 1:]:
-                use = _find_name(param.default, later.name)
-                if use is not None and later.name not in env:
-                    raise NetdslError(f"the default of '{param.name}' uses '{later.name}', a "
-                                      f"later parameter of block '{block.name}'", use.loc,
-                                      hint="a default may use only the parameters before it; "
-                                           f"{signature}")
-            values[param.name] = evaluate(param.default, env)
-        return values
-
-
-def _find_name(expr: ast.Expr, name: str) -> ast.Name | None:
-    """The first use of ``name`` in an expression, or None."""
-    if isinstance(expr, ast.Name):
-        return expr if expr.id == name else None
-    if isinstance(expr, ast.Unary):
-        return _find_name(expr.operand, name)
-    if isinstance(expr, ast.BinOp):
-        return _find_name(expr.left, name) or _find_name(expr.right, name)
-    return None

@@ -1,13 +1,14 @@
 """Program to graph: parameters and ``--set`` overrides, blocks, chains, the train section."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import fields
 from pathlib import PurePath
 
 import networkx as nx
 
-from ..errors import NetdslError, did_you_mean
+from ..errors import NetdslError, combined, did_you_mean
 from ..graph import new_graph
 from ..layers import lookup
 from ..train.config import _TYPES as _TRAIN_KINDS  # train key -> "int", "float", "bool", "str"
@@ -15,11 +16,12 @@ from ..train.config import coerce_setting
 from . import ast
 from .elements import ChainExpander
 from .resolve import build_graph
-from .values import Word, evaluate, is_finite_number, shown, unbound_error
+from .values import (FAILED, CascadeError, Word, evaluate, is_finite_number, shown,
+                     unbound_error)
 
 # Parameters that tune the defaults of bare layers (netdsl.shapes.resolve_auto reads them from
 # g.graph["params"]): --set accepts them whether or not the program mentions them.
-LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN")
+LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN", "ROUND")
 
 
 def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
@@ -33,18 +35,30 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
     overrides = dict(overrides or {})
     statements = program.statements
     blocks = _collect_blocks(statements)
-    params = _bind_params(program, overrides, blocks)
+    param_errors: list[NetdslError] = []
+    params = _bind_params(program, overrides, blocks, param_errors)
 
     expander = ChainExpander(params, blocks)
+    expander.errors.extend(param_errors)
     chains = [s for s in statements if isinstance(s, ast.ChainStmt)]
+    if not chains and param_errors:
+        raise combined(param_errors)
     if not chains:
         raise NetdslError("the program has no chain such as 'INPUT -> CONV -> FC'",
                           hint="a network is described by at least one chain statement")
     try:
-        first_output = expander.statement(chains[0].chain)
-        first_loc = chains[0].chain.elements[-1].loc
-        for stmt in chains[1:]:
-            expander.statement(stmt.chain)
+        first_output, first_loc = None, chains[0].chain.elements[-1].loc
+        for i, stmt in enumerate(chains):
+            try:
+                output = expander.statement(stmt.chain)
+            except NetdslError as err:   # statements are independent: check the others too
+                if not isinstance(err, CascadeError):
+                    expander.errors.append(err)
+                continue
+            if i == 0:
+                first_output = output
+        if expander.errors:
+            raise combined(expander.errors)
         g = new_graph(_network_name(program, name), program.source)
         build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
     except RecursionError:
@@ -56,6 +70,9 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                                "after postfixes go too deep around here; flatten some of "
                                "them") from None
     g.graph["params"] = dict(params)
+    # Where each parameter is declared: later stages locate errors about a value (ROUND).
+    g.graph["param_locs"] = {d.name: d.loc for s in statements if isinstance(s, ast.ParamStmt)
+                             for d in s.params}
     g.graph["train"] = _train_settings(statements, params)
     return g
 
@@ -95,29 +112,40 @@ def _collect_blocks(statements) -> dict[str, ast.BlockDef]:
     return blocks
 
 
-def _referenced_names(node, out: set) -> set:
-    """Every name a program could read as a parameter: in expressions, counts and flags."""
-    if isinstance(node, ast.Name):
-        out.add(node.id)
-    elif isinstance(node, ast.Optional) and node.flag:
-        out.add(node.flag)
-    elif isinstance(node, ast.Element):
-        implied = any(isinstance(p, ast.Optional) and not p.flag for p in node.postfixes)
-        callee = node.primary.callee if isinstance(node.primary, ast.Join) else node.primary
-        if implied and isinstance(callee, ast.Call):
-            out.add(callee.name.upper())
-            out.add(re.match(r"[A-Za-z_]*", callee.name).group().upper())
-    if isinstance(node, list):
-        for item in node:
-            _referenced_names(item, out)
-    elif hasattr(node, "__dataclass_fields__"):
-        for f in fields(node):
-            if f.name != "source":
-                _referenced_names(getattr(node, f.name), out)
+def _referenced_names(root, out: set) -> set:
+    """Every name a program could read as a parameter: in expressions, counts and flags.
+    (Walked without recursion, fields looked up once per class: it visits every AST node.)"""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if isinstance(node, ast.Name):
+            out.add(node.id)
+        elif isinstance(node, ast.Optional) and node.flag:
+            out.add(node.flag)
+        elif isinstance(node, ast.Element):
+            implied = any(isinstance(p, ast.Optional) and not p.flag for p in node.postfixes)
+            callee = node.primary.callee if isinstance(node.primary, ast.Join) else node.primary
+            if implied and isinstance(callee, ast.Call):
+                out.add(callee.name.upper())
+                out.add(re.match(r"[A-Za-z_]*", callee.name).group().upper())
+        fields_of = _ast_fields(type(node))
+        if fields_of:
+            stack.extend(getattr(node, f) for f in fields_of)
     return out
 
 
-def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
+@functools.lru_cache(maxsize=None)
+def _ast_fields(cls) -> tuple[str, ...]:
+    """The fields of an AST class that may hold other AST nodes; () for anything else."""
+    if not hasattr(cls, "__dataclass_fields__") or cls.__module__ != ast.__name__:
+        return ()
+    return tuple(f.name for f in fields(cls) if f.name != "source" and not f.name.endswith("loc"))
+
+
+def _bind_params(program: ast.Program, overrides: dict, blocks, errors: list) -> dict:
     """Program parameters in file order, each default evaluated over the earlier ones, with
     ``--set`` values taking precedence. A ``--set`` name that the program does not declare is
     bound before any default is evaluated (``param M = N + 1`` with ``--set N=2``). Unknown
@@ -144,9 +172,20 @@ def _bind_params(program: ast.Program, overrides: dict, blocks) -> dict:
                               "can hold")
     undeclared = {k: v for k, v in overrides.items() if k not in first}
     params: dict = dict(undeclared)
-    for i, d in enumerate(defs):
-        later = frozenset(x.name for x in defs[i + 1:]) - set(params)
-        default = evaluate(d.value, params, declared_later=later)
+    # Declared names not bound yet, kept up to date as we go (recomputing it per parameter
+    # made 20,000 declarations take minutes).
+    later = {d.name for d in defs} - set(params)
+    for d in defs:
+        later.discard(d.name)
+        try:
+            default = evaluate(d.value, params, declared_later=later)
+        except NetdslError as err:
+            # Reported with the program's other independent errors; uses of this parameter
+            # are skipped (FAILED) instead of reported again.
+            if not isinstance(err, CascadeError):
+                errors.append(err)
+            params[d.name] = FAILED
+            continue
         if isinstance(default, Word):  # a declared word is meant as text: `param INIT = he`
             default = str(default)
         if d.name in overrides:

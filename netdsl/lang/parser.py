@@ -4,12 +4,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import LarkError, UnexpectedInput, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedInput
 
 from ..errors import Location, NetdslError, SourceFile
 from . import ast
-from .syntax_errors import blank_slash_comments, syntax_error
+from .syntax_errors import syntax_error
 from .values import number_from_text
 
 def _grammar_path() -> Path:
@@ -28,14 +28,18 @@ GRAMMAR_PATH = _grammar_path()
 
 @functools.lru_cache(maxsize=1)
 def lark_parser() -> Lark:
-    """The LALR parser for the grammar file, built on first use and cached."""
+    """The LALR parser for the grammar file, built on first use and cached.
+
+    Positions are not propagated by lark and punctuation is kept: :class:`_ToAst` takes each
+    construct's span from its first and last token itself, which is several times faster on
+    long files (lark's propagation dominated a 60,000-layer parse)."""
     return Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
-                propagate_positions=True, maybe_placeholders=False)
+                propagate_positions=False, keep_all_tokens=True, maybe_placeholders=False)
 
 
 def parse(source: SourceFile) -> ast.Program:
     """Parse a `.net` file into an :class:`ast.Program`; a located NetdslError on bad syntax."""
-    text = blank_slash_comments(source.text)
+    text = source.text
     parser = lark_parser()
     try:
         tree = parser.parse(text)
@@ -43,13 +47,7 @@ def parse(source: SourceFile) -> ast.Program:
         raise syntax_error(exc, source, text, parser) from None
     except LarkError as exc:  # anything else lark raises is still a problem with the input
         raise NetdslError(f"cannot parse {source.path}: {exc}") from None
-    _check_depth(tree, source)
-    try:
-        statements = _ToAst(source).transform(tree)
-    except VisitError as exc:  # a NetdslError raised while building the tree
-        if isinstance(exc.orig_exc, NetdslError):
-            raise exc.orig_exc from None
-        raise
+    statements, _span = _ToAst(source).build(tree, 1)
     return ast.Program(statements=statements, source=source)
 
 
@@ -58,22 +56,16 @@ def parse(source: SourceFile) -> ast.Program:
 # bracket level is about three tree levels, each operator in a row one.
 MAX_DEPTH = 200
 
+# The tokens the AST is built from; the rest is punctuation (kept only for positions).
+_KEPT = frozenset({"NAME", "COMPACT", "REF", "DIMS", "FLOAT", "INT", "STRING"})
 
-def _check_depth(tree, source: SourceFile) -> None:
-    """A located error where the tree first gets deeper than MAX_DEPTH (walked without
-    recursion)."""
-    stack = [(tree, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if not isinstance(node, Tree):
-            continue
-        if depth > MAX_DEPTH:
-            meta = node.meta
-            line, col = (meta.line, meta.column) if not getattr(meta, "empty", True) else (1, 1)
-            raise NetdslError("the program is nested too deeply here", Location(source, line, col),
-                              hint="brackets inside brackets or a long run of operators: "
-                                   "split it with a block or a parameter")
-        stack.extend((child, depth + 1) for child in node.children)
+
+def _first_token(tree) -> Token | None:
+    while isinstance(tree, Tree):
+        if not tree.children:
+            return None
+        tree = tree.children[0]
+    return tree
 
 
 def _unquote(text: str) -> str:
@@ -90,23 +82,59 @@ def _unquote(text: str) -> str:
     return "".join(out)
 
 
-@v_args(meta=True)
-class _ToAst(Transformer):
-    """Builds :mod:`netdsl.lang.ast` objects from the Lark tree, attaching locations."""
+class _ToAst:
+    """Builds :mod:`netdsl.lang.ast` objects from the Lark tree, attaching locations.
+
+    Each rule (or alias) ``r`` has a method ``r(meta, children)``. The walk is our own rather
+    than lark's Transformer: its per-call wrappers made long files several times slower. It
+    recurses once per tree level, which _check_depth bounds."""
 
     def __init__(self, source: SourceFile):
-        super().__init__()
         self.source = source
+
+    def build(self, tree, depth: int):
+        """(AST of ``tree``, its span): children first, then the rule's method. A located
+        error where the tree gets deeper than MAX_DEPTH, before Python's stack runs out."""
+        if depth > MAX_DEPTH:
+            tok = _first_token(tree)
+            loc = (Location(self.source, tok.line, tok.column) if tok is not None
+                   else Location(self.source, 1, 1))
+            raise NetdslError("the program is nested too deeply here", loc,
+                              hint="brackets inside brackets or a long run of operators: "
+                                   "split it with a block or a parameter")
+        children, start, end = [], None, None
+        for child in tree.children:
+            if isinstance(child, Token):
+                if start is None:
+                    start = (child.line, child.column)
+                end = (child.end_line, child.end_column)
+                if child.type in _KEPT:
+                    children.append(child)
+                continue
+            value, span = self.build(child, depth + 1)
+            if span is not None:
+                if start is None:
+                    start = span[0]
+                end = span[1]
+            children.append(value)
+        # The span doubles as the rule's "meta": ((line, column), (end_line, end_column)).
+        span = (start, end) if start is not None else None
+        return getattr(self, tree.data)(span, children), span
+
+    def atom(self, meta, children):   # "(" expr ")"
+        return children[0]
 
     # -- locations --------------------------------------------------------------------------
     def _loc(self, meta) -> Location:
-        if getattr(meta, "empty", True):
+        """The location of a rule's span ((line, column), (end_line, end_column))."""
+        if meta is None:
             return Location(self.source, 1, 1, 1)
-        if meta.end_line == meta.line:
-            length = meta.end_column - meta.column
+        (line, column), (end_line, end_column) = meta
+        if end_line == line:
+            length = end_column - column
         else:  # a multi-line construct: underline to the end of its first line
-            length = len(self.source.line(meta.line)) - meta.column + 1
-        return Location(self.source, meta.line, meta.column, max(1, length))
+            length = len(self.source.line(line)) - column + 1
+        return Location(self.source, line, column, length if length > 1 else 1)
 
     def _tok(self, tok: Token) -> Location:
         return Location(self.source, tok.line, tok.column, max(1, len(tok)))
@@ -136,6 +164,12 @@ class _ToAst(Transformer):
     def block_param(self, meta, children):
         default = children[1] if len(children) > 1 else None
         return ast.BlockParam(str(children[0]), default, self._tok(children[0]))
+
+    def tensor_param(self, meta, children):
+        ref = self.ref(meta, children)
+        if ref.port is not None:
+            raise NetdslError("a tensor parameter is written @name, without a port", ref.loc)
+        return ast.BlockParam(ref.name, None, ref.loc, tensor=True)
 
     def train_stmt(self, meta, children):
         return ast.TrainStmt(list(children), self._loc(meta))
@@ -183,6 +217,12 @@ class _ToAst(Transformer):
     def kw_arg(self, meta, children):
         return ast.CallArg(str(children[0]), children[1], self._loc(meta))
 
+    def pos_ref_arg(self, meta, children):
+        return ast.CallArg(None, self.ref(meta, children), self._loc(meta))
+
+    def kw_ref_arg(self, meta, children):
+        return ast.CallArg(str(children[0]), self.ref(meta, children[1:]), self._loc(meta))
+
     def join(self, meta, children):
         return ast.Join(children[0], children[1], self._loc(meta))
 
@@ -193,7 +233,8 @@ class _ToAst(Transformer):
         return ast.Group(children[0], self._loc(meta))
 
     def ref(self, meta, children):
-        return ast.Ref(str(children[0])[1:], self._tok(children[0]))
+        name, dot, port = str(children[0])[1:].partition(".")
+        return ast.Ref(name, self._tok(children[0]), port if dot else None)
 
     def repeat(self, meta, children):
         return ast.Repeat(children[0], self._loc(meta))
@@ -243,6 +284,9 @@ class _ToAst(Transformer):
         dims = tuple(number_from_text(d, loc, what="dimension")
                      for d in str(children[0]).lower().split("x"))
         return ast.Literal(dims, loc)
+
+    def dims_expr(self, meta, children):
+        return ast.Dims(list(children), self._loc(meta))
 
     def string_lit(self, meta, children):
         return ast.Literal(_unquote(str(children[0])), self._tok(children[0]))

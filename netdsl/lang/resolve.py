@@ -40,8 +40,39 @@ class RefResolver:
             target = (ref.name, 0)
         elif isinstance(target, PendingRef):
             target = self.resolve(target.index, chain + (index,))
+        if ref.port is not None:
+            target = self._port(ref, target)
         self._done[index] = target
         return target
+
+    def _port(self, ref: ast.Ref, target: tuple) -> tuple:
+        """``@p1.switches`` / ``@p1.1``: another output of the layer ``target`` names, by the
+        spec's ``output_names`` or by index."""
+        name, port = target
+        node = self.nodes[name]
+        spec = get(node.op)
+        written = f"@{ref.name}.{ref.port}"
+        if port != 0:
+            raise NetdslError(f"{written}: @{ref.name} already names output {port} of {name}",
+                              ref.loc, hint=f"write @{ref.name} alone")
+        names = [str(n) for n in getattr(spec, "output_names", ())]
+        listed = (f"{spec.name} has {spec.outputs} outputs: "
+                  + ", ".join(f"{i} ({n})" if n else str(i)
+                              for i, n in enumerate(names + [""] * (spec.outputs - len(names)))))
+        if spec.outputs == 1:
+            raise NetdslError(f"{written}: {name} ({spec.name}) has only one output", ref.loc,
+                              hint=f"write @{ref.name}")
+        if ref.port.isdigit():
+            index = int(ref.port)
+            if index >= spec.outputs:
+                raise NetdslError(f"{written}: {name} has no output {index}", ref.loc,
+                                  hint=listed)
+            return (name, index)
+        lowered = [n.lower() for n in names]
+        if ref.port.lower() not in lowered:
+            raise NetdslError(f"{written}: {spec.name} has no output named '{ref.port}'",
+                              ref.loc, hint=did_you_mean(ref.port, names) or listed)
+        return (name, lowered.index(ref.port.lower()))
 
 
 def build_graph(g: nx.DiGraph, nodes: dict[str, Node], refs: list[tuple[ast.Ref, Scope]],
@@ -49,6 +80,8 @@ def build_graph(g: nx.DiGraph, nodes: dict[str, Node], refs: list[tuple[ast.Ref,
     """Fill ``g`` with ``nodes`` (resolving their pending inputs), refuse cycles, and give the
     first chain statement a softmax_xent loss when it does not end in a loss already."""
     resolver = RefResolver(refs, nodes)
+    for index in range(len(refs)):   # also the tensor arguments that a block never reads
+        resolver.resolve(index)
     via_ref: dict[tuple[str, str], Location] = {}   # edge -> the reference that made it
     for n in nodes.values():
         inputs = []
@@ -59,11 +92,8 @@ def build_graph(g: nx.DiGraph, nodes: dict[str, Node], refs: list[tuple[ast.Ref,
             inputs.append(tensor)
         n.inputs = inputs
     # Every node first, then the edges, so that the graph's node order is the file's order.
-    for n in nodes.values():
-        g.add_node(n.name, node=n)
-    for n in nodes.values():
-        for src, _port in n.inputs:
-            g.add_edge(src, n.name)
+    g.add_nodes_from((n.name, {"node": n}) for n in nodes.values())
+    g.add_edges_from((src, n.name) for n in nodes.values() for src, _port in n.inputs)
     _refuse_cycles(g, via_ref)
     if first_output is not None:
         _add_implicit_loss(g, namer, resolver.tensor(first_output), first_loc)
@@ -71,6 +101,10 @@ def build_graph(g: nx.DiGraph, nodes: dict[str, Node], refs: list[tuple[ast.Ref,
 
 
 def _refuse_cycles(g: nx.DiGraph, via_ref: dict) -> None:
+    # The common case first: find_cycle visits edges through slow views (seconds on 60,000
+    # layers); the acyclicity test is a quick topological pass.
+    if nx.is_directed_acyclic_graph(g):
+        return
     try:
         edges = nx.find_cycle(g)
     except nx.NetworkXNoCycle:

@@ -48,34 +48,6 @@ def _scan(text: str, on_char, on_open_string=None, on_string=None) -> None:
         i += 1 + (skip or 0)
 
 
-def blank_slash_comments(text: str) -> str:
-    """Replace `//` comments with spaces, keeping every other character where it was.
-
-    `//` is also integer division. It is read as division inside parentheses (where an
-    expression is expected) and as a comment everywhere else, so `param N = 4 // layers`
-    is a commented statement and `CONV(c // 2)` divides.
-    """
-    chars = list(text)
-    depth = [0]
-
-    def on_char(i, ch):
-        if ch == "(":
-            depth[0] += 1
-        elif ch == ")":
-            depth[0] = max(0, depth[0] - 1)
-        elif ch == "/" and text.startswith("//", i) and depth[0] == 0:
-            end = text.find("\n", i)
-            end = len(text) if end < 0 else end
-            chars[i:end] = " " * (end - i)
-            return end - i - 1
-        elif ch == "/" and text.startswith("//", i):
-            return 1
-        return 0
-
-    _scan(text, on_char)
-    return "".join(chars)
-
-
 def _position(text: str, offset: int) -> tuple[int, int]:
     line = text.count("\n", 0, offset) + 1
     col = offset - (text.rfind("\n", 0, offset) + 1) + 1
@@ -183,6 +155,9 @@ def syntax_error(exc: UnexpectedInput, source: SourceFile, text: str, parser) ->
     bracket_error = check_brackets(text, source)
     if bracket_error is not None:
         return bracket_error
+    slash = _slash_comment(exc, text, source)
+    if slash is not None:
+        return slash
     if isinstance(exc, UnexpectedCharacters):
         offset = exc.pos_in_stream
         ch = text[offset] if offset < len(text) else ""
@@ -213,12 +188,42 @@ def syntax_error(exc: UnexpectedInput, source: SourceFile, text: str, parser) ->
     if tok is not None and str(tok) in _OPERATORS and re.search(r"\*\s*\w+$", before):
         return NetdslError(f"unexpected '{tok}' after a repeat count", loc,
                            hint="put an expression repeat count in parentheses, e.g. *(N-1)")
+    if tok is not None and re.search(r"(^|[^A-Za-z0-9_])[xX]$", before) and \
+            re.search(r"[A-Za-z0-9_)]\s+[xX]$", before):
+        # `param N = 3` then `x: INPUT ...`: the lone x continued the expression as `3 x ...`.
+        return NetdslError(f"unexpected {shown} here", loc,
+                           hint="a lone x between sizes builds dimensions (S x S x 3); end the "
+                                "statement before it with ';' or rename the label")
     if tok is None:
         return NetdslError("unexpected end of file", loc, hint=expected)
     if str(tok) == "->":
         return NetdslError("unexpected '->' here", loc,
                            hint="'->' must come between two elements of a chain")
     return NetdslError(f"unexpected {shown} here", loc, hint=expected)
+
+
+def _slash_comment(exc: UnexpectedInput, text: str, source: SourceFile) -> NetdslError | None:
+    """An old-style `// comment`: the parse failed on a line with `//` (outside strings and
+    `#` comments) at or before the failure. `//` is integer division in netdsl."""
+    line_no = getattr(exc, "line", None)
+    if not isinstance(line_no, int) or line_no < 1:
+        return None
+    col = getattr(exc, "column", None) or 1
+    line = source.line(line_no)
+    found = []
+
+    def on_char(i, ch):
+        if line.startswith("//", i) and i < col + 1:
+            found.append(i)
+            return 1
+        return 0
+
+    _scan(line, on_char)
+    if not found:
+        return None
+    return NetdslError("'//' is integer division, not a comment",
+                       Location(source, line_no, found[0] + 1, 2),
+                       hint="comments start with #")
 
 
 def _after_arrow(loc: Location, found: str) -> NetdslError:

@@ -27,6 +27,25 @@ class Word(str):
         return word
 
 
+class Failed:
+    """The value of a parameter whose default failed: the error is reported once, and
+    anything that uses the parameter is skipped rather than reported again."""
+
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+FAILED = Failed()
+
+
+class CascadeError(NetdslError):
+    """A consequence of an error already reported (a use of a FAILED parameter): not shown."""
+
+
+def cascade(name: str) -> CascadeError:
+    return CascadeError(f"'{name}' has no value: its declaration failed")
+
+
 def unbound_error(name: str, loc: Location | None, bound: Mapping) -> NetdslError:
     """'unbound parameter' with the declare/--set hint and a did-you-mean over bound names."""
     hint = f"declare it with 'param {name} = ...' or pass --set {name}=..."
@@ -88,7 +107,7 @@ def _is_number(value) -> bool:
 
 
 def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
-             declared_later: frozenset = frozenset()):
+             declared_later=frozenset()):
     """The value of ``expr`` with names looked up in ``env``.
 
     Unbound names evaluate to a :class:`Word` (``true``/``false`` to booleans). Names in
@@ -99,13 +118,18 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
         return expr.value
     if isinstance(expr, ast.Name):
         if expr.id in env:
-            return env[expr.id]
+            value = env[expr.id]
+            if value is FAILED:
+                raise cascade(expr.id)
+            return value
         if expr.id.lower() in ("true", "false"):
             return expr.id.lower() == "true"
         if expr.id in declared_later:
             raise NetdslError(f"parameter '{expr.id}' is used before its 'param' statement",
                               expr.loc, hint="declare parameters before the ones that use them")
         return Word(expr.id, expr.loc)
+    if isinstance(expr, ast.Dims):
+        return _dims(expr, env, declared_later)
     if isinstance(expr, ast.Unary):
         value = evaluate(expr.operand, env, join_words=join_words, declared_later=declared_later)
         _need_number(value, expr.operand, env, expr.op)
@@ -116,7 +140,7 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
         if join_words and expr.op == "+" and isinstance(left, str) and isinstance(right, str):
             return f"{left}+{right}"
         _need_number(left, expr.left, env, expr.op)
-        _need_number(right, expr.right, env, expr.op)
+        _need_number(right, expr.right, env, expr.op + ("right" if expr.op == "//" else ""))
         if expr.op in ("/", "//", "%") and right == 0:
             raise NetdslError("division by zero", expr.loc)
         try:
@@ -131,12 +155,35 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
     raise TypeError(f"not an expression: {expr!r}")  # a parser bug, not a user error
 
 
+def _dims(expr: ast.Dims, env: Mapping, declared_later) -> tuple:
+    """``S x S x 3``: a tuple of whole positive sizes; a part that is itself dimensions
+    (``SHAPE x 2`` with SHAPE = 8x8) is spliced in."""
+    dims: list[int] = []
+    for part in expr.parts:
+        value = evaluate(part, env, declared_later=declared_later)
+        if isinstance(value, Word):
+            raise unbound_error(str(value), value.loc, env)
+        for size in value if isinstance(value, tuple) else (value,):
+            if not _is_number(size) or int(size) != size or size < 1:
+                raise NetdslError(f"a dimension must be a positive whole number, got "
+                                  f"{shown(size)}", part.loc,
+                                  detail=f"in {ast.text_at(expr.loc)}" if expr.loc.length > 1
+                                  else None)
+            dims.append(int(size))
+    return tuple(dims)
+
+
 def _need_number(value, node: ast.Expr, env: Mapping, op: str) -> None:
     if _is_number(value):
         return
+    if op == "//right" and isinstance(value, Word):
+        # `param N = 4 // four stages`: an old-style comment that happens to parse.
+        raise NetdslError("'//' is integer division, not a comment", value.loc,
+                          hint="comments start with #; if this is division, "
+                               f"declare '{value}' with 'param {value} = ...'")
     if isinstance(value, Word):
         raise unbound_error(str(value), value.loc, env)
-    raise NetdslError(f"'{op}' needs numbers, got {value!r}", node.loc)
+    raise NetdslError(f"'{op.removesuffix('right')}' needs numbers, got {value!r}", node.loc)
 
 
 def as_count(value, loc: Location, env: Mapping, what: str = "repeat count") -> int:

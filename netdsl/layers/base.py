@@ -209,6 +209,8 @@ def _coerce(spec: LayerSpec, arg: Arg, value):
             raise NetdslError(f"{where} must be at least {arg.minimum:g}, got {value!r}")
         return value
     elif kind == "dims":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)        # INPUT(784): a flat input
         if not (isinstance(value, tuple) and all(isinstance(v, int) for v in value)):
             raise NetdslError(f"{where} must be written like 32x32x3, got {value!r}")
         if any(v < 1 for v in value):
@@ -266,14 +268,39 @@ def bind_args(spec: LayerSpec, positional: list, keyword: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by several shape rules.
 
+ROUNDING = ("exact", "floor", "ceil")
+"""How a windowed layer's output size (I − K_eff + 2P)/S + 1 is rounded when it is not whole:
+``exact`` refuses (the course notes' rule, the language's default), ``floor`` drops the last
+partial window (PyTorch, Caffe convolution), ``ceil`` keeps it (Caffe pooling)."""
+
+
+def _fraction(num: int, den: int) -> str:
+    """num/den + 1 as a short decimal: 54.25, 28.5, 7.333."""
+    return f"{num / den + 1:.4g}"
+
+
 def out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
-             ceil: bool = False, what: str = "conv") -> int:
-    """O = (I − K_eff + 2P)/S + 1 with explicit floor/ceil; a ShapeError showing the arithmetic
-    when it is not a positive size."""
+             ceil: bool = False, what: str = "conv", rounding=None) -> int:
+    """O = (I − K_eff + 2P)/S + 1, rounded as ``rounding`` says (one of ROUNDING; ``ceil=True``
+    means "ceil"; anything else, e.g. an unresolved AUTO, means "floor" as in PyTorch).
+
+    A ShapeError showing the arithmetic when the size is not positive, or when it is not whole
+    under "exact" rounding; that error carries ``rounding_error = (size, k_eff, pad, stride)``
+    and a hint with the nearest input sizes that divide."""
+    mode = "ceil" if ceil else (rounding if rounding in ROUNDING else "floor")
     k_eff = dilation * (kernel - 1) + 1
     span = size - k_eff + 2 * pad
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if ceil and (out - 1) * stride >= size + pad:
+    if mode == "exact" and span >= 0 and span % stride:
+        below, above = size - span % stride, size + stride - span % stride
+        err = ShapeError(
+            f"{what} k={kernel} stride {stride} does not fit the {size}-wide input exactly",
+            detail=f"({size} − {k_eff} + 2·{pad})/{stride} + 1 = {_fraction(span, stride)}",
+            hint=f"the nearest sizes that fit are {below} and {above}; or round: add "
+                 f"round=floor (PyTorch) to this layer, or 'param ROUND = floor' to the file")
+        err.rounding_error = (size, k_eff, pad, stride)
+        raise err
+    out = (-(-span // stride) if mode == "ceil" else span // stride) + 1
+    if mode == "ceil" and (out - 1) * stride >= size + pad:
         out -= 1  # Caffe/PyTorch rule: the last window must start inside the input or left pad
     if out < 1:
         kdesc = f"k={kernel}" + (f" (dilated to {k_eff})" if dilation > 1 else "")

@@ -85,8 +85,9 @@ def _geometry(attrs, x_shape):
     n, h, w, c = x_shape
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     ph, pw = conv_padding(attrs)
-    ho = out_size(h, kh, sh, ph, dh, what="conv")
-    wo = out_size(w, kw, sw, pw, dw, what="conv")
+    rounding = attrs.get("round")      # exact refuses a partial window; AUTO floors
+    ho = out_size(h, kh, sh, ph, dh, what="conv", rounding=rounding)
+    wo = out_size(w, kw, sw, pw, dw, what="conv", rounding=rounding)
     return (kh, kw), (sh, sw), (dh, dw), (ph, pw), (ho, wo)
 
 
@@ -227,7 +228,10 @@ register(LayerSpec(
           Arg("dilation", "pair", (1, 1), doc="spacing between kernel taps", minimum=1),
           Arg("groups", "int", 1, doc="channel groups (depthwise when = channels)", minimum=1),
           Arg("bias", "bool", True, doc="add a learned per-filter bias"),
-          Arg("init", "str", "he", doc="weight initialiser", choices=("he", "glorot", "lecun"))),
+          Arg("init", "str", "he", doc="weight initialiser", choices=("he", "glorot", "lecun")),
+          # AUTO: the file's ROUND (default exact). No framework rounds convolutions up.
+          Arg("round", "str", AUTO, doc="output size not whole: exact (error) or floor",
+              choices=("exact", "floor"))),
     infer_shape=_conv_shape, forward=_conv_forward, backward=_conv_backward,
     params=_conv_params, macs=_conv_macs, compact=("kernel", "filters"),
     label=("filters", "kernel", "stride", "dilation", "groups"), style=CONV_STYLE,

@@ -41,8 +41,11 @@ def _pool_shape(op: str):
                                  detail=f"pad must be ≤ {k}//2 = {k // 2}",
                                  hint="a window made mostly of padding has nothing to pool; "
                                       "use a smaller pad")
-        ho = out_size(h, size[0], stride[0], pad[0], ceil=attrs["ceil"], what=op)
-        wo = out_size(w, size[1], stride[1], pad[1], ceil=attrs["ceil"], what=op)
+        rounding = attrs.get("round")
+        ho = out_size(h, size[0], stride[0], pad[0], ceil=attrs["ceil"], what=op,
+                      rounding=rounding)
+        wo = out_size(w, size[1], stride[1], pad[1], ceil=attrs["ceil"], what=op,
+                      rounding=rounding)
         return (ho, wo, c)
     return infer
 
@@ -52,9 +55,9 @@ def _geometry(attrs, x_shape):
     _, h, w, _ = x_shape
     attrs = _pool_attrs(attrs)
     size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
-    ceil = attrs["ceil"]
-    ho = out_size(h, size[0], stride[0], pad[0], ceil=ceil, what="pool")
-    wo = out_size(w, size[1], stride[1], pad[1], ceil=ceil, what="pool")
+    ceil, rounding = attrs["ceil"], attrs.get("round")
+    ho = out_size(h, size[0], stride[0], pad[0], ceil=ceil, what="pool", rounding=rounding)
+    wo = out_size(w, size[1], stride[1], pad[1], ceil=ceil, what="pool", rounding=rounding)
     # Rows/cols the windows touch; may exceed H + 2·pad when ceil lets the last window overhang.
     ext = (max(h + 2 * pad[0], (ho - 1) * stride[0] + size[0]),
            max(w + 2 * pad[1], (wo - 1) * stride[1] + size[1]))
@@ -164,7 +167,10 @@ def _pool_args(kind_default: str):
                 minimum=1),
             Arg("pad", "pair", (0, 0), doc="pixels of padding per side", minimum=0),
             Arg("kind", "str", kind_default, doc="max or avg", choices=("max", "avg")),
-            Arg("ceil", "bool", False, doc="round the output size up (Caffe style)"),
+            Arg("ceil", "bool", False, doc="round the output size up (Caffe style): round=ceil"),
+            # AUTO: the file's ROUND (default exact).
+            Arg("round", "str", AUTO, doc="output size not whole: exact (error), floor or ceil",
+                choices=("exact", "floor", "ceil")),
             Arg("count_include_pad", "bool", True, doc="avg: padding counts in the divisor "
                 "(PyTorch's default); false: divide by the real pixels only"))
 

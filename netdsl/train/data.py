@@ -7,6 +7,8 @@ split's mean and standard deviation.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,9 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
         cut = len(x_all) - count
         x_train, y_train, x_test, y_test = x_all[:cut], y_all[:cut], x_all[cut:], y_all[cut:]
         test_name = f"held-out last {count}"
+    flat = target is not None and len(target) == 1     # INPUT(784): FC-only nets
+    if flat:
+        target = flat_image_shape(target[0], tuple(splits.native_shape), splits.name)
     if target is not None:
         x_train = fit_to_shape(x_train, target)
         x_test = fit_to_shape(x_test, target)
@@ -83,6 +88,8 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
     mean, std = channel_stats(x_train)
     x_train = apply_normalisation(x_train, mean, std, in_place=True)
     x_test = apply_normalisation(x_test, mean, std, in_place=True)
+    if flat:   # normalised per channel as images, then flattened in H, W, C order
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     return Dataset(splits.name, x_train, y_train.astype(np.int64), x_test,
                    y_test.astype(np.int64), splits.num_classes, tuple(splits.native_shape),
                    test_name, tuple(mean), tuple(std))
@@ -104,16 +111,34 @@ def holdout_count(total: int, holdout: int, name: str = "dataset") -> int:
     return holdout
 
 
-def _check_input_shape(shape) -> tuple[int, int, int] | None:
+def _check_input_shape(shape) -> tuple | None:
     if shape is None:
         return None
     try:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
         dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise NetdslError(f"input shape {shape!r} is not a positive H×W×C triple")
+    if len(dims) not in (1, 3) or min(dims) < 1:
+        raise NetdslError(f"input shape {shape!r} is not a positive H×W×C triple or flat size")
     return dims
+
+
+def flat_image_shape(size: int, native: tuple, name: str = "the dataset") -> tuple:
+    """The H×W×C image that a flat input of ``size`` features is made from: the native shape
+    when it has that many values, else a square of the native channels or of one channel
+    (784 from CIFAR's 32×32×3 is a 28×28 grey image)."""
+    h, w, c = native
+    if size == h * w * c:
+        return native
+    for channels in (c, 1):
+        side = math.isqrt(size // channels)
+        if side * side * channels == size:
+            return (side, side, channels)
+    raise NetdslError(f"a flat input of {size} values cannot be made from {name}'s "
+                      f"{h}×{w}×{c} images",
+                      hint=f"use {h * w * c} (the images flattened)"
+                           + (f", {h * w} (one channel)" if c > 1 else "")
+                           + ", another square size, or INPUT(HxWxC) -> ... -> FLATTEN")
 
 
 # ---------------------------------------------------------------------------------------------
