@@ -178,6 +178,7 @@ def test_conv_input_grad_skipped_for_data():
 
 
 RESIDUAL = """net small_res
+param ROUND = floor
 INPUT(10x10x3)
   -> CONV(8, 3, bias=false) -> BN -> RELU
   -> residual { CONV(8, 3, bias=false) -> BN -> RELU -> CONV(8, 3, bias=false) -> BN } -> RELU
