@@ -275,6 +275,18 @@ def _arena(s: _Sim) -> int:
     return top
 
 
+def _placeholder(zero, shape, rec, name: str):
+    """A broadcast zero of ``shape``; a located user error when a dimension is past what NumPy
+    can index (legal in a .net file, e.g. FC(10^30)), instead of NumPy's ValueError."""
+    if any(d > np.iinfo(np.intp).max for d in shape):
+        from .errors import NetdslError
+        raise NetdslError(f"cannot plan the memory of {rec.name} ({rec.op}): its '{name}' has "
+                          f"shape {tuple(shape)}, past what an array can hold", rec.loc,
+                          hint="use smaller layer sizes; `netdsl check` validates the file "
+                               "without planning memory")
+    return np.broadcast_to(zero, shape)
+
+
 def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:
     """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
     the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:
@@ -283,7 +295,8 @@ def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str =
     from .model import BoundModel
     from .plan import build_plan
     zero = np.zeros((), dtype=dtype)
-    params = {rec.name: {k: np.broadcast_to(zero, ps.shape) for k, ps in rec.param_specs.items()}
+    params = {rec.name: {k: _placeholder(zero, ps.shape, rec, k)
+                         for k, ps in rec.param_specs.items()}
               for rec in nodes(g) if rec.param_specs}
     model = BoundModel(copy_graph(g), params, dtype=dtype)
     model.optimize("train", passes)
