@@ -45,7 +45,7 @@ def sum_rows(xp, x, overwrite: bool = False):
         xp.add(buf[:, :h], buf[:, h:2 * h], out=buf[:, :h])
         if m % 2:
             buf[:, 0] += buf[:, 2 * h]
-    out = buf[:, 0].copy() if overwrite else buf[:, 0]
+    out = buf[:, 0].copy()   # a copy: a view would keep the whole scratch buffer alive
     return out[0] if flat else out
 
 
