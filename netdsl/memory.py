@@ -60,6 +60,9 @@ def _conv(st, n, it, training):
     cols = 0 if pointwise else n * ho * wo * kh * kw * c * it
     fp = Footprint(out=n * ho * wo * f * it, fwd_tmp=pad + cols)
     block = n * ho * wo * (c // a["groups"]) * it      # one kernel offset's share of dcols
+    # The bias gradient's pairwise sum (layers/reduce.py) folds dout into a half-size buffer,
+    # before dx exists.
+    half = (n * ho * wo // 2) * f * it if a["bias"] else 0
     if st.data_only:
         fp.dx, dx = (0,), 0
     elif pointwise:
@@ -69,13 +72,14 @@ def _conv(st, n, it, training):
         fp.dx = (dx,)
     if pointwise:
         fp.keep_in = (0,)       # the columns are a view of the input
+        fp.bwd_tmp = max(0, half - dx)
     elif st.recompute:
         # im2col again (padded copy + columns, before dx exists), then columns + block + dx
         fp.keep_in = (0,)
-        fp.bwd_tmp = max(pad + cols - dx, cols + (block if dx else 0))
+        fp.bwd_tmp = max(pad + cols - dx, cols + half - dx, cols + (block if dx else 0))
     else:                       # kept columns (grouped, or a provider's choice): cache owns them
         fp.cache, fp.fwd_tmp = cols, pad
-        fp.bwd_tmp = block if dx else 0
+        fp.bwd_tmp = max(half - dx, block if dx else 0)
     return fp
 
 
@@ -87,9 +91,11 @@ def _elementwise(st, n, it, tmp_fwd, tmp_bwd):
 
 def _batchnorm(st, n, it, training):
     x = n * numel(st.node.in_shapes[0]) * it
-    # Forward: x − μ lives beside x̂ (the cache) and the output; backward: dx̂ and x̂·mean
-    # beside dx (NumPy reuses the other temporaries of the expression in place).
-    return Footprint(out=x, fwd_tmp=x, cache=x, bwd_tmp=2 * x, dx=(x,))
+    # Forward: the pairwise sum of x folds into a half-size buffer; x − μ becomes x̂ (the cache)
+    # in place and the output is the variance's scratch. Backward: dx is the scratch of
+    # Σ dout·x̂, and Σ dout needs a half-size buffer (layers/norm.py, layers/reduce.py).
+    half = (n * numel(st.node.in_shapes[0][:-1]) // 2) * st.node.in_shapes[0][-1] * it
+    return Footprint(out=x, fwd_tmp=half if training else 0, cache=x, bwd_tmp=half, dx=(x,))
 
 
 def _pool(st, n, it, training):
@@ -114,8 +120,9 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     out = n * numel(st.node.out_shapes[0]) * it
     if op == "conv":
         fp = _conv(st, n, it, training)
-    elif op == "fc":
-        fp = Footprint(out=out, keep_in=(0,), dx=(x,))
+    elif op == "fc":            # the bias gradient's pairwise sum: half of dout
+        fp = Footprint(out=out, keep_in=(0,), dx=(x,),
+                       bwd_tmp=(n // 2) * (out // max(n, 1)) if st.node.attrs["bias"] else 0)
     elif op == "batchnorm":
         fp = _batchnorm(st, n, it, training)
     elif op == "relu":
@@ -124,8 +131,9 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         fp = _elementwise(st, n, it, 0 if op == "tanh" else 1, 0 if op == "tanh" else 1)
     elif op in ("pool", "maxpool", "avgpool"):
         fp = _pool(st, n, it, training)
-    elif op == "gap":
-        fp = Footprint(out=out, dx=(x,), bwd_tmp=out)
+    elif op == "gap":           # forward: the pairwise sum over H·W folds into half the input
+        h, w, c = st.node.in_shapes[0]
+        fp = Footprint(out=out, dx=(x,), bwd_tmp=out, fwd_tmp=n * (h * w // 2) * c * it)
     elif op in ("flatten", "identity", "input") or (op == "dropout" and not training):
         fp = Footprint(out_alias=0, dx=(None,))
     elif op == "dropout":
@@ -289,6 +297,18 @@ def _beyond_addressable(g, batch: int, itemsize: int) -> str | None:
     return None
 
 
+def _placeholder(zero, shape, rec, name: str):
+    """A broadcast zero of ``shape``; a located user error when a dimension is past what NumPy
+    can index (legal in a .net file, e.g. FC(10^30)), instead of NumPy's ValueError."""
+    if any(d > np.iinfo(np.intp).max for d in shape):
+        from .errors import NetdslError
+        raise NetdslError(f"cannot plan the memory of {rec.name} ({rec.op}): its '{name}' has "
+                          f"shape {tuple(shape)}, past what an array can hold", rec.loc,
+                          hint="use smaller layer sizes; `netdsl check` validates the file "
+                               "without planning memory")
+    return np.broadcast_to(zero, shape)
+
+
 def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:
     """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
     the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:
@@ -301,7 +321,8 @@ def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str =
         # NumPy cannot even describe such a tensor (no machine could hold it): no plan.
         return {"batch": batch, "dtype": np.dtype(dtype).name, "unplanned": too_big}
     zero = np.zeros((), dtype=dtype)
-    params = {rec.name: {k: np.broadcast_to(zero, ps.shape) for k, ps in rec.param_specs.items()}
+    params = {rec.name: {k: _placeholder(zero, ps.shape, rec, k)
+                         for k, ps in rec.param_specs.items()}
               for rec in nodes(g) if rec.param_specs}
     model = BoundModel(copy_graph(g), params, dtype=dtype)
     model.optimize("train", passes)

@@ -238,3 +238,13 @@ def test_unknown_optimizer_and_bad_lr_are_located(tmp_path):
         path = _net(tmp_path, setting)
         status, output = cli("check", path)
         assert status == 1 and f"{path}:2:3: error: train setting {words}" in output
+
+
+def test_summary_cli_of_astronomical_layers_is_a_user_error(tmp_path):
+    """The memory planner cannot build placeholder weights past NumPy's index range: a located
+    error (exit 1), not NumPy's ValueError (exit 70). Found by the program fuzzer."""
+    path = tmp_path / "big.net"
+    path.write_text(f"INPUT(28x28x1) -> FC({BIG}) -> FC\n")
+    status, output = cli("summary", path)
+    assert status == 1 and "internal error" not in output
+    assert f"{path}:1:19: error: cannot plan the memory of fc1" in output

@@ -71,7 +71,8 @@ def random_net(seed: int) -> str:
 # Zoo nets whose input the 224→32 rule does not shrink to a size every layer still fits.
 ZOO_INPUTS = {"alexnet.net": ("227x227x3", "67x67x3"), "zfnet.net": ("224x224x3", "64x64x3"),
               "googlenet.net": ("224x224x3", "96x96x3"), "deepface.net": ("152x152x3", "73x73x3"),
-              "unet.net": ("572x572x1", "188x188x1")}
+              "unet.net": ("572x572x1", "188x188x1"),
+              "resnet20.net": ("32x32x3", "8x8x3")}   # CIFAR-sized already: 8×8 keeps it quick
 SHRUNK_WIDTHS = ("vgg16.net", "vgg19.net", "resnet18.net", "resnet34.net", "resnet50.net",
                  "alexnet.net", "zfnet.net", "deepface.net", "googlenet.net")
 

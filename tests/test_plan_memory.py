@@ -183,4 +183,7 @@ def test_summary_reports_planned_peaks_and_O0_changes_them(capsys):
         ex = Executor(g, seed=0, passes="O0" if flags else None)
         assert mem["train_peak_bytes"] == plan_memory(ex.plan, 2).peak
         peaks[bool(flags)] = mem["infer_peak_bytes"]
-    assert peaks[False] < 0.9 * peaks[True]
+    # Folding BN never costs memory. (It used to save 13% here, when unfolded batch norm's
+    # temporaries made batchnorm1 the peak; since its pairwise-sum rewrite the inference peak
+    # is conv1's im2col with or without folding.)
+    assert peaks[False] <= peaks[True]

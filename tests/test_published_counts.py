@@ -76,3 +76,27 @@ def test_cs231n_parameters_from_cli(n, m, k, pool):
     assert ops.count("conv") == n * m
     assert ops.count("pool") == (m if pool else 0)
     assert ops.count("fc") == k + 1
+
+
+def test_resnet20_params_by_hand():
+    """CIFAR ResNet-20 (He et al. 2016 §4.2) with option-B projection shortcuts, counted here
+    from the architecture: 3×3 convs without bias, BN = 2 values per channel, FC-10 with bias."""
+    def conv(k, cin, cout):
+        return k * k * cin * cout
+
+    def bn(c):
+        return 2 * c
+
+    def block(cin, cout):
+        n = conv(3, cin, cout) + bn(cout) + conv(3, cout, cout) + bn(cout)
+        return n + (conv(1, cin, cout) + bn(cout) if cin != cout else 0)   # projection
+    total = conv(3, 3, 16) + bn(16)
+    for cin, cout in [(16, 16), (32, 32), (64, 64)]:
+        total += block(cin // 2 if cin > 16 else 16, cout) + 2 * block(cout, cout)
+    total += 64 * 10 + 10
+    assert total == 272_474 == 269_722 + 2_752   # option A's count + the two projections
+    s = summary_json(str(NETS / "resnet20.net"))
+    assert s["totals"]["params"] == total
+    convs = [r["output_shape"] for r in s["layers"] if r["op"] == "conv"]
+    assert len(convs) == 19 + 2                   # 19 weighted convs + 2 projections (+ FC = 20)
+    assert convs[0] == "32×32×16" and convs[-1] == "8×8×64"

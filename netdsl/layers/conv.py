@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register
+from .reduce import sum_rows
 from .structure import pair_attrs, require_set, require_spatial
 from . import naive
 
@@ -170,7 +171,7 @@ def _conv_backward(ctx, attrs, params, cache, dout):
         dout2 = dout2.astype(weight.dtype)
     grads = {}
     if "bias" in params:
-        grads["bias"] = dout2.sum(axis=0)
+        grads["bias"] = sum_rows(xp, dout2)  # pairwise: N·Ho·Wo rows (reduce.py)
     if not ctx.input_grad:
         # The input is the data itself: only the parameters need gradients.
         if groups == 1:

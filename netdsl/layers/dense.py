@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import AUTO, Arg, LayerSpec, ParamSpec, numel, register
+from .reduce import sum_rows
 from .structure import require_set
 
 DENSE_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#e2d9f3"}
@@ -40,7 +41,7 @@ def _fc_backward(ctx, attrs, params, cache, dout):
     x_shape, x2 = cache
     grads = {"weight": x2.T @ dout}
     if "bias" in params:
-        grads["bias"] = dout.sum(axis=0)
+        grads["bias"] = sum_rows(ctx.xp, dout)  # pairwise over the batch (reduce.py)
     dx = (dout @ params["weight"].T).reshape(x_shape)
     return [dx], grads
 

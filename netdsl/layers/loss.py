@@ -57,7 +57,7 @@ def _xent_forward(ctx, attrs, params, inputs):
     total = exp.sum(axis=1, keepdims=True)
     rows = xp.arange(n)
     log_p = shifted[rows, labels] - xp.log(total[:, 0])
-    loss = -attrs["weight"] * log_p.mean()
+    loss = -attrs["weight"] * log_p.mean(dtype=xp.float64)  # float64: the batch mean
     return xp.asarray(loss, dtype=logits.dtype), (exp / total, labels)
 
 

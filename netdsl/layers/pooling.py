@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import AUTO, Arg, LayerSpec, out_size, register
+from .reduce import sum_rows
 from .structure import pair_attrs, require_spatial
 from . import naive
 
@@ -226,7 +227,9 @@ def _gap_shape(attrs, in_shapes):
 
 def _gap_forward(ctx, attrs, params, inputs):
     x = inputs[0]
-    return x.mean(axis=(1, 2)), x.shape
+    n, h, w, c = x.shape
+    # Pairwise over the H·W positions (reduce.py); NumPy's mean sums them one by one.
+    return sum_rows(ctx.xp, x.reshape(n, h * w, c)) / (h * w), x.shape
 
 
 def _gap_backward(ctx, attrs, params, x_shape, dout):

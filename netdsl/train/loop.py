@@ -25,6 +25,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..errors import NetdslError
 from ..executor import Executor
+from ..numerics import LossWatch, locate_nonfinite
 from .augment import augment_batch
 from .checkpoint import (MAX_STEP, check_header, check_history, load_checkpoint, load_header,
                          save_checkpoint, write_json_atomic)
@@ -180,6 +181,7 @@ class Trainer:
         self.history: list[dict] = []
         self.changes: list[dict] = []   # settings changed on resume, with where
         self._stop = StopFlag()
+        self._loss_watch = LossWatch(log)   # warns once on a finite blow-up
 
     # -- persistence ---------------------------------------------------------------------
     def resume(self, path: str) -> None:
@@ -298,13 +300,13 @@ class Trainer:
                     xb = augment_batch(xb, cfg.augment, _rng(cfg.seed, _AUGMENT, self.step))
                 ex.reseed(self.step)
                 res = ex.forward(xb, yb, training=True)
-                self.optimizer.step(ex.params, ex.backward(), lr=self.lr_at(self.step))
+                grads, loss = ex.backward(), float(res.loss)
+                if not np.isfinite(loss):   # before the update: name the layer (numerics.py)
+                    raise locate_nonfinite(ex, xb, yb, step=self.step, loss=loss)
+                self._loss_watch.update(loss, self.step + 1)
+                self.optimizer.step(ex.params, grads, lr=self.lr_at(self.step))
                 self.step += 1
                 self.batch += 1
-                loss = float(res.loss)
-                if not np.isfinite(loss):
-                    raise NetdslError(f"the loss became {loss} at step {self.step}",
-                                      hint="lower the learning rate (--lr) or add batch norm")
                 hits = int(to_numpy((ex.xp.argmax(res.logits, axis=1) ==
                                      yb).sum()))
                 sums.add(len(idx), loss, hits)
