@@ -73,7 +73,8 @@ def run_step(ex, x, labels, *, on_forward=None, on_backward=None, replace=None) 
 
 def _name(st) -> str:
     """'conv3 (conv)', or 'bn2 (batchnorm + relu)' for a step with a fused activation."""
-    return f"{st.node.name} ({st.node.op}{' + ' + st.act if st.act else ''})"
+    act = st.act or st.node.meta.get("act")   # a provider's fused kernel applies it itself
+    return f"{st.node.name} ({st.node.op}{' + ' + act if act else ''})"
 
 
 class _Found(Exception):

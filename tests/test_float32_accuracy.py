@@ -77,18 +77,18 @@ def _max_rel(grads, ref):
 _CACHE = {}
 
 
-def _errors(graph, batch):
+def _errors(graph, batch, kernels="numpy"):
     """(same-branch error, plain error, flipped ReLU units, plain float64 gradients) of a float32
-    step of the executor; computed once per batch size for the tests below."""
-    if batch in _CACHE:
-        return _CACHE[batch]
+    step of the executor with ``kernels``; computed once per case for the tests below."""
+    if (batch, kernels) in _CACHE:
+        return _CACHE[batch, kernels]
     x, y = _batch(batch)
-    ex32 = Executor(graph, dtype=np.float32, seed=0)
+    ex32 = Executor(graph, dtype=np.float32, seed=0, kernels=kernels)
     p64 = _cast(ex32.params, np.float64)
     # The references run without passes: ReLUs stay steps of their own (not fused into the
     # conv/BN before them, as in ex32's training pipeline), so their patterns can be read.
     m32 = _relu_masks(Executor(graph, dtype=np.float32, params=_cast(p64, np.float32),
-                               passes=()), x, y)
+                               passes=(), kernels=kernels), x, y)
     ex32.forward(x, y, training=True)
     g32 = ex32.backward()
     m64 = {}
@@ -103,17 +103,31 @@ def _errors(graph, batch):
                                                        for i, m in m32.items()}))
     if flips == 0:   # then both references are the same function: a check on the locked one
         assert _max_rel(g_locked, g64) < 1e-12
-    _CACHE[batch] = _max_rel(g32, g_locked), _max_rel(g32, g64), flips, g64
-    return _CACHE[batch]
+    _CACHE[batch, kernels] = _max_rel(g32, g_locked), _max_rel(g32, g64), flips, g64
+    return _CACHE[batch, kernels]
 
 
 @pytest.mark.parametrize("batch", [8, 32])
 def test_float32_gradients_match_float64(graph, batch):
+    """The NumPy reference kernels: pairwise reductions, held to 1e-5."""
     same_branch, plain, flips, _ = _errors(graph, batch)
     assert same_branch <= BRANCH_TOL, f"batch {batch}: same-branch error {same_branch:.2e}"
     if flips == 0:
         assert plain <= TOL, f"batch {batch}: plain error {plain:.2e}"
     print(f"batch {batch}: same-branch {same_branch:.2e}, plain {plain:.2e}, {flips} flipped")
+
+
+@pytest.mark.parametrize("batch", [8, 32])
+def test_float32_gradients_match_float64_with_onednn(graph, batch):
+    """oneDNN's kernels (the default where the library loads) reduce in their own order: their
+    same-branch error is PyTorch's order (3e-5 / 9e-5 measured), held to the issue's 1e-4."""
+    from netdsl import kernels
+    if not kernels.available("onednn"):
+        pytest.skip("oneDNN does not load here")
+    same_branch, plain, flips, _ = _errors(graph, batch, "onednn")
+    assert same_branch <= TOL, f"batch {batch}: same-branch error {same_branch:.2e}"
+    if flips == 0:
+        assert plain <= TOL, f"batch {batch}: plain error {plain:.2e}"
 
 
 # ---------------------------------------------------------------------------------------------

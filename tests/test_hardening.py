@@ -241,10 +241,11 @@ def test_unknown_optimizer_and_bad_lr_are_located(tmp_path):
 
 
 def test_summary_cli_of_astronomical_layers_is_a_user_error(tmp_path):
-    """The memory planner cannot build placeholder weights past NumPy's index range: a located
-    error (exit 1), not NumPy's ValueError (exit 70). Found by the program fuzzer."""
+    """The memory planner cannot build placeholder weights past NumPy's index range: the
+    summary prints without a memory plan and says why, not NumPy's ValueError (exit 70). Found
+    by the program fuzzer."""
     path = tmp_path / "big.net"
     path.write_text(f"INPUT(28x28x1) -> FC({BIG}) -> FC\n")
     status, output = cli("summary", path)
-    assert status == 1 and "internal error" not in output
-    assert f"{path}:1:19: error: cannot plan the memory of fc1" in output
+    assert status == 0 and "internal error" not in output
+    assert "not planned" in output and "fc1" in output

@@ -56,7 +56,7 @@ def test_sum_rows_gpu_branch_axes():
 def test_run_step_equals_executor():
     """run_step (the walker behind located numerics and the float32 test's reference) computes
     what the executor computes, through fan-out, concat, a residual join and dropout."""
-    text = ("INPUT(8x8x3) -> CONV(8, 3) -> BN -> RELU -> concat { CONV(4, 1) | MAXPOOL(3, "
+    text = ("param ROUND = floor\nINPUT(8x8x3) -> CONV(8, 3) -> BN -> RELU -> concat { CONV(4, 1) | MAXPOOL(3, "
             "stride=1, pad=1) } -> residual { CONV(12, 3, stride=2) -> RELU } -> DROPOUT "
             "-> GAP -> FC(5)")
     g = compile_text(text, input_shape=(8, 8, 3), num_classes=5).graph

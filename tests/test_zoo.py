@@ -205,7 +205,7 @@ SMALL = {"alexnet": ("67x67x3", {}), "zfnet": ("64x64x3", {}), "vgg16": ("32x32x
          "vgg19": ("32x32x3", {}), "googlenet": ("96x96x3", {}), "resnet18": ("32x32x3", {}),
          "resnet34": ("32x32x3", {}), "resnet50": ("32x32x3", {}), "allcnn_c": (None, {"S": 16}),
          "deepface": ("73x73x3", {}), "unet": ("188x188x1", {"W": 4}),
-         "segnet_mini": (None, {}), "lenet5": (None, {}), "cs231n": ("16x16x1", {}),
+         "segnet_mini": (None, {}), "lenet5": (None, {}), "resnet20": ("16x16x3", {}), "cs231n": ("16x16x1", {}),
          "inception_small": ("16x16x1", {})}
 
 
