@@ -247,6 +247,42 @@ def _check_heads(g, num_classes: int, data_name: str) -> None:
                 hint=f"leave the last FC bare (FC) to get one unit per class, or write FC({num_classes})")
 
 
+def cmd_sizes(args) -> int:
+    from .compiler import build_graph, read_source, train_config
+    from .graph import nodes
+    from .layers import get
+    from .sizes import nearest, parse_range, valid_sizes
+    lo, hi = parse_range(args.range)
+    if args.near is not None and not 1 <= args.near <= 8192:
+        raise NetdslError(f"--near {args.near} is out of range: a side between 1 and 8,192")
+    params, train = _split_sets(args.set)
+    g = build_graph(read_source(args.file), params)
+    src = next(rec for rec in nodes(g)
+               if get(rec.op).role == "source")
+    shape, classes = src.attrs.get("shape"), 10
+    if args.input:
+        shape = _dims(args.input)
+    if not isinstance(shape, tuple):    # INPUT without a shape: the configured dataset's
+        from .train.data import dataset_info
+        shape, classes = dataset_info(train_config(g, train).data)
+    checks = valid_sizes(g, lo, hi, shape[2], classes)
+    ok = [c.size for c in checks if c.valid]
+    print(f"{g.graph['name']}: {len(ok)} exact input side(s) in {lo}..{hi}"
+          + (f": {', '.join(map(str, ok))}" if ok else ""))
+    if args.near is not None:
+        here = check_at(checks, args.near)
+        if here is not None and not here.valid:
+            print(f"{args.near} is not exact: {here.reason}")
+        near = nearest(checks, args.near)
+        print(f"nearest exact sides to {args.near}: {', '.join(map(str, near)) or 'none in range'}")
+    return 0 if ok else EXIT_USER_ERROR
+
+
+def check_at(checks, size):
+    """The check for side ``size`` among ``checks``, or None outside the range."""
+    return next((c for c in checks if c.size == size), None)
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -318,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ly = sub.add_parser("layers", help="list the layers netdsl knows")
     ly.set_defaults(func=cmd_layers)
+
+    sz = sub.add_parser("sizes", help="input sizes every conv/pool divides exactly",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example: netdsl sizes alexnet.net --near 224   (answers 227, ...)")
+    common(sz)
+    sz.add_argument("--near", type=int, metavar="S", help="also list the exact sides nearest S")
+    sz.add_argument("--range", default="32:512", metavar="LO:HI",
+                    help="square sides to try (default 32:512)")
+    sz.set_defaults(func=cmd_sizes)
 
     b = sub.add_parser("bench", help="time a network's training step or inference, per layer "
                        "and whole, optionally against PyTorch (default: the cs231n yardstick)")
