@@ -110,6 +110,9 @@ def cmd_summary(args) -> int:
     s = summarize(c.graph, batch=args.batch)
     s["compile_passes"] = [{"pass": name, "changed": changed} for name, changed in c.pass_log]
     s["memory"] = m = memory_table(c.graph, args.batch, passes=args.passes)
+    training = _training_memory(args, c) if (args.optimizer or args.memory) else None
+    if training:
+        s["training_memory"] = training[0]
     if args.format == "json":
         print(json.dumps(s, indent=2, ensure_ascii=False))
         return 0
@@ -121,7 +124,24 @@ def cmd_summary(args) -> int:
           f"{', gradients' if m['train_gradient_bytes'] else ''}; weights apart): training step "
           f"{human_bytes(m['train_peak_bytes'])} (at {m['train_peak_at']}), inference "
           f"{human_bytes(m['infer_peak_bytes'])} (at {m['infer_peak_at']})")
+    if training:
+        print(training[1])
     return 0
+
+
+def _training_memory(args, c):
+    """summary --optimizer/--memory: the training-memory report (dict, text)."""
+    from .trainmem import TrainMemory, format_report, parse_bytes
+    budget = parse_bytes(args.memory) if args.memory else None
+    cfg = c.config
+    opt = args.optimizer or cfg.optimizer
+    tm = TrainMemory(c.graph, optimizer=opt, passes=args.passes,
+                     momentum=cfg.momentum if opt == "sgd" else 0.0, weight_decay=cfg.weight_decay)
+    report = tm.report(args.batch)
+    fits = tm.largest_batch(budget) if budget is not None else None
+    if budget is not None:
+        report = dict(report, budget=budget, largest_batch=fits)
+    return report, format_report(report, budget, fits)
 
 
 def cmd_draw(args) -> int:
@@ -335,10 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
+    s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example: netdsl summary nets/vgg16.net --batch 32 --optimizer adam "
+                              "--memory 8GB")
     common(s)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--format", choices=["table", "json"], default="table")
+    s.add_argument("--optimizer", choices=["sgd", "adam"],
+                   help="add the training-memory report for this optimizer (default: the file's)")
+    s.add_argument("--memory", metavar="SIZE", help="e.g. 8GB: also answer the largest batch "
+                   "whose training step fits")
     pass_flags(s)
     s.set_defaults(func=cmd_summary)
 

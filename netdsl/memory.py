@@ -150,6 +150,7 @@ class MemoryPlan:
     arena: int                   # bytes: long-lived buffers laid out by lifetime
     at: str                      # where the peak is: "forward <node>" / "backward <node>"
     gradients: int               # bytes of parameter gradients (part of a training peak)
+    kept: int = 0                # bytes alive when forward ends: what backward will read
     offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
 
 
@@ -219,6 +220,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
                 s.unref(value[j])
     if not training:
         return MemoryPlan(s.peak, _arena(s), s.at, 0)
+    kept = s.live
     dout = [None] * len(plan)
     grads = 0
     for i in range(len(plan) - 1, -1, -1):
@@ -256,7 +258,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
             dout[j] = g
         s.unref(dout[i])
         dout[i] = None
-    return MemoryPlan(s.peak, _arena(s), s.at, grads)
+    return MemoryPlan(s.peak, _arena(s), s.at, grads, kept)
 
 
 def _arena(s: _Sim) -> int:
