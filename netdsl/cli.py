@@ -226,6 +226,7 @@ def cmd_run(args) -> int:
         # The fingerprint of the network as compiled, not as the training passes rewrote it:
         # --passes/-O0 change how it runs, not what it is.
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
+                          on_epoch=None if args.no_plots else _Pictures(out_dir, data.test_name),
                           meta={"network": g.graph["name"], "source": g.graph["source"].text,
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
                                 "graph": graph_fingerprint(g)})
@@ -237,9 +238,74 @@ def cmd_run(args) -> int:
             return stop.exit_status
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        if not args.no_plots:
+            _Pictures(out_dir, data.test_name).filters(ex)
     n_test = len(data.y_test)
     acc = result["accuracy"]
     print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
+    return 0
+
+
+class _Pictures:
+    """run's pictures in --out: curves after every epoch, filters at the end. Without
+    matplotlib they are skipped with one warning: a missing extra must not stop a training."""
+
+    def __init__(self, out_dir, test_name):
+        self.out_dir, self.test_name = out_dir, test_name
+
+    def _try(self, draw) -> None:
+        try:
+            draw()
+        except NetdslError as err:
+            if not getattr(_Pictures, "warned", False):
+                print(f"netdsl: warning: no pictures: {err.message}"
+                      + (f" ({err.hint})" if err.hint else ""), file=sys.stderr)
+                _Pictures.warned = True
+
+    def __call__(self, trainer) -> None:
+        from .plots import plot_curves
+        self._try(lambda: plot_curves(trainer.history, self.out_dir, self.test_name))
+
+    def filters(self, ex) -> None:
+        from .plots import plot_filters
+        convs = [st.node.name for st in ex.plan if st.node.op == "conv"]
+        if convs:
+            self._try(lambda: plot_filters(to_numpy_any(ex.params[convs[0]]["weight"]),
+                                           os.path.join(self.out_dir, "filters.png")))
+
+
+def to_numpy_any(a):
+    from .backend import to_numpy
+    return to_numpy(a)
+
+
+def cmd_show(args) -> int:
+    from .executor import Executor
+    from .plots import plot_feature_maps, plot_filters
+    from .show import feature_maps, first_conv, load_image
+    from .train.checkpoint import load_checkpoint
+    if not args.filters and not args.layer:
+        raise NetdslError("show needs --filters, or an IMAGE and --layer NAME",
+                          hint="e.g. netdsl show net.net --weights runs/x/checkpoint.npz --filters")
+    if bool(args.image) != bool(args.layer):
+        raise NetdslError("feature maps need both an IMAGE and --layer NAME")
+    c = _compile(args)
+    ck = load_checkpoint(args.weights)
+    from .train.loop import _check_compatible
+    ex = Executor(c.graph, passes="O0")
+    _check_compatible(ex, ck["params"], args.weights)
+    for name, tensors in ex.params.items():
+        for key in tensors:
+            tensors[key][...] = ex.xp.asarray(ck["params"][name][key])
+    if args.filters:
+        rec = first_conv(c.graph)
+        out = args.output if not args.layer and args.output else "filters.png"
+        print("\n".join(plot_filters(to_numpy_any(ex.params[rec.name]["weight"]), out,
+                                     f"{rec.name} filters")))
+    if args.layer:
+        maps = feature_maps(ex, load_image(args.image, ex.input_shape), args.layer)
+        out = args.output or f"{args.layer.replace('/', '_')}_maps.png"
+        print("\n".join(plot_feature_maps(maps, out, f"{args.layer} on {args.image}")))
     return 0
 
 
@@ -351,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "no test split (default 20%%)")
     r.add_argument("--seed", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-plots", action="store_true",
+                   help="do not draw curves.png/svg and filters.png into --out")
     pass_flags(r)
     kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)
@@ -381,6 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ly = sub.add_parser("layers", help="list the layers netdsl knows")
     ly.set_defaults(func=cmd_layers)
+
+    sh = sub.add_parser("show", help="pictures of a trained net: filters, feature maps",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  netdsl show nets/lenet5.net --weights "
+                               "runs/lenet5/checkpoint.npz --filters\n  netdsl show nets/lenet5.net "
+                               "--weights runs/lenet5/checkpoint.npz digit.png --layer C1")
+    common(sh)
+    sh.add_argument("image", nargs="?", help="an image (PNG/JPEG, or .npy) for --layer")
+    sh.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint .npz")
+    sh.add_argument("--filters", action="store_true", help="draw the first conv's filters")
+    sh.add_argument("--layer", metavar="NAME", help="draw the feature maps of IMAGE at NAME")
+    sh.add_argument("-o", "--output", metavar="OUT.png", help="picture file (.png or .svg)")
+    sh.set_defaults(func=cmd_show)
 
     sz = sub.add_parser("sizes", help="input sizes every conv/pool divides exactly",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -435,7 +516,15 @@ def main(argv=None) -> int:
 
 
 def _dispatch(argv) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `show FILE --weights CKPT IMAGE`: argparse gives out positionals at their first run, so an
+    # IMAGE after an option comes back unparsed; it is the optional positional.
+    if extra and getattr(args, "command", None) == "show" and args.image is None \
+            and len(extra) == 1 and not extra[0].startswith("-"):
+        args.image, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         check_int_flags(args)
         return args.func(args)
