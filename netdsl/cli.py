@@ -27,6 +27,7 @@ INT_FLAGS = {
     "threads": (1, 1024, "threads"),
     "steps": (1, 1_000_000, "timed steps"),
     "rounds": (1, 10_000, "rounds"),
+    "limit": (1, 10**9, "training examples"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 
@@ -369,6 +370,29 @@ def check_at(checks, size):
     return next((c for c in checks if c.size == size), None)
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import cost, format_table, instances, parse_sweep_sets, plot, train_one, write_csv
+    axes = parse_sweep_sets(args.set)
+    shape = _dims(args.input) if args.input else None
+    cli_train = {"data": args.data, "epochs": args.epochs, "seed": args.seed}
+    rows = [cost(args.file, b, input_shape=shape, cli_train=cli_train) for b in instances(axes)]
+    for i, row in enumerate(rows):
+        if args.epochs and row["valid"]:
+            if not args.quiet:
+                print(f"training {i + 1}/{len(rows)}: {row['instance'] or '(as written)'}",
+                      file=sys.stderr)
+            row["accuracy"] = train_one(row, data_spec=args.data, limit=args.limit)
+    print(format_table(rows))
+    out = args.out or os.path.join("runs", "sweep-" + os.path.splitext(os.path.basename(args.file))[0])
+    print(f"wrote {write_csv(rows, os.path.join(out, 'sweep.csv'))}")
+    if any(r["valid"] for r in rows):
+        try:
+            print("wrote " + ", ".join(plot(rows, os.path.join(out, "sweep.png"))))
+        except NetdslError as err:     # matplotlib missing: the table and CSV still stand
+            print(f"netdsl: warning: no plot: {err.message}", file=sys.stderr)
+    return 0 if any(r["valid"] for r in rows) else EXIT_USER_ERROR
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -462,6 +486,24 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--layer", metavar="NAME", help="draw the feature maps of IMAGE at NAME")
     sh.add_argument("-o", "--output", metavar="OUT.png", help="picture file (.png or .svg)")
     sh.set_defaults(func=cmd_show)
+
+    sw = sub.add_parser("sweep", help="cost (and train) every instance of a template",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example: netdsl sweep nets/cs231n.net --set N=1..2 --set M=2..3 "
+                               "--epochs 2\n  writes sweep.csv and sweep.png/svg into --out "
+                               "(default runs/sweep-NAME)")
+    sw.add_argument("file", help="a .net file")
+    sw.add_argument("--set", action="append", metavar="K=VALUES", default=[],
+                    help="values to sweep: N=1..3 (a range) or POOL=true,false (a list); "
+                         "repeatable, the sweep is their product")
+    sw.add_argument("--input", metavar="HxWxC", help="input shape when INPUT has none")
+    sw.add_argument("--epochs", type=int, help="also train each instance this many epochs")
+    sw.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
+    sw.add_argument("--limit", type=int, metavar="N", help="train on the first N examples only")
+    sw.add_argument("--seed", type=int)
+    sw.add_argument("--out", metavar="DIR", help="where sweep.csv and the plot go")
+    sw.add_argument("--quiet", action="store_true", help="no per-instance progress lines")
+    sw.set_defaults(func=cmd_sweep)
 
     sz = sub.add_parser("sizes", help="input sizes every conv/pool divides exactly",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
