@@ -393,6 +393,32 @@ def cmd_sweep(args) -> int:
     return 0 if any(r["valid"] for r in rows) else EXIT_USER_ERROR
 
 
+def cmd_convert(args) -> int:
+    from .convert import convert_weights, fc_to_conv
+    if not args.fc_to_conv:
+        raise NetdslError("convert needs a conversion to do", hint="use --fc-to-conv")
+    c = _compile(args)
+    text, kernels = fc_to_conv(c.graph, _dims(args.slide) if args.slide else None)
+    from .compiler import compile_text
+    compile_text(text, name=args.output, num_classes=10)    # the result must compile
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        raise NetdslError(f"cannot write '{args.output}': {err.strerror or err}") from None
+    print(f"wrote {args.output} ({len(kernels)} FC layer(s) now convolutions: "
+          f"{', '.join(kernels) or 'none'})")
+    if args.weights:
+        from .train.checkpoint import load_checkpoint, save_checkpoint
+        ck = load_checkpoint(args.weights)
+        out = os.path.splitext(args.output)[0] + ".npz"
+        save_checkpoint(out, params=convert_weights(ck["params"], kernels), optimizer_state={},
+                        epoch=ck["epoch"], step=ck["step"], metrics=ck["metrics"],
+                        meta=dict(ck["meta"], converted_from=args.weights, source=text))
+        print(f"wrote {out} (weights for {args.output})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -504,6 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", metavar="DIR", help="where sweep.csv and the plot go")
     sw.add_argument("--quiet", action="store_true", help="no per-instance progress lines")
     sw.set_defaults(func=cmd_sweep)
+
+    cv = sub.add_parser("convert", help="rewrite a network (FC layers as convolutions)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example: netdsl convert nets/vgg16.net --fc-to-conv --slide "
+                               "384x384x3 --weights vgg.npz -o vgg16_conv.net\n  (writes "
+                               "vgg16_conv.net and vgg16_conv.npz; at 384 it answers a 6×6 grid)")
+    common(cv)
+    cv.add_argument("--fc-to-conv", action="store_true",
+                    help="FC layers as convolutions with the same weights")
+    cv.add_argument("--weights", metavar="CKPT", help="also convert this checkpoint")
+    cv.add_argument("--slide", metavar="HxWxC", help="input shape of the converted net "
+                    "(default: the original's)")
+    cv.add_argument("-o", "--output", required=True, metavar="OUT.net")
+    cv.set_defaults(func=cmd_convert)
 
     sz = sub.add_parser("sizes", help="input sizes every conv/pool divides exactly",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
