@@ -72,7 +72,7 @@ def _file_text(name: str) -> str:
     """The file, shrunk where it is ImageNet-sized: 32×32 input and (VGG-16, ResNet-18) widths
     divided by 16, so that float64 runs take milliseconds. The passes see the same structure."""
     text = (NETS / name).read_text().replace("INPUT(224x224x3)", "INPUT(32x32x3)")
-    if name in ("vgg16.net", "resnet18.net"):
+    if name in ("vgg16.net", "resnet18.net", "alexnet.net"):
         text = re.sub(r"(CONV3-|FC-|basic\(|CONV\()(\d+)",
                       lambda m: f"{m.group(1)}{max(2, int(m.group(2)) // 16)}", text)
     return text

@@ -63,3 +63,11 @@ def test_cli_sizes_bad_range(tmp_path, capsys, bad):
     f.write_text(ALEXNET)
     assert main(["sizes", str(f), "--range", bad]) == 1
     assert "--range" in capsys.readouterr().err
+
+
+def test_shipped_alexnet_answers_227(capsys):
+    assert main(["sizes", "nets/alexnet.net", "--near", "224"]) == 0
+    out = capsys.readouterr().out
+    # Caffe's AlexNet geometry with groups: the exact sides are those of the hand walk above.
+    assert f"{sum(map(_exact_by_hand, range(32, 513)))} exact input side(s)" in out
+    assert "nearest exact sides to 224: 227, 195, 259" in out
