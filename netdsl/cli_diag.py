@@ -225,7 +225,7 @@ def add_parsers(sub, common) -> None:
 
     sz = sub.add_parser("sizes", help="input sizes every conv/pool divides exactly",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example: netdsl sizes alexnet.net --near 224   (answers 227, ...)")
+                        epilog="example: netdsl sizes nets/alexnet.net --near 224   (answers 227, ...)")
     common(sz)
     sz.add_argument("--near", type=int, metavar="S", help="also list the exact sides nearest S")
     sz.add_argument("--range", default="32:512", metavar="LO:HI",
