@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .backend import to_numpy
 from .cli import EXIT_USER_ERROR, _compile, _dims, _split_sets
 from .errors import NetdslError
 
@@ -32,16 +33,19 @@ class Pictures:
     """run's pictures in --out: curves after every epoch, filters at the end. Without
     matplotlib they are skipped with one warning: a missing extra must not stop a training."""
 
+    warned = False      # one warning per process, however many epochs and pictures
+
     def __init__(self, out_dir, test_name):
         self.out_dir, self.test_name = out_dir, test_name
 
     def _try(self, draw) -> None:
         try:
             draw()
-        except NetdslError as err:
-            if not getattr(_Pictures, "warned", False):
-                print(f"netdsl: warning: no pictures: {err.message}"
-                      + (f" ({err.hint})" if err.hint else ""), file=sys.stderr)
+        except (NetdslError, OSError) as err:
+            if not Pictures.warned:
+                hint = getattr(err, "hint", None)
+                print(f"netdsl: warning: no pictures: {getattr(err, 'message', err)}"
+                      + (f" ({hint})" if hint else ""), file=sys.stderr)
                 Pictures.warned = True
 
     def __call__(self, trainer) -> None:
@@ -52,13 +56,8 @@ class Pictures:
         from .plots import plot_filters
         convs = [st.node.name for st in ex.plan if st.node.op == "conv"]
         if convs:
-            self._try(lambda: plot_filters(to_numpy_any(ex.params[convs[0]]["weight"]),
+            self._try(lambda: plot_filters(to_numpy(ex.params[convs[0]]["weight"]),
                                            os.path.join(self.out_dir, "filters.png")))
-
-
-def to_numpy_any(a):
-    from .backend import to_numpy
-    return to_numpy(a)
 
 
 def cmd_show(args) -> int:
@@ -82,7 +81,7 @@ def cmd_show(args) -> int:
     if args.filters:
         rec = first_conv(c.graph)
         out = args.output if not args.layer and args.output else "filters.png"
-        print("\n".join(plot_filters(to_numpy_any(ex.params[rec.name]["weight"]), out,
+        print("\n".join(plot_filters(to_numpy(ex.params[rec.name]["weight"]), out,
                                      f"{rec.name} filters")))
     if args.layer:
         maps = feature_maps(ex, load_image(args.image, ex.input_shape), args.layer)

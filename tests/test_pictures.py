@@ -63,3 +63,20 @@ def test_plot_confusion(tmp_path):
     assert _png_size(path)[0] > 50
     with pytest.raises(Exception, match="square"):
         plot_confusion(np.zeros((2, 3)), ["a", "b"], tmp_path / "x.png")
+
+
+def test_missing_matplotlib_warns_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    import netdsl.plots
+    from netdsl.cli_diag import Pictures
+    from netdsl.errors import NetdslError
+
+    def no_matplotlib():
+        raise NetdslError("pictures need matplotlib, which is not installed", hint="pip install")
+    monkeypatch.setattr(netdsl.plots, "pyplot", no_matplotlib)
+    monkeypatch.setattr(Pictures, "warned", False)
+    net = tmp_path / "tiny.net"
+    net.write_text(TINY)
+    assert main(["run", str(net), "--data", "digits", "--epochs", "2", "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 0
+    assert capsys.readouterr().err.count("no pictures: pictures need matplotlib") == 1
+    assert (tmp_path / "r" / "checkpoint.npz").exists()
