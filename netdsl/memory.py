@@ -291,6 +291,24 @@ def _beyond_addressable(g, batch: int, itemsize: int) -> str | None:
     return None
 
 
+def placeholder_params(g, dtype=np.float32) -> dict:
+    """Broadcast zeros in every parameter's shape (no memory), for planning without weights; a
+    located NetdslError when a shape is beyond what NumPy can index (a legal program can ask
+    for FC(10^15), whose counts the summary still prints)."""
+    from .errors import NetdslError
+    zero = np.zeros((), dtype=dtype)
+    params = {}
+    for rec in nodes(g):
+        for k, ps in (rec.param_specs or {}).items():
+            try:
+                params.setdefault(rec.name, {})[k] = np.broadcast_to(zero, ps.shape)
+            except ValueError:
+                raise NetdslError(f"{rec.name}: its {k} of shape {'×'.join(map(str, ps.shape))} "
+                                  f"is too large to plan memory for", rec.loc,
+                                  hint="use fewer units or filters") from None
+    return params
+
+
 def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:
     """Planned peaks (bytes) of a training step and an inference batch of the graph ``g`` under
     the pipelines ``passes`` selects: what `netdsl summary` prints. No weights are allocated:

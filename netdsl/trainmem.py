@@ -51,6 +51,7 @@ class TrainMemory:
     def __init__(self, g, *, optimizer: str, momentum: float = 0.0, weight_decay: float = 0.0,
                  dtype=np.float32, passes=None):
         from .graph import copy_graph
+        from .memory import placeholder_params
         from .model import BoundModel
         from .plan import build_plan
         self.itemsize = np.dtype(dtype).itemsize
@@ -62,10 +63,7 @@ class TrainMemory:
         self.optimizer = optimizer
         self.optimizer_state = (optimizer_arrays(optimizer, momentum, weight_decay) * trainable
                                 * self.itemsize)
-        zero = np.zeros((), dtype=dtype)
-        params = {r.name: {k: np.broadcast_to(zero, ps.shape) for k, ps in r.param_specs.items()}
-                  for r in recs}
-        model = BoundModel(copy_graph(g), params, dtype=dtype)
+        model = BoundModel(copy_graph(g), placeholder_params(g, dtype), dtype=dtype)
         model.optimize("train", passes)
         self.plan = build_plan(model.graph, dtype=dtype)
 
