@@ -35,14 +35,12 @@ def parse_bytes(text: str) -> int:
 
 
 def optimizer_arrays(optimizer: str, momentum: float = 0.0, weight_decay: float = 0.0) -> int:
-    """How many parameter-sized arrays the optimizer keeps (state and reused scratch)."""
-    if optimizer == "adam":
-        n = 3
-    elif optimizer == "sgd":
-        n = 2 if momentum else 1
-    else:
+    """How many parameter-sized arrays the optimizer keeps (state and reused scratch): the
+    run-safety estimate's rule (netdsl/memory_estimate.py), so both reports agree."""
+    from .memory_estimate import _optimizer_copies
+    if optimizer not in ("sgd", "adam"):
         raise NetdslError(f"unknown optimizer '{optimizer}'", hint="use sgd or adam")
-    return n + (1 if weight_decay else 0)
+    return _optimizer_copies(optimizer, momentum, weight_decay)
 
 
 class TrainMemory:

@@ -65,3 +65,13 @@ def test_cli_summary_memory(capsys):
     out = capsys.readouterr().out
     assert "optimizer state (adam" in out and "largest batch that fits 64.0 MiB:" in out
     assert main(["summary", "nets/lenet5.net", "--memory", "8x"]) == 1
+
+
+def test_peak_agrees_with_the_run_safety_estimate():
+    # Two modules count the same run: the report's peak is the estimate without the dataset.
+    from netdsl.memory_estimate import estimate_run_bytes
+    g = compile_file("nets/lenet5.net", num_classes=10).graph
+    ours = TrainMemory(g, optimizer="adam", weight_decay=1e-4).report(64)["peak"]
+    theirs = estimate_run_bytes(g, batch_size=64, optimizer="adam", momentum=0.0,
+                                weight_decay=1e-4)
+    assert ours == theirs["total"]
