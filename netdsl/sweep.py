@@ -71,6 +71,8 @@ def cost(path: str, binding: dict, *, input_shape=None, cli_train=None) -> dict:
     except NetdslError as err:
         where = f"{err.loc}: " if err.loc else ""
         return dict(row, valid=False, error=f"{where}{err.message}")
+    if "unplanned" in m:
+        return dict(row, valid=False, error=f"memory cannot be planned: {m['unplanned']}")
     return dict(row, valid=True, error="", params=s["params"], macs=s["macs"],
                 activation_bytes=s["activation_bytes"], train_peak_bytes=m["train_peak_bytes"],
                 compiled=c)
