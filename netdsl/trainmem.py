@@ -47,7 +47,7 @@ class TrainMemory:
     """The step plan of a graph, reusable across batch sizes (the plan does not depend on it)."""
 
     def __init__(self, g, *, optimizer: str, momentum: float = 0.0, weight_decay: float = 0.0,
-                 dtype=np.float32, passes=None):
+                 dtype=np.float32, passes=None, kernels: str = "auto"):
         from .graph import copy_graph
         from .memory import placeholder_params
         from .model import BoundModel
@@ -63,7 +63,7 @@ class TrainMemory:
                                 * self.itemsize)
         model = BoundModel(copy_graph(g), placeholder_params(g, dtype), dtype=dtype)
         model.optimize("train", passes)
-        self.plan = build_plan(model.graph, dtype=dtype)
+        self.plan = build_plan(model.graph, dtype=dtype, kernels=kernels)   # as `run` builds it
 
     def report(self, batch: int) -> dict:
         """Bytes of each part for ``batch`` examples, and the step's peak."""
