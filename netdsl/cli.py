@@ -1,5 +1,5 @@
 """The `netdsl` command line: run, summary, check, draw, layers, bench (and export, import,
-predict, eval from cli_interchange).
+predict, eval from cli_interchange.py; show, sweep, convert, sizes from cli_diag.py).
 
 Every user mistake (bad file, bad flag value, bad data) ends as a NetdslError printed with its
 location and hint, and a non-zero exit status; no traceback reaches the user.
@@ -29,6 +29,7 @@ INT_FLAGS = {
     "steps": (1, 1_000_000, "timed steps"),
     "rounds": (1, 10_000, "rounds"),
     "top": (1, 1_000_000, "classes shown per input"),   # predict
+    "limit": (1, 10**9, "training examples"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 
@@ -124,6 +125,10 @@ def cmd_summary(args) -> int:
     s = summarize(c.graph, batch=args.batch)
     s["compile_passes"] = [{"pass": name, "changed": changed} for name, changed in c.pass_log]
     s["memory"] = m = memory_table(c.graph, args.batch, passes=args.passes)
+    from .cli_diag import training_memory
+    training = training_memory(args, c) if (args.optimizer or args.memory) else None
+    if training:
+        s["training_memory"] = training[0]
     if args.format == "json":
         print(json.dumps(s, indent=2, ensure_ascii=False))
         return 0
@@ -135,6 +140,8 @@ def cmd_summary(args) -> int:
           f"{', gradients' if m['train_gradient_bytes'] else ''}; weights apart): training step "
           f"{human_bytes(m['train_peak_bytes'])} (at {m['train_peak_at']}), inference "
           f"{human_bytes(m['infer_peak_bytes'])} (at {m['infer_peak_at']})")
+    if training:
+        print(training[1])
     return 0
 
 
@@ -176,6 +183,7 @@ def cmd_run(args) -> int:
     from .memory_estimate import check_fits, device_available_bytes, estimate_run_bytes
     from .preprocess import make_record
     from .train.data import load_dataset
+    from .cli_diag import Pictures
     from .train.fingerprint import graph_fingerprint
     from .train.loop import Interrupted, Trainer, check_same_network, default_out_dir
     from .train.rundir import open_run_dir
@@ -229,6 +237,7 @@ def cmd_run(args) -> int:
         # The fingerprint of the network as compiled, not as the training passes rewrote it:
         # --passes/-O0 change how it runs, not what it is.
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
+                          on_epoch=None if args.no_plots else Pictures(out_dir, data.test_name),
                           meta={"network": g.graph["name"], "source": g.graph["source"].text,
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
                                 "graph": graph_fingerprint(g),
@@ -242,6 +251,8 @@ def cmd_run(args) -> int:
             return stop.exit_status
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        if not args.no_plots:
+            Pictures(out_dir, data.test_name).filters(ex)
     n_test = len(data.y_test)
     acc = result["accuracy"]
     print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
@@ -322,14 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                "no test split (default 20%%)")
     r.add_argument("--seed", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-plots", action="store_true",
+                   help="do not draw curves.png/svg and filters.png into --out")
     pass_flags(r)
     kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs")
+    s = sub.add_parser("summary", help="per-layer shapes, parameters, activations and MACs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example: netdsl summary nets/vgg16.net --batch 32 --optimizer adam "
+                              "--memory 8GB")
     common(s)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--format", choices=["table", "json"], default="table")
+    s.add_argument("--optimizer", choices=["sgd", "adam"],
+                   help="add the training-memory report for this optimizer (default: the file's)")
+    s.add_argument("--memory", metavar="SIZE", help="e.g. 8GB: also answer the largest batch "
+                   "whose training step fits")
     pass_flags(s)
     s.set_defaults(func=cmd_summary)
 
@@ -345,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ly = sub.add_parser("layers", help="list the layers netdsl knows")
     ly.set_defaults(func=cmd_layers)
+
+    from .cli_diag import add_parsers
+    add_parsers(sub, common)
 
     b = sub.add_parser("bench", help="time a network's training step or inference, per layer "
                        "and whole, optionally against PyTorch (default: the cs231n yardstick)")
@@ -393,7 +416,15 @@ def main(argv=None) -> int:
 
 
 def _dispatch(argv) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `show FILE --weights CKPT IMAGE`: argparse gives out positionals at their first run, so an
+    # IMAGE after an option comes back unparsed; it is the optional positional.
+    if extra and getattr(args, "command", None) == "show" and args.image is None \
+            and len(extra) == 1 and not extra[0].startswith("-"):
+        args.image, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         check_int_flags(args)
         return args.func(args)

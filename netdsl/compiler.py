@@ -73,9 +73,27 @@ def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str 
 
 @dataclass
 class Compiled:
+    """A compiled program: the shaped graph, its training settings, the passes that ran.
+    In a notebook it shows its diagram (SVG) and its summary (an HTML table)."""
     graph: nx.DiGraph
     config: TrainConfig
     pass_log: list
+
+    def summary(self, batch: int = 1) -> dict:
+        """The per-layer summary (see netdsl.summary.summarize)."""
+        from .summary import summarize
+        return summarize(self.graph, batch=batch)
+
+    def _repr_svg_(self):
+        from .draw import to_svg
+        try:
+            return to_svg(self.graph)
+        except NetdslError:     # graphviz failed or hung: the notebook falls back to HTML
+            return None
+
+    def _repr_html_(self):
+        from .summary import format_html
+        return format_html(self.summary())
 
 
 # The class count assumed by `check`, `summary` and `draw` for a classifier whose last FC is

@@ -324,3 +324,10 @@ def draw(g, out_path: str, *, fold: bool = False) -> str:
                 f"dot -T{fmt} {dot_path} -o {out_path}")
     _write(out_path, rendered, "diagram")
     return f"wrote {out_path}"
+
+
+def to_svg(g, *, fold: bool = False) -> str | None:
+    """The diagram as SVG text (for notebooks), or None without graphviz's ``dot`` program."""
+    program = shutil.which("dot")
+    rendered = _render(program, to_dot(g, fold=fold).source, "svg", "<notebook>") if program else None
+    return rendered.decode("utf-8") if rendered is not None else None

@@ -158,6 +158,7 @@ class MemoryPlan:
     arena: int                   # bytes: long-lived buffers laid out by lifetime
     at: str                      # where the peak is: "forward <node>" / "backward <node>"
     gradients: int               # bytes of parameter gradients (part of a training peak)
+    kept: int = 0                # bytes alive when forward ends: what backward will read
     offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
 
 
@@ -227,6 +228,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
                 s.unref(value[j])
     if not training:
         return MemoryPlan(s.peak, _arena(s), s.at, 0)
+    kept = s.live
     dout = [None] * len(plan)
     grads = 0
     for i in range(len(plan) - 1, -1, -1):
@@ -264,7 +266,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
             dout[j] = g
         s.unref(dout[i])
         dout[i] = None
-    return MemoryPlan(s.peak, _arena(s), s.at, grads)
+    return MemoryPlan(s.peak, _arena(s), s.at, grads, kept)
 
 
 def _arena(s: _Sim) -> int:
@@ -307,6 +309,24 @@ def _placeholder(zero, shape, rec, name: str):
                           hint="use smaller layer sizes; `netdsl check` validates the file "
                                "without planning memory")
     return np.broadcast_to(zero, shape)
+
+
+def placeholder_params(g, dtype=np.float32) -> dict:
+    """Broadcast zeros in every parameter's shape (no memory), for planning without weights; a
+    located NetdslError when a shape is beyond what NumPy can index (a legal program can ask
+    for FC(10^15), whose counts the summary still prints)."""
+    from .errors import NetdslError
+    zero = np.zeros((), dtype=dtype)
+    params = {}
+    for rec in nodes(g):
+        for k, ps in (rec.param_specs or {}).items():
+            try:
+                params.setdefault(rec.name, {})[k] = np.broadcast_to(zero, ps.shape)
+            except ValueError:
+                raise NetdslError(f"{rec.name}: its {k} of shape {'×'.join(map(str, ps.shape))} "
+                                  f"is too large to plan memory for", rec.loc,
+                                  hint="use fewer units or filters") from None
+    return params
 
 
 def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str = "auto") -> dict:

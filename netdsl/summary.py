@@ -182,3 +182,20 @@ def format_table(summary: dict) -> str:
     out.append(f"Activations count {summary.get('activation_convention', ACTIVATION_CONVENTION)}"
                ".")
     return "\n".join(out)
+
+
+def format_html(summary: dict) -> str:
+    """The summary as an HTML table (what a notebook shows for a compiled net)."""
+    from html import escape
+    t = summary["totals"]
+    cells = "".join(
+        f"<tr><td>{escape(r['name'])}</td><td>{escape(r['op'])}</td>"
+        f"<td>{escape(r['output_shape'])}</td><td style='text-align:right'>{r['params']:,}</td>"
+        f"<td style='text-align:right'>{r['macs']:,}</td></tr>" for r in summary["layers"])
+    return (f"<p><b>{escape(summary['network'])}</b>: input "
+            f"{escape(summary['input_shape'] or '?')}, {count_with_units(t['params'])} parameters, "
+            f"{count_with_units(t['macs'], 2)} MACs</p><table><thead><tr><th>name</th><th>op</th>"
+            f"<th>output</th><th>params</th><th>MACs</th></tr></thead><tbody>{cells}</tbody>"
+            f"<tfoot><tr><th>total</th><th></th><th></th><th style='text-align:right'>"
+            f"{t['params']:,}</th><th style='text-align:right'>{t['macs']:,}</th></tr></tfoot>"
+            f"</table>")

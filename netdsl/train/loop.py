@@ -157,7 +157,8 @@ class Trainer:
     """Holds an executor, optimizer, schedule and data; runs epochs and saves checkpoints."""
 
     def __init__(self, ex: Executor, cfg: TrainConfig, data: Dataset, *, out_dir: str | None,
-                 meta: dict | None = None, show_progress: bool = True, log=print, warn=_warn):
+                 meta: dict | None = None, show_progress: bool = True, log=print, warn=_warn,
+                 on_epoch=None):
         self.ex, self.cfg, self.data = ex, cfg, data
         self.out_dir = Path(out_dir) if out_dir else None
         # meta["graph"]: the caller's fingerprint of the compiled graph (the CLI's), else the
@@ -180,6 +181,7 @@ class Trainer:
         self.sums = EpochSums()  # running totals of the current epoch
         self.history: list[dict] = []
         self.changes: list[dict] = []   # settings changed on resume, with where
+        self.on_epoch = on_epoch   # called with the trainer after each epoch's checkpoint
         self._stop = StopFlag()
         self._loss_watch = LossWatch(log)   # warns once on a finite blow-up
 
@@ -336,6 +338,8 @@ class Trainer:
                     row["test_acc"] = evaluate(self.ex, self.data.x_test, self.data.y_test)
                     self.history.append(row)
                     self.save()
+                    if self.on_epoch:
+                        self.on_epoch(self)
                     self.log(f"epoch {row['epoch']}/{self.cfg.epochs}: loss {row['loss']:.4f}, "
                              f"train acc {100 * row['train_acc']:.2f}%, "
                              f"{self.data.test_name} acc {100 * row['test_acc']:.2f}%, "
