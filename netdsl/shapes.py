@@ -204,7 +204,8 @@ def _suggest_inputs(g: nx.DiGraph, err: NetdslError) -> None:
             break
     if not found:
         return
-    sizes = " or ".join(f"{s}×{s}×{shape[2]}" for s in sorted(found.values()))
+    nearest_first = sorted(found.values(), key=lambda side: (abs(side - shape[0]), side))
+    sizes = " or ".join(f"{s}×{s}×{shape[2]}" for s in nearest_first)
     err.hint = (f"the nearest network inputs that fit every layer are {sizes}; or round: add "
                 "round=floor (PyTorch) to this layer, or 'param ROUND = floor' to the file")
 
