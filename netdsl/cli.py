@@ -106,13 +106,13 @@ def _check_data(c, need_data: bool = True) -> None:
 
 
 def cmd_check(args) -> int:
-    from .graph import nodes
+    from .graph import records
     c = _compile(args)
     try:
         _check_data(c, need_data=False)
     finally:
         _print_warnings(c.graph)
-    total = sum(n.n_params for n in nodes(c.graph))
+    total = sum(n.n_params for n in records(c.graph))
     print(f"{args.file}: ok ({c.graph.number_of_nodes()} nodes, {total:,} parameters)")
     return 0
 

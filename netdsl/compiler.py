@@ -50,7 +50,7 @@ def require_one_input(g: nx.DiGraph) -> None:
     """A network reads exactly one INPUT (the executor feeds one batch); a located error at the
     second one otherwise. The verifier checks the same invariant, as a compiler bug, later."""
     from .layers import get
-    sources = [rec for rec in G.nodes(g) if get(rec.op).role == "source"]
+    sources = [rec for rec in G.records(g) if get(rec.op).role == "source"]
     if not sources:
         raise NetdslError("the network has no INPUT", hint="start it with INPUT(HxWxC) -> ...")
     if len(sources) > 1:

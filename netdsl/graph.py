@@ -84,6 +84,12 @@ def node(g: nx.DiGraph, name: str) -> Node:
     return g.nodes[name]["node"]
 
 
+def records(g: nx.DiGraph):
+    """All Node records in insertion order, for scans whose result does not depend on order
+    (sums, searches): no topological sort, which costs ~0.3 s on a 60,000-node graph."""
+    return [data["node"] for _, data in g.nodes(data=True)]
+
+
 def nodes(g: nx.DiGraph):
     """All Node records in a deterministic topological order (ties broken by insertion).
 

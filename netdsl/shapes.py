@@ -73,7 +73,7 @@ def _reaches_loss_without_weights(g, name) -> bool:
 def needs_input_shape(g: nx.DiGraph) -> bool:
     """True when some source layer's shape is not written (it comes from the dataset)."""
     return any(get(rec.op).role == "source" and rec.attrs.get("shape") is AUTO
-               for rec in G.nodes(g))
+               for rec in G.records(g))
 
 
 def bare_classifiers(g: nx.DiGraph) -> list:
