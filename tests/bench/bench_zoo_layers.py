@@ -1,7 +1,7 @@
 """Time forward + backward of the zoo layers at the sizes of the nets that use them, against
 PyTorch CPU when it is installed (float32, same thread count, medians of alternating rounds).
 
-    python scripts/bench_zoo_layers.py [--threads 2] [--rounds 5]
+    python tests/bench/bench_zoo_layers.py [--threads 2] [--rounds 5]
 
 Results go to stdout; docs/performance.md records them. Not a test: timings on a shared
 machine vary, so nothing here asserts.

@@ -1,5 +1,5 @@
 """Training-step time and peak memory (tracemalloc) of cs231n and a CIFAR ResNet-20, for
-docs/performance.md. Run from a checkout: PYTHONPATH=. python scripts/perf_plan.py [steps]
+docs/performance.md. Run from a checkout: PYTHONPATH=. python tests/bench/perf_plan.py [steps]
 (works on older checkouts too: it only uses compile_text, Executor, forward and backward)."""
 import sys
 import time
@@ -20,7 +20,7 @@ block basic(c, stride=1) {
 INPUT -> CONV(16, 3, bias=false) -> BN -> RELU
   -> [basic(16)]*3 -> basic(32, 2) -> [basic(32)]*2 -> basic(64, 2) -> [basic(64)]*2 -> GAP -> FC
 """
-CS231N = (Path(__file__).resolve().parents[1] / "nets" / "cs231n.net").read_text()
+CS231N = (Path(__file__).resolve().parents[2] / "nets" / "cs231n.net").read_text()
 NETS = {"cs231n": (CS231N, {"N": 2, "M": 3, "K": 2, "WIDTH": 32, "HIDDEN": 256}),
         "resnet20": (RESNET20, {})}
 

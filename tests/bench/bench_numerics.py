@@ -5,7 +5,7 @@
 netdsl/layers (pairwise sums of layers/reduce.py, fewer passes). Both run in this process, taking
 turns round by round so that load drift on a shared machine hits both alike; medians reported.
 
-    python scripts/bench_numerics.py [--rounds 7] [--threads 2] [--clock wall|cpu]
+    python tests/bench/bench_numerics.py [--rounds 7] [--threads 2] [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from netdsl.compiler import compile_file          # noqa: E402
 from netdsl.executor import Executor              # noqa: E402
@@ -102,7 +102,7 @@ def main(argv=None):
         cases["BN fwd+bwd " + "×".join(map(str, shape))] = (
             lambda s=step: s(_old_bn_forward, _old_bn_backward),
             lambda s=step: s(bn.forward, bn.backward), 10)
-    g = compile_file(str(Path(__file__).resolve().parents[1] / "nets" / "resnet20.net"),
+    g = compile_file(str(Path(__file__).resolve().parents[2] / "nets" / "resnet20.net"),
                      input_shape=(32, 32, 3), num_classes=10).graph
     new_ex = Executor(g, seed=0)
     old_ex = Executor(g, seed=0, params={n: {k: v.copy() for k, v in t.items()}

@@ -1,7 +1,7 @@
 """Measure how closely onnxruntime reproduces netdsl's logits for the zoo nets (exported with
 random weights, non-trivial biases and BN statistics), and how long export takes.
 
-    python scripts/onnx_equivalence.py [--batch 2]
+    python tests/bench/onnx_equivalence.py [--batch 2]
 
 Prints one row per net: ONNX nodes, file size, export seconds, max |ORT − netdsl| relative to
 the largest logit. The tests assert the same bound (1e-5); this shows the actual margins.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 

@@ -1,6 +1,6 @@
 """Planned vs measured (tracemalloc) peak memory of one training step and one inference batch.
 
-    python scripts/memory_check.py nets/cs231n.net 32x32x3 64 [K=V ...]
+    python tests/bench/memory_check.py nets/cs231n.net 32x32x3 64 [K=V ...]
 """
 import sys
 import tracemalloc

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The docs/performance.md table: four nets × (train b=64, infer b=256) × (onednn, numpy), each
 # interleaved with PyTorch in one process, 2 threads. One JSON line per run on stdout.
-# Usage: [KERNELS="onednn numpy"] scripts/bench_matrix.sh [STEPS] [RESNET20_FILE] > results.jsonl
+# Usage: [KERNELS="onednn numpy"] tests/bench/bench_matrix.sh [STEPS] [RESNET20_FILE] > results.jsonl
 STEPS=${1:-10}
 RESNET=${2:-nets/resnet20.net}
 PY=${PYTHON:-python}
