@@ -17,7 +17,7 @@ import numpy as np
 from .backend import to_numpy
 from .layers import Ctx
 from .model import BoundModel, main_head
-from .plan import Step, build_plan, run_backward, run_forward  # noqa: F401  (Step: public)
+from .plan import Step, add_input_grads, build_plan, run_backward, run_forward  # noqa: F401  (Step: public)
 
 
 @dataclass
@@ -181,16 +181,8 @@ class Executor:
                                          self.params.get(st.node.name, {}), held)
             if dparams:
                 grads[st.node.name] = dparams
-            for (j, port), d in zip(st.inputs, dins):
-                if d is None:
-                    continue
-                if plan[j].spec.outputs == 1:
-                    douts[j] = d if douts[j] is None else douts[j] + d
-                else:
-                    slot = list(douts[j]) if douts[j] is not None else [None] * plan[j].spec.outputs
-                    slot[port] = d if slot[port] is None else slot[port] + d
-                    douts[j] = tuple(slot)
-            d = dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
+            add_input_grads(plan, douts, st, dins)
+            dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads
         return grads
 

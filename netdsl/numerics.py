@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import NetdslError
 from .layers import Ctx
-from .plan import run_backward, run_forward
+from .plan import add_input_grads, run_backward, run_forward
 
 
 def run_step(ex, x, labels, *, on_forward=None, on_backward=None, replace=None) -> dict:
@@ -59,15 +59,7 @@ def run_step(ex, x, labels, *, on_forward=None, on_backward=None, replace=None) 
             on_backward(st, dins, dparams or {})
         if dparams:
             grads[st.node.name] = dparams
-        for (j, port), d in zip(st.inputs, dins):
-            if d is None:
-                continue
-            if plan[j].spec.outputs == 1:
-                douts[j] = d if douts[j] is None else douts[j] + d
-            else:
-                slot = list(douts[j]) if douts[j] is not None else [None] * plan[j].spec.outputs
-                slot[port] = d if slot[port] is None else slot[port] + d
-                douts[j] = tuple(slot)
+        add_input_grads(plan, douts, st, dins)
     return grads
 
 

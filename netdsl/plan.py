@@ -136,3 +136,18 @@ def _act_forward(ctx, act: str, out):
         ctx.xp.maximum(out, 0, out=out)
         return out, out
     return get(act).forward(ctx, {}, {}, [out])
+
+
+def add_input_grads(plan, douts: list, st, dins) -> None:
+    """Add a step's input gradients ``dins`` into ``douts`` (one slot per step, a tuple per
+    port for a step with several outputs), summing where a tensor fans out to several readers
+    (out of place: a layer may hand the same array to several inputs)."""
+    for (j, port), d in zip(st.inputs, dins):
+        if d is None:
+            continue
+        if plan[j].spec.outputs == 1:
+            douts[j] = d if douts[j] is None else douts[j] + d
+        else:
+            slot = list(douts[j]) if douts[j] is not None else [None] * plan[j].spec.outputs
+            slot[port] = d if slot[port] is None else slot[port] + d
+            douts[j] = tuple(slot)
