@@ -31,7 +31,7 @@ def _module(nn, rec):
         if p["kind"] == "max":
             return nn.MaxPool2d(p["size"], p["stride"], p["pad"], ceil_mode=p["ceil"])
         return nn.AvgPool2d(p["size"], p["stride"], p["pad"], ceil_mode=p["ceil"],
-                            count_include_pad=True)
+                            count_include_pad=p.get("count_include_pad", True))
     if op == "batchnorm":
         cls = nn.BatchNorm2d if len(rec.in_shapes[0]) == 3 else nn.BatchNorm1d
         return cls(rec.in_shapes[0][-1], eps=a["eps"], momentum=a["momentum"])

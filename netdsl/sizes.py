@@ -38,7 +38,7 @@ def _windows(rec):
         return list(zip(ks, p["stride"], conv_padding(a))), False
     if "size" in a and "stride" in a and get(rec.op).downsamples:
         p = _pool_attrs(a)
-        return list(zip(p["size"], p["stride"], p["pad"])), bool(a.get("ceil", False))
+        return list(zip(p["size"], p["stride"], p["pad"])), p["ceil"]
     return None, False
 
 

@@ -14,14 +14,17 @@ from .base import Arg, LayerSpec, register, shape_str
 LOSS_STYLE = {"shape": "doubleoctagon", "style": "filled", "fillcolor": "#f5c2c7"}
 
 
-def _xent_shape(attrs, in_shapes):
-    shape = tuple(in_shapes[0])
-    if len(shape) != 1:
-        raise ShapeError(f"softmax_xent needs flat (K,) logits, got {shape_str(shape)}",
-                         hint="put GAP or FC(units=classes) before the loss")
-    if shape[0] < 2:
-        raise ShapeError(f"softmax_xent needs at least 2 classes, got {shape[0]}")
-    return ()
+def _flat_scores_shape(op: str, what: str):
+    """The shape rule of a loss over flat (K,) class scores, K ≥ 2: a scalar."""
+    def infer(attrs, in_shapes):
+        shape = tuple(in_shapes[0])
+        if len(shape) != 1:
+            raise ShapeError(f"{op} needs flat (K,) {what}, got {shape_str(shape)}",
+                             hint="put GAP or FC(units=classes) before the loss")
+        if shape[0] < 2:
+            raise ShapeError(f"{op} needs at least 2 classes, got {shape[0]}")
+        return ()
+    return infer
 
 
 def check_label_range(labels, k: int) -> None:
@@ -75,7 +78,7 @@ register(LayerSpec(
     aliases=("loss", "softmax_loss", "softmaxwithloss", "cross_entropy"),
     args=(Arg("weight", "float", 1.0, doc="multiplies this loss (for auxiliary heads)",
               minimum=0),),
-    infer_shape=_xent_shape, forward=_xent_forward, backward=_xent_backward, role="loss",
+    infer_shape=_flat_scores_shape("softmax_xent", "logits"), forward=_xent_forward, backward=_xent_backward, role="loss",
     label=("weight",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(4,)]}))
 
 
@@ -171,21 +174,11 @@ def _svm_backward(ctx, attrs, params, cache, dout):
     return [grad], {}
 
 
-def _svm_shape(attrs, in_shapes):
-    shape = tuple(in_shapes[0])
-    if len(shape) != 1:
-        raise ShapeError(f"svm_loss needs flat (K,) scores, got {shape_str(shape)}",
-                         hint="put GAP or FC(units=classes) before the loss")
-    if shape[0] < 2:
-        raise ShapeError(f"svm_loss needs at least 2 classes, got {shape[0]}")
-    return ()
-
-
 register(LayerSpec(
     name="svm_loss", doc="Multi-class SVM (hinge) loss: mean over the batch of "
     "Σ_{j≠y} max(0, s_j − s_y + margin).", aliases=("hinge", "multiclass_hinge", "svm"),
     args=(Arg("margin", "float", 1.0, doc="required lead of the true class", minimum=0),
           Arg("weight", "float", 1.0, doc="multiplies this loss", minimum=0)),
-    infer_shape=_svm_shape, forward=_svm_forward, backward=_svm_backward, role="loss",
+    infer_shape=_flat_scores_shape("svm_loss", "scores"), forward=_svm_forward, backward=_svm_backward, role="loss",
     label=("margin",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(5,)]},
     examples=({"attrs": {"margin": 0.5, "weight": 2.0}, "in_shapes": [(7,)]},)))

@@ -26,8 +26,12 @@ def _resolve_pool(attrs, info=None):
 
 
 def _pool_attrs(attrs) -> dict:
-    """attrs with an AUTO stride read as the window size, and pairs normalised."""
-    return pair_attrs(_resolve_pool(attrs), ("size", "stride", "pad"))
+    """attrs with an AUTO stride read as the window size, pairs normalised, and ``round=ceil``
+    spelt as ``ceil=True``: the one form every reader (kernels, exporters, tools) checks."""
+    attrs = pair_attrs(_resolve_pool(attrs), ("size", "stride", "pad"))
+    if attrs.get("round") == "ceil":
+        attrs["ceil"] = True
+    return attrs
 
 
 def _pool_shape(op: str):

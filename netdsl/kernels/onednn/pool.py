@@ -93,7 +93,7 @@ def pool_supports(attrs, in_shapes, dtype):
     if not is_f32(dtype) or len(in_shapes[0]) != 3:
         return False
     a = _pool_attrs(attrs)
-    if not (a["ceil"] or a.get("round") == "ceil"):   # exact and floor both floor at run time
+    if not a["ceil"]:   # exact and floor rounding both floor at run time
         return True
     h, w = in_shapes[0][:2]
     return all(out_size(n, k, s, p, ceil=True) == out_size(n, k, s, p)
