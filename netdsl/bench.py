@@ -170,16 +170,18 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
 
 
 def peak_memory(step) -> int:
-    """Peak bytes NumPy allocated during one step beyond what was held before it (weights,
-    optimizer state and the input are not counted; tracemalloc sees NumPy's allocations,
-    oneDNN's own scratchpad, a few MB at most here, is not counted)."""
-    step()  # caches and primitives exist before measuring
+    """Peak bytes of one step: what NumPy allocated during it beyond what was held before it
+    (tracemalloc), plus the persistent workspace the model holds across steps on purpose
+    (netdsl/workspace.py: scratch buffers, oneDNN scratchpads). Weights, optimizer state and
+    the input are not counted."""
+    from .workspace import held_bytes
+    step()  # caches, primitives and workspaces exist before measuring
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
         step()
-        return tracemalloc.get_traced_memory()[1] - base
+        return tracemalloc.get_traced_memory()[1] - base + held_bytes()
     finally:
         tracemalloc.stop()
 
