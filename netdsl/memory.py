@@ -14,8 +14,9 @@ lifetime [first step, last step]; from those it derives
 What each layer allocates is described by one footprint rule per op below (bytes of its output
 or whether it is a view of an input, what its cache keeps, its workspace forward and backward,
 whether its input gradients are fresh or views of the incoming one). A layer without a rule
-gets a conservative default (fresh output, cache keeps inputs and output); so does every step
-whose kernel comes from another provider (the rules describe the NumPy reference kernels).
+gets a conservative default (fresh output, cache keeps inputs and output). Steps whose kernel
+comes from the oneDNN provider follow that provider's rules (netdsl/kernels/onednn/footprint.py),
+and the peak includes the scratchpad region its primitives share, held across steps.
 """
 from __future__ import annotations
 
@@ -115,6 +116,9 @@ def _pool(st, n, it, training):
 
 def footprint(st, n: int, it: int, training: bool) -> Footprint:
     """The footprint of plan step ``st`` for a batch of ``n`` with ``it``-byte elements."""
+    if st.provider == "onednn":     # the provider's own rules, next to its kernels
+        from .kernels.onednn.footprint import footprint as onednn_footprint
+        return onednn_footprint(st, n, it, training)
     op = st.node.op if st.provider == "numpy" else f"{st.provider}:{st.node.op}"
     x = n * numel(st.node.in_shapes[0]) * it if st.node.in_shapes else 0
     out = n * numel(st.node.out_shapes[0]) * it
@@ -159,6 +163,7 @@ class MemoryPlan:
     at: str                      # where the peak is: "forward <node>" / "backward <node>"
     gradients: int               # bytes of parameter gradients (part of a training peak)
     kept: int = 0                # bytes alive when forward ends: what backward will read
+    held: int = 0                # bytes held across steps on purpose (part of peak)
     offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
 
 
@@ -200,6 +205,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
     """Simulate the executor on ``plan`` for one batch; see the module docstring."""
     s = _Sim()
     fps = [footprint(st, batch, itemsize, training) for st in plan]
+    persistent = _held(plan, batch, training)
     value = [None] * len(plan)
     cache: list = [()] * len(plan)
     remaining = [st.consumers for st in plan]
@@ -227,7 +233,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
             if remaining[j] == 0:
                 s.unref(value[j])
     if not training:
-        return MemoryPlan(s.peak, _arena(s), s.at, 0)
+        return MemoryPlan(s.peak + persistent, _arena(s), s.at, 0, held=persistent)
     kept = s.live
     dout = [None] * len(plan)
     grads = 0
@@ -266,7 +272,16 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
             dout[j] = g
         s.unref(dout[i])
         dout[i] = None
-    return MemoryPlan(s.peak, _arena(s), s.at, grads, kept)
+    return MemoryPlan(s.peak + persistent, _arena(s), s.at, grads, kept, held=persistent)
+
+
+def _held(plan, batch: int, training: bool) -> int:
+    """Workspace the plan's kernels hold across steps (netdsl/workspace.py): the oneDNN
+    provider's shared scratchpad region."""
+    if not any(st.provider == "onednn" for st in plan):
+        return 0
+    from .kernels.onednn.footprint import held_bytes
+    return held_bytes(plan, batch, training)
 
 
 def _arena(s: _Sim) -> int:

@@ -30,7 +30,8 @@ LRN_ACROSS = 0xAFF
 BN_GLOBAL_STATS, BN_SCALE, BN_SHIFT, BN_FUSE_RELU = 0x1, 0x2, 0x4, 0x8
 QUERY_IMPL_INFO_STR = 8  # dnnl_query_impl_info_str
 QUERY_EXEC_ARG_MD = 255
-ARG = {"src": 1, "dst": 17, "weights": 33, "bias": 41, "mean": 49, "variance": 50,
+SCRATCHPAD_MODE_USER = 1  # dnnl_scratchpad_mode_user
+ARG = {"scratchpad": 80, "src": 1, "dst": 17, "weights": 33, "bias": 41, "mean": 49, "variance": 50,
        "scale": 51, "shift": 52, "workspace": 64, "diff_src": 129, "diff_dst": 145,
        "diff_weights": 161, "diff_bias": 169, "diff_scale": 255, "diff_shift": 256}
 
@@ -122,6 +123,10 @@ class Lib:
         self._execute = d.dnnl_primitive_execute
         self._set_handle = d.dnnl_memory_set_data_handle
         self._wait = d.dnnl_stream_wait
+        self._attrs: dict = {}
+        self.scratchpad = Scratchpad()
+        from ... import workspace
+        workspace.register(self.scratchpad)   # held_bytes() counts it (netdsl/workspace.py)
 
     def call(self, name: str, *args) -> None:
         status = getattr(self.dll, name)(*args)
@@ -156,14 +161,31 @@ class Lib:
         self.call("dnnl_primitive_desc_query", pd, QUERY_IMPL_INFO_STR, 0, ctypes.byref(out))
         return out.value.decode()
 
-    def relu_attr(self) -> VP:
-        """Primitive attributes with one ReLU post-op."""
-        post, attr = VP(), VP()
-        self.call("dnnl_post_ops_create", ctypes.byref(post))
-        self.call("dnnl_post_ops_append_eltwise", post, ELTWISE_RELU, 0.0, 0.0)
-        self.call("dnnl_primitive_attr_create", ctypes.byref(attr))
-        self.call("dnnl_primitive_attr_set_post_ops", attr, post)
-        return attr
+    def attr(self, relu: bool = False) -> VP:
+        """Primitive attributes: the user scratchpad mode, and one ReLU post-op if ``relu``.
+
+        Every primitive is created with these. Why the user mode: oneDNN's own scratchpad is
+        malloc'ed inside the library, invisible to tracemalloc and to the memory planner; in
+        user mode each primitive says how much it needs (:attr:`Primitive.scratch`) and runs
+        on the one :class:`Scratchpad` region the provider owns. (A primitive descriptor
+        copies its attributes, so one object of each kind serves every primitive.)
+        """
+        key = "relu" if relu else "plain"
+        if key not in self._attrs:
+            attr = VP()
+            self.call("dnnl_primitive_attr_create", ctypes.byref(attr))
+            self.call("dnnl_primitive_attr_set_scratchpad_mode", attr, SCRATCHPAD_MODE_USER)
+            if relu:
+                post = VP()
+                self.call("dnnl_post_ops_create", ctypes.byref(post))
+                self.call("dnnl_post_ops_append_eltwise", post, ELTWISE_RELU, 0.0, 0.0)
+                self.call("dnnl_primitive_attr_set_post_ops", attr, post)
+            self._attrs[key] = attr
+        return self._attrs[key]
+
+    def scratch_size(self, pd) -> int:
+        """Bytes of scratchpad the primitive of ``pd`` needs (user mode; 0 for none)."""
+        return self.md_size(self.pd_md(pd, "scratchpad"))
 
     def pd(self, func: str, *args) -> VP:
         pd = VP()
@@ -172,7 +194,60 @@ class Lib:
 
     def reorder_pd(self, src_md, dst_md) -> VP:
         return self.pd("dnnl_reorder_primitive_desc_create", src_md, self.engine, dst_md,
-                       self.engine, None)
+                       self.engine, self.attr())
+
+
+class Scratchpad:
+    """The one scratchpad region every oneDNN primitive of the process runs on.
+
+    What oneDNN's own global scratchpad is, but a NumPy array: tracemalloc sees it, it is
+    registered with :mod:`netdsl.workspace` (held across steps on purpose) and the memory
+    planner plans it (:func:`held_bytes`). Steps run one at a time, so one region of the
+    largest size any primitive (plus the blocked-weight buffer of a backward convolution, which
+    lives in it too) needs is enough. It grows when a larger need comes (at a primitive's first
+    call, i.e. in the warm-up step) and never shrinks unless released (:meth:`release`).
+    """
+
+    ALIGN = 64   # oneDNN's kernels want cache-line aligned buffers
+
+    def __init__(self):
+        self._raw: np.ndarray | None = None
+        self._base = 0
+        self.capacity = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._raw is None else int(self._raw.nbytes)
+
+    @classmethod
+    def held_bytes(cls, need: int) -> int:
+        """Bytes the region holds once it has grown to ``need`` (what :attr:`nbytes` says)."""
+        return need + cls.ALIGN if need > 0 else 0
+
+    @staticmethod
+    def aligned(nbytes: int) -> int:
+        """``nbytes`` rounded up to the alignment: the offset of what follows a buffer."""
+        return -(-int(nbytes) // Scratchpad.ALIGN) * Scratchpad.ALIGN
+
+    def reserve(self, need: int) -> int:
+        """The (aligned) address of a region of at least ``need`` bytes; grows it if needed."""
+        if need > self.capacity:
+            self._raw = None                       # let the old one go before the new one
+            self._raw = np.empty(self.held_bytes(need), dtype=np.uint8)
+            addr = self._raw.ctypes.data
+            self._base, self.capacity = addr + (-addr) % self.ALIGN, need
+        return self._base
+
+    def array(self, nbytes: int) -> np.ndarray:
+        """The first ``nbytes`` of the region as a uint8 array (a buffer that a primitive
+        then runs next to, with its own scratchpad at :meth:`aligned` (nbytes))."""
+        base = self.reserve(nbytes)
+        off = base - self._raw.ctypes.data
+        return self._raw[off:off + nbytes]
+
+    def release(self) -> None:
+        """Free the region (it grows again at the next primitive call that needs it)."""
+        self._raw, self._base, self.capacity = None, 0, 0
 
 
 class Primitive:
@@ -188,6 +263,11 @@ class Primitive:
         lib.call("dnnl_primitive_create", ctypes.byref(self.prim), pd)
         self.mds = {a: lib.pd_md(pd, a) for a in args}
         self.sizes = {a: lib.md_size(md) for a, md in self.mds.items()}
+        # Bytes of scratchpad it runs on (user mode: it is handed a part of lib.scratchpad).
+        self.scratch = lib.scratch_size(pd)
+        if self.scratch:
+            args = args + ("scratchpad",)
+            self.mds["scratchpad"] = lib.pd_md(pd, "scratchpad")
         self.mems = []
         self.exec_args = (ExecArg * len(args))()
         for i, a in enumerate(args):
@@ -198,12 +278,15 @@ class Primitive:
             self.exec_args[i].memory = mem
         self.impl = lib.impl_name(pd)
 
-    def __call__(self, *arrays: np.ndarray) -> None:
+    def __call__(self, *arrays: np.ndarray, at: int = 0) -> None:
         """Execute with ``arrays`` bound to ``args`` in order (each must be large enough and
-        laid out as the primitive's descriptor says; the kernels guarantee it)."""
+        laid out as the primitive's descriptor says; the kernels guarantee it). The
+        scratchpad is the shared region from byte ``at`` (aligned) on."""
         set_handle = self.lib._set_handle
         for mem, arr in zip(self.mems, arrays):
             set_handle(mem, arr.ctypes.data)
+        if self.scratch:
+            set_handle(self.mems[-1], self.lib.scratchpad.reserve(at + self.scratch) + at)
         status = self.lib._execute(self.prim, self.lib.stream, len(self.mems), self.exec_args)
         if status != 0:
             raise DnnlError("dnnl_primitive_execute", status)

@@ -52,7 +52,7 @@ def _fwd_pd(geo, bias, relu=False):
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
                     L.FORWARD_TRAINING, L.CONV_DIRECT, src, wei, b if bias else None, dst,
-                    st, dl, pl, pr, d.relu_attr() if relu else None)
+                    st, dl, pl, pr, d.attr(relu))
     return cached(("conv_fwd_pd", relu) + _key(geo, bias), build)
 
 
@@ -62,25 +62,46 @@ def _fwd(geo, bias, relu=False):
                   lambda: primitive(_fwd_pd(geo, bias, relu), args))
 
 
-class _Reordered:
-    """A backward primitive whose weights take oneDNN's preferred (blocked) layout.
+class _Blocked:
+    """A backward convolution whose weights take oneDNN's preferred (blocked) layout, as
+    primitive descriptors (cheap: what the memory planner asks about) and primitives (:meth:`prims`).
 
     Why: given plain `hwio` weights, oneDNN 3.2 runs both backward convolutions as im2col +
     GEMM (x64:gemm:jit), 3–10× slower than its brgconv kernels, which want blocked weights.
-    The weights are reordered into a scratch buffer per call (weights are small next to
-    activations) and the optimizer keeps netdsl's layout.
+    The weights are reordered per call into a buffer at the start of the shared scratchpad
+    region (weights are small next to activations), the primitives' own scratchpads follow it
+    from byte :attr:`at` (:attr:`need` bytes in all), and the optimizer keeps netdsl's layout.
     """
 
-    def __init__(self, prim, arg, plain_md):
+    def __init__(self, pd, args, arg, plain_md):
         d = lib()
-        self.prim = prim
-        chosen = prim.mds[arg]
-        self.reorder = None
+        self.pd, self.args = pd, args
+        chosen = d.pd_md(pd, arg)
+        self.reorder_pd = None
+        self.nbytes = 0            # bytes of the blocked buffer (0: no reorder)
+        scratch = d.scratch_size(pd)
         if not d.md_equal(chosen, plain_md):
-            self.buffer = np.empty(prim.sizes[arg], dtype=np.uint8)
+            self.nbytes = d.md_size(chosen)
             src, dst = (plain_md, chosen) if arg == "weights" else (chosen, plain_md)
-            self.reorder = primitive(d.reorder_pd(src, dst), ("src", "dst"))
-        self.impl = prim.impl
+            self.reorder_pd = d.reorder_pd(src, dst)
+            scratch = max(scratch, d.scratch_size(self.reorder_pd))
+        self.at = L.Scratchpad.aligned(self.nbytes)      # where the scratchpads start
+        self.need = self.at + scratch if scratch else self.nbytes
+        self._prims = None
+
+    def prims(self):
+        """(primitive, reorder primitive or None), created on first use."""
+        if self._prims is None:
+            self._prims = (primitive(self.pd, self.args),
+                           self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
+        return self._prims
+
+    def buffer(self) -> np.ndarray:
+        """The blocked buffer (the region reserved for the whole call first, so that the
+        primitives' scratchpads behind it never move it)."""
+        pad = lib().scratchpad
+        pad.reserve(self.need)
+        return pad.array(self.nbytes)
 
 
 def _bwd_data(geo, bias):
@@ -88,8 +109,8 @@ def _bwd_data(geo, bias):
         src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
         pd = d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
                   L.CONV_DIRECT, src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr,
-                  _fwd_pd(geo, bias), None)
-        return _Reordered(primitive(pd, ("diff_dst", "weights", "diff_src")), "weights", wei)
+                  _fwd_pd(geo, bias), d.attr())
+        return _Blocked(pd, ("diff_dst", "weights", "diff_src"), "weights", wei)
     return cached(("conv_bwd_data",) + _key(geo, bias), build)
 
 
@@ -98,10 +119,26 @@ def _bwd_weights(geo, bias):
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
                   L.CONV_DIRECT, src, d.md_any(d_dims(geo)), b if bias else None, dst, st,
-                  dl, pl, pr, _fwd_pd(geo, bias), None)
+                  dl, pl, pr, _fwd_pd(geo, bias), d.attr())
         args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
-        return _Reordered(primitive(pd, args), "diff_weights", wei)
+        return _Blocked(pd, args, "diff_weights", wei)
     return cached(("conv_bwd_weights",) + _key(geo, bias), build)
+
+
+def scratch_need(attrs, x_shape, filters, bias, relu, training, input_grad=True) -> int:
+    """Bytes of the shared scratchpad region the calls of one conv layer use (the most any of
+    them needs): what the memory planner plans. Asks (and caches) the same primitive
+    descriptors as the kernels, in the same thread setting, so the sizes are the ones that
+    run; creates no primitive."""
+    geo = _geometry(attrs, x_shape, filters)
+    d = lib()
+    with serial("conv", _flops(geo)):
+        need = d.scratch_size(_fwd_pd(geo, bias, relu))
+        if training:
+            need = max(need, _bwd_weights(geo, bias).need)
+            if input_grad:
+                need = max(need, _bwd_data(geo, bias).need)
+    return need
 
 
 def d_dims(geo):
@@ -159,23 +196,27 @@ def _conv_backward(ctx, params, x, geo, dout):
     bias = "bias" in params
     grads = {"weight": np.empty(weight.shape, dtype=np.float32)}
     bw = _bwd_weights(geo, bias)
-    dw = bw.buffer if bw.reorder else grads["weight"]
+    prim, reorder = bw.prims()
+    dw = bw.buffer() if reorder else grads["weight"]
     if bias:
         grads["bias"] = np.empty(weight.shape[3], dtype=np.float32)
-        bw.prim(x, dout, dw, grads["bias"])
+        prim(x, dout, dw, grads["bias"], at=bw.at)
     else:
-        bw.prim(x, dout, dw)
-    if bw.reorder:
-        bw.reorder(dw, grads["weight"])
+        prim(x, dout, dw, at=bw.at)
+    if reorder:
+        reorder(dw, grads["weight"], at=bw.at)
+    del dw
     if not ctx.input_grad:
         return [None], grads
     dx = np.empty(x.shape, dtype=np.float32)
     bd = _bwd_data(geo, bias)
+    prim, reorder = bd.prims()
     w = f32(weight)
-    if bd.reorder:
-        bd.reorder(w, bd.buffer)
-        w = bd.buffer
-    bd.prim(dout, w, dx)
+    if reorder:
+        buf = bd.buffer()
+        reorder(w, buf, at=bd.at)
+        w = buf
+    prim(dout, w, dx, at=bd.at)
     return [dx], grads
 
 

@@ -21,7 +21,7 @@ def _fwd_pd(n, k, units, bias, relu=False):
         src, wei, b, dst = _descs(n, k, units)
         return d.pd("dnnl_inner_product_forward_primitive_desc_create", d.engine,
                     L.FORWARD_TRAINING, src, wei, b if bias else None, dst,
-                    d.relu_attr() if relu else None)
+                    d.attr(relu))
     return cached(("fc_fwd_pd", n, k, units, bias, relu), build)
 
 
@@ -31,25 +31,47 @@ def _fwd(n, k, units, bias, relu=False):
                   lambda: primitive(_fwd_pd(n, k, units, bias, relu), args))
 
 
-def _bwd_data(n, k, units, bias):
+def _bwd_data_pd(n, k, units, bias):
     def build():
         d = lib()
         src, wei, _, dst = _descs(n, k, units)
-        pd = d.pd("dnnl_inner_product_backward_data_primitive_desc_create", d.engine,
-                  src, wei, dst, _fwd_pd(n, k, units, bias), None)
-        return primitive(pd, ("diff_dst", "weights", "diff_src"))
-    return cached(("fc_bwd_data", n, k, units, bias), build)
+        return d.pd("dnnl_inner_product_backward_data_primitive_desc_create", d.engine,
+                    src, wei, dst, _fwd_pd(n, k, units, bias), d.attr())
+    return cached(("fc_bwd_data_pd", n, k, units, bias), build)
 
 
-def _bwd_weights(n, k, units, bias):
+def _bwd_data(n, k, units, bias):
+    return cached(("fc_bwd_data", n, k, units, bias),
+                  lambda: primitive(_bwd_data_pd(n, k, units, bias),
+                                    ("diff_dst", "weights", "diff_src")))
+
+
+def _bwd_weights_pd(n, k, units, bias):
     def build():
         d = lib()
         src, wei, b, dst = _descs(n, k, units)
-        pd = d.pd("dnnl_inner_product_backward_weights_primitive_desc_create", d.engine,
-                  src, wei, b if bias else None, dst, _fwd_pd(n, k, units, bias), None)
-        args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
-        return primitive(pd, args)
-    return cached(("fc_bwd_weights", n, k, units, bias), build)
+        return d.pd("dnnl_inner_product_backward_weights_primitive_desc_create", d.engine,
+                    src, wei, b if bias else None, dst, _fwd_pd(n, k, units, bias), d.attr())
+    return cached(("fc_bwd_weights_pd", n, k, units, bias), build)
+
+
+def _bwd_weights(n, k, units, bias):
+    args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
+    return cached(("fc_bwd_weights", n, k, units, bias),
+                  lambda: primitive(_bwd_weights_pd(n, k, units, bias), args))
+
+
+def scratch_need(n, k, units, bias, relu, training, input_grad=True) -> int:
+    """Bytes of scratchpad the calls of one fc layer need (the most of any), from the kernels'
+    own (cached) primitive descriptors, made in the same thread setting: for the planner."""
+    d = lib()
+    with serial("fc", 2 * n * k * units):
+        need = d.scratch_size(_fwd_pd(n, k, units, bias, relu))
+        if training:
+            need = max(need, d.scratch_size(_bwd_weights_pd(n, k, units, bias)))
+            if input_grad:
+                need = max(need, d.scratch_size(_bwd_data_pd(n, k, units, bias)))
+    return need
 
 
 def fc_forward(ctx, attrs, params, inputs, relu=False):

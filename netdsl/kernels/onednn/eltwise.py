@@ -25,7 +25,7 @@ def _fwd_pd(op, shape):
         d = lib()
         md = plain(shape)
         return d.pd("dnnl_eltwise_forward_primitive_desc_create", d.engine, L.FORWARD_TRAINING,
-                    ALG[op], md, md, ctypes.c_float(0.0), ctypes.c_float(0.0), None)
+                    ALG[op], md, md, ctypes.c_float(0.0), ctypes.c_float(0.0), d.attr())
     return cached(("elt_fwd_pd", op, shape), build)
 
 
@@ -33,14 +33,32 @@ def _fwd(op, shape):
     return cached(("elt_fwd", op, shape), lambda: primitive(_fwd_pd(op, shape), ("src", "dst")))
 
 
-def _bwd(op, shape):
+def _bwd_pd(op, shape):
     def build():
         d = lib()
         md = plain(shape)
-        pd = d.pd("dnnl_eltwise_backward_primitive_desc_create", d.engine, ALG[op], md, md, md,
-                  ctypes.c_float(0.0), ctypes.c_float(0.0), _fwd_pd(op, shape), None)
-        return primitive(pd, ("dst", "diff_dst", "diff_src"))
-    return cached(("elt_bwd", op, shape), build)
+        return d.pd("dnnl_eltwise_backward_primitive_desc_create", d.engine, ALG[op], md, md,
+                    md, ctypes.c_float(0.0), ctypes.c_float(0.0), _fwd_pd(op, shape),
+                    d.attr())
+    return cached(("elt_bwd_pd", op, shape), build)
+
+
+def _bwd(op, shape):
+    return cached(("elt_bwd", op, shape),
+                  lambda: primitive(_bwd_pd(op, shape), ("dst", "diff_dst", "diff_src")))
+
+
+def scratch_need(op, shape, forward=True, backward=True) -> int:
+    """Bytes of scratchpad the forward and/or backward call on a batch of ``shape`` needs,
+    from the kernels' own (cached) primitive descriptors: for the memory planner."""
+    d, flat = lib(), _flat(tuple(shape))
+    need = 0
+    with serial(op, int(np.prod(shape))):
+        if forward:
+            need = d.scratch_size(_fwd_pd(op, flat))
+        if backward:
+            need = max(need, d.scratch_size(_bwd_pd(op, flat)))
+    return need
 
 
 def make(op: str):

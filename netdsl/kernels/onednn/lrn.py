@@ -31,7 +31,7 @@ def _fwd_pd(shape, p):
         n, alpha, beta, k = p
         return d.pd("dnnl_lrn_forward_primitive_desc_create", d.engine, L.FORWARD_TRAINING,
                     L.LRN_ACROSS, md, md, ctypes.c_int64(n), ctypes.c_float(alpha),
-                    ctypes.c_float(beta), ctypes.c_float(k), None)
+                    ctypes.c_float(beta), ctypes.c_float(k), d.attr())
     return cached(("lrn_fwd_pd", shape, p), build)
 
 
@@ -45,17 +45,35 @@ def _fwd(shape, p):
                   lambda: primitive(_fwd_pd(shape, p), ("src", "dst") + ws))
 
 
-def _bwd(shape, p):
+def _bwd_pd(shape, p):
     def build():
         d = lib()
         md = nhwc(*shape)
         n, alpha, beta, k = p
-        pd = d.pd("dnnl_lrn_backward_primitive_desc_create", d.engine, L.LRN_ACROSS, md, md,
-                  md, ctypes.c_int64(n), ctypes.c_float(alpha), ctypes.c_float(beta),
-                  ctypes.c_float(k), _fwd_pd(shape, p), None)
+        return d.pd("dnnl_lrn_backward_primitive_desc_create", d.engine, L.LRN_ACROSS, md, md,
+                    md, ctypes.c_int64(n), ctypes.c_float(alpha), ctypes.c_float(beta),
+                    ctypes.c_float(k), _fwd_pd(shape, p), d.attr())
+    return cached(("lrn_bwd_pd", shape, p), build)
+
+
+def _bwd(shape, p):
+    def build():
         ws = ("workspace",) if _ws_size(shape, p) else ()
-        return primitive(pd, ("src", "diff_dst", "diff_src") + ws)
+        return primitive(_bwd_pd(shape, p), ("src", "diff_dst", "diff_src") + ws)
     return cached(("lrn_bwd", shape, p), build)
+
+
+def plan_sizes(attrs, x_shape, training) -> tuple[int, int]:
+    """(bytes of the workspace a forward keeps for backward, bytes of scratchpad the layer's
+    calls need), from the kernels' own (cached) primitive descriptors: for the planner."""
+    shape, p = _as_map(x_shape), _params(attrs)
+    d = lib()
+    with serial("lrn"):
+        ws = _ws_size(shape, p)
+        need = d.scratch_size(_fwd_pd(shape, p))
+        if training:
+            need = max(need, d.scratch_size(_bwd_pd(shape, p)))
+    return ws, need
 
 
 def lrn_forward(ctx, attrs, params, inputs):

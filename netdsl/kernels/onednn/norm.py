@@ -31,7 +31,7 @@ def _fwd_pd(shape, eps, batch_stats, relu=False):
         md = _data_md(shape)
         return d.pd("dnnl_batch_normalization_forward_primitive_desc_create", d.engine,
                     L.FORWARD_TRAINING, md, md, ctypes.c_float(eps),
-                    ctypes.c_uint(_flags(batch_stats, relu)), None)
+                    ctypes.c_uint(_flags(batch_stats, relu)), d.attr())
     return cached(("bn_fwd_pd", shape, eps, batch_stats, relu), build)
 
 
@@ -49,19 +49,37 @@ def _fwd(shape, eps, batch_stats, relu=False):
     return cached(("bn_fwd", shape, eps, batch_stats, relu), build)
 
 
-def _bwd(shape, eps, batch_stats, relu=False):
+def _bwd_pd(shape, eps, batch_stats, relu=False):
     def build():
         d = lib()
         md = _data_md(shape)
-        pd = d.pd("dnnl_batch_normalization_backward_primitive_desc_create", d.engine,
-                  L.BACKWARD, md, md, md, ctypes.c_float(eps),
-                  ctypes.c_uint(_flags(batch_stats, relu)),
-                  _fwd_pd(shape, eps, batch_stats, relu), None)
+        return d.pd("dnnl_batch_normalization_backward_primitive_desc_create", d.engine,
+                    L.BACKWARD, md, md, md, ctypes.c_float(eps),
+                    ctypes.c_uint(_flags(batch_stats, relu)),
+                    _fwd_pd(shape, eps, batch_stats, relu), d.attr())
+    return cached(("bn_bwd_pd", shape, eps, batch_stats, relu), build)
+
+
+def _bwd(shape, eps, batch_stats, relu=False):
+    def build():
         ws = ("workspace",) if _ws_size(shape, eps, batch_stats, relu) else ()
         args = ("src", "mean", "variance", "diff_dst", "scale", "diff_src", "diff_scale",
                 "diff_shift") + ws
-        return primitive(pd, args)
+        return primitive(_bwd_pd(shape, eps, batch_stats, relu), args)
     return cached(("bn_bwd", shape, eps, batch_stats, relu), build)
+
+
+def plan_sizes(shape, eps, training, relu) -> tuple[int, int]:
+    """(bytes of the workspace, the ReLU mask, a forward keeps for backward; bytes of
+    scratchpad the layer's calls need): what the memory planner plans, from the kernels' own
+    (cached) primitive descriptors, made in the same thread setting."""
+    d = lib()
+    with serial("batchnorm"):
+        ws = _ws_size(shape, eps, training, relu)
+        need = d.scratch_size(_fwd_pd(shape, eps, training, relu))
+        if training:
+            need = max(need, d.scratch_size(_bwd_pd(shape, eps, training, relu)))
+    return ws, need
 
 
 def bn_forward(ctx, attrs, params, inputs, relu=False):

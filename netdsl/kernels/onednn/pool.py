@@ -38,7 +38,7 @@ def _fwd_pd(geo, training):
                     nhwc(geo["n"], geo["h"], geo["w"], geo["c"]),
                     nhwc(geo["n"], geo["ho"], geo["wo"], geo["c"]),
                     L.dims(geo["s"]), L.dims(geo["k"]), L.dims((0, 0)), L.dims(geo["pl"]),
-                    L.dims(geo["pr"]), None)
+                    L.dims(geo["pr"]), d.attr())
     return cached(("pool_fwd_pd", tuple(sorted(geo.items())), training), build)
 
 
@@ -50,18 +50,38 @@ def _fwd(geo, training):
     return cached(("pool_fwd", tuple(sorted(geo.items())), training), build)
 
 
+def _bwd_pd(geo):
+    def build():
+        d = lib()
+        return d.pd("dnnl_pooling_backward_primitive_desc_create", d.engine, geo["alg"],
+                    nhwc(geo["n"], geo["h"], geo["w"], geo["c"]),
+                    nhwc(geo["n"], geo["ho"], geo["wo"], geo["c"]),
+                    L.dims(geo["s"]), L.dims(geo["k"]), L.dims((0, 0)), L.dims(geo["pl"]),
+                    L.dims(geo["pr"]), _fwd_pd(geo, True), d.attr())
+    return cached(("pool_bwd_pd", tuple(sorted(geo.items()))), build)
+
+
 def _bwd(geo):
     def build():
         d = lib()
-        fwd = _fwd_pd(geo, True)
-        pd = d.pd("dnnl_pooling_backward_primitive_desc_create", d.engine, geo["alg"],
-                  nhwc(geo["n"], geo["h"], geo["w"], geo["c"]),
-                  nhwc(geo["n"], geo["ho"], geo["wo"], geo["c"]),
-                  L.dims(geo["s"]), L.dims(geo["k"]), L.dims((0, 0)), L.dims(geo["pl"]),
-                  L.dims(geo["pr"]), fwd, None)
-        ws = d.md_size(d.pd_md(fwd, "workspace"))
-        return primitive(pd, ("diff_dst", "diff_src") + (("workspace",) if ws else ()))
+        ws = d.md_size(d.pd_md(_fwd_pd(geo, True), "workspace"))
+        return primitive(_bwd_pd(geo), ("diff_dst", "diff_src") + (("workspace",) if ws else ()))
     return cached(("pool_bwd", tuple(sorted(geo.items()))), build)
+
+
+def plan_sizes(attrs, x_shape, training) -> tuple[int, int]:
+    """(bytes of the workspace a training forward keeps for backward, bytes of scratchpad
+    the layer's calls need): what the memory planner plans, from the same (cached) primitive
+    descriptors the kernels run, made in the same thread setting."""
+    geo = _geometry(attrs, x_shape)
+    d = lib()
+    with serial("pool", int(np.prod(x_shape))):
+        fwd = _fwd_pd(geo, training)
+        ws = d.md_size(d.pd_md(fwd, "workspace"))
+        need = d.scratch_size(fwd)
+        if training:
+            need = max(need, d.scratch_size(_bwd_pd(geo)))
+    return ws, need
 
 
 def pool_forward(ctx, attrs, params, inputs):

@@ -1,0 +1,110 @@
+"""What the oneDNN kernels allocate: the memory planner's rules for steps of the ``onednn``
+provider (netdsl/memory.py asks here for every such step).
+
+Each rule says, for one layer on a batch of ``n``, exactly what its kernels in this package
+allocate with NumPy (so tracemalloc sees it): the output, what the cache keeps (the input, the
+output, oneDNN's workspace), the input gradients, and the transients of a call. Everything a
+primitive needs beyond that is scratchpad: every primitive is created in oneDNN's *user*
+scratchpad mode and runs on the provider's one shared region (``_lib.Scratchpad``), which the
+planner adds once, at the size of the largest need of the plan's steps (:func:`held_bytes`).
+
+Sizes that oneDNN chooses (workspaces, scratchpads, blocked-weight buffers) are asked of the
+same primitive descriptors the kernels run, made in the same thread setting (both are cached
+per shape, so planning then running costs no second creation).
+"""
+from __future__ import annotations
+
+from ...layers import numel
+from ...memory import Footprint
+from . import conv, dense, eltwise, lrn, norm, pool
+from ._lib import Scratchpad
+
+
+def _fused_relu(st) -> bool:
+    """The step runs its kernel's fused ReLU form (build_plan then leaves ``st.act`` None)."""
+    return st.act is None and st.node.meta.get("act") == "relu"
+
+
+def _shape(st, n, k=0):
+    return (n,) + tuple(st.node.in_shapes[k])
+
+
+def _bias(st) -> bool:
+    return bool(st.node.attrs.get("bias"))
+
+
+def _params_bytes(st, it):
+    return sum(numel(p.shape) * it for p in (st.node.param_specs or {}).values())
+
+
+def footprint(st, n: int, it: int, training: bool) -> Footprint:
+    """The footprint of plan step ``st`` (provider ``onednn``) for a batch of ``n``."""
+    op = st.node.op
+    x = n * numel(st.node.in_shapes[0]) * it
+    out = n * numel(st.node.out_shapes[0]) * it
+    dx = (0,) if st.data_only else (x,)      # a layer reading only the data: no d(input)
+    relu = _fused_relu(st)
+    if op in ("conv", "fc"):
+        # Forward: the output; the cache keeps the input (and the output, the ReLU's mask).
+        # Backward: the fused ReLU's masked gradient (eltwise.relu_backward) lives through the
+        # call; the blocked weights live in the scratchpad region.
+        fp = Footprint(out=out, keep_in=(0,), keep_out=relu, dx=dx, bwd_tmp=out if relu else 0)
+    elif op == "batchnorm":
+        ws, _ = norm.plan_sizes(_shape(st, n), float(st.node.attrs["eps"]), training, relu)
+        c = st.node.in_shapes[0][-1]
+        # Training: batch mean and variance (c each) and the fused ReLU's mask are cached;
+        # the running-statistics update makes c-sized temporaries (three at once).
+        stats = 2 * c * 4 if training else 0
+        fp = Footprint(out=out, keep_in=(0,), cache=ws + stats, dx=(x,),
+                       fwd_tmp=3 * c * 4 if training else 0)
+    elif op in ("pool", "maxpool", "avgpool"):
+        ws, _ = pool.plan_sizes(st.node.attrs, _shape(st, n), training)
+        fp = Footprint(out=out, cache=ws, dx=(x,))     # max: the argmax workspace (uint8)
+    elif op == "lrn":
+        ws, _ = lrn.plan_sizes(st.node.attrs, _shape(st, n), training)
+        fp = Footprint(out=out, keep_in=(0,), cache=ws, dx=(x,))
+    elif op in ("relu", "tanh", "sigmoid"):
+        fp = Footprint(out=out, keep_out=True, dx=(x,))
+    else:   # a kernel this module has no rule for yet: conservative, as memory.py's default
+        fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
+                       fwd_tmp=out, dx=(x,) * len(st.inputs))
+    if st.act is not None:   # an activation the executor applies after the kernel (in place)
+        fp.keep_out = True
+    return fp
+
+
+def scratch_need(st, n: int, training: bool) -> int:
+    """Bytes of the shared scratchpad region the calls of plan step ``st`` need."""
+    op, a = st.node.op, st.node.attrs
+    relu = _fused_relu(st)
+    grad_in = not st.data_only
+    if op == "conv":
+        need = conv.scratch_need(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st), relu,
+                                 training, grad_in)
+    elif op == "fc":
+        k = numel(st.node.in_shapes[0])
+        need = dense.scratch_need(n, k, st.node.out_shapes[0][-1], _bias(st), relu, training,
+                                  grad_in)
+    elif op == "batchnorm":
+        need = norm.plan_sizes(_shape(st, n), float(a["eps"]), training, relu)[1]
+    elif op in ("pool", "maxpool", "avgpool"):
+        need = pool.plan_sizes(a, _shape(st, n), training)[1]
+    elif op == "lrn":
+        need = lrn.plan_sizes(a, _shape(st, n), training)[1]
+    elif op in ("relu", "tanh", "sigmoid"):
+        need = eltwise.scratch_need(op, _shape(st, n), backward=training)
+    else:
+        need = 0
+    if relu and training and op in ("conv", "fc"):   # its backward masks dout on oneDNN first
+        out_shape = (n,) + tuple(st.node.out_shapes[0])
+        need = max(need, eltwise.scratch_need("relu", out_shape, forward=False))
+    return need
+
+
+def held_bytes(plan, n: int, training: bool) -> int:
+    """Bytes the shared scratchpad region holds once the oneDNN steps of ``plan`` have run on
+    a batch of ``n`` (the most any step needs, aligned): what ``workspace.held_bytes()``
+    then counts for it."""
+    need = max((scratch_need(st, n, training) for st in plan if st.provider == "onednn"),
+               default=0)
+    return Scratchpad.held_bytes(need)
