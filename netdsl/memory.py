@@ -204,8 +204,8 @@ class _Sim:
 def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -> MemoryPlan:
     """Simulate the executor on ``plan`` for one batch; see the module docstring."""
     s = _Sim()
+    persistent = _providers(plan, batch, training)      # before the footprints: it marks steps
     fps = [footprint(st, batch, itemsize, training) for st in plan]
-    persistent = _held(plan, batch, training)
     value = [None] * len(plan)
     cache: list = [()] * len(plan)
     remaining = [st.consumers for st in plan]
@@ -257,11 +257,18 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
         s.touch(fp.bwd_tmp, f"backward {st.node.name}")
         for b in cache[i]:
             s.unref(b)
+        got = []
         for (j, _), d, nb in zip(st.inputs, fp.dx or (), fresh):
             g = nb if d else (dout[i] if d is None else None)
+            s.ref(g)
+            got.append((j, g))
+        # The step has returned: its incoming gradient lives on only through views of it
+        # (run_backward let it go), not while the fan-out sums below are made.
+        s.unref(dout[i])
+        dout[i] = None
+        for j, g in got:
             if g is None:
                 continue
-            s.ref(g)
             if dout[j] is not None:                      # fan-out: a + b into a new buffer
                 total = s.new(s.size[g])
                 s.touch(0, f"backward {st.node.name}")
@@ -270,18 +277,17 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
                 s.unref(g)
                 g = total
             dout[j] = g
-        s.unref(dout[i])
-        dout[i] = None
     return MemoryPlan(s.peak + persistent, _arena(s), s.at, grads, kept, held=persistent)
 
 
-def _held(plan, batch: int, training: bool) -> int:
-    """Workspace the plan's kernels hold across steps (netdsl/workspace.py): the oneDNN
-    provider's shared scratchpad region."""
+def _providers(plan, batch: int, training: bool) -> int:
+    """Let the oneDNN provider's rules see the whole plan (its kernels copy an incoming
+    gradient that is a strided view) and return what the plan's kernels hold across steps
+    (netdsl/workspace.py): that provider's shared scratchpad region."""
     if not any(st.provider == "onednn" for st in plan):
         return 0
-    from .kernels.onednn.footprint import held_bytes
-    return held_bytes(plan, batch, training)
+    from .kernels.onednn.footprint import prepare
+    return prepare(plan, batch, training)
 
 
 def _arena(s: _Sim) -> int:

@@ -70,6 +70,14 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
                        fwd_tmp=out, dx=(x,) * len(st.inputs))
     if st.act is not None:   # an activation the executor applies after the kernel (in place)
         fp.keep_out = True
+    if st.meta.get(STRIDED):
+        # The contiguous copy of dout (out bytes) lives through the call, except in a fused
+        # ReLU's backward, where it lives while the mask is applied (before the grads exist).
+        if relu:
+            fresh = sum(d or 0 for d in fp.dx) + _params_bytes(st, it)
+            fp.bwd_tmp = max(fp.bwd_tmp, out + out - fresh)
+        else:
+            fp.bwd_tmp += out
     return fp
 
 
@@ -108,3 +116,36 @@ def held_bytes(plan, n: int, training: bool) -> int:
     need = max((scratch_need(st, n, training) for st in plan if st.provider == "onednn"),
                default=0)
     return Scratchpad.held_bytes(need)
+
+
+STRIDED = "onednn_strided_dout"
+"""``Step.meta`` key: the step's incoming gradient is a strided view, which its kernels copy
+into a contiguous array (``common.f32``) before oneDNN can read it."""
+
+
+def _strided_gradient(consumer) -> bool:
+    """Whether the gradient ``consumer`` hands back to an input is a strided view: a concat's
+    is a channel slice of its own; GAP's is its broadcast copied in 'K' order (n, w, c, h
+    strides; layers/pooling.py), which is not C-contiguous either."""
+    op = consumer.node.op
+    if op == "concat":
+        return len(consumer.inputs) > 1
+    if op == "gap":
+        h, w, c = consumer.node.in_shapes[0]
+        return h * w > 1 and c > 1
+    return False
+
+
+def prepare(plan, n: int, training: bool) -> int:
+    """Mark the oneDNN steps of ``plan`` whose incoming gradient is a strided view (a single
+    reader that hands back one; several readers' gradients are summed into a fresh array) and
+    return :func:`held_bytes`."""
+    readers: dict = {}
+    for st in plan:
+        for j, _ in st.inputs:
+            readers.setdefault(j, []).append(st)
+    for i, st in enumerate(plan):
+        if st.provider == "onednn":
+            got = readers.get(i, [])
+            st.meta[STRIDED] = training and len(got) == 1 and _strided_gradient(got[0])
+    return held_bytes(plan, n, training)
