@@ -17,7 +17,7 @@ from __future__ import annotations
 from ...layers import numel
 from ...memory import Footprint
 from . import conv, dense, eltwise, lrn, norm, pool
-from ._lib import Scratchpad
+from ._lib import DnnlError, Scratchpad
 
 
 def _fused_relu(st) -> bool:
@@ -50,7 +50,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         # call; the blocked weights live in the scratchpad region.
         fp = Footprint(out=out, keep_in=(0,), keep_out=relu, dx=dx, bwd_tmp=out if relu else 0)
     elif op == "batchnorm":
-        ws, _ = norm.plan_sizes(_shape(st, n), float(st.node.attrs["eps"]), training, relu)
+        ws = _asked(lambda: norm.plan_sizes(_shape(st, n), float(st.node.attrs["eps"]),
+                                            training, relu)[0], x)
         c = st.node.in_shapes[0][-1]
         # Training: batch mean and variance (c each) and the fused ReLU's mask are cached;
         # the running-statistics update makes c-sized temporaries (three at once).
@@ -58,10 +59,10 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         fp = Footprint(out=out, keep_in=(0,), cache=ws + stats, dx=(x,),
                        fwd_tmp=3 * c * 4 if training else 0)
     elif op in ("pool", "maxpool", "avgpool"):
-        ws, _ = pool.plan_sizes(st.node.attrs, _shape(st, n), training)
+        ws = _asked(lambda: pool.plan_sizes(st.node.attrs, _shape(st, n), training)[0], out)
         fp = Footprint(out=out, cache=ws, dx=(x,))     # max: the argmax workspace (uint8)
     elif op == "lrn":
-        ws, _ = lrn.plan_sizes(st.node.attrs, _shape(st, n), training)
+        ws = _asked(lambda: lrn.plan_sizes(st.node.attrs, _shape(st, n), training)[0], x)
         fp = Footprint(out=out, keep_in=(0,), cache=ws, dx=(x,))
     elif op in ("relu", "tanh", "sigmoid"):
         fp = Footprint(out=out, keep_out=True, dx=(x,))
@@ -81,8 +82,23 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     return fp
 
 
+def _asked(size, fallback: int) -> int:
+    """``size()``, a size oneDNN reports; ``fallback`` (a bound) where oneDNN cannot make
+    the primitive descriptor for this batch (planning a batch far larger than any that runs,
+    e.g. the largest-batch search of `netdsl summary --memory`): planning never fails."""
+    try:
+        return size()
+    except DnnlError:
+        return fallback
+
+
 def scratch_need(st, n: int, training: bool) -> int:
-    """Bytes of the shared scratchpad region the calls of plan step ``st`` need."""
+    """Bytes of the shared scratchpad region the calls of plan step ``st`` need (0 where
+    oneDNN cannot make the descriptors: see :func:`_asked`)."""
+    return _asked(lambda: _scratch_need(st, n, training), 0)
+
+
+def _scratch_need(st, n: int, training: bool) -> int:
     op, a = st.node.op, st.node.attrs
     relu = _fused_relu(st)
     grad_in = not st.data_only

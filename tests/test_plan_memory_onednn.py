@@ -1,0 +1,183 @@
+"""The memory planner on the oneDNN provider's kernels (netdsl/kernels/onednn/footprint.py)
+against what a step really allocates: tracemalloc's peak during a steady-state step plus the
+memory held across steps on purpose (netdsl.workspace.held_bytes(): the oneDNN scratchpad
+region), i.e. `netdsl bench`'s measured peak. The expected values come from tracemalloc, an
+independent measurement, never from the planner.
+
+Also: oneDNN's scratchpad is in user mode, so it is NumPy memory that is counted, planned and
+shared by every primitive (the results do not depend on what the region held before).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netdsl import kernels
+from netdsl.bench import peak_memory
+from netdsl.compiler import compile_file
+from netdsl.executor import Executor
+from netdsl.memory import plan_memory
+
+from conftest import NETS
+
+if not kernels.available("onednn"):
+    pytest.skip("oneDNN (libdnnl.so.3) cannot load here", allow_module_level=True)
+
+from netdsl import workspace  # noqa: E402
+from netdsl.kernels.onednn.common import lib  # noqa: E402
+
+# The four benchmark nets (docs/performance.md), on smaller inputs where the net allows.
+BENCH_NETS = {
+    "lenet5": ("lenet5.net", None, {}),
+    "cs231n": ("cs231n.net", (16, 16, 3), {"N": 2, "M": 3, "K": 2, "WIDTH": 32, "HIDDEN": 256}),
+    "resnet20": ("resnet20.net", (16, 16, 3), {}),
+    "inception_small": ("inception_small.net", (16, 16, 3), {}),
+}
+
+
+def _executor(name, mode):
+    path, shape, sets = BENCH_NETS[name]
+    g = compile_file(str(NETS / path), overrides=sets, input_shape=shape, num_classes=10).graph
+    ex = Executor(g, seed=0, kernels="onednn")
+    return ex.for_inference() if mode == "infer" else ex
+
+
+def _step(ex, mode, batch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *ex.input_shape)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    if mode == "train":
+        return lambda: (ex.forward(x, y, training=True), ex.backward())
+    return lambda: ex.forward(x, training=False)
+
+
+def _measured(ex, mode, batch):
+    """bench's measured peak, the scratchpad region grown by this net alone."""
+    lib().scratchpad.release()      # earlier tests' primitives may have grown it further
+    return peak_memory(_step(ex, mode, batch))
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("name", list(BENCH_NETS))
+def test_planned_peak_within_10_percent_of_measured(name, mode):
+    ex = _executor(name, mode)
+    assert sum(st.provider == "onednn" for st in ex.plan) >= 3
+    batch = 8
+    measured = _measured(ex, mode, batch)
+    planned = plan_memory(ex.plan, batch, itemsize=4, training=mode == "train").peak
+    assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
+
+
+def test_scratchpad_is_user_memory_counted_and_planned():
+    """The primitives run on the provider's NumPy scratchpad: after a training step it has
+    grown to exactly the region the planner plans, held_bytes() counts it, and the measured
+    peak includes it (without user mode oneDNN would malloc it unseen and nbytes stay 0)."""
+    ex = _executor("cs231n", "train")
+    pad = lib().scratchpad
+    measured = _measured(ex, "train", 8)
+    plan = plan_memory(ex.plan, 8, itemsize=4, training=True)
+    assert pad.nbytes > 0
+    assert plan.held == pad.nbytes
+    assert workspace.held_bytes() >= pad.nbytes
+    assert measured >= pad.nbytes
+    # Every primitive with a scratchpad binds one (an execute argument), none owns memory.
+    from netdsl.kernels.onednn import common
+    prims = [p for v in common._CACHE.values() for p in _primitives(v)]
+    assert any(p.scratch for p in prims)
+    assert all(("scratchpad" in p.mds) == bool(p.scratch) for p in prims)
+
+
+def _primitives(value):
+    from netdsl.kernels.onednn._lib import Primitive
+    if isinstance(value, Primitive):
+        return [value]
+    if isinstance(value, tuple):
+        return [v for v in value if isinstance(v, Primitive)]
+    if hasattr(value, "prims") and value._prims is not None:
+        return [p for p in value._prims if p is not None]
+    return []
+
+
+def test_results_do_not_depend_on_what_the_scratchpad_held():
+    """The region is shared: one primitive's leftovers (here NaN everywhere) must not leak
+    into another's results (gradients equal to the last bit with a clean region)."""
+    ex = _executor("resnet20", "train")
+    step = _step(ex, "train", 4)
+    pad = lib().scratchpad
+    step()
+    clean = {k: {p: g.copy() for p, g in v.items()} for k, v in ex.grads.items()}
+    pad.array(pad.capacity)[:] = 0xFF          # NaN bit patterns in float32
+    step()
+    assert np.all(np.isfinite(ex.grads["fc1"]["weight"]))
+    for node, tensors in clean.items():
+        for k, v in tensors.items():
+            np.testing.assert_array_equal(ex.grads[node][k], v, err_msg=f"{node}.{k}")
+
+
+def test_scratchpad_grows_to_the_largest_need_and_releases():
+    from netdsl.kernels.onednn._lib import Scratchpad
+    pad = Scratchpad()
+    a = pad.reserve(100)
+    assert a % Scratchpad.ALIGN == 0 and pad.nbytes == Scratchpad.held_bytes(100)
+    assert pad.reserve(50) == a                    # smaller needs reuse the region
+    pad.reserve(1000)
+    assert pad.capacity == 1000 and pad.nbytes == 1000 + Scratchpad.ALIGN
+    assert pad.array(10).ctypes.data % Scratchpad.ALIGN == 0
+    pad.release()
+    assert pad.nbytes == 0 and Scratchpad.held_bytes(0) == 0
+
+
+def _per_call_peaks(ex, step):
+    """{(phase, step index): bytes} each kernel call allocated at its peak (tracemalloc)."""
+    import tracemalloc
+    found = {}
+    saved = [(st.forward, st.backward) for st in ex.plan]
+
+    def wrap(fn, key):
+        def call(*a):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            r = fn(*a)
+            found[key] = tracemalloc.get_traced_memory()[1] - before
+            return r
+        return call
+    try:
+        for i, st in enumerate(ex.plan):
+            st.forward, st.backward = wrap(st.forward, ("F", i)), wrap(st.backward, ("B", i))
+        tracemalloc.start()
+        step()
+    finally:
+        tracemalloc.stop()
+        for st, (f, b) in zip(ex.plan, saved):
+            st.forward, st.backward = f, b
+    return found
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("name", list(BENCH_NETS))
+def test_each_onednn_rule_is_what_its_kernel_allocates(name, mode):
+    """Per oneDNN step: the bytes its forward call allocates at its peak are the rule's output
+    + cache + forward temporaries, and its backward's the parameter gradients + fresh input
+    gradients + backward temporaries, within 1% (+ 8 KB of Python objects)."""
+    from netdsl.memory import footprint
+    ex = _executor(name, mode)
+    batch, training = 8, mode == "train"
+    step = _step(ex, mode, batch)
+    step()
+    plan_memory(ex.plan, batch, training=training)   # marks the strided incoming gradients
+    found = _per_call_peaks(ex, step)
+    checked = 0
+    for i, st in enumerate(ex.plan):
+        if st.provider != "onednn":
+            continue
+        fp = footprint(st, batch, 4, training)
+        want = {("F", i): fp.out + fp.cache + fp.fwd_tmp}
+        if training and ("B", i) in found:
+            grads = sum(int(np.prod(p.shape)) * 4 for p in (st.node.param_specs or {}).values()
+                        if p.trainable)
+            want[("B", i)] = grads + sum(d or 0 for d in fp.dx) + fp.bwd_tmp
+        for key, bytes_ in want.items():
+            got = found[key]
+            assert abs(got - bytes_) <= 0.01 * bytes_ + 8192, (st.node.name, key[0], got, bytes_)
+            checked += 1
+    assert checked >= 6
