@@ -181,3 +181,46 @@ def test_each_onednn_rule_is_what_its_kernel_allocates(name, mode):
             assert abs(got - bytes_) <= 0.01 * bytes_ + 8192, (st.node.name, key[0], got, bytes_)
             checked += 1
     assert checked >= 6
+
+
+STRIDES_NET = """
+INPUT(10x10x3) -> CONV(4, 3) -> MAXPOOL(3, stride=2, ceil=true) -> CONV(6, 3)
+  -> concat { residual { CONV(6, 3) -> BN } | CONV(4, 1) }
+  -> AVGPOOL(3, stride=2, pad=1) -> CONV(4, 1) -> AVGPOOL(3) -> FC
+"""
+
+
+def test_strided_incoming_gradients_are_the_ones_marked():
+    """Which oneDNN steps get a strided incoming gradient (that their kernels copy) is
+    predicted from the NumPy kernels of their readers (concat, GAP, padded pooling, an add
+    passing a concat's slice on to a batch norm): checked
+    here against the arrays themselves, so a change to those kernels shows up."""
+    from netdsl.compiler import compile_text
+    from netdsl.kernels.onednn.footprint import STRIDED
+    execs = [_executor("inception_small", "train"), _executor("resnet20", "train"),
+             Executor(compile_text(STRIDES_NET, num_classes=10).graph, seed=0, kernels="onednn")]
+    marked = seen = 0
+    for ex in execs:
+        plan_memory(ex.plan, 4, training=True)
+        contiguous = {}
+        saved = [st.backward for st in ex.plan]
+
+        def spy(fn, i):
+            def call(ctx, attrs, params, cache, dout):
+                contiguous[i] = dout.flags.c_contiguous
+                return fn(ctx, attrs, params, cache, dout)
+            return call
+        for i, st in enumerate(ex.plan):
+            if st.provider == "onednn":
+                st.backward = spy(st.backward, i)
+        try:
+            _step(ex, "train", 4)()
+        finally:
+            for st, b in zip(ex.plan, saved):
+                st.backward = b
+        for i, flag in contiguous.items():
+            st = ex.plan[i]
+            assert st.meta[STRIDED] == (not flag), (st.node.name, flag)
+            marked += st.meta[STRIDED]
+            seen += 1
+    assert marked >= 4 and seen > 30          # concat, GAP and padded pooling all occur

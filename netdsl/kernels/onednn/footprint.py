@@ -139,16 +139,30 @@ STRIDED = "onednn_strided_dout"
 into a contiguous array (``common.f32``) before oneDNN can read it."""
 
 
-def _strided_gradient(consumer) -> bool:
-    """Whether the gradient ``consumer`` hands back to an input is a strided view: a concat's
-    is a channel slice of its own; GAP's is its broadcast copied in 'K' order (n, w, c, h
-    strides; layers/pooling.py), which is not C-contiguous either."""
+def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
+    """Whether the gradient ``consumer`` hands back to its input is a strided view (for a
+    batch of ``n``; ``strided_in``: whether its own incoming gradient is). These are facts
+    about the NumPy kernels (tests/test_plan_memory_onednn.py checks them against the arrays):
+    a concat's is a channel slice of its own gradient; GAP's is its broadcast copied in 'K'
+    order (N, C, H, W in memory); a pooling that pads or overhangs slices its padded gradient;
+    an add hands its own incoming gradient on."""
     op = consumer.node.op
+    if op == "add":
+        return strided_in
     if op == "concat":
         return len(consumer.inputs) > 1
     if op == "gap":
         h, w, c = consumer.node.in_shapes[0]
         return h * w > 1 and c > 1
+    if op in ("pool", "maxpool", "avgpool") and consumer.provider == "numpy":
+        from ...layers.pooling import _fast_path, _geometry
+        h, w, c = consumer.node.in_shapes[0]
+        size, stride, pad, out_hw, (e0, e1) = _geometry(consumer.node.attrs, (n, h, w, c))
+        if consumer.node.attrs["kind"] == "avg" and _fast_path((n, h, w, c), size, stride, pad,
+                                                               out_hw):
+            return False                  # spread over the tiles by a reshape: contiguous
+        # dx_pad[:, p0:p0 + h, p1:p1 + w, :] of an (n, e0, e1, c) array
+        return (h > 1 and e1 != w) or (n > 1 and e0 * e1 != h * w)
     return False
 
 
@@ -160,8 +174,12 @@ def prepare(plan, n: int, training: bool) -> int:
     for st in plan:
         for j, _ in st.inputs:
             readers.setdefault(j, []).append(st)
-    for i, st in enumerate(plan):
-        if st.provider == "onednn":
-            got = readers.get(i, [])
-            st.meta[STRIDED] = training and len(got) == 1 and _strided_gradient(got[0])
+    index = {id(st): i for i, st in enumerate(plan)}
+    strided = [False] * len(plan)
+    for i in range(len(plan) - 1, -1, -1):       # readers come later in the plan
+        got = readers.get(i, [])
+        strided[i] = (training and len(got) == 1
+                      and _strided_gradient(got[0], n, strided[index[id(got[0])]]))
+        if plan[i].provider == "onednn":
+            plan[i].meta[STRIDED] = strided[i]
     return held_bytes(plan, n, training)
