@@ -34,10 +34,27 @@ BENCH_NETS = {
     "inception_small": ("inception_small.net", (16, 16, 3), {}),
 }
 
+STRIDES_NET = """
+INPUT(10x10x3) -> CONV(4, 3) -> MAXPOOL(3, stride=2, ceil=true) -> CONV(6, 3)
+  -> concat { residual { CONV(6, 3) -> BN } | CONV(4, 1) }
+  -> AVGPOOL(3, stride=2, pad=1) -> CONV(4, 1) -> AVGPOOL(3) -> FC
+"""
+STRIDED_INPUTS_NET = """
+INPUT(24x24x3) -> LOCAL(8, 3) -> RELU -> CROP(size=16x16) -> CONV(8, 3) -> LOCAL(6, 3)
+  -> BN -> CROP(size=10x9) -> FC
+"""
+# Nets whose oneDNN steps read or get strided views (the kernels copy them)
+TEXT_NETS = {"strided_grads": STRIDES_NET, "strided_inputs": STRIDED_INPUTS_NET}
+
 
 def _executor(name, mode):
-    path, shape, sets = BENCH_NETS[name]
-    g = compile_file(str(NETS / path), overrides=sets, input_shape=shape, num_classes=10).graph
+    if name in TEXT_NETS:
+        from netdsl.compiler import compile_text
+        g = compile_text(TEXT_NETS[name], num_classes=10).graph
+    else:
+        path, shape, sets = BENCH_NETS[name]
+        g = compile_file(str(NETS / path), overrides=sets, input_shape=shape,
+                         num_classes=10).graph
     ex = Executor(g, seed=0, kernels="onednn")
     return ex.for_inference() if mode == "infer" else ex
 
@@ -154,7 +171,7 @@ def _per_call_peaks(ex, step):
 
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
-@pytest.mark.parametrize("name", list(BENCH_NETS))
+@pytest.mark.parametrize("name", list(BENCH_NETS) + list(TEXT_NETS))
 def test_each_onednn_rule_is_what_its_kernel_allocates(name, mode):
     """Per oneDNN step: the bytes its forward call allocates at its peak are the rule's output
     + cache + forward temporaries, and its backward's the parameter gradients + fresh input
@@ -180,14 +197,7 @@ def test_each_onednn_rule_is_what_its_kernel_allocates(name, mode):
             got = found[key]
             assert abs(got - bytes_) <= 0.01 * bytes_ + 8192, (st.node.name, key[0], got, bytes_)
             checked += 1
-    assert checked >= 6
-
-
-STRIDES_NET = """
-INPUT(10x10x3) -> CONV(4, 3) -> MAXPOOL(3, stride=2, ceil=true) -> CONV(6, 3)
-  -> concat { residual { CONV(6, 3) -> BN } | CONV(4, 1) }
-  -> AVGPOOL(3, stride=2, pad=1) -> CONV(4, 1) -> AVGPOOL(3) -> FC
-"""
+    assert checked >= 4
 
 
 def test_strided_incoming_gradients_are_the_ones_marked():
@@ -195,10 +205,8 @@ def test_strided_incoming_gradients_are_the_ones_marked():
     predicted from the NumPy kernels of their readers (concat, GAP, padded pooling, an add
     passing a concat's slice on to a batch norm): checked
     here against the arrays themselves, so a change to those kernels shows up."""
-    from netdsl.compiler import compile_text
     from netdsl.kernels.onednn.footprint import STRIDED
-    execs = [_executor("inception_small", "train"), _executor("resnet20", "train"),
-             Executor(compile_text(STRIDES_NET, num_classes=10).graph, seed=0, kernels="onednn")]
+    execs = [_executor(name, "train") for name in ("inception_small", "resnet20", "strided_grads")]
     marked = seen = 0
     for ex in execs:
         plan_memory(ex.plan, 4, training=True)
@@ -224,3 +232,31 @@ def test_strided_incoming_gradients_are_the_ones_marked():
             marked += st.meta[STRIDED]
             seen += 1
     assert marked >= 4 and seen > 30          # concat, GAP and padded pooling all occur
+
+
+def test_strided_inputs_are_the_ones_marked():
+    """Likewise for inputs: a locally connected layer's output and a crop are strided views,
+    which the oneDNN kernels copy (the planner counts the copy)."""
+    from netdsl.kernels.onednn.footprint import STRIDED_X
+    ex = _executor("strided_inputs", "train")
+    plan_memory(ex.plan, 4, training=True)
+    contiguous = {}
+    saved = [st.forward for st in ex.plan]
+
+    def spy(fn, i):
+        def call(ctx, attrs, params, inputs):
+            contiguous[i] = inputs[0].flags.c_contiguous
+            return fn(ctx, attrs, params, inputs)
+        return call
+    for i, st in enumerate(ex.plan):
+        if st.provider == "onednn":
+            st.forward = spy(st.forward, i)
+    try:
+        _step(ex, "train", 4)()
+    finally:
+        for st, f in zip(ex.plan, saved):
+            st.forward = f
+    assert len(contiguous) >= 4
+    for i, flag in contiguous.items():
+        assert ex.plan[i].meta[STRIDED_X] == (not flag), (ex.plan[i].node.name, flag)
+    assert sum(not flag for flag in contiguous.values()) >= 3

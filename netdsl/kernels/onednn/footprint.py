@@ -71,6 +71,13 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
                        fwd_tmp=out, dx=(x,) * len(st.inputs))
     if st.act is not None:   # an activation the executor applies after the kernel (in place)
         fp.keep_out = True
+    if st.meta.get(STRIDED_X):
+        # The kernel reads a contiguous copy of its strided input (``common.f32``): a cache
+        # that keeps the input keeps (owns) that copy; otherwise it is a forward transient.
+        if fp.keep_in:
+            fp.cache, fp.keep_in = fp.cache + x, ()
+        else:
+            fp.fwd_tmp += x
     if st.meta.get(STRIDED):
         # The contiguous copy of dout (out bytes) lives through the call, except in a fused
         # ReLU's backward, where it lives while the mask is applied (before the grads exist).
@@ -139,6 +146,25 @@ STRIDED = "onednn_strided_dout"
 into a contiguous array (``common.f32``) before oneDNN can read it."""
 
 
+STRIDED_X = "onednn_strided_input"
+"""``Step.meta`` key: the step's input is a strided view, which its kernels copy."""
+
+
+def _strided_output(producer, n: int) -> bool:
+    """Whether ``producer``'s output is a strided view (NumPy kernels, checked in
+    tests/test_plan_memory_onednn.py): a locally connected layer's is its (positions, batch,
+    filters) product transposed; a crop's is a window of its input."""
+    op = producer.node.op
+    if op == "local":
+        ho, wo, _ = producer.node.out_shapes[0]
+        return n > 1 and ho * wo > 1
+    if op == "crop":
+        h, w, _ = producer.node.in_shapes[0]
+        th, tw, _ = producer.node.out_shapes[0]
+        return (th > 1 and tw != w) or (n > 1 and th * tw != h * w)
+    return False
+
+
 def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
     """Whether the gradient ``consumer`` hands back to its input is a strided view (for a
     batch of ``n``; ``strided_in``: whether its own incoming gradient is). These are facts
@@ -167,9 +193,9 @@ def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
 
 
 def prepare(plan, n: int, training: bool) -> int:
-    """Mark the oneDNN steps of ``plan`` whose incoming gradient is a strided view (a single
-    reader that hands back one; several readers' gradients are summed into a fresh array) and
-    return :func:`held_bytes`."""
+    """Mark the oneDNN steps of ``plan`` whose input is a strided view, and those whose
+    incoming gradient is one (a single reader that hands back one; several readers' gradients
+    are summed into a fresh array); return :func:`held_bytes`."""
     readers: dict = {}
     for st in plan:
         for j, _ in st.inputs:
@@ -180,6 +206,8 @@ def prepare(plan, n: int, training: bool) -> int:
         got = readers.get(i, [])
         strided[i] = (training and len(got) == 1
                       and _strided_gradient(got[0], n, strided[index[id(got[0])]]))
-        if plan[i].provider == "onednn":
-            plan[i].meta[STRIDED] = strided[i]
+        st = plan[i]
+        if st.provider == "onednn":
+            st.meta[STRIDED] = strided[i]
+            st.meta[STRIDED_X] = bool(st.inputs) and _strided_output(plan[st.inputs[0][0]], n)
     return held_bytes(plan, n, training)
