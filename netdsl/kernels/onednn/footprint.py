@@ -50,8 +50,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         # call; the blocked weights live in the scratchpad region.
         fp = Footprint(out=out, keep_in=(0,), keep_out=relu, dx=dx, bwd_tmp=out if relu else 0)
     elif op == "batchnorm":
-        ws = _asked(lambda: norm.plan_sizes(_shape(st, n), float(st.node.attrs["eps"]),
-                                            training, relu)[0], x)
+        ws = _asked(st, n, lambda m: norm.plan_sizes(_shape(st, m), float(st.node.attrs["eps"]),
+                                                     training, relu)[0], x, per_example=True)
         c = st.node.in_shapes[0][-1]
         # Training: batch mean and variance (c each) and the fused ReLU's mask are cached;
         # the running-statistics update makes c-sized temporaries (three at once).
@@ -59,10 +59,12 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         fp = Footprint(out=out, keep_in=(0,), cache=ws + stats, dx=(x,),
                        fwd_tmp=3 * c * 4 if training else 0)
     elif op in ("pool", "maxpool", "avgpool"):
-        ws = _asked(lambda: pool.plan_sizes(st.node.attrs, _shape(st, n), training)[0], out)
+        ws = _asked(st, n, lambda m: pool.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
+                    out, per_example=True)
         fp = Footprint(out=out, cache=ws, dx=(x,))     # max: the argmax workspace (uint8)
     elif op == "lrn":
-        ws = _asked(lambda: lrn.plan_sizes(st.node.attrs, _shape(st, n), training)[0], x)
+        ws = _asked(st, n, lambda m: lrn.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
+                    x, per_example=True)
         fp = Footprint(out=out, keep_in=(0,), cache=ws, dx=(x,))
     elif op in ("relu", "tanh", "sigmoid"):
         fp = Footprint(out=out, keep_out=True, dx=(x,))
@@ -89,20 +91,40 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     return fp
 
 
-def _asked(size, fallback: int) -> int:
-    """``size()``, a size oneDNN reports; ``fallback`` (a bound) where oneDNN cannot make
-    the primitive descriptor for this batch (planning a batch far larger than any that runs,
-    e.g. the largest-batch search of `netdsl summary --memory`): planning never fails."""
+SAFE_ELEMENTS = 2**31 - 1
+"""The largest tensor (elements) oneDNN is asked to make descriptors for while planning."""
+
+
+def _safe_batch(st, n: int) -> int:
+    """The batch oneDNN is asked about for step ``st``: ``n``, or, where a tensor of the step
+    would pass :data:`SAFE_ELEMENTS` (8 GiB of float32: beyond any step a CPU runs; oneDNN
+    3.2 dies of SIGFPE making descriptors for a 224×224 ResNet-34 at batch 3·10^8, which
+    `netdsl summary --batch` may be asked to plan), the largest batch that stays under it; 0
+    when not even one example does."""
+    shapes = list(st.node.in_shapes or ()) + list(st.node.out_shapes or ())
+    per = max((numel(s) for s in shapes), default=1)
+    return min(n, SAFE_ELEMENTS // max(per, 1))
+
+
+def _asked(st, n: int, size_at, fallback: int, per_example: bool = False) -> int:
+    """A size oneDNN reports for step ``st`` on a batch of ``n``: ``size_at(m)`` at the
+    :func:`_safe_batch` ``m`` (scaled by n/m if the size grows with the batch, as workspaces
+    do; scratchpads barely do). ``fallback`` (a bound) where oneDNN cannot make the
+    descriptor or ``m`` is 0: planning never fails."""
+    m = _safe_batch(st, n)
+    if m < 1:
+        return fallback
     try:
-        return size()
+        size = size_at(m)
     except DnnlError:
         return fallback
+    return -(-size * n // m) if per_example else size
 
 
 def scratch_need(st, n: int, training: bool) -> int:
     """Bytes of the shared scratchpad region the calls of plan step ``st`` need (0 where
     oneDNN cannot make the descriptors: see :func:`_asked`)."""
-    return _asked(lambda: _scratch_need(st, n, training), 0)
+    return _asked(st, n, lambda m: _scratch_need(st, m, training), 0)
 
 
 def _scratch_need(st, n: int, training: bool) -> int:
