@@ -1,48 +1,47 @@
-"""Planned vs measured (tracemalloc) peak memory of one training step and one inference batch.
+"""Planned vs measured peak memory of one training step and one inference batch.
 
-    python tests/bench/memory_check.py nets/cs231n.net 32x32x3 64 [K=V ...]
+    python tests/bench/memory_check.py [--kernels numpy|onednn] nets/cs231n.net 32x32x3 64 [K=V ...]
+
+Measured as `netdsl bench` does (netdsl.bench.peak_memory): tracemalloc's peak during a
+steady-state step beyond what was held before it, plus what the model holds across steps on
+purpose (netdsl.workspace.held_bytes(): the oneDNN scratchpad region). Default kernels: numpy.
 """
 import sys
-import tracemalloc
 
 import numpy as np
 
+from netdsl.bench import peak_memory
 from netdsl.compiler import compile_file
 from netdsl.executor import Executor
 from netdsl.memory import plan_memory
 
 
-def measure(fn):
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    fn()
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    return peak
-
-
-def main(path, shape, batch, *sets):
+def main(path, shape, batch, *sets, kernels="numpy"):
     overrides = dict(kv.split("=") for kv in sets)
     overrides = {k: int(v) for k, v in overrides.items()}
     shape = tuple(int(d) for d in shape.split("x"))
     c = compile_file(path, overrides=overrides, input_shape=shape, num_classes=10)
-    ex = Executor(c.graph, seed=0, kernels="numpy")
+    ex = Executor(c.graph, seed=0, kernels=kernels)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((int(batch), *ex.input_shape)).astype(np.float32)
     y = rng.integers(0, 10, int(batch))
-    ex.forward(x, y, training=True)
-    ex.backward()   # warm (lazy imports, first-call caches)
-    ex.grads = {}
-    train = measure(lambda: (ex.forward(x, y, training=True), ex.backward()))
+    train = peak_memory(lambda: (ex.forward(x, y, training=True), ex.backward()))
     inf = ex.for_inference()
-    infer = measure(lambda: inf.forward(x, training=False))
+    if kernels != "numpy":   # the region as the inference primitives alone grow it
+        from netdsl.kernels.onednn.common import lib
+        lib().scratchpad.release()
+    infer = peak_memory(lambda: inf.forward(x, training=False))
     pt = plan_memory(ex.plan, int(batch), training=True)
     pi = plan_memory(inf.plan, int(batch), training=False)
-    print(f"{path} b={batch}: train planned {pt.peak / 2**20:.1f} MiB measured "
-          f"{train / 2**20:.1f} MiB ({pt.peak / train:.3f}) at {pt.at}; infer planned "
-          f"{pi.peak / 2**20:.1f} MiB measured {infer / 2**20:.1f} MiB ({pi.peak / infer:.3f}) at {pi.at}")
+    print(f"{path} b={batch} ({kernels}): train planned {pt.peak / 2**20:.2f} MiB measured "
+          f"{train / 2**20:.2f} MiB ({pt.peak / train:.3f}) at {pt.at}; infer planned "
+          f"{pi.peak / 2**20:.2f} MiB measured {infer / 2**20:.2f} MiB ({pi.peak / infer:.3f}) "
+          f"at {pi.at}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    argv = sys.argv[1:]
+    kernels = "numpy"
+    if argv[:1] == ["--kernels"]:
+        kernels, argv = argv[1], argv[2:]
+    main(*argv, kernels=kernels)
