@@ -55,9 +55,9 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         c = st.node.in_shapes[0][-1]
         # Training: batch mean and variance (c each) and the fused ReLU's mask are cached;
         # the running-statistics update makes c-sized temporaries (three at once).
-        stats = 2 * c * 4 if training else 0
+        stats = 2 * c * it if training else 0
         fp = Footprint(out=out, keep_in=(0,), cache=ws + stats, dx=(x,),
-                       fwd_tmp=3 * c * 4 if training else 0)
+                       fwd_tmp=3 * c * it if training else 0)
     elif op in ("pool", "maxpool", "avgpool"):
         ws = _asked(st, n, lambda m: pool.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     out, per_example=True)
