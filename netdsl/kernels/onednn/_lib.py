@@ -2,7 +2,8 @@
 
 Only what the provider needs: memory descriptors, primitive descriptors for convolution,
 pooling, batch normalisation, LRN, inner product and reorder, primitives, and execution with
-argument arrays built once per primitive. Enum values are those of oneDNN 3.2's
+argument arrays built once per primitive. Every primitive is made in user scratchpad mode and
+runs on the one :class:`Scratchpad` region (NumPy memory the planner and `bench` count). Enum values are those of oneDNN 3.2's
 dnnl_types.h / dnnl_common_types.h (onednn-devel-cpu-gomp 2023.2.0); the library's version is
 checked on load so that another ABI is refused instead of misread.
 """
