@@ -37,7 +37,7 @@ BENCH_NETS = {
 STRIDES_NET = """
 INPUT(10x10x3) -> CONV(4, 3) -> MAXPOOL(3, stride=2, ceil=true) -> CONV(6, 3)
   -> concat { residual { CONV(6, 3) -> BN } | CONV(4, 1) }
-  -> AVGPOOL(3, stride=2, pad=1) -> CONV(4, 1) -> AVGPOOL(3) -> FC
+  -> AVGPOOL(3, stride=2, pad=1) -> CONV(4, 1) -> LOCAL(4, 3, pad=1) -> AVGPOOL(3) -> FC
 """
 STRIDED_INPUTS_NET = """
 INPUT(24x24x3) -> LOCAL(8, 3) -> RELU -> CROP(size=16x16) -> CONV(8, 3) -> LOCAL(6, 3)
@@ -202,8 +202,8 @@ def test_each_onednn_rule_is_what_its_kernel_allocates(name, mode):
 
 def test_strided_incoming_gradients_are_the_ones_marked():
     """Which oneDNN steps get a strided incoming gradient (that their kernels copy) is
-    predicted from the NumPy kernels of their readers (concat, GAP, padded pooling, an add
-    passing a concat's slice on to a batch norm): checked
+    predicted from the NumPy kernels of their readers (concat, GAP, padded pooling and
+    locally connected layers, an add passing a concat's slice on to a batch norm): checked
     here against the arrays themselves, so a change to those kernels shows up."""
     from netdsl.kernels.onednn.footprint import STRIDED
     execs = [_executor(name, "train") for name in ("inception_small", "resnet20", "strided_grads")]

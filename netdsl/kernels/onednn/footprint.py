@@ -192,8 +192,8 @@ def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
     batch of ``n``; ``strided_in``: whether its own incoming gradient is). These are facts
     about the NumPy kernels (tests/test_plan_memory_onednn.py checks them against the arrays):
     a concat's is a channel slice of its own gradient; GAP's is its broadcast copied in 'K'
-    order (N, C, H, W in memory); a pooling that pads or overhangs slices its padded gradient;
-    an add hands its own incoming gradient on."""
+    order (N, C, H, W in memory); a pooling that pads or overhangs, or a padded locally
+    connected layer, slices its padded gradient; an add hands its own incoming gradient on."""
     op = consumer.node.op
     if op == "add":
         return strided_in
@@ -205,13 +205,24 @@ def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
     if op in ("pool", "maxpool", "avgpool") and consumer.provider == "numpy":
         from ...layers.pooling import _fast_path, _geometry
         h, w, c = consumer.node.in_shapes[0]
-        size, stride, pad, out_hw, (e0, e1) = _geometry(consumer.node.attrs, (n, h, w, c))
+        size, stride, pad, out_hw, ext = _geometry(consumer.node.attrs, (n, h, w, c))
         if consumer.node.attrs["kind"] == "avg" and _fast_path((n, h, w, c), size, stride, pad,
                                                                out_hw):
             return False                  # spread over the tiles by a reshape: contiguous
-        # dx_pad[:, p0:p0 + h, p1:p1 + w, :] of an (n, e0, e1, c) array
-        return (h > 1 and e1 != w) or (n > 1 and e0 * e1 != h * w)
+        return _window_is_strided(n, h, w, ext)
+    if op == "local":
+        from ...layers.local import _PAIRS
+        from ...layers.structure import pair_attrs
+        h, w, _ = consumer.node.in_shapes[0]
+        ph, pw = pair_attrs(consumer.node.attrs, _PAIRS)["pad"]
+        return _window_is_strided(n, h, w, (h + 2 * ph, w + 2 * pw))
     return False
+
+
+def _window_is_strided(n, h, w, ext) -> bool:
+    """Whether dx_pad[:, p0:p0 + h, p1:p1 + w, :] of an (n, *ext, c) array is strided."""
+    e0, e1 = ext
+    return (h > 1 and e1 != w) or (n > 1 and e0 * e1 != h * w)
 
 
 def prepare(plan, n: int, training: bool) -> int:
