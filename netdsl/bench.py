@@ -46,7 +46,7 @@ def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3) -> dic
     return out
 
 
-def _compile(args):
+def _compile(args, graph_passes=None):
     from .cli import _dims, _split_sets
     from .compiler import compile_file
     params, train = _split_sets(args.set)
@@ -56,7 +56,7 @@ def _compile(args):
         params, path = {**SETS, **params}, str(NET)
         input_shape = input_shape or (32, 32, 3)
     return compile_file(path, overrides=params, cli_train=train, input_shape=input_shape,
-                        num_classes=10, mode=args.mode)
+                        num_classes=10, mode=args.mode, graph_passes=graph_passes)
 
 
 def classes(g) -> int:
@@ -274,6 +274,9 @@ def format_report(r: dict) -> str:
 
 
 def main(args) -> int:
+    if getattr(args, "ablate", False):
+        from .bench_ablate import main as ablate_main
+        return ablate_main(args)
     if args.file is None and args.compare is None:
         args.compare = "torch"  # the yardstick always compared when PyTorch is there
     if args.compare == "none":

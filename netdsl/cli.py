@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     b.add_argument("--format", choices=["table", "json"], default="table")
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    b.add_argument("--ablate", action="store_true", help="time the full pipeline against each "
+                   "pass, plan decision and kernel provider switched off in turn")
     pass_flags(b)
     kernel_flags(b, threads_default=2)
     b.set_defaults(func=cmd_bench)

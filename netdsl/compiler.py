@@ -20,7 +20,7 @@ import networkx as nx
 from . import graph as G
 from .errors import NetdslError, SourceFile
 from .lang import expand, parse
-from .passes import run_passes
+from .passes import PIPELINE, run_passes
 from .shapes import bare_classifiers, infer_shapes, needs_input_shape, resolve_auto
 from .train.config import TrainConfig, make_config
 
@@ -62,13 +62,16 @@ def require_one_input(g: nx.DiGraph) -> None:
 
 
 def finish(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10, mode: str = "train",
-           input_override=None):
-    """Stages 3–5 on an expanded graph. Returns the graph and the pass log."""
+           input_override=None, graph_passes=None):
+    """Stages 3–5 on an expanded graph. Returns the graph and the pass log. ``graph_passes``
+    replaces stage 5's passes (default ``netdsl.passes.PIPELINE``; ``()`` for none: `bench
+    --ablate` leaves every pass to the bound model's pipeline, to see what each one does)."""
     require_one_input(g)
     resolve_auto(g, input_shape=input_shape, num_classes=num_classes,
                  input_override=input_override)
     infer_shapes(g)
-    return g, run_passes(g, mode)     # verifies after shape inference, then after each pass
+    passes = PIPELINE if graph_passes is None else graph_passes
+    return g, run_passes(g, mode, passes)     # verifies after shape inference, then after each pass
 
 
 @dataclass
@@ -103,12 +106,13 @@ DEFAULT_CLASSES = 10
 
 def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_shape=None,
                    num_classes=None, mode: str = "train", input_override=None,
-                   need_data: bool = True) -> Compiled:
+                   need_data: bool = True, graph_passes=None) -> Compiled:
     """The whole pipeline. ``input_shape`` fills a bare INPUT; ``input_override`` (``--input``)
     replaces any INPUT's shape, with a note when the file fixed another. ``input_shape`` and
     ``num_classes`` default to the configured dataset's; with ``need_data=False`` (check,
     summary, draw) the dataset is read only when the input shape is known no other way, and a
-    bare classifier is given DEFAULT_CLASSES units, with a note."""
+    bare classifier is given DEFAULT_CLASSES units, with a note. ``graph_passes``: see
+    :func:`finish`."""
     g = build_graph(source, overrides)
     config = train_config(g, cli_train)
     shape_known = input_override is not None or input_shape is not None or not needs_input_shape(g)
@@ -120,7 +124,7 @@ def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_
         input_shape = input_shape or native
         num_classes = num_classes or classes
     g, log = finish(g, input_shape=input_shape, num_classes=num_classes, mode=mode,
-                    input_override=input_override)
+                    input_override=input_override, graph_passes=graph_passes)
     return Compiled(g, config, log)
 
 
