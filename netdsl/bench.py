@@ -33,15 +33,18 @@ def _time_steps(step, count: int) -> list[float]:
     return times
 
 
-def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3) -> dict:
+def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3, settle: int = 0) -> dict:
     """Per-round median seconds per step of each named step function; the functions take
-    turns in ``rounds`` rounds of total/rounds steps after ``warmup`` untimed steps each."""
+    turns in ``rounds`` rounds of total/rounds steps after ``warmup`` untimed steps each.
+    ``settle``: untimed steps at the start of every turn, so that what the previous turn left
+    behind (another thread pool still spinning, caches full of its data) is not timed."""
     for step in steps.values():
         _time_steps(step, warmup)
     per_round = max(1, total // rounds)
     out = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            _time_steps(step, settle)
             out[name].append(float(np.median(_time_steps(step, per_round))))
     return out
 

@@ -1,13 +1,15 @@
 """`netdsl bench FILE --ablate`: what each pass, plan decision and kernel provider is worth.
 
-One variant is the full pipeline as `bench` runs it; every other variant switches exactly one
+One variant is the full pipeline as `bench` runs it, a second copy of it is the control (its
+ratio to the first is the noise of the measurement); every other variant switches exactly one
 thing off: one pass of the mode's pipeline (netdsl/passes.py), one per-layer decision of the
 compiled plan (netdsl/plan.py: recomputing im2col in backward, skipping d(input) of the layers
 that read only the data), or the kernel provider (numpy ↔ onednn). All variants run
 interleaved in one process (bench.interleave: rounds alternate the variants, so load drift
-hits all alike), each from a graph compiled with *no* compile-time pass, so that every pass,
-the graph-only ones included, does its work in the bound model's pipeline where it can be
-switched off and counted.
+hits all alike; one untimed step starts every turn, so that the previous variant's thread
+pools and cache contents are not timed against the next), each from a graph compiled with *no*
+compile-time pass, so that every pass, the graph-only ones included, does its work in the bound
+model's pipeline where it can be switched off and counted.
 
 Per variant: ms/step, time ÷ the full pipeline's per round (median, min–max), measured peak
 (bench.peak_memory, measured one variant at a time: the workspace registry counts every live
@@ -81,6 +83,8 @@ def _variants(c, mode: str, kernels: str, base: list[str], full_plan) -> list[di
     from . import kernels as K
     full_provider = K.resolve(kernels, np, np.float32, note=False)
     out = [{"name": "full", "kind": "full", "label": f"full pipeline ({full_provider})",
+            "passes": base, "kernels": kernels, "changed": None},
+           {"name": "full_again", "kind": "control", "label": "full pipeline again (noise)",
             "passes": base, "kernels": kernels, "changed": None}]
     for name, cnt in pass_changes(c.graph, mode, base).items():
         out.append({"name": name, "kind": "pass", "label": f"- {name}",
@@ -146,7 +150,7 @@ def run_ablation(args) -> dict:
         del step, ex
         gc.collect()
     steps = {v["name"]: _build(c, v, batch, mode)[0] for v in timed}
-    rounds = interleave(steps, args.steps, rounds=args.rounds)
+    rounds = interleave(steps, args.steps, rounds=args.rounds, settle=1)
     full = rounds["full"]
     for v in timed:
         r = rounds[v["name"]]
