@@ -33,17 +33,21 @@ def _time_steps(step, count: int) -> list[float]:
     return times
 
 
-def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3, settle: int = 0) -> dict:
+def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3, settle: int = 0,
+               pause: float = 0.0) -> dict:
     """Per-round median seconds per step of each named step function; the functions take
     turns in ``rounds`` rounds of total/rounds steps after ``warmup`` untimed steps each.
-    ``settle``: untimed steps at the start of every turn, so that what the previous turn left
-    behind (another thread pool still spinning, caches full of its data) is not timed."""
+    ``pause`` seconds of sleep and ``settle`` untimed steps start every turn, so that what the
+    previous turn left behind is not timed against the next: OpenBLAS's threads spin for a
+    while after a NumPy-kernel step, and on 2 cores they slow the oneDNN step after it ~2×."""
     for step in steps.values():
         _time_steps(step, warmup)
     per_round = max(1, total // rounds)
     out = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            if pause:
+                time.sleep(pause)
             _time_steps(step, settle)
             out[name].append(float(np.median(_time_steps(step, per_round))))
     return out

@@ -6,8 +6,8 @@ thing off: one pass of the mode's pipeline (netdsl/passes.py), one per-layer dec
 compiled plan (netdsl/plan.py: recomputing im2col in backward, skipping d(input) of the layers
 that read only the data), or the kernel provider (numpy ↔ onednn). All variants run
 interleaved in one process (bench.interleave: rounds alternate the variants, so load drift
-hits all alike; one untimed step starts every turn, so that the previous variant's thread
-pools and cache contents are not timed against the next), each from a graph compiled with *no*
+hits all alike; a 0.2 s pause and one untimed step start every turn, so that the previous
+variant's spinning thread pools and cache contents are not timed against the next), each from a graph compiled with *no*
 compile-time pass, so that every pass, the graph-only ones included, does its work in the bound
 model's pipeline where it can be switched off and counted.
 
@@ -150,7 +150,7 @@ def run_ablation(args) -> dict:
         del step, ex
         gc.collect()
     steps = {v["name"]: _build(c, v, batch, mode)[0] for v in timed}
-    rounds = interleave(steps, args.steps, rounds=args.rounds, settle=1)
+    rounds = interleave(steps, args.steps, rounds=args.rounds, settle=1, pause=0.2)
     full = rounds["full"]
     for v in timed:
         r = rounds[v["name"]]
