@@ -40,6 +40,10 @@ NOTHING_TO_DO = {
 }
 """Why a variant has nothing to switch off, by pass or plan decision."""
 
+PAUSE = 0.2
+"""Seconds of sleep before every turn of a variant: OpenBLAS's threads spin on after a NumPy
+step, and on a 2-core machine they slow whatever oneDNN step follows."""
+
 PLAN_DECISIONS = {
     "recompute": "plan: keep im2col columns (no recompute)",
     "data_only": "plan: compute d(input) of the first layers",
@@ -150,7 +154,7 @@ def run_ablation(args) -> dict:
         del step, ex
         gc.collect()
     steps = {v["name"]: _build(c, v, batch, mode)[0] for v in timed}
-    rounds = interleave(steps, args.steps, rounds=args.rounds, settle=1, pause=0.2)
+    rounds = interleave(steps, args.steps, rounds=args.rounds, settle=1, pause=PAUSE)
     full = rounds["full"]
     for v in timed:
         r = rounds[v["name"]]

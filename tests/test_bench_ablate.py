@@ -34,6 +34,13 @@ INFER_NET = """INPUT(8x8x3) -> CONV(4, 3) -> BN -> RELU
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_pause(monkeypatch):
+    """The pause between turns protects timings; these tests assert none."""
+    import netdsl.bench_ablate
+    monkeypatch.setattr(netdsl.bench_ablate, "PAUSE", 0.0)
+
+
 def _bound(text: str) -> BoundModel:
     g = build_graph(SourceFile("tiny.net", text))
     resolve_auto(g, num_classes=5)
@@ -71,6 +78,7 @@ def test_each_pass_reports_the_nodes_it_changes_alone(tmp_path, capsys, mode, te
         # a pass with work is timed against the full pipeline; one without says why not
         assert ("ms" in rows[name]) == (expected > 0), name
     assert rows["full"]["ms"] > 0 and rows["full"]["peak_mb"] > 0
+    assert rows["full_again"]["ms"] > 0    # the control: the full pipeline a second time
     assert rows["full"]["planned_peak_mb"] > 0
     if mode == "train":
         # plan decisions: the 3×3 conv is the only NumPy im2col conv (the 1×1 reads its input
