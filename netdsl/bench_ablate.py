@@ -82,7 +82,15 @@ def pass_changes(g, mode: str, passes: list[str]) -> dict:
     return counts
 
 
-def _variants(c, mode: str, kernels: str, base: list[str], full_plan) -> list[dict]:
+def _plan_facts(plan) -> dict:
+    """What the other variants are compared with: each step's provider, by node name, and how
+    many steps each plan decision applies to. (Kept instead of the plan itself: a live plan may
+    hold workspace, which the next variant's measured peak would count.)"""
+    return {"providers": {st.node.name: st.provider for st in plan},
+            **{flag: sum(1 for st in plan if getattr(st, flag)) for flag in PLAN_DECISIONS}}
+
+
+def _variants(c, mode: str, kernels: str, base: list[str], full: dict) -> list[dict]:
     """The variants to run: full, then one per pass, plan decision and other provider."""
     from . import kernels as K
     full_provider = K.resolve(kernels, np, np.float32, note=False)
@@ -98,7 +106,7 @@ def _variants(c, mode: str, kernels: str, base: list[str], full_plan) -> list[di
         for flag, label in PLAN_DECISIONS.items():
             out.append({"name": flag, "kind": "plan", "label": label, "passes": base,
                         "kernels": kernels, "off": flag,
-                        "changed": sum(1 for st in full_plan if getattr(st, flag))})
+                        "changed": full[flag]})
     for provider in ("numpy", "onednn"):
         if provider == full_provider:
             continue
@@ -124,10 +132,9 @@ def _build(c, v: dict, batch: int, mode: str):
     return step, ex
 
 
-def _provider_changes(full_plan, plan) -> int:
+def _provider_changes(full: dict, plan) -> int:
     """Steps whose kernels come from another provider than in the full plan (by node name)."""
-    full = {st.node.name: st.provider for st in full_plan}
-    return sum(1 for st in plan if full.get(st.node.name, st.provider) != st.provider)
+    return sum(1 for st in plan if full["providers"].get(st.node.name, st.provider) != st.provider)
 
 
 def run_ablation(args) -> dict:
@@ -141,13 +148,14 @@ def run_ablation(args) -> dict:
     c = _compile(args, graph_passes=())
     mode, batch = args.mode, args.batch
     base = [p.name for p in select_passes(mode, getattr(args, "passes", None))]
-    full_plan = _build(c, {"passes": base, "kernels": args.kernels}, batch, mode)[1].plan
-    variants = _variants(c, mode, args.kernels, base, full_plan)
+    facts = _plan_facts(_build(c, {"passes": base, "kernels": args.kernels}, batch, mode)[1].plan)
+    gc.collect()
+    variants = _variants(c, mode, args.kernels, base, facts)
     timed = [v for v in variants if v["changed"] != 0]
     for v in timed:   # one at a time: the measured peak counts every live model's workspace
         step, ex = _build(c, v, batch, mode)
         if v["kind"] == "kernels":
-            v["changed"] = _provider_changes(full_plan, ex.plan)
+            v["changed"] = _provider_changes(facts, ex.plan)
         v["peak_mb"] = peak_memory(step) / 2**20
         v["planned_peak_mb"] = plan_memory(ex.plan, batch, itemsize=4,
                                            training=mode == "train").peak / 2**20
@@ -190,7 +198,7 @@ def format_ablation(r: dict) -> str:
 
 
 def main(args) -> int:
-    """`netdsl bench --ablate`: print the table (and its JSON line) or --format json."""
+    """`netdsl bench --ablate`: print the table, or with --format json one JSON object."""
     if args.compare == "torch":
         raise NetdslError("--ablate times netdsl against itself, not against PyTorch",
                           hint="run --compare torch and --ablate separately")
