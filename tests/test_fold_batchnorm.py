@@ -18,23 +18,14 @@ from netdsl.model import BoundModel
 from netdsl.shapes import infer_shapes, resolve_auto
 
 from conftest import NETS
+from test_pass_harness import randomize_batchnorm
 
 
 def _model(name: str) -> BoundModel:
     g = build_graph(SourceFile(name, (NETS / name).read_text()))
     resolve_auto(g, input_shape=(32, 32, 3), num_classes=10)
     infer_shapes(g)
-    m = BoundModel.init(g, dtype=np.float32, seed=7)
-    rng = np.random.default_rng(11)
-    for rec in G.nodes(g):
-        if rec.op == "batchnorm":
-            p = m.params[rec.name]
-            c = p["gamma"].shape
-            p["gamma"][...] = rng.uniform(0.5, 1.5, c)
-            p["beta"][...] = rng.normal(0, 0.3, c)
-            p["running_mean"][...] = rng.normal(0, 0.5, c)
-            p["running_var"][...] = rng.uniform(0.5, 2.0, c)
-    return m
+    return randomize_batchnorm(BoundModel.init(g, dtype=np.float32, seed=7))
 
 
 @pytest.mark.parametrize("net", ["resnet20.net", "inception_small.net"])

@@ -111,9 +111,14 @@ def bound(net: str) -> BoundModel:
     resolve_auto(g, input_shape=(32, 32, 3), num_classes=CLASSES)
     infer_shapes(g)
     verify(g, "test")
-    m = BoundModel.init(g, dtype=np.float64, seed=7)
-    rng = np.random.default_rng(11)
-    for rec in G.nodes(g):
+    return randomize_batchnorm(BoundModel.init(g, dtype=np.float64, seed=7))
+
+
+def randomize_batchnorm(m: BoundModel, seed: int = 11) -> BoundModel:
+    """Batch-norm scales, shifts and running statistics drawn at random (in place), so that
+    folding them is not a no-op."""
+    rng = np.random.default_rng(seed)
+    for rec in G.nodes(m.graph):
         if rec.op == "batchnorm":
             p = m.params[rec.name]
             c = p["gamma"].shape
