@@ -170,7 +170,7 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
             continue
         act = (getattr(st.node, "meta", None) or {}).get("act")  # a fused activation
         rows.append({"layer": st.node.name, "op": st.node.op + (f"+{act}" if act else ""),
-                     "provider": st.provider,
+                     "provider": st.provider, "dx": (getattr(st, "meta", None) or {}).get("dx"),
                      "forward_ms": 1000 * float(np.median(t["fwd"])),
                      "backward_ms": 1000 * float(np.median(t["bwd"])) if t["bwd"] else 0.0})
     return rows
@@ -191,6 +191,22 @@ def peak_memory(step) -> int:
         return tracemalloc.get_traced_memory()[1] - base + held_bytes()
     finally:
         tracemalloc.stop()
+
+
+def minor_faults(step, count: int = 3) -> float:
+    """Median minor page faults of one steady-state step (getrusage's ru_minflt): each is a
+    fresh page the allocator got from the OS and the kernel zeroed, the cost of temporaries
+    allocated anew every step. None where getrusage is unavailable (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    faults = []
+    for _ in range(count):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(np.median(faults))
 
 
 def _spread(values) -> dict:
@@ -237,6 +253,7 @@ def run(args) -> dict:
         result["layers"] = per_layer(ex, x, y, args.mode)
     if xp is np:
         result["netdsl_peak_mb"] = peak_memory(step) / 2**20
+        result["minor_faults_per_step"] = minor_faults(step)
     try:  # the memory planner's figure for the same step, where the compiler provides one
         from .memory import memory_table
         table = memory_table(c.graph, batch, passes=getattr(args, "passes", None),
@@ -264,8 +281,11 @@ def format_report(r: dict) -> str:
     if r.get("layers"):
         lines.append(f"{'layer':<28} {'op':<14} {'kernels':<7} {'fwd ms':>8} {'bwd ms':>8}")
         for row in r["layers"]:
+            # dx: how a NumPy conv's backward computes d(input) (layers/conv.py dx_method)
             lines.append(f"{row['layer'][:28]:<28} {row['op']:<14} {row['provider']:<7} "
-                         f"{row['forward_ms']:8.2f} {row['backward_ms']:8.2f}")
+                         f"{row['forward_ms']:8.2f} {row['backward_ms']:8.2f}"
+                         + (f"  dx {row['dx']}" if row.get("dx") and r["mode"] == "train"
+                            else ""))
     lines.append(f"netdsl: {r['netdsl_ms']:.1f} ms/step, {r['netdsl_img_s']:.0f} images/s, "
                  f"{r['gflops']:.1f} GFLOP/s" + (f", peak {r['netdsl_peak_mb']:.1f} MB"
                                                   if "netdsl_peak_mb" in r else "")

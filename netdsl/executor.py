@@ -9,6 +9,7 @@ the same walk). The same code runs on NumPy and CuPy through ``xp``.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext as _nothing
 from dataclasses import dataclass
 
 import networkx as nx
@@ -17,6 +18,7 @@ import numpy as np
 from .backend import to_numpy
 from .layers import Ctx
 from .model import BoundModel, main_head
+from .workspace import Scratch, keep_freed_memory, single_threaded_blas
 from .plan import Step, add_input_grads, build_plan, run_backward, run_forward  # noqa: F401  (Step: public)
 
 
@@ -68,6 +70,11 @@ class Executor:
         self.reseed(0)
         self.grads: dict = {}
         self._caches = None
+        # One region for every kernel's temporaries (netdsl/workspace.py), reset per call.
+        # NumPy only: CuPy's memory pool already recycles device memory.
+        self.scratch = Scratch(np) if self.xp is np else None
+        if self.xp is np:
+            keep_freed_memory()   # no page faults for memory freed and reused every step
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -106,7 +113,12 @@ class Executor:
         if labels is not None and xp is not np and isinstance(labels, np.ndarray):
             self.check_labels(labels)   # on the host now: on the device it would sync
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
-                  labels=None if labels is None else xp.asarray(labels), dtype=self.dtype)
+                  labels=None if labels is None else xp.asarray(labels), dtype=self.dtype,
+                  scratch=self.scratch)
+        with single_threaded_blas() if xp is np else _nothing():
+            return self._forward(ctx, x, labels, keep)
+
+    def _forward(self, ctx, x, labels, keep):
         plan, params = self.plan, self.params
         values: list = [None] * len(plan)
         remaining = [st.consumers for st in plan]
@@ -159,11 +171,16 @@ class Executor:
         forward with labels. Returns (and stores in ``self.grads``) ``{node: {name: grad}}``."""
         if self._caches is None:
             raise RuntimeError("backward() needs a forward(..., labels, training=True) first")
+        with single_threaded_blas() if self.xp is np else _nothing():
+            return self._backward()
+
+    def _backward(self) -> dict:
         xp, plan, caches = self.xp, self.plan, self._caches
         self._caches = None
-        ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype)
+        ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch)
         # Layers that read only the data (the first conv) need not compute d(input).
-        data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False)
+        data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False,
+                       scratch=self.scratch)
         douts: list = [None] * len(plan)
         for i in self.heads:
             douts[i] = xp.asarray(1.0, dtype=self.dtype)

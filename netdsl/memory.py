@@ -16,7 +16,9 @@ or whether it is a view of an input, what its cache keeps, its workspace forward
 whether its input gradients are fresh or views of the incoming one). A layer without a rule
 gets a conservative default (fresh output, cache keeps inputs and output). Steps whose kernel
 comes from the oneDNN provider follow that provider's rules (netdsl/kernels/onednn/footprint.py),
-and the peak includes the scratchpad region its primitives share, held across steps.
+and the peak includes the scratchpad region its primitives share, held across steps; a NumPy
+executor's Scratch region (netdsl/workspace.py: the largest temporaries of any one kernel call)
+is held too and planned likewise.
 """
 from __future__ import annotations
 
@@ -26,8 +28,7 @@ import numpy as np
 
 from .graph import nodes
 from .layers import numel
-from .layers.conv import conv_padding
-from .layers.structure import as_pair
+from .memory_conv import _al, _geom, conv_footprint
 
 
 @dataclass
@@ -41,47 +42,8 @@ class Footprint:
     cache: int = 0               # bytes the cache owns
     bwd_tmp: int = 0
     dx: tuple | None = None      # per input: fresh bytes, or None = a view of the incoming grad
-
-
-def _geom(st, n):
-    h, w, c = st.node.in_shapes[0]
-    ho, wo, f = st.node.out_shapes[0]
-    return h, w, c, ho, wo, f
-
-
-def _conv(st, n, it, training):
-    """im2col conv: padded copy + columns forward; backward per ``st.recompute``."""
-    from .plan import is_pointwise
-    a = st.node.attrs
-    h, w, c, ho, wo, f = _geom(st, n)
-    kh, kw = as_pair(a["kernel"])
-    ph, pw = conv_padding(a)
-    pad = n * (h + 2 * ph) * (w + 2 * pw) * c * it if (ph or pw) else 0
-    pointwise = is_pointwise(a) and a["groups"] == 1
-    cols = 0 if pointwise else n * ho * wo * kh * kw * c * it
-    fp = Footprint(out=n * ho * wo * f * it, fwd_tmp=pad + cols)
-    block = n * ho * wo * (c // a["groups"]) * it      # one kernel offset's share of dcols
-    # The bias gradient's pairwise sum (layers/reduce.py) folds dout into a half-size buffer,
-    # before dx exists.
-    half = (n * ho * wo // 2) * f * it if a["bias"] else 0
-    if st.data_only:
-        fp.dx, dx = (0,), 0
-    elif pointwise:
-        fp.dx, dx = (n * h * w * c * it,), 0
-    else:
-        dx = n * (h + 2 * ph) * (w + 2 * pw) * c * it     # the padded dx a slice is taken of
-        fp.dx = (dx,)
-    if pointwise:
-        fp.keep_in = (0,)       # the columns are a view of the input
-        fp.bwd_tmp = max(0, half - dx)
-    elif st.recompute:
-        # im2col again (padded copy + columns, before dx exists), then columns + block + dx
-        fp.keep_in = (0,)
-        fp.bwd_tmp = max(pad + cols - dx, cols + half - dx, cols + (block if dx else 0))
-    else:                       # kept columns (grouped, or a provider's choice): cache owns them
-        fp.cache, fp.fwd_tmp = cols, pad
-        fp.bwd_tmp = max(half - dx, block if dx else 0)
-    return fp
+    fwd_scratch: int = 0         # bytes taken from the executor's Scratch region, forward
+    bwd_scratch: int = 0         # ... and backward (the region is the max over every call)
 
 
 def _elementwise(st, n, it, tmp_fwd, tmp_bwd):
@@ -114,8 +76,9 @@ def _pool(st, n, it, training):
     return Footprint(out=o, fwd_tmp=padded, bwd_tmp=o, dx=(n * ext[0] * ext[1] * c * it,))
 
 
-def footprint(st, n: int, it: int, training: bool) -> Footprint:
-    """The footprint of plan step ``st`` for a batch of ``n`` with ``it``-byte elements."""
+def footprint(st, n: int, it: int, training: bool, scratch: bool = True) -> Footprint:
+    """The footprint of plan step ``st`` for a batch of ``n`` with ``it``-byte elements;
+    ``scratch``: the executor gives its kernels a Scratch region (NumPy executors do)."""
     if st.provider == "onednn":     # the provider's own rules, next to its kernels
         from .kernels.onednn.footprint import footprint as onednn_footprint
         return onednn_footprint(st, n, it, training)
@@ -123,7 +86,7 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     x = n * numel(st.node.in_shapes[0]) * it if st.node.in_shapes else 0
     out = n * numel(st.node.out_shapes[0]) * it
     if op == "conv":
-        fp = _conv(st, n, it, training)
+        fp = conv_footprint(st, n, it, training, scratch)
     elif op == "fc":            # the bias gradient's pairwise sum: half of dout
         fp = Footprint(out=out, keep_in=(0,), dx=(x,),
                        bwd_tmp=(n // 2) * (out // max(n, 1)) if st.node.attrs["bias"] else 0)
@@ -132,7 +95,9 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     elif op == "relu":
         fp = _elementwise(st, n, it, 0, 1 / it)
     elif op in ("tanh", "sigmoid"):
-        fp = _elementwise(st, n, it, 0 if op == "tanh" else 1, 0 if op == "tanh" else 1)
+        # backward: tanh's 1 − out² and sigmoid's 1 − out are one temporary each beside the
+        # result (NumPy elides the other temporaries of arrays ≥ 256 KB in place)
+        fp = _elementwise(st, n, it, 0 if op == "tanh" else 1, 1)
     elif op in ("pool", "maxpool", "avgpool"):
         fp = _pool(st, n, it, training)
     elif op == "gap":           # forward: the pairwise sum over H·W folds into half the input
@@ -164,6 +129,7 @@ class MemoryPlan:
     gradients: int               # bytes of parameter gradients (part of a training peak)
     kept: int = 0                # bytes alive when forward ends: what backward will read
     held: int = 0                # bytes held across steps on purpose (part of peak)
+    scratch: int = 0             # of which the NumPy executor's Scratch region
     offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
 
 
@@ -201,11 +167,20 @@ class _Sim:
         self.t += 1
 
 
-def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -> MemoryPlan:
-    """Simulate the executor on ``plan`` for one batch; see the module docstring."""
+def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
+                scratch: bool = True) -> MemoryPlan:
+    """Simulate the executor on ``plan`` for one batch; see the module docstring. ``scratch``:
+    the executor owns a Scratch region (a NumPy executor does): its size, the most any one
+    kernel call takes, is held for the whole step and added to the peak."""
     s = _Sim()
     persistent = _providers(plan, batch, training)      # before the footprints: it marks steps
-    fps = [footprint(st, batch, itemsize, training) for st in plan]
+    fps = [footprint(st, batch, itemsize, training, scratch) for st in plan]
+    region = max([fp.fwd_scratch for fp in fps] + [0])
+    if training:
+        region = max([region] + [fp.bwd_scratch for fp in fps])
+        if scratch:   # a fused ReLU's backward mask (bool) is a scratch take of its own call
+            region = max([region] + [_al(fp.out // itemsize) for st, fp in zip(plan, fps)
+                                     if st.act == "relu"])
     value = [None] * len(plan)
     cache: list = [()] * len(plan)
     remaining = [st.consumers for st in plan]
@@ -233,7 +208,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
             if remaining[j] == 0:
                 s.unref(value[j])
     if not training:
-        return MemoryPlan(s.peak + persistent, _arena(s), s.at, 0, held=persistent)
+        return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, 0,
+                          held=persistent + region, scratch=region)
     kept = s.live
     dout = [None] * len(plan)
     grads = 0
@@ -246,7 +222,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
         if st.act is not None:
             # The masked gradient replaces dout (both live with the mask for a moment); then
             # the activation's output is let go before the layer's own backward.
-            s.touch(fp.out + fp.out // itemsize, f"backward {st.node.name}")
+            mask = 0 if scratch and st.act == "relu" else fp.out // itemsize
+            s.touch(fp.out + mask, f"backward {st.node.name}")
             cache[i] = [b for b in cache[i] if b != value[i]]
             s.unref(value[i])
         pgrad = sum(numel(p.shape) * itemsize for p in (st.node.param_specs or {}).values()
@@ -277,7 +254,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True) -
                 s.unref(g)
                 g = total
             dout[j] = g
-    return MemoryPlan(s.peak + persistent, _arena(s), s.at, grads, kept, held=persistent)
+    return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, grads, kept,
+                      held=persistent + region, scratch=region)
 
 
 def _providers(plan, batch: int, training: bool) -> int:

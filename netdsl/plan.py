@@ -19,11 +19,13 @@ The memory planner (netdsl/memory.py) reads the same plan, so what it predicts i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import graph as G
 from .layers import get
-from .layers.conv import im2col
+from . import workspace
+from .layers.base import temp
+from .layers.conv import dx_method
 
 
 @dataclass
@@ -73,13 +75,23 @@ def build_plan(g, *, dtype, kernels: str = "numpy", xp=None) -> list[Step]:
             (fwd, bwd, chosen), act = fused, None
         else:
             fwd, bwd, chosen = select(spec, rec.attrs, in_shapes, dtype, provider)
+        fused_relu = act == "relu" and chosen == "numpy" and rec.op == "conv"
+        if fused_relu:   # the NumPy conv applies the ReLU chunk by chunk (layers/conv.py)
+            from .layers import conv
+            fwd, bwd, act = conv._conv_relu_forward, conv._conv_relu_backward, None
         st = Step(rec, spec, [(index[s], p) for s, p in rec.inputs], uses[rec.name],
                   fwd, bwd, chosen, act=act)
+        if fused_relu:
+            st.meta["relu"] = True
         st.recompute = chosen == "numpy" and _conv_cols_exceed_input(rec)
         steps.append(st)
     for st in steps:
         st.data_only = bool(st.inputs) and all(steps[j].spec.role == "source"
                                                for j, _ in st.inputs)
+        if st.node.op == "conv" and st.provider == "numpy":
+            # How backward computes d(input) (layers/conv.py dx_method); bench shows it
+            st.meta["dx"] = None if st.data_only else dx_method(st.node.attrs,
+                                                                st.node.in_shapes[0])
     return steps
 
 
@@ -103,9 +115,14 @@ def is_pointwise(attrs) -> bool:
 
 def run_forward(st: Step, ctx, params, ins):
     """(out, cache) of one step, honouring ``recompute`` and ``act``."""
+    if ctx.scratch is not None:
+        ctx.scratch.reset()     # every temporary of the previous call is dead
+        if not st.recompute and _conv_cols_exceed_input(st.node) and st.provider == "numpy":
+            # The plan keeps this conv's columns: they must be fresh, not scratch.
+            ctx = replace(ctx, scratch=None)
     out, cache = st.forward(ctx, st.node.attrs, params, ins)
-    if st.recompute and ctx.training:
-        cache = ("recompute", ins[0])   # drop the columns; the input is enough
+    if st.recompute and ctx.training and cache[1] is not None:
+        cache = (cache[0], None, ins[0]) + tuple(cache[3:])   # drop the columns, keep x
     if st.act is not None:
         out, act_cache = _act_forward(ctx, st.act, out)
         cache = (cache, act_cache)
@@ -118,24 +135,57 @@ def run_backward(st: Step, ctx, params, held: list):
     gradient is freed as soon as the fused activation has replaced it by the masked one."""
     dout = held.pop()
     cache = held.pop()
+    if ctx.scratch is not None:
+        ctx.scratch.reset()
+        if not st.recompute and _conv_cols_exceed_input(st.node) and st.provider == "numpy":
+            ctx = replace(ctx, scratch=None)   # as its forward ran: no scratch
     if st.act is not None:
         cache, act_cache = cache
-        dout = get(st.act).backward(ctx, {}, {}, act_cache, dout)[0][0]
+        dout = _act_backward(ctx, st.act, act_cache, dout)
         del act_cache
-    if st.recompute and isinstance(cache, tuple) and cache[:1] == ("recompute",):
-        x = cache[1]
-        cache = (x.shape, im2col(ctx.xp, st.node.attrs, x))
-        del x
     return st.backward(ctx, st.node.attrs, params, cache, dout)
+
+
+def _act_backward(ctx, act: str, act_cache, dout):
+    if act == "relu":   # dout · (out > 0) with the mask in scratch: one fresh array
+        xp = ctx.xp
+        mark = ctx.scratch.mark() if ctx.scratch is not None else 0
+        mask = temp(ctx, act_cache.shape, bool)
+        dx = xp.empty(act_cache.shape, dtype=dout.dtype)
+
+        def rows(a, b):
+            xp.greater(act_cache[a:b], 0, out=mask[a:b])
+            xp.multiply(dout[a:b], mask[a:b], out=dx[a:b])
+        _split_rows(ctx, act_cache, rows)
+        if ctx.scratch is not None:
+            ctx.scratch.rewind(mark)   # the mask is dead: the layer's backward reuses it
+        return dx
+    return get(act).backward(ctx, {}, {}, act_cache, dout)[0][0]
 
 
 def _act_forward(ctx, act: str, out):
     if act == "relu":
         # The producer's output is fresh and read by nobody else (the fusion pass checked):
         # overwrite it. The activation's cache is its output, as the relu entry's is.
-        ctx.xp.maximum(out, 0, out=out)
+        _split_rows(ctx, out, lambda a, b: ctx.xp.maximum(out[a:b], 0, out=out[a:b]))
         return out, out
     return get(act).forward(ctx, {}, {}, [out])
+
+
+_SPLIT_BYTES = 1 << 20   # below this a thread hand-off costs more than it saves
+
+
+def _split_rows(ctx, like, fn) -> None:
+    """``fn(a, b)`` over ranges of ``like``'s first axis covering it, split over the worker
+    threads (workspace.parallel_for) when the array is large and on NumPy."""
+    n = like.shape[0]
+    if (n < 2 or like.nbytes < _SPLIT_BYTES or ctx.xp.__name__ != "numpy"
+            or workspace.threads() < 2):
+        fn(0, n)
+        return
+    count = workspace.workers(n)
+    ranges = [(n * k // count, n * (k + 1) // count) for k in range(count)]
+    workspace.parallel_for(ranges, lambda k, share: [fn(a, b) for a, b in share])
 
 
 def add_input_grads(plan, douts: list, st, dins) -> None:

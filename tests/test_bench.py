@@ -39,6 +39,11 @@ def test_bench_file_reports_every_layer_and_the_step(capsys):
     assert r["gflops"] == pytest.approx(2 * 3 * 4 * macs / (r["netdsl_ms"] / 1000) / 1e9)
     assert r["netdsl_peak_mb"] * 2**20 >= 4 * 28 * 28 * 6 * 4  # at least C1's activations
     assert r["planned_peak_mb"] * 2**20 >= 4 * 28 * 28 * 6 * 4  # the planner's figure too
+    # How each NumPy conv computes d(input): C1 reads the data (none needed); C3 and C5 are
+    # 5×5 'valid' convs, whose dout padded by 4 would be mostly zeros (layers/conv.py).
+    assert [row["dx"] for row in r["layers"] if row["op"] == "conv"] == \
+        [None, "offsets", "offsets"]
+    assert r["minor_faults_per_step"] >= 0
 
 
 def test_bench_infer_mode_has_no_backward(capsys):

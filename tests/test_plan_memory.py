@@ -112,12 +112,15 @@ def _reference_with_rng(g, params, x, y, rng):
         base.Ctx.__init__ = orig
 
 
-def _measure(fn) -> int:
+def _measure(fn, ex=None) -> int:
+    """Peak bytes ``fn`` allocates (tracemalloc) plus the Scratch region ``ex`` holds across
+    steps (allocated before the measured step, so tracemalloc cannot see it)."""
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         fn()
-        return tracemalloc.get_traced_memory()[1] - base
+        held = ex.scratch.nbytes if ex is not None and ex.scratch is not None else 0
+        return tracemalloc.get_traced_memory()[1] - base + held
     finally:
         tracemalloc.stop()
 
@@ -132,11 +135,12 @@ def test_planned_peak_within_10_percent_of_tracemalloc(name, batch):
     ex.forward(x, y, training=True)
     ex.backward()      # first calls import and cache things the step itself does not
     ex.grads = {}
-    measured = _measure(lambda: (ex.forward(x, y, training=True), ex.backward()))
+    measured = _measure(lambda: (ex.forward(x, y, training=True), ex.backward()), ex)
     planned = plan_memory(ex.plan, batch, itemsize=4, training=True).peak
     assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
     inf = ex.for_inference()
-    measured = _measure(lambda: inf.forward(x, training=False))
+    inf.forward(x, training=False)      # the scratch region grows to its size
+    measured = _measure(lambda: inf.forward(x, training=False), inf)
     planned = plan_memory(inf.plan, batch, itemsize=4, training=False).peak
     assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
 
@@ -148,21 +152,23 @@ def _train_peak(ex, batch):
     ex.forward(x, y, training=True)
     ex.backward()
     ex.grads = {}
-    return _measure(lambda: (ex.forward(x, y, training=True), ex.backward()))
+    return _measure(lambda: (ex.forward(x, y, training=True), ex.backward()), ex)
 
 
 def test_recomputing_im2col_holds_less_than_caching_it():
     """Recompute-vs-keep: the measured training peak with im2col recomputed in backward is
     well below the peak of the same plan caching every conv's columns, and the planner
-    predicts both within 10%."""
+    predicts both within 10%. (Batch 64: at batch 16 on 16×16 maps the ~4 MB column chunks
+    of the Scratch region are as large as the whole cached columns.)"""
     ex = Executor(compiled("cs231n"), seed=0, kernels="numpy")
-    recompute = _train_peak(ex, 16)
-    assert abs(plan_memory(ex.plan, 16).peak - recompute) <= 0.1 * recompute
+    recompute = _train_peak(ex, 64)
+    assert abs(plan_memory(ex.plan, 64).peak - recompute) <= 0.1 * recompute
+    ex = Executor(compiled("cs231n"), seed=0, kernels="numpy")   # a fresh scratch region
     for st in ex.plan:
         st.recompute = False
-    keep = _train_peak(ex, 16)
-    assert abs(plan_memory(ex.plan, 16).peak - keep) <= 0.1 * keep
-    assert recompute < 0.8 * keep
+    keep = _train_peak(ex, 64)
+    assert abs(plan_memory(ex.plan, 64).peak - keep) <= 0.1 * keep
+    assert recompute < 0.6 * keep
 
 
 def test_summary_reports_planned_peaks_and_O0_changes_them(capsys):

@@ -141,6 +141,8 @@ def set_threads(n: int | None) -> None:
         _LIMITS = threadpool_limits(limits=int(n))  # the limit lasts while this object lives
     from . import onednn
     onednn.set_omp_threads(int(n))
+    from .. import workspace
+    workspace.set_threads(int(n))    # the NumPy kernels' own split work (conv chunks)
 
 
 _LIMITS = None

@@ -79,6 +79,15 @@ class Ctx:
     labels: Any = None           # int class labels of the batch (losses read them)
     dtype: Any = None
     input_grad: bool = True      # False: no one needs d(input); a layer may return [None]
+    scratch: Any = None          # a workspace.Scratch for temporaries, or None: fresh arrays
+
+
+def temp(ctx: Ctx, shape, dtype, zero: bool = False):
+    """A temporary array for the current kernel call: from ``ctx.scratch`` when the executor
+    gave one (never return, cache or store it), else a fresh array."""
+    if ctx.scratch is not None:
+        return ctx.scratch.take(shape, dtype, zero)
+    return ctx.xp.zeros(shape, dtype) if zero else ctx.xp.empty(shape, dtype)
 
 
 def _no_params(attrs, in_shapes):

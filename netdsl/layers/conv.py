@@ -9,7 +9,10 @@ one kernel offset at a time (KH·KW Python iterations, never one per pixel or ex
 from __future__ import annotations
 
 from ..errors import ShapeError
-from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register
+from .. import workspace
+from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register, temp
+from .im2col import (_chunk_images, _chunks, _gather, _pad, _pad_into, _padded,  # noqa: F401
+                     _run, _window_view, _workers, backward_chunk_images)
 from .reduce import sum_rows
 from .structure import pair_attrs, require_set, require_spatial
 from . import naive
@@ -92,55 +95,142 @@ def _geometry(attrs, x_shape):
     return (kh, kw), (sh, sw), (dh, dw), (ph, pw), (ho, wo)
 
 
-def _pad(xp, x, ph, pw):
-    if ph == 0 and pw == 0:
-        return x
-    return xp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-
-
-def _window_view(xp, xpad, kernel, stride, dilation, out_hw):
-    """(N, Ho, Wo, KH, KW, C) view of the padded input: element [n,i,j,a,b,c] is the pixel
-    under kernel offset (a, b) of output position (i, j)."""
-    n, _, _, c = xpad.shape
-    s_n, s_h, s_w, s_c = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad, shape=(n, out_hw[0], out_hw[1], kernel[0], kernel[1], c),
-        strides=(s_n, s_h * stride[0], s_w * stride[1], s_h * dilation[0], s_w * dilation[1], s_c))
-
-
 def im2col(xp, attrs, x):
-    """The (N·Ho·Wo, KH·KW·C) column matrix of a single-group conv on ``x``: what forward
-    multiplies by the weights and caches. A plan that keeps only ``x`` rebuilds it for backward."""
+    """The (N·Ho·Wo, KH·KW·C) column matrix of a single-group conv on ``x`` (fresh memory):
+    what forward multiplies by the weights."""
     kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x.shape)
     view = _window_view(xp, _pad(xp, x, ph, pw), kernel, stride, dilation, (ho, wo))
     return view.reshape(x.shape[0] * ho * wo, -1)
 
 
-def _conv_forward(ctx, attrs, params, inputs):
+def dx_method(attrs, x_shape) -> str:
+    """How the NumPy conv computes d(input) for an (…, H, W, C) input, chosen from the shapes
+    alone (the plan records it in ``Step.meta['dx']``, the kernel recomputes the same answer):
+
+    * ``pointwise``: 1×1, stride 1, no padding: dx = dout @ Wᵀ, no scatter;
+    * ``fwdconv``: stride 1, one group, padding at most the kernel's reach, and the input not
+      much larger than the output ('same'-like): dx is the forward convolution of the
+      (k−1)·d−p padded dout with the flipped, transposed weights — gathers and GEMMs with
+      K = KH·KW·F, chunk by chunk, into a fresh contiguous dx;
+    * ``offsets``: otherwise (strides, groups, 'valid' convs whose padded dout would be mostly
+      zeros): one GEMM per kernel offset added into a shifted window of the padded dx.
+    """
+    attrs = pair_attrs(attrs, PAIR_ARGS)
+    h, w = x_shape[-3], x_shape[-2]
+    kernel, stride, dilation, pads, (ho, wo) = _geometry(attrs, (1, h, w, x_shape[-1]))
+    if attrs["groups"] == 1 and kernel == (1, 1) and stride == (1, 1) and pads == (0, 0):
+        return "pointwise"
+    reach_ok = all((k - 1) * d >= p for k, d, p in zip(kernel, dilation, pads))
+    if (attrs["groups"] == 1 and stride == (1, 1) and reach_ok
+            and 4 * h * w <= 5 * ho * wo):
+        return "fwdconv"
+    return "offsets"
+
+
+def _conv_forward(ctx, attrs, params, inputs, relu: bool = False):
     xp, x = ctx.xp, inputs[0]
-    kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x.shape)
+    kernel, stride, dilation, pads, (ho, wo) = _geometry(attrs, x.shape)
     n, c = x.shape[0], x.shape[3]
     groups, weight = attrs["groups"], params["weight"]
     filters = weight.shape[3]
     rows = n * ho * wo
-    view = _window_view(xp, _pad(xp, x, ph, pw), kernel, stride, dilation, (ho, wo))
-    if groups == 1:
-        cols = view.reshape(rows, -1)  # the one im2col copy (a free view for 1×1/stride-1)
-        out = cols @ weight.reshape(-1, filters)
+    pointwise = kernel == (1, 1) and stride == (1, 1) and pads == (0, 0)
+    if groups == 1 and ctx.scratch is not None and not pointwise:
+        # Columns gathered chunk by chunk into scratch, each multiplied at once; backward
+        # rebuilds them from the input, which is what the cache keeps.
+        xpad = _padded(ctx, x, *pads, fill=False)   # each worker pads its own images
+        view = _window_view(xp, xpad, kernel, stride, dilation, (ho, wo))
+        chunks = _chunks(n, _chunk_images(n, ho * wo * kernel[0] * kernel[1] * c * x.itemsize))
+        bufs = [temp(ctx, (chunks[0][1],) + view.shape[1:], x.dtype)
+                for _ in range(_workers(ctx, chunks))]
+        out = xp.empty((rows, filters), dtype=x.dtype)
+        wm, bias = weight.reshape(-1, filters), params.get("bias")
+
+        def body(k, share):
+            for i, j in share:
+                _pad_into(xpad, x, i, j, *pads)
+                o = out[i * ho * wo:j * ho * wo]
+                xp.matmul(_gather(view, i, j, bufs[k]), wm, out=o)
+                if bias is not None:
+                    o += bias        # while the block is in cache
+                if relu:
+                    xp.maximum(o, 0, out=o)
+        _run(ctx, chunks, body)
+        keep = (None, x)
+    elif groups == 1:   # fresh columns (a free view when pointwise), cached
+        cols = im2col(xp, attrs, x)
+        out = _mm(ctx, cols, weight.reshape(-1, filters))
+        keep = (cols, None)
     else:
+        view = _window_view(xp, _padded(ctx, x, *pads), kernel, stride, dilation, (ho, wo))
         cg, fg = c // groups, filters // groups
         cols = []
         out = xp.empty((rows, filters), dtype=x.dtype)
         for g in range(groups):
-            cols.append(view[..., g * cg:(g + 1) * cg].reshape(rows, -1))
+            cols.append(view[..., g * cg:(g + 1) * cg].reshape(rows, -1))  # fresh: cached
             w_g = weight[..., g * fg:(g + 1) * fg].reshape(-1, fg)
-            out[:, g * fg:(g + 1) * fg] = cols[g] @ w_g
-    if "bias" in params:
-        out += params["bias"]
-    return out.reshape(n, ho, wo, filters), (x.shape, cols)
+            xp.matmul(cols[g], w_g, out=out[:, g * fg:(g + 1) * fg])
+        keep = (cols, None)
+    if keep[1] is None:   # (the chunk loop did both already)
+        if "bias" in params:
+            out += params["bias"]
+        if relu:
+            xp.maximum(out, 0, out=out)
+    out = out.reshape(n, ho, wo, filters)
+    return out, (x.shape,) + keep + ((out,) if relu else ())
 
 
-def _col2im_gemm(xp, dout_g, weight_g, x_shape, attrs, channels: slice, dx_pad):
+def _conv_relu_forward(ctx, attrs, params, inputs):
+    """conv + bias + ReLU in one kernel (the plan's fused activation for a NumPy conv): the
+    ReLU runs on each chunk while it is in cache; the cache adds the output (its mask)."""
+    return _conv_forward(ctx, attrs, params, inputs, relu=True)
+
+
+def _conv_relu_backward(ctx, attrs, params, cache, dout):
+    """Backward of :func:`_conv_relu_forward`: where the columns are rebuilt chunk by chunk
+    (and dx is by fwdconv or not needed), each chunk of dout is masked, summed for the bias and
+    used in cache; otherwise dout is masked whole first and the conv's backward runs."""
+    x_shape, cols, x, out = cache
+    method = dx_method(attrs, x_shape) if ctx.input_grad else None
+    if cols is None and attrs["groups"] == 1 and method in (None, "fwdconv"):
+        return _conv_backward(ctx, attrs, params, (x_shape, cols, x), dout, relu_out=out)
+    xp = ctx.xp
+    mark = ctx.scratch.mark() if ctx.scratch is not None else 0
+    mask = temp(ctx, out.shape, bool)
+    xp.greater(out, 0, out=mask)
+    masked = xp.multiply(dout, mask)
+    if ctx.scratch is not None:
+        ctx.scratch.rewind(mark)
+    del out, mask
+    return _conv_backward(ctx, attrs, params, (x_shape, cols, x), masked)
+
+
+def _mm(ctx, a, b):
+    """a @ b, rows split over the worker threads on NumPy (BLAS is single-threaded there)."""
+    return workspace.matmul_rows(a, b) if ctx.xp.__name__ == "numpy" else a @ b
+
+
+def _mm_tn(ctx, a, b):
+    """aᵀ @ b, summed over row shares computed by the worker threads on NumPy."""
+    if ctx.xp.__name__ != "numpy":
+        return a.T @ b
+    m = a.shape[0]
+    count = workspace.workers(m // 256)
+    if count < 2:
+        return a.T @ b
+    bounds = [m * k // count for k in range(count + 1)]
+    parts = [None] * count
+
+    def body(k, share):
+        for i, j in share:
+            parts[k] = a[i:j].T @ b[i:j]
+    workspace.parallel_for(list(zip(bounds, bounds[1:])), body)
+    for p in parts[1:]:     # in worker order: the same sum on every run
+        parts[0] += p
+    return parts[0]
+
+
+def _col2im_gemm(ctx, dout_g, weight_g, x_shape, attrs, channels: slice, dx_pad):
     """dx_pad[..., channels] += col2im(dout_g @ weight_gᵀ), one kernel offset at a time.
 
     Why per offset: the (N·Ho·Wo, Cg) block of dcols that belongs to offset (a, b) is
@@ -148,58 +238,159 @@ def _col2im_gemm(xp, dout_g, weight_g, x_shape, attrs, channels: slice, dx_pad):
     shifted window of dx is ~2× faster than forming the whole dcols matrix and then adding its
     strided (a, b) slices, with the same FLOPs and 1/(KH·KW) of the temporary memory.
     """
+    xp = ctx.xp
     (kh, kw), (sh, sw), (dh, dw), _, (ho, wo) = _geometry(attrs, x_shape)
     n = x_shape[0]
-    block = xp.empty((dout_g.shape[0], weight_g.shape[2]), dtype=dx_pad.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            xp.matmul(dout_g, weight_g[a, b].T, out=block)
-            rows = slice(a * dh, a * dh + sh * (ho - 1) + 1, sh)
-            cols = slice(b * dw, b * dw + sw * (wo - 1) + 1, sw)
-            dx_pad[:, rows, cols, channels] += block.reshape(n, ho, wo, -1)
+    # The images split over the worker threads: each adds into its own images of dx_pad.
+    shares = _chunks(n, -(-n // max(1, _workers(ctx, _chunks(n, 1)))))
+    blocks = [temp(ctx, ((j - i) * ho * wo, weight_g.shape[2]), dx_pad.dtype) for i, j in shares]
+
+    def body(k, share):
+        for i, j in share:
+            d_ij = dout_g[i * ho * wo:j * ho * wo]
+            for a in range(kh):
+                for b in range(kw):
+                    xp.matmul(d_ij, weight_g[a, b].T, out=blocks[k])
+                    rows = slice(a * dh, a * dh + sh * (ho - 1) + 1, sh)
+                    cols = slice(b * dw, b * dw + sw * (wo - 1) + 1, sw)
+                    dx_pad[i:j, rows, cols, channels] += blocks[k].reshape(j - i, ho, wo, -1)
+    _run(ctx, shares, body)
 
 
-def _conv_backward(ctx, attrs, params, cache, dout):
+def _fwdconv_view(ctx, attrs, weight, dout, x_shape, fill: bool = True):
+    """For ``fwdconv``: the window view of dout zero-padded by q = (k−1)·d − p each side, and
+    the flipped, transposed weights, so that dx[j] = Σₐ dpad[j + a·d] · W[k−1−a]ᵀ (dx_method)."""
     xp = ctx.xp
-    x_shape, cols = cache
     n, h, w, c = x_shape
-    kernel, stride, _, (ph, pw), (ho, wo) = _geometry(attrs, x_shape)
+    kernel, _, dilation, pads, _ = _geometry(attrs, x_shape)
+    q = tuple((k - 1) * d - p for k, d, p in zip(kernel, dilation, pads))
+    dpad = _padded(ctx, dout, *q, fill=fill)
+    view = _window_view(xp, dpad, kernel, (1, 1), dilation, (h, w))
+    wflip = xp.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(-1, c)
+    return view, wflip, dpad, q
+
+
+def _backward_chunked(ctx, attrs, weight, x, dout, dout2, method, relu_out=None, bias=False):
+    """dW (and dx by ``fwdconv``) of a single-group conv whose columns were not kept: the
+    columns of x (and of the padded dout) rebuilt chunk by chunk into scratch, each used at
+    once. With ``relu_out`` (a fused ReLU's output) each chunk of dout is masked first, and
+    with ``bias`` its pairwise sum is added up in float64. Returns (dweight, dx or None,
+    dbias or None)."""
+    xp = ctx.xp
+    n, h, w, c = x.shape
+    kernel, stride, dilation, pads, (ho, wo) = _geometry(attrs, x.shape)
+    filters = weight.shape[3]
+    xpad = _padded(ctx, x, *pads, fill=False)   # each worker pads its own images
+    view = _window_view(xp, xpad, kernel, stride, dilation, (ho, wo))
+    chunks = _chunks(n, backward_chunk_images(n, ho * wo, kernel[0] * kernel[1], c, filters,
+                                              x.itemsize))
+    per, count = chunks[0][1], _workers(ctx, chunks)
+    k_rows = kernel[0] * kernel[1] * c
+    dweight = xp.empty((k_rows, filters), dtype=dout2.dtype)
+    # per worker: a column buffer, a dW term, and (worker k > 0) its own dW sum
+    bufs = [temp(ctx, (per,) + view.shape[1:], x.dtype) for _ in range(count)]
+    parts = [temp(ctx, dweight.shape, dweight.dtype) for _ in range(count)]
+    sums = [dweight] + [temp(ctx, dweight.shape, dweight.dtype) for _ in range(count - 1)]
+    dx = dview = None
+    if method == "fwdconv":
+        dview, wflip, dpad, q = _fwdconv_view(ctx, attrs, weight, dout, x.shape, fill=False)
+        dbufs = [temp(ctx, (per,) + dview.shape[1:], dout2.dtype) for _ in range(count)]
+        dx = xp.empty((n * h * w, c), dtype=dout2.dtype)
+    if relu_out is not None:   # per worker: the masked dout chunk, its mask, a fold buffer
+        out2 = relu_out.reshape(-1, filters)
+        mbufs = [temp(ctx, (per * ho * wo, filters), dout2.dtype) for _ in range(count)]
+        masks = [temp(ctx, (per * ho * wo, filters), bool) for _ in range(count)]
+        folds = [temp(ctx, (1, per * ho * wo // 2, filters), dout2.dtype) for _ in range(count)]
+    bsums = [xp.zeros(filters, dtype=xp.float64) for _ in range(count)] if bias else None
+
+    def body(k, share):
+        for i, j in share:
+            d_ij = dout2[i * ho * wo:j * ho * wo]
+            if relu_out is not None:
+                r = (j - i) * ho * wo
+                xp.greater(out2[i * ho * wo:j * ho * wo], 0, out=masks[k][:r])
+                d_ij = xp.multiply(d_ij, masks[k][:r], out=mbufs[k][:r])
+            if bsums is not None:   # pairwise within the chunk, float64 across chunks
+                bsums[k] += sum_rows(xp, d_ij, tmp=lambda shp, dt: folds[k][:, :shp[1]])
+            _pad_into(xpad, x, i, j, *pads)
+            cols = _gather(view, i, j, bufs[k])
+            if i == share[0][0]:
+                xp.matmul(cols.T, d_ij, out=sums[k])
+            else:
+                xp.matmul(cols.T, d_ij, out=parts[k])
+                sums[k] += parts[k]
+            if dview is not None:
+                d4 = d_ij.reshape(j - i, ho, wo, filters)
+                _pad_into(dpad[i:j], d4, 0, j - i, *q)
+                xp.matmul(_gather(dview, i, j, dbufs[k]), wflip, out=dx[i * h * w:j * h * w])
+    _run(ctx, chunks, body)
+    for k in range(1, count):   # in worker order: the same sum on every run
+        dweight += sums[k]
+    dbias = None
+    if bsums is not None:
+        dbias = sum(bsums[1:], bsums[0]).astype(dout2.dtype)
+    return (dweight.reshape(weight.shape), None if dx is None else dx.reshape(x.shape),
+            dbias)
+
+
+def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
+    xp = ctx.xp
+    x_shape, cols, x = cache
+    n, h, w, c = x_shape
+    kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x_shape)
     weight, groups = params["weight"], attrs["groups"]
     filters = weight.shape[3]
     dout2 = dout.reshape(n * ho * wo, filters)
     if dout2.dtype != weight.dtype:
         dout2 = dout2.astype(weight.dtype)
     grads = {}
-    if "bias" in params:
-        grads["bias"] = sum_rows(xp, dout2)  # pairwise: N·Ho·Wo rows (reduce.py)
-    if not ctx.input_grad:
-        # The input is the data itself: only the parameters need gradients.
-        if groups == 1:
-            grads["weight"] = (cols.T @ dout2).reshape(weight.shape)
-            return [None], grads
-        cg, fg = c // groups, filters // groups
-        grads["weight"] = xp.concatenate(
-            [(cols[g].T @ dout2[:, g * fg:(g + 1) * fg]).reshape(*kernel, cg, fg)
-             for g in range(groups)], axis=3)
-        return [None], grads
-    if groups == 1 and kernel == (1, 1) and stride == (1, 1) and (ph, pw) == (0, 0):
-        # Pointwise: the columns were the input itself, so dcols is dx with no scatter.
-        grads["weight"] = (cols.T @ dout2).reshape(weight.shape)
-        return [(dout2 @ weight.reshape(c, filters).T).reshape(x_shape)], grads
-    dx_pad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dout2.dtype)
+    mark = ctx.scratch.mark() if ctx.scratch is not None else 0
+    if "bias" in params and relu_out is None:
+        grads["bias"] = sum_rows(xp, dout2, tmp=lambda s, d: temp(ctx, s, d))  # pairwise
+        if ctx.scratch is not None:
+            ctx.scratch.rewind(mark)   # the fold buffer is dead
+    method = dx_method(attrs, x_shape) if ctx.input_grad else None
     if groups == 1:
-        grads["weight"] = (cols.T @ dout2).reshape(weight.shape)
-        _col2im_gemm(xp, dout2, weight, x_shape, attrs, slice(None), dx_pad)
+        if cols is None:   # the columns were not kept: rebuilt chunk by chunk
+            dweight, dx, dbias = _backward_chunked(ctx, attrs, weight, x, dout, dout2, method,
+                                                   relu_out, "bias" in params and relu_out
+                                                   is not None)
+            if dbias is not None:
+                grads["bias"] = dbias
+            grads["weight"] = dweight
+            if dx is not None:
+                return [dx], grads
+            if ctx.scratch is not None:
+                ctx.scratch.rewind(mark)
+        else:
+            grads["weight"] = _mm_tn(ctx, cols, dout2).reshape(weight.shape)
+        cols = x = None
+        if method is None:
+            # The input is the data itself: only the parameters need gradients.
+            return [None], grads
+        if method == "pointwise":
+            # The columns were the input itself, so dcols is dx with no scatter.
+            return [_mm(ctx, dout2, weight.reshape(c, filters).T).reshape(x_shape)], grads
+        if method == "fwdconv":
+            dview, wflip, _, _ = _fwdconv_view(ctx, attrs, weight, dout, x_shape)
+            dx = dview.reshape(n * h * w, -1) @ wflip
+            return [dx.reshape(x_shape)], grads
+        dx_pad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dout2.dtype)
+        _col2im_gemm(ctx, dout2, weight, x_shape, attrs, slice(None), dx_pad)
     else:
         cg, fg = c // groups, filters // groups
         dweight = xp.empty_like(weight)
         for g in range(groups):
             fs = slice(g * fg, (g + 1) * fg)
-            dout_g = dout2[:, fs]
-            dweight[..., fs] = (cols[g].T @ dout_g).reshape(kernel[0], kernel[1], cg, fg)
-            _col2im_gemm(xp, dout_g, weight[..., fs], x_shape, attrs,
-                         slice(g * cg, (g + 1) * cg), dx_pad)
+            dweight[..., fs] = (cols[g].T @ dout2[:, fs]).reshape(kernel[0], kernel[1], cg, fg)
         grads["weight"] = dweight
+        if method is None:
+            return [None], grads
+        dx_pad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dout2.dtype)
+        for g in range(groups):
+            fs = slice(g * fg, (g + 1) * fg)
+            _col2im_gemm(ctx, dout2[:, fs], weight[..., fs], x_shape, attrs,
+                         slice(g * cg, (g + 1) * cg), dx_pad)
     dx = dx_pad[:, ph:ph + h, pw:pw + w, :] if (ph or pw) else dx_pad
     return [dx], grads
 

@@ -17,10 +17,11 @@ the same job in one launch instead of log₂(M).
 from __future__ import annotations
 
 
-def sum_rows(xp, x, overwrite: bool = False):
+def sum_rows(xp, x, overwrite: bool = False, tmp=None):
     """Sum of a 2-D (M, C) or 3-D (A, M, C) array over its M axis, pairwise: returns (C,) or
     (A, C) in ``x``'s dtype with error O(log₂ M · ε · Σ|x|). With ``overwrite`` the folds run
-    in ``x`` itself (a scratch array the caller no longer needs): no allocation at all."""
+    in ``x`` itself (a scratch array the caller no longer needs): no allocation at all. ``tmp``:
+    ``(shape, dtype) -> array`` for the half-size fold buffer (e.g. a scratch temporary)."""
     if getattr(xp, "__name__", "numpy") != "numpy":
         # A GPU reduction kernel is already a tree per output element; accumulating in float64
         # makes it exact enough in one launch instead of log₂ M folds.
@@ -37,7 +38,9 @@ def sum_rows(xp, x, overwrite: bool = False):
         buf = x
         xp.add(x[:, :h], x[:, h:2 * h], out=buf[:, :h])
     else:
-        buf = xp.add(x[:, :h], x[:, h:2 * h])   # the one allocation; later folds write into it
+        # the one allocation; later folds write into it
+        buf = xp.add(x[:, :h], x[:, h:2 * h],
+                     out=None if tmp is None else tmp((x.shape[0], h, x.shape[2]), x.dtype))
     if m % 2:
         buf[:, 0] += x[:, 2 * h]
     while h > 1:
@@ -49,7 +52,7 @@ def sum_rows(xp, x, overwrite: bool = False):
     return out[0] if flat else out
 
 
-def channel_sums(xp, x, overwrite: bool = False):
+def channel_sums(xp, x, overwrite: bool = False, tmp=None):
     """Per-channel (last axis) sums over every other axis, pairwise: a (C,) array. With
     ``overwrite`` (only for a C-contiguous scratch array) the folds reuse ``x``'s memory."""
-    return sum_rows(xp, x.reshape(-1, x.shape[-1]), overwrite=overwrite)
+    return sum_rows(xp, x.reshape(-1, x.shape[-1]), overwrite=overwrite, tmp=tmp)
