@@ -172,20 +172,9 @@ def _act_forward(ctx, act: str, out):
     return get(act).forward(ctx, {}, {}, [out])
 
 
-_SPLIT_BYTES = 1 << 20   # below this a thread hand-off costs more than it saves
-
-
 def _split_rows(ctx, like, fn) -> None:
-    """``fn(a, b)`` over ranges of ``like``'s first axis covering it, split over the worker
-    threads (workspace.parallel_for) when the array is large and on NumPy."""
-    n = like.shape[0]
-    if (n < 2 or like.nbytes < _SPLIT_BYTES or ctx.xp.__name__ != "numpy"
-            or workspace.threads() < 2):
-        fn(0, n)
-        return
-    count = workspace.workers(n)
-    ranges = [(n * k // count, n * (k + 1) // count) for k in range(count)]
-    workspace.parallel_for(ranges, lambda k, share: [fn(a, b) for a, b in share])
+    """``fn(a, b)`` over ranges of ``like``'s first axis, split over the worker threads."""
+    workspace.split_rows(ctx.xp, like.shape[0], like.nbytes, fn)
 
 
 def add_input_grads(plan, douts: list, st, dins) -> None:

@@ -226,6 +226,22 @@ class single_threaded_blas:
         return False
 
 
+_SPLIT_BYTES = 1 << 20   # below this a thread hand-off costs more than it saves
+
+
+def split_rows(xp, n: int, nbytes: int, fn) -> None:
+    """``fn(a, b)`` over ranges of ``n`` rows (images) covering them, split over the worker
+    threads when the data (``nbytes``) is large enough and ``xp`` is NumPy. ``fn`` must touch
+    only its own rows of every output, and allocate (not take from Scratch) what it needs."""
+    if n < 2 or nbytes < _SPLIT_BYTES or getattr(xp, "__name__", "") != "numpy" \
+            or _THREADS < 2:
+        fn(0, n)
+        return
+    count = workers(n)
+    ranges = [(n * k // count, n * (k + 1) // count) for k in range(count)]
+    parallel_for(ranges, lambda k, share: [fn(a, b) for a, b in share])
+
+
 def matmul_rows(a, b, out=None):
     """``a @ b`` for a 2-D ``a`` with its rows split over the worker threads (each running
     single-threaded BLAS): the GEMMs outside the conv's chunk loops (pointwise convs, the

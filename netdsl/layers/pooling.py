@@ -10,6 +10,7 @@ the default); ``count_include_pad=false`` divides by the real pixels of each win
 from __future__ import annotations
 
 from ..errors import ShapeError
+from ..workspace import split_rows
 from .base import AUTO, Arg, LayerSpec, out_size, register
 from .reduce import sum_rows
 from .structure import pair_attrs, require_spatial
@@ -126,19 +127,26 @@ def _pool_forward(ctx, attrs, params, inputs):
         return out, (x.shape, divisor)
     xpad = _pad_to(xp, x, pad, ext, -xp.inf)
     windows = [xpad[:, rows, cols, :] for rows, cols in _offsets(size, stride, (ho, wo))]
-    out = windows[0].copy()
-    for window in windows[1:]:
-        xp.maximum(out, window, out=out)
-    # The switch is the first offset (window order) holding the max, so ties send the whole
-    # gradient to one input. Counting the offsets at which the max has already been seen gives
-    # K − first; only compares, ORs and adds: masked writes with data-dependent masks are
-    # several times slower in NumPy.
-    seen = xp.zeros(out.shape, dtype=bool)
-    count = xp.zeros(out.shape, dtype=xp.uint8 if len(windows) < 256 else xp.int32)
-    for window in windows:
-        seen |= window == out
-        count += seen
-    return out, (x.shape, len(windows) - count)
+    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
+    switches = xp.empty(out.shape, dtype=xp.uint8 if len(windows) < 256 else xp.int32)
+
+    def images(i, j):   # the images i:j (split over the worker threads when large)
+        o = out[i:j]
+        o[...] = windows[0][i:j]
+        for window in windows[1:]:
+            xp.maximum(o, window[i:j], out=o)
+        # The switch is the first offset (window order) holding the max, so ties send the
+        # whole gradient to one input. Counting the offsets at which the max has already been
+        # seen gives K − first; only compares, ORs and adds: masked writes with data-dependent
+        # masks are several times slower in NumPy.
+        seen = xp.zeros(o.shape, dtype=bool)
+        count = xp.zeros(o.shape, dtype=switches.dtype)
+        for window in windows:
+            seen |= window[i:j] == o
+            count += seen
+        xp.subtract(len(windows), count, out=switches[i:j], casting="unsafe")
+    split_rows(xp, n, x.nbytes, images)
+    return out, (x.shape, switches)
 
 
 def _pool_backward(ctx, attrs, params, cache, dout):
@@ -157,12 +165,15 @@ def _pool_backward(ctx, attrs, params, cache, dout):
             dx_pad[:, rows, cols, :] += share
     else:
         disjoint = all(st >= k for st, k in zip(stride, size))
-        for index, (rows, cols) in enumerate(_offsets(size, stride, (ho, wo))):
-            routed = dout * (saved == index)
-            if disjoint:  # each input pixel is in one window: plain writes, no read-add
-                dx_pad[:, rows, cols, :] = routed
-            else:
-                dx_pad[:, rows, cols, :] += routed
+
+        def images(i, j):   # the images i:j (split over the worker threads when large)
+            for index, (rows, cols) in enumerate(_offsets(size, stride, (ho, wo))):
+                routed = dout[i:j] * (saved[i:j] == index)
+                if disjoint:  # each input pixel is in one window: plain writes, no read-add
+                    dx_pad[i:j, rows, cols, :] = routed
+                else:
+                    dx_pad[i:j, rows, cols, :] += routed
+        split_rows(xp, n, dx_pad.nbytes, images)
     return [dx_pad[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w, :]], {}
 
 
