@@ -15,6 +15,11 @@ compiler takes per layer:
   (kh·kw times the input's size). One more copy per backward; the memory of every such layer's
   columns is never held across the step.
 
+A NumPy conv followed by a ReLU gets the conv's own fused kernel (the ReLU applied chunk by
+chunk, ``meta['relu']``), and records how its backward computes d(input) (``meta['dx']``).
+``run_forward``/``run_backward`` reset the executor's Scratch region (netdsl/workspace.py)
+before each kernel call.
+
 The memory planner (netdsl/memory.py) reads the same plan, so what it predicts is what runs.
 """
 from __future__ import annotations
@@ -25,6 +30,8 @@ from . import graph as G
 from .layers import get
 from . import workspace
 from .layers.base import temp
+from .layers.conv import _conv_relu_backward as conv_relu_backward
+from .layers.conv import _conv_relu_forward as conv_relu_forward
 from .layers.conv import dx_method
 
 
@@ -77,8 +84,7 @@ def build_plan(g, *, dtype, kernels: str = "numpy", xp=None) -> list[Step]:
             fwd, bwd, chosen = select(spec, rec.attrs, in_shapes, dtype, provider)
         fused_relu = act == "relu" and chosen == "numpy" and rec.op == "conv"
         if fused_relu:   # the NumPy conv applies the ReLU chunk by chunk (layers/conv.py)
-            from .layers import conv
-            fwd, bwd, act = conv._conv_relu_forward, conv._conv_relu_backward, None
+            fwd, bwd, act = conv_relu_forward, conv_relu_backward, None
         st = Step(rec, spec, [(index[s], p) for s, p in rec.inputs], uses[rec.name],
                   fwd, bwd, chosen, act=act)
         if fused_relu:
