@@ -115,8 +115,17 @@ class Executor:
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
                   labels=None if labels is None else xp.asarray(labels), dtype=self.dtype,
                   scratch=self.scratch)
-        with single_threaded_blas() if xp is np else _nothing():
-            return self._forward(ctx, x, labels, keep)
+        try:
+            with single_threaded_blas() if xp is np else _nothing():
+                return self._forward(ctx, x, labels, keep)
+        finally:
+            self._settle_scratch()
+
+    def _settle_scratch(self) -> None:
+        """Grow the Scratch region now, at the end of a pass, if its last kernel call needed
+        more (it grows only at a reset): the next step then allocates nothing."""
+        if self.scratch is not None:
+            self.scratch.reset()
 
     def _forward(self, ctx, x, labels, keep):
         plan, params = self.plan, self.params
@@ -171,8 +180,11 @@ class Executor:
         forward with labels. Returns (and stores in ``self.grads``) ``{node: {name: grad}}``."""
         if self._caches is None:
             raise RuntimeError("backward() needs a forward(..., labels, training=True) first")
-        with single_threaded_blas() if self.xp is np else _nothing():
-            return self._backward()
+        try:
+            with single_threaded_blas() if self.xp is np else _nothing():
+                return self._backward()
+        finally:
+            self._settle_scratch()
 
     def _backward(self) -> dict:
         xp, plan, caches = self.xp, self.plan, self._caches

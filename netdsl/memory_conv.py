@@ -88,7 +88,8 @@ def conv_footprint(st, n, it, training, scratch=True):
     nw = workers(-(-n // per))
     fp.fwd_tmp, fp.fwd_scratch = (0, _al(pad) + nw * _al(per * ho * wo * kh * kw * c * it)) \
         if scratch else (pad + cols, 0)               # no scratch: whole columns, dropped
-    per = backward_chunk_images(n, ho * wo, kh * kw, c, f, it)
+    per = backward_chunk_images(n, ho * wo, kh * kw, c, f, it, method == "fwdconv",
+                                relu and not masked_whole)
     nw = workers(-(-n // per))
     dw = S(kh * kw * c * f * it)                      # a dW term per worker, a sum per extra
     rebuilt = S(pad) + nw * S(per * ho * wo * kh * kw * c * it) + (2 * nw - 1) * dw

@@ -283,7 +283,8 @@ def _backward_chunked(ctx, attrs, weight, x, dout, dout2, method, relu_out=None,
     xpad = _padded(ctx, x, *pads, fill=False)   # each worker pads its own images
     view = _window_view(xp, xpad, kernel, stride, dilation, (ho, wo))
     chunks = _chunks(n, backward_chunk_images(n, ho * wo, kernel[0] * kernel[1], c, filters,
-                                              x.itemsize))
+                                              x.itemsize, method == "fwdconv",
+                                              relu_out is not None))
     per, count = chunks[0][1], _workers(ctx, chunks)
     k_rows = kernel[0] * kernel[1] * c
     dweight = xp.empty((k_rows, filters), dtype=dout2.dtype)

@@ -20,29 +20,27 @@ def _pad(xp, x, ph, pw):
 def _padded(ctx, x, ph, pw, fill: bool = True):
     """``x`` with ``ph``/``pw`` zero rows/columns each side, in a temporary of this call:
     only the border strips are zeroed and the interior copied (no full zero fill). With
-    ``fill=False`` the buffer is left for :func:`_pad_into` to fill image by image."""
+    ``fill=False`` only the borders are written: :func:`_pad_into` copies the interiors image
+    by image (inside a chunk loop, one copy per chunk)."""
     if ph == 0 and pw == 0:
         return x
     n, h, w, c = x.shape
     out = temp(ctx, (n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+    if ph:
+        out[:, :ph] = 0
+        out[:, ph + h:] = 0
+    if pw:
+        out[:, ph:ph + h, :pw] = 0
+        out[:, ph:ph + h, pw + w:] = 0
     if fill:
         _pad_into(out, x, 0, n, ph, pw)
     return out
 
 
 def _pad_into(out, x, i, j, ph, pw):
-    """Images i:j of ``out`` = images i:j of ``x`` zero-padded (``out`` from _padded)."""
-    if out is x:
-        return
-    h, w = x.shape[1:3]
-    o = out[i:j]
-    if ph:
-        o[:, :ph] = 0
-        o[:, ph + h:] = 0
-    if pw:
-        o[:, ph:ph + h, :pw] = 0
-        o[:, ph:ph + h, pw + w:] = 0
-    o[:, ph:ph + h, pw:pw + w] = x[i:j]
+    """The interiors of images i:j of ``out`` (from :func:`_padded`) = images i:j of ``x``."""
+    if out is not x:
+        out[i:j, ph:ph + x.shape[1], pw:pw + x.shape[2]] = x[i:j]
 
 
 def _window_view(xp, xpad, kernel, stride, dilation, out_hw):
@@ -55,12 +53,13 @@ def _window_view(xp, xpad, kernel, stride, dilation, out_hw):
         strides=(s_n, s_h * stride[0], s_w * stride[1], s_h * dilation[0], s_w * dilation[1], s_c))
 
 
-_CHUNK_BYTES = 1 << 20
-"""Bytes of im2col columns gathered per GEMM (at least one image). Why chunks: a gathered
-block that stays in the cache feeds its GEMM from there, and the whole matrix (75 MB for a
-32-channel 3×3 conv on 32×32 at batch 64) is never written to memory: 1.2–1.5× faster on CIFAR
-shapes, and the scratch region shrinks by the same factor. Chunks of 0.25–2 MB (about the L2
-cache) measured alike; 8 MB chunks were 10–20% slower."""
+_CHUNK_BYTES = 2 << 20
+"""Bytes of a chunk's buffers (columns, masked dout) per loop iteration, at least one image.
+Why chunks: a gathered block that stays in the cache feeds its GEMM from there, and the whole
+im2col matrix (75 MB for a 32-channel 3×3 conv on 32×32 at batch 64) is never written to
+memory: 1.2–1.5× faster on CIFAR shapes, and the scratch region shrinks by the same factor.
+Chunks of 0.25–2 MB measured alike on one thread, 8 MB 10–20% slower; on two threads fewer
+iterations matter too (each holds the GIL for ~15 NumPy calls' worth of Python)."""
 
 
 def _chunk_images(n: int, bytes_per_image: int) -> int:
@@ -69,12 +68,14 @@ def _chunk_images(n: int, bytes_per_image: int) -> int:
 
 
 def backward_chunk_images(n: int, rows_per_image: int, taps: int, c: int, f: int,
-                          itemsize: int) -> int:
-    """Images per chunk of the backward loop, whose buffers hold ``taps``·C columns (x, for dW)
-    and ``taps``·F (the padded dout, for a fwdconv dx): about _CHUNK_BYTES of the wider. (A
-    floor of 2·taps·C rows, so that each chunk's dW term is smaller than its input, measured
-    no faster once BLAS stayed single-threaded through the step, and held 40% more memory.)"""
-    return _chunk_images(n, rows_per_image * taps * max(c, f) * itemsize)
+                          itemsize: int, fwdconv: bool, relu: bool) -> int:
+    """Images per chunk of the backward loop: about _CHUNK_BYTES of its per-row buffers, the
+    columns of x (taps·C), of the padded dout for a fwdconv dx (taps·F) and a fused ReLU's
+    masked dout and mask (F·itemsize + F bytes)."""
+    row = (taps * c + (taps * f if fwdconv else 0)) * itemsize + ((itemsize + 1) * f if relu
+                                                                  else 0)
+    return _chunk_images(n, rows_per_image * row)
+
 
 
 
