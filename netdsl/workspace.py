@@ -243,20 +243,29 @@ def split_rows(xp, n: int, nbytes: int, fn) -> None:
 
 
 def matmul_rows(a, b, out=None):
-    """``a @ b`` for a 2-D ``a`` with its rows split over the worker threads (each running
-    single-threaded BLAS): the GEMMs outside the conv's chunk loops (pointwise convs, the
-    offset-by-offset dX) keep both cores busy while BLAS is single-threaded."""
+    """``a @ b`` for 2-D NumPy arrays, split over the worker threads (each running
+    single-threaded BLAS) by rows of ``a``, or by columns of ``b`` when ``a`` has few rows (a
+    fully connected layer's batch): the GEMMs outside the conv's chunk loops keep both cores
+    busy while BLAS is single-threaded through a step. Small products run as they are."""
     import numpy as np
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        return a @ b if out is None else np.matmul(a, b, out=out)
+    m, n = a.shape[0], b.shape[1]
     if out is None:
-        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    m = a.shape[0]
-    count = workers(m // 256)       # at least 256 rows a share
-    if count < 2:
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    if _THREADS < 2 or m * n * a.shape[1] < (1 << 22):
         np.matmul(a, b, out=out)
         return out
-    ranges = [(m * k // count, m * (k + 1) // count) for k in range(count)]
-    parallel_for(ranges, lambda k, share: [np.matmul(a[i:j], b, out=out[i:j])
-                                            for i, j in share])
+    if m >= 512:
+        count = workers(m // 256)
+        ranges = [(m * k // count, m * (k + 1) // count) for k in range(count)]
+        parallel_for(ranges, lambda k, share: [np.matmul(a[i:j], b, out=out[i:j])
+                                                for i, j in share])
+    else:
+        count = workers(max(1, n // 128))
+        ranges = [(n * k // count, n * (k + 1) // count) for k in range(count)]
+        parallel_for(ranges, lambda k, share: [np.matmul(a, b[:, i:j], out=out[:, i:j])
+                                                for i, j in share])
     return out
 
 

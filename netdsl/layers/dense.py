@@ -1,6 +1,7 @@
 """Fully connected (dense) layer: flattens its input and multiplies by a (in, units) matrix."""
 from __future__ import annotations
 
+from ..workspace import matmul_rows
 from .base import AUTO, Arg, LayerSpec, ParamSpec, numel, register
 from .reduce import sum_rows
 from .structure import require_set
@@ -31,7 +32,7 @@ def _fc_forward(ctx, attrs, params, inputs):
     x = inputs[0]
     # Row-major flatten of NHWC matches FLATTEN, so FC on a map equals FLATTEN then FC.
     x2 = x.reshape(x.shape[0], -1)
-    out = x2 @ params["weight"]
+    out = matmul_rows(x2, params["weight"])   # split over the NumPy worker threads
     if "bias" in params:
         out += params["bias"]
     return out, (x.shape, x2)
@@ -39,10 +40,10 @@ def _fc_forward(ctx, attrs, params, inputs):
 
 def _fc_backward(ctx, attrs, params, cache, dout):
     x_shape, x2 = cache
-    grads = {"weight": x2.T @ dout}
+    grads = {"weight": matmul_rows(x2.T, dout)}
     if "bias" in params:
         grads["bias"] = sum_rows(ctx.xp, dout)  # pairwise over the batch (reduce.py)
-    dx = (dout @ params["weight"].T).reshape(x_shape)
+    dx = matmul_rows(dout, params["weight"].T).reshape(x_shape)
     return [dx], grads
 
 
