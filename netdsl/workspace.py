@@ -171,7 +171,11 @@ def threads() -> int:
 
 
 def workers(items: int) -> int:
-    """How many workers :func:`parallel_for` runs for ``items`` pieces of work."""
+    """How many workers :func:`parallel_for` runs for ``items`` pieces of work: 1 where the
+    BLAS thread count cannot be controlled (threadpoolctl missing, or no BLAS it knows), since
+    our threads must run single-threaded BLAS."""
+    if _THREADS < 2 or not _blas_controllers():
+        return 1
     return max(1, min(_THREADS, items))
 
 
@@ -279,8 +283,8 @@ if hasattr(os, "register_at_fork"):   # POSIX
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _blas_single() -> list:
-    """Set every loaded BLAS to one thread; return what to restore."""
+def _blas_controllers() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once), or []."""
     global _BLAS
     if _BLAS is None:
         try:
@@ -289,8 +293,13 @@ def _blas_single() -> list:
                      if c.user_api == "blas"]
         except Exception:   # threadpoolctl missing or failing: BLAS keeps its threads
             _BLAS = []
+    return _BLAS
+
+
+def _blas_single() -> list:
+    """Set every loaded BLAS to one thread; return what to restore."""
     saved = []
-    for c in _BLAS:
+    for c in _blas_controllers():
         n = c.get_num_threads()
         if n != 1:
             c.set_num_threads(1)
