@@ -291,3 +291,18 @@ def test_two_threads_give_the_one_thread_step(name, monkeypatch):
     for key in one[2]:
         np.testing.assert_allclose(two[2][key], one[2][key], rtol=1e-11, atol=1e-14,
                                    err_msg=str(key))
+
+
+def test_matmul_rows_splits_rows_or_columns_exactly(monkeypatch):
+    """The worker-split GEMM against the plain one (float64), by rows (many) and by columns
+    (a small batch, as an FC layer's); with BLAS uncontrollable it runs on one worker."""
+    monkeypatch.setattr(workspace, "_THREADS", 2)
+    rng = np.random.default_rng(0)
+    for m, k, n in [(1024, 96, 64), (16, 600, 900)]:
+        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        np.testing.assert_allclose(workspace.matmul_rows(a, b), a @ b, rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(workspace.matmul_rows(b.T, a.T), b.T @ a.T, rtol=1e-13,
+                                   atol=1e-12)
+    assert workspace.workers(8) == 2
+    monkeypatch.setattr(workspace, "_BLAS", [])          # threadpoolctl missing
+    assert workspace.workers(8) == 1
