@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import Arg, LayerSpec, ParamSpec, register, shape_str
+from ..workspace import split_rows
 from .reduce import channel_sums
 
 NORM_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#ffe5d0"}
@@ -23,31 +24,60 @@ def _bn_params(attrs, in_shapes):
             "running_var": ParamSpec((c,), "ones", trainable=False)}
 
 
+def _rows(ctx, x, fn) -> None:
+    """``fn(a, b)`` over ranges of the batch, split over the worker threads when large
+    (workspace.split_rows): every element-wise pass of batch norm is independent per row."""
+    split_rows(ctx.xp, x.shape[0], x.nbytes, fn)
+
+
+def _sums(ctx, x, overwrite: bool = False):
+    """Per-channel pairwise sums (reduce.py) of each worker's rows, added in row order: the
+    error bound of one pairwise sum plus one addition per extra worker."""
+    parts = {}
+
+    def part(a, b):
+        parts[a] = channel_sums(ctx.xp, x[a:b], overwrite=overwrite)
+    _rows(ctx, x, part)
+    keys = sorted(parts)
+    total = parts[keys[0]]
+    for k in keys[1:]:
+        total = total + parts[k]
+    return total
+
+
 def _bn_forward(ctx, attrs, params, inputs):
     xp, x = ctx.xp, inputs[0]
     gamma, beta = params["gamma"], params["beta"]
+    centred = xp.empty(x.shape, dtype=x.dtype)        # x̂ below, the cache
+    out = xp.empty(x.shape, dtype=x.dtype)
     if ctx.training:
         # Two passes (mean, then the variance of the centred values) with pairwise sums: a
         # one-pass E[x²] − E[x]² cancels catastrophically in float32 when |mean| ≫ std.
         count = x.size // x.shape[-1]
-        mean = channel_sums(xp, x) / count
-        centred = x - mean
-        out = xp.multiply(centred, centred)           # scratch now, the output below
-        var = channel_sums(xp, out, overwrite=True) / count   # biased, as normalised
+        mean = _sums(ctx, x) / count
+
+        def centre(a, b):
+            xp.subtract(x[a:b], mean, out=centred[a:b])
+            xp.multiply(centred[a:b], centred[a:b], out=out[a:b])   # scratch, then the output
+        _rows(ctx, x, centre)
+        var = _sums(ctx, out, overwrite=True) / count  # biased, as normalised
         m = attrs["momentum"]
         # PyTorch convention: the running variance tracks the unbiased estimate.
         unbiased = var * (count / (count - 1)) if count > 1 else var
         params["running_mean"][...] = (1 - m) * params["running_mean"] + m * mean
         params["running_var"][...] = (1 - m) * params["running_var"] + m * unbiased
     else:
-        centred = x - params["running_mean"]
-        out = xp.empty_like(centred)
+        _rows(ctx, x, lambda a, b: xp.subtract(x[a:b], params["running_mean"],
+                                               out=centred[a:b]))
         var = params["running_var"]
     inv_std = (1.0 / xp.sqrt(var + attrs["eps"])).astype(x.dtype, copy=False)
     xhat = centred
-    xhat *= inv_std                                   # in place: centred is our own temporary
-    xp.multiply(xhat, gamma, out=out)
-    out += beta
+
+    def normalise(a, b):
+        xhat[a:b] *= inv_std                          # in place: centred is our own temporary
+        xp.multiply(xhat[a:b], gamma, out=out[a:b])
+        out[a:b] += beta
+    _rows(ctx, x, normalise)
     return out, (xhat, inv_std, ctx.training)
 
 
@@ -55,11 +85,12 @@ def _bn_backward(ctx, attrs, params, cache, dout):
     xp = ctx.xp
     xhat, inv_std, batch_stats = cache
     gamma = params["gamma"]
-    scratch = xp.multiply(dout, xhat)
+    scratch = xp.empty(xhat.shape, dtype=dout.dtype)
+    _rows(ctx, xhat, lambda a, b: xp.multiply(dout[a:b], xhat[a:b], out=scratch[a:b]))
     # Pairwise per-channel sums: the γ/β gradients nearly cancel, and NumPy's row-by-row
     # float32 sums made a ResNet-20's gradients 10× less accurate (tests/test_float32_accuracy).
-    sum_dout = channel_sums(xp, dout)
-    sum_dout_xhat = channel_sums(xp, scratch, overwrite=True)   # scratch is reused below
+    sum_dout = _sums(ctx, dout)
+    sum_dout_xhat = _sums(ctx, scratch, overwrite=True)   # scratch is reused below
     grads = {"gamma": sum_dout_xhat, "beta": sum_dout}
     if not batch_stats:  # fixed statistics: an affine map
         return [dout * (gamma * inv_std)], grads
@@ -67,10 +98,16 @@ def _bn_backward(ctx, attrs, params, cache, dout):
     #   dx = (dxhat − mean(dxhat) − xhat·mean(dxhat·xhat))·σ⁻¹
     #      = γσ⁻¹·(dout − Σdout/M − xhat·Σ(dout·xhat)/M), in one scratch buffer.
     count = dout.size // dout.shape[-1]
-    dx = xp.multiply(xhat, sum_dout_xhat / count, out=scratch)
-    dx += sum_dout / count
-    xp.subtract(dout, dx, out=dx)
-    dx *= gamma * inv_std
+    k_xhat, k_mean, k_out = sum_dout_xhat / count, sum_dout / count, gamma * inv_std
+    dx = scratch
+
+    def through(a, b):
+        d = dx[a:b]
+        xp.multiply(xhat[a:b], k_xhat, out=d)
+        d += k_mean
+        xp.subtract(dout[a:b], d, out=d)
+        d *= k_out
+    _rows(ctx, xhat, through)
     return [dx], grads
 
 
