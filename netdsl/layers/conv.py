@@ -2,17 +2,25 @@
 
 Why this shape of algorithm: with NHWC input, a strided view of the padded input indexed
 (N, Ho, Wo, KH, KW, C) reshapes to the im2col matrix (N·Ho·Wo, KH·KW·C) with a single copy, and
-the product with the (KH·KW·C, F) weight matrix *is* the NHWC output — no transposes. The
-backward pass reuses the same columns for dW (colsᵀ @ dout) and scatters dcols = dout @ Wᵀ back
-one kernel offset at a time (KH·KW Python iterations, never one per pixel or example).
+the product with the (KH·KW·C, F) weight matrix *is* the NHWC output — no transposes.
+
+With the executor's Scratch region (ctx.scratch) a single-group conv never makes the whole
+matrix: it gathers ~2 MB chunks of images' columns and multiplies each at once, in cache, the
+chunks split over the worker threads (layers/im2col.py); backward rebuilds the columns the same
+way from the kept input for dW, and computes d(input) as the plan chose from the shapes
+(:func:`dx_method`): a forward-style convolution of the padded dout with the flipped weights,
+one GEMM per kernel offset scattered into dx, or dout @ Wᵀ for 1×1 (layers/conv_kernels.py).
+A following ReLU can be fused into the kernel (the plan does so): applied per chunk, and its
+mask applied per chunk of dout in backward. Without scratch (ctx.scratch None: the numerics
+walker, a test calling the layer) the columns are one fresh array, cached.
 """
 from __future__ import annotations
 
 from ..errors import ShapeError
-from .. import workspace
 from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register, temp
 from .im2col import (_chunk_images, _chunks, _gather, _pad, _pad_into, _padded,  # noqa: F401
-                     _run, _window_view, _workers, backward_chunk_images)
+                     _run, _window_view, _workers)
+from .conv_kernels import _backward_chunked, _col2im_gemm, _fwdconv_view, _mm, _mm_tn
 from .reduce import sum_rows
 from .structure import pair_attrs, require_set, require_spatial
 from . import naive
@@ -203,135 +211,6 @@ def _conv_relu_backward(ctx, attrs, params, cache, dout):
         ctx.scratch.rewind(mark)
     del out, mask
     return _conv_backward(ctx, attrs, params, (x_shape, cols, x), masked)
-
-
-def _mm(ctx, a, b):
-    """a @ b, rows split over the worker threads on NumPy (BLAS is single-threaded there)."""
-    return workspace.matmul_rows(a, b) if ctx.xp.__name__ == "numpy" else a @ b
-
-
-def _mm_tn(ctx, a, b):
-    """aᵀ @ b, summed over row shares computed by the worker threads on NumPy."""
-    if ctx.xp.__name__ != "numpy":
-        return a.T @ b
-    m = a.shape[0]
-    count = workspace.workers(m // 256)
-    if count < 2:
-        return a.T @ b
-    bounds = [m * k // count for k in range(count + 1)]
-    parts = [None] * count
-
-    def body(k, share):
-        for i, j in share:
-            parts[k] = a[i:j].T @ b[i:j]
-    workspace.parallel_for(list(zip(bounds, bounds[1:])), body)
-    for p in parts[1:]:     # in worker order: the same sum on every run
-        parts[0] += p
-    return parts[0]
-
-
-def _col2im_gemm(ctx, dout_g, weight_g, x_shape, attrs, channels: slice, dx_pad):
-    """dx_pad[..., channels] += col2im(dout_g @ weight_gᵀ), one kernel offset at a time.
-
-    Why per offset: the (N·Ho·Wo, Cg) block of dcols that belongs to offset (a, b) is
-    dout_g @ weight_g[a, b]ᵀ. Computing it as its own contiguous GEMM result and adding it to a
-    shifted window of dx is ~2× faster than forming the whole dcols matrix and then adding its
-    strided (a, b) slices, with the same FLOPs and 1/(KH·KW) of the temporary memory.
-    """
-    xp = ctx.xp
-    (kh, kw), (sh, sw), (dh, dw), _, (ho, wo) = _geometry(attrs, x_shape)
-    n = x_shape[0]
-    # The images split over the worker threads: each adds into its own images of dx_pad.
-    shares = _chunks(n, -(-n // max(1, _workers(ctx, _chunks(n, 1)))))
-    blocks = [temp(ctx, ((j - i) * ho * wo, weight_g.shape[2]), dx_pad.dtype) for i, j in shares]
-
-    def body(k, share):
-        for i, j in share:
-            d_ij = dout_g[i * ho * wo:j * ho * wo]
-            for a in range(kh):
-                for b in range(kw):
-                    xp.matmul(d_ij, weight_g[a, b].T, out=blocks[k])
-                    rows = slice(a * dh, a * dh + sh * (ho - 1) + 1, sh)
-                    cols = slice(b * dw, b * dw + sw * (wo - 1) + 1, sw)
-                    dx_pad[i:j, rows, cols, channels] += blocks[k].reshape(j - i, ho, wo, -1)
-    _run(ctx, shares, body)
-
-
-def _fwdconv_view(ctx, attrs, weight, dout, x_shape, fill: bool = True):
-    """For ``fwdconv``: the window view of dout zero-padded by q = (k−1)·d − p each side, and
-    the flipped, transposed weights, so that dx[j] = Σₐ dpad[j + a·d] · W[k−1−a]ᵀ (dx_method)."""
-    xp = ctx.xp
-    n, h, w, c = x_shape
-    kernel, _, dilation, pads, _ = _geometry(attrs, x_shape)
-    q = tuple((k - 1) * d - p for k, d, p in zip(kernel, dilation, pads))
-    dpad = _padded(ctx, dout, *q, fill=fill)
-    view = _window_view(xp, dpad, kernel, (1, 1), dilation, (h, w))
-    wflip = xp.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(-1, c)
-    return view, wflip, dpad, q
-
-
-def _backward_chunked(ctx, attrs, weight, x, dout, dout2, method, relu_out=None, bias=False):
-    """dW (and dx by ``fwdconv``) of a single-group conv whose columns were not kept: the
-    columns of x (and of the padded dout) rebuilt chunk by chunk into scratch, each used at
-    once. With ``relu_out`` (a fused ReLU's output) each chunk of dout is masked first, and
-    with ``bias`` its pairwise sum is added up in float64. Returns (dweight, dx or None,
-    dbias or None)."""
-    xp = ctx.xp
-    n, h, w, c = x.shape
-    kernel, stride, dilation, pads, (ho, wo) = _geometry(attrs, x.shape)
-    filters = weight.shape[3]
-    xpad = _padded(ctx, x, *pads, fill=False)   # each worker pads its own images
-    view = _window_view(xp, xpad, kernel, stride, dilation, (ho, wo))
-    chunks = _chunks(n, backward_chunk_images(n, ho * wo, kernel[0] * kernel[1], c, filters,
-                                              x.itemsize, method == "fwdconv",
-                                              relu_out is not None))
-    per, count = chunks[0][1], _workers(ctx, chunks)
-    k_rows = kernel[0] * kernel[1] * c
-    dweight = xp.empty((k_rows, filters), dtype=dout2.dtype)
-    # per worker: a column buffer, a dW term, and (worker k > 0) its own dW sum
-    bufs = [temp(ctx, (per,) + view.shape[1:], x.dtype) for _ in range(count)]
-    parts = [temp(ctx, dweight.shape, dweight.dtype) for _ in range(count)]
-    sums = [dweight] + [temp(ctx, dweight.shape, dweight.dtype) for _ in range(count - 1)]
-    dx = dview = None
-    if method == "fwdconv":
-        dview, wflip, dpad, q = _fwdconv_view(ctx, attrs, weight, dout, x.shape, fill=False)
-        dbufs = [temp(ctx, (per,) + dview.shape[1:], dout2.dtype) for _ in range(count)]
-        dx = xp.empty((n * h * w, c), dtype=dout2.dtype)
-    if relu_out is not None:   # per worker: the masked dout chunk, its mask, a fold buffer
-        out2 = relu_out.reshape(-1, filters)
-        mbufs = [temp(ctx, (per * ho * wo, filters), dout2.dtype) for _ in range(count)]
-        masks = [temp(ctx, (per * ho * wo, filters), bool) for _ in range(count)]
-        folds = [temp(ctx, (1, per * ho * wo // 2, filters), dout2.dtype) for _ in range(count)]
-    bsums = [xp.zeros(filters, dtype=xp.float64) for _ in range(count)] if bias else None
-
-    def body(k, share):
-        for i, j in share:
-            d_ij = dout2[i * ho * wo:j * ho * wo]
-            if relu_out is not None:
-                r = (j - i) * ho * wo
-                xp.greater(out2[i * ho * wo:j * ho * wo], 0, out=masks[k][:r])
-                d_ij = xp.multiply(d_ij, masks[k][:r], out=mbufs[k][:r])
-            if bsums is not None:   # pairwise within the chunk, float64 across chunks
-                bsums[k] += sum_rows(xp, d_ij, tmp=lambda shp, dt: folds[k][:, :shp[1]])
-            _pad_into(xpad, x, i, j, *pads)
-            cols = _gather(view, i, j, bufs[k])
-            if i == share[0][0]:
-                xp.matmul(cols.T, d_ij, out=sums[k])
-            else:
-                xp.matmul(cols.T, d_ij, out=parts[k])
-                sums[k] += parts[k]
-            if dview is not None:
-                d4 = d_ij.reshape(j - i, ho, wo, filters)
-                _pad_into(dpad[i:j], d4, 0, j - i, *q)
-                xp.matmul(_gather(dview, i, j, dbufs[k]), wflip, out=dx[i * h * w:j * h * w])
-    _run(ctx, chunks, body)
-    for k in range(1, count):   # in worker order: the same sum on every run
-        dweight += sums[k]
-    dbias = None
-    if bsums is not None:
-        dbias = sum(bsums[1:], bsums[0]).astype(dout2.dtype)
-    return (dweight.reshape(weight.shape), None if dx is None else dx.reshape(x.shape),
-            dbias)
 
 
 def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
