@@ -11,6 +11,12 @@ such memory registers here, so that what is held is never hidden:
 
 A holder is any object with an ``nbytes`` attribute (bytes it holds now). Holders are tracked
 weakly: a model that is dropped stops counting.
+
+Also here, for the NumPy kernels: :class:`Scratch` (one region of per-call temporaries per
+executor), the worker threads that split a kernel's work (:func:`parallel_for`,
+:func:`split_rows`, :func:`matmul_rows`; ``--threads`` sets their count through
+``netdsl.kernels.set_threads``) with BLAS single-threaded through a step
+(:class:`single_threaded_blas`), and :func:`keep_freed_memory` (glibc keeps freed step memory).
 """
 from __future__ import annotations
 
