@@ -217,21 +217,27 @@ def _batch(ex, g):
 def test_scratch_matches_fresh_arrays_on_every_net(name):
     g = _compiled(name)
     # float64: the chunked and whole-matrix GEMMs then agree to ~1e-15, so anything above
-    # 1e-9 is a wrong value, not a different summation order
-    ex = Executor(g, dtype=np.float64, seed=0, kernels="numpy")
+    # 1e-9 is a wrong value, not a different summation order. The nets with 4096-wide FCs
+    # (10^7–10^8 weights) run in float32 (a 1e-4 tolerance) to keep the suite quick: a value
+    # from an overwritten scratch buffer is off by O(1) either way.
+    from netdsl.graph import nodes
+    big = sum(r.n_params or 0 for r in nodes(g)) > 5_000_000
+    tol = 1e-4 if big else 1e-9
+    ex = Executor(g, dtype=np.float32 if big else np.float64, seed=0, kernels="numpy")
     x, labels = _batch(ex, g)
     assert ex.scratch is not None
     scratch = _step(ex, x, labels)        # the region grows call by call and is reused
     assert ex.scratch.nbytes > 0 or not any(st.node.op == "conv" for st in ex.plan)
     ex.scratch = None                     # every temporary fresh (the reference behaviour)
     fresh = _step(ex, x, labels)
-    np.testing.assert_allclose(scratch[0], fresh[0], rtol=1e-9, atol=1e-12)
-    assert abs(scratch[1] - fresh[1]) <= 1e-9 * max(1.0, abs(fresh[1]))
+    scale = max(1e-6, float(np.abs(fresh[0]).max()))
+    np.testing.assert_allclose(scratch[0], fresh[0], rtol=0, atol=tol * scale)
+    assert abs(scratch[1] - fresh[1]) <= tol * max(1.0, abs(fresh[1]))
     assert scratch[2].keys() == fresh[2].keys()
     for key in fresh[2]:
         ref = fresh[2][key]
         scale = max(1e-6, float(np.abs(ref).max()))
-        np.testing.assert_allclose(scratch[2][key], ref, rtol=0, atol=1e-9 * scale,
+        np.testing.assert_allclose(scratch[2][key], ref, rtol=0, atol=tol * scale,
                                    err_msg=str(key))
 
 
