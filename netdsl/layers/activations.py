@@ -28,25 +28,38 @@ def _relu_backward(ctx, attrs, params, out, dout):
 
 def _leaky_forward(ctx, attrs, params, inputs):
     x = inputs[0]
-    out = ctx.xp.where(x > 0, x, x * x.dtype.type(attrs["slope"]))
+    slope = x.dtype.type(attrs["slope"])
+    # max(x, slope·x) for slope ≤ 1 (min for a steeper slope): the output is the only array
+    # made (a where() would also make the mask and slope·x; netdsl/memory_layers.py).
+    out = x * slope
+    (ctx.xp.maximum if slope <= 1 else ctx.xp.minimum)(out, x, out=out)
     return out, out
 
 
 def _leaky_backward(ctx, attrs, params, out, dout):
     # With slope ≥ 0 the output is positive exactly where the input is: the output suffices.
-    return [dout * ctx.xp.where(out > 0, 1.0, attrs["slope"]).astype(dout.dtype)], {}
+    # slope·dout, then dout itself where the output is positive: the gradient and a bool mask.
+    dx = dout * dout.dtype.type(attrs["slope"])
+    ctx.xp.copyto(dx, dout, where=out > 0)
+    return [dx], {}
 
 
 def _softmax_forward(ctx, attrs, params, inputs):
     x = inputs[0]
-    exp = ctx.xp.exp(x - x.max(axis=-1, keepdims=True))  # the shift keeps exp() finite
-    out = exp / exp.sum(axis=-1, keepdims=True)
+    out = x - x.max(axis=-1, keepdims=True)  # the shift keeps exp() finite
+    ctx.xp.exp(out, out=out)                 # in place: the output is the only full array
+    out /= out.sum(axis=-1, keepdims=True)
     return out, out
 
 
 def _softmax_backward(ctx, attrs, params, out, dout):
-    # d softmax: y ⊙ (g − Σ g·y), the Jacobian-vector product without forming the Jacobian.
-    return [out * (dout - (dout * out).sum(axis=-1, keepdims=True))], {}
+    # d softmax: y ⊙ (g − Σ g·y), the Jacobian-vector product without forming the Jacobian;
+    # computed in the gradient's own buffer (one full array, one per-row sum).
+    dx = dout * out
+    total = dx.sum(axis=-1, keepdims=True)
+    ctx.xp.subtract(dout, total, out=dx)
+    dx *= out
+    return [dx], {}
 
 
 def _tanh_forward(ctx, attrs, params, inputs):

@@ -99,6 +99,7 @@ def _deconv_forward(ctx, attrs, params, inputs):
                 # every offset's strided rows fit.
                 full[:, a * dh:a * dh + sh * (h - 1) + 1:sh, b * dw:b * dw + sw * (w - 1) + 1:sw,
                      g * fg:(g + 1) * fg] += cols[:, :, :, a, b, :]
+        del cols, w_g   # one group's temporaries at a time (the planner counts one)
     out = full[:, ph:ph + ho, pw:pw + wo, :]
     if "bias" in params:
         out = out + params["bias"]
@@ -130,9 +131,15 @@ def _deconv_backward(ctx, attrs, params, cache, dout):
         cols = view[..., fs].reshape(n * h * w, kh * kw * fg)           # one im2col copy
         dw_g = x_rows[:, cs].T @ cols                                     # (Cg, KH·KW·Fg)
         dweight[..., fs] = dw_g.reshape(cg, kh, kw, fg).transpose(1, 2, 0, 3)
+        del dw_g
         if dx is not None:
             w_g = weight[..., fs].transpose(0, 1, 3, 2).reshape(-1, cg)  # (KH·KW·Fg, Cg)
-            dx[..., cs] = (cols @ w_g).reshape(n, h, w, cg)
+            if groups == 1:     # straight into dx: no (N·H·W, C) temporary
+                xp.matmul(cols, w_g, out=dx.reshape(n * h * w, c))
+            else:
+                dx[..., cs] = (cols @ w_g).reshape(n, h, w, cg)
+            del w_g
+        del cols        # one group's temporaries at a time (the planner counts one)
     grads["weight"] = dweight
     return [dx], grads
 

@@ -52,8 +52,11 @@ def _local_forward(ctx, attrs, params, inputs):
     n = x.shape[0]
     ph, pw = attrs["pad"]
     view = _window_view(xp, _pad(xp, x, ph, pw), (kh, kw), attrs["stride"], (1, 1), (ho, wo))
-    # (N, P, K) -> (P, N, K): one contiguous copy, the batched GEMM's left operand.
-    cols = xp.ascontiguousarray(view.reshape(n, ho * wo, kh * kw * c).transpose(1, 0, 2))
+    # (P, N, K), the batched GEMM's left operand, copied straight from the window view (one
+    # copy: a reshape of the view would make a second, transient one).
+    cols = xp.empty((ho * wo, n, kh * kw * c), dtype=x.dtype)
+    cols.reshape(ho, wo, n, kh, kw, c)[...] = view.transpose(1, 2, 0, 3, 4, 5)
+    del view            # and with it the padded copy, before the GEMM's output exists
     out = xp.matmul(cols, weight.reshape(ho * wo, kh * kw * c, f))     # (P, N, F)
     out = out.transpose(1, 0, 2).reshape(n, ho, wo, f)
     if "bias" in params:

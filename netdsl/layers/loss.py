@@ -124,12 +124,17 @@ def _xent2d_forward(ctx, attrs, params, inputs):
     n, h, w, k = logits.shape
     labels = _labels(ctx, "softmax_xent2d", (n, h, w), k).reshape(-1)
     flat = logits.reshape(-1, k)
-    shifted = flat - flat.max(axis=1, keepdims=True)
-    exp = xp.exp(shifted)
-    total = exp.sum(axis=1, keepdims=True)
-    log_p = shifted[xp.arange(flat.shape[0]), labels] - xp.log(total[:, 0])
+    # One full array, the probabilities (the cache): shifted logits, exp and the division all
+    # in place in it (netdsl/memory_layers.py counts it and the per-position vectors).
+    probs = flat - flat.max(axis=1, keepdims=True)
+    picked = probs[xp.arange(flat.shape[0]), labels]
+    xp.exp(probs, out=probs)
+    total = probs.sum(axis=1, keepdims=True)
+    log_p = picked - xp.log(total[:, 0])
+    del picked
     loss = -attrs["weight"] * log_p.mean()  # mean over N·H·W positions
-    return xp.asarray(loss, dtype=logits.dtype), (exp / total, labels, logits.shape)
+    probs /= total
+    return xp.asarray(loss, dtype=logits.dtype), (probs, labels, logits.shape)
 
 
 def _xent2d_backward(ctx, attrs, params, cache, dout):
@@ -157,10 +162,12 @@ def _svm_forward(ctx, attrs, params, inputs):
     n, k = scores.shape
     labels = _labels(ctx, "svm_loss", (n,), k)
     rows = xp.arange(n)
-    margins = scores - scores[rows, labels][:, None] + attrs["margin"]
+    margins = scores - scores[rows, labels][:, None]   # the one full temporary: in place
+    margins += attrs["margin"]
     margins[rows, labels] = 0  # the true class is not compared with itself
     active = margins > 0
-    loss = attrs["weight"] * (margins * active).sum() / n
+    margins *= active
+    loss = attrs["weight"] * margins.sum() / n
     return xp.asarray(loss, dtype=scores.dtype), (active, labels)
 
 

@@ -52,7 +52,8 @@ def _lrn_forward(ctx, attrs, params, inputs):
     scale = _window_sum(xp, x * x, n // 2, (n - 1) // 2)
     scale *= _alpha(attrs)
     scale += attrs["k"]
-    out = x * scale ** -attrs["beta"]
+    out = scale ** -attrs["beta"]
+    out *= x          # in place: scale and the output are the only arrays kept
     return out, (x, scale, out)
 
 
@@ -62,9 +63,16 @@ def _lrn_backward(ctx, attrs, params, cache, dout):
     n, beta = attrs["size"], attrs["beta"]
     # ∂b_c/∂a_j = δ_cj·scale_c^−β − 2α'β·a_c·a_j·scale_c^(−β−1) for j in window(c); summing over
     # the c whose window holds j swaps the window's two sides.
-    t = dout * out / scale
+    # Three full arrays (t, the window sums, dx), each operation in place in one of them
+    # (the planner's rule in netdsl/memory_layers.py counts exactly these).
+    t = dout * out
+    t /= scale
     back = _window_sum(xp, t, (n - 1) // 2, n // 2)
-    dx = dout * scale ** -beta - (2 * _alpha(attrs) * beta) * x * back
+    dx = scale ** -beta
+    dx *= dout
+    xp.multiply(x, 2 * _alpha(attrs) * beta, out=t)
+    t *= back
+    dx -= t
     return [dx.astype(dout.dtype, copy=False)], {}
 
 

@@ -26,13 +26,17 @@ def _switch_forward(ctx, attrs, params, inputs):
     attrs = dict(attrs, kind="max")
     values, (x_shape, offset) = _pool_forward(ctx, attrs, params, inputs)
     size, stride, pad, (ho, wo), _ = _geometry(attrs, x.shape)
-    # Window offset (row-major a·KW + b) → input row and column → flat index in the plane.
-    offset = offset.astype(xp.int64)
-    rows = xp.arange(ho, dtype=xp.int64)[None, :, None, None] * stride[0] - pad[0] \
-        + offset // size[1]
-    cols = xp.arange(wo, dtype=xp.int64)[None, None, :, None] * stride[1] - pad[1] \
-        + offset % size[1]
-    switches = rows * x.shape[2] + cols
+    # Window offset (row-major a·KW + b) → input row and column → flat index in the plane:
+    # (i·S − P + a)·W + j·S − P + b = corner(i, j) + step[offset], with step[a·KW + b] =
+    # a·W + b. One int64 array (the switches) is all this allocates: the pool's cache keeps
+    # its own small offsets (netdsl/memory_layers.py).
+    width = x.shape[2]
+    k = xp.arange(size[0] * size[1], dtype=xp.int64)
+    step = (k // size[1]) * width + k % size[1]
+    corner = ((xp.arange(ho, dtype=xp.int64) * stride[0] - pad[0])[:, None] * width
+              + xp.arange(wo, dtype=xp.int64) * stride[1] - pad[1])[None, :, :, None]
+    switches = step[offset]    # (a take() would first copy the offsets as intp)
+    switches += corner
     return (values, switches), (x_shape, offset)
 
 
@@ -140,16 +144,30 @@ def _unpool_forward(ctx, attrs, params, inputs):
                           detail=f"switch values {int(switches.min())}..{int(switches.max())}, "
                                  f"the plane has {h * w} positions",
                           hint="unpool with the geometry of the pool that made the switches")
-    # Flat position in the (N, H·W, C) output of every pooled value.
-    index = ((xp.arange(n, dtype=xp.int64)[:, None, None, None] * (h * w) + switches) * c
-             + xp.arange(c, dtype=xp.int64))
-    out = xp.bincount(index.ravel(), weights=values.ravel(), minlength=n * h * w * c)
-    return out.astype(values.dtype, copy=False).reshape(n, h, w, c), (index, len(inputs))
+    # Flat position in the (N, H·W, C) output of every pooled value (one int64 array, made in
+    # place; the cache keeps the switches themselves, not this).
+    index = switches + xp.arange(n, dtype=xp.int64)[:, None, None, None] * (h * w)
+    index *= c
+    index += xp.arange(c, dtype=xp.int64)
+    a = _unpool_attrs(attrs)
+    if all(s >= k for s, k in zip(a["stride"], a["size"])):
+        # Disjoint windows: every switch is a different pixel, plain writes.
+        out = xp.zeros((n, h, w, c), dtype=values.dtype)
+        out.reshape(-1)[index.ravel()] = values.ravel()
+    else:   # overlapping windows may share a maximum: the values add up
+        out = xp.bincount(index.ravel(), weights=values.ravel(), minlength=n * h * w * c)
+        out = out.astype(values.dtype, copy=False).reshape(n, h, w, c)
+    return out, (switches, len(inputs))
 
 
 def _unpool_backward(ctx, attrs, params, cache, dout):
-    index, n_inputs = cache
-    dvalues = dout.reshape(-1)[index]  # each pooled value moved to one place: read it back
+    switches, n_inputs = cache
+    xp = ctx.xp
+    n, _, _, c = switches.shape
+    # Each pooled value moved to one place: read it back, by (image, row, column, channel),
+    # so that a strided incoming gradient is read where it is (a flat index would copy it).
+    rows, cols = xp.divmod(switches, dout.shape[2])
+    dvalues = dout[xp.arange(n)[:, None, None, None], rows, cols, xp.arange(c)]
     return [dvalues] + [None] * (n_inputs - 1), {}
 
 
