@@ -14,7 +14,9 @@ lifetime [first step, last step]; from those it derives
 What each layer allocates is described by one footprint rule per op below (bytes of its output
 or whether it is a view of an input, what its cache keeps, its workspace forward and backward,
 whether its input gradients are fresh or views of the incoming one). A layer without a rule
-gets a conservative default (fresh output, cache keeps inputs and output). Steps whose kernel
+gets a conservative default (fresh output, cache keeps inputs and output); the rules of the
+zoo's newer layers (locally connected, transposed conv, crop, unpooling, ...) are in
+netdsl/memory_layers.py. Steps whose kernel
 comes from the oneDNN provider follow that provider's rules (netdsl/kernels/onednn/footprint.py),
 and the peak includes the scratchpad region its primitives share, held across steps; a NumPy
 executor's Scratch region (netdsl/workspace.py: the largest temporaries of any one kernel call)
@@ -29,6 +31,7 @@ import numpy as np
 from .graph import nodes
 from .layers import numel
 from .memory_conv import _al, _geom, conv_footprint
+from .memory_layers import RULES as LAYER_RULES
 
 
 @dataclass
@@ -69,7 +72,10 @@ def _pool(st, n, it, training):
     padded = n * ext[0] * ext[1] * c * it if ext != (h, w) else 0
     o, o1 = n * ho * wo * c * it, n * ho * wo * c
     if a["kind"] == "max":      # bool 'seen', the counts, one comparison; switches kept (uint8)
-        return Footprint(out=o, fwd_tmp=padded + 3 * o1, cache=o1, bwd_tmp=o + o1,
+        # backward: per window offset a mask and the routed gradient, which the next offset's
+        # replaces (both alive for a moment: two, where the window has several offsets)
+        routed = o * (2 if size[0] * size[1] > 1 else 1)
+        return Footprint(out=o, fwd_tmp=padded + 3 * o1, cache=o1, bwd_tmp=routed + o1,
                          dx=(n * ext[0] * ext[1] * c * it,))
     if _fast_path((n, h, w, c), size, stride, pad, (ho, wo)):
         return Footprint(out=o, bwd_tmp=o, dx=(n * h * w * c * it,))
@@ -87,9 +93,9 @@ def footprint(st, n: int, it: int, training: bool, scratch: bool = True) -> Foot
     out = n * numel(st.node.out_shapes[0]) * it
     if op == "conv":
         fp = conv_footprint(st, n, it, training, scratch)
-    elif op == "fc":            # the bias gradient's pairwise sum: half of dout
-        fp = Footprint(out=out, keep_in=(0,), dx=(x,),
-                       bwd_tmp=(n // 2) * (out // max(n, 1)) if st.node.attrs["bias"] else 0)
+    elif op == "fc":            # the bias gradient's pairwise sum: half of dout, before dx
+        half = (n // 2) * (out // max(n, 1)) if st.node.attrs["bias"] else 0
+        fp = Footprint(out=out, keep_in=(0,), dx=(x,), bwd_tmp=max(half - x, 0))
     elif op == "batchnorm":
         fp = _batchnorm(st, n, it, training)
     elif op == "relu":
@@ -105,14 +111,16 @@ def footprint(st, n: int, it: int, training: bool, scratch: bool = True) -> Foot
         fp = Footprint(out=out, dx=(x,), bwd_tmp=out, fwd_tmp=n * (h * w // 2) * c * it)
     elif op in ("flatten", "identity", "input") or (op == "dropout" and not training):
         fp = Footprint(out_alias=0, dx=(None,))
-    elif op == "dropout":
-        fp = Footprint(out=x, fwd_tmp=x + x // it, cache=x, dx=(x,))
+    elif op == "dropout":       # the mask (cached), the output; the bool draw before both
+        fp = Footprint(out=x, fwd_tmp=x // it, cache=x, dx=(x,))
     elif op == "concat":
         fp = Footprint(out=out, dx=(None,) * len(st.inputs))
     elif op == "add":
         fp = Footprint(out=out, dx=(None,) * len(st.inputs))
-    elif op == "softmax_xent":
-        fp = Footprint(out=it, fwd_tmp=2 * x, cache=x, dx=(x,))
+    elif op == "softmax_xent":  # the probabilities, made in place (cached); per row vectors
+        fp = LAYER_RULES["softmax_xent2d"](st, n, it, training)
+    elif op in LAYER_RULES:     # the zoo's newer layers (netdsl/memory_layers.py)
+        fp = LAYER_RULES[op](st, n, it, training)
     else:
         fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
                        fwd_tmp=out, dx=(x,) * len(st.inputs))

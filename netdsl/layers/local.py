@@ -57,10 +57,13 @@ def _local_forward(ctx, attrs, params, inputs):
     cols = xp.empty((ho * wo, n, kh * kw * c), dtype=x.dtype)
     cols.reshape(ho, wo, n, kh, kw, c)[...] = view.transpose(1, 2, 0, 3, 4, 5)
     del view            # and with it the padded copy, before the GEMM's output exists
-    out = xp.matmul(cols, weight.reshape(ho * wo, kh * kw * c, f))     # (P, N, F)
-    out = out.transpose(1, 0, 2).reshape(n, ho, wo, f)
+    # The GEMM writes (P, N, F) straight into a contiguous NHWC output: no second array, and
+    # the layers after it get (and give back) NHWC-contiguous tensors.
+    out = xp.empty((n, ho, wo, f), dtype=cols.dtype)
+    xp.matmul(cols, weight.reshape(ho * wo, kh * kw * c, f),
+              out=out.reshape(n, ho * wo, f).transpose(1, 0, 2))
     if "bias" in params:
-        out = out + params["bias"]
+        out += params["bias"]
     return out, (x.shape, cols)
 
 

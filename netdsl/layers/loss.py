@@ -54,14 +54,16 @@ def _xent_forward(ctx, attrs, params, inputs):
         raise NetdslError(f"softmax_xent: {labels.shape[0]} labels for a batch of {n}")
     if isinstance(labels, np.ndarray):   # device labels: see check_label_range
         check_label_range(labels, k)
-    # Subtracting the row max keeps exp() from overflowing; log-softmax stays exact.
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = xp.exp(shifted)
-    total = exp.sum(axis=1, keepdims=True)
-    rows = xp.arange(n)
-    log_p = shifted[rows, labels] - xp.log(total[:, 0])
+    # Subtracting the row max keeps exp() from overflowing; log-softmax stays exact. One full
+    # array, the probabilities (the cache): shift, exp and division in place in it.
+    probs = logits - logits.max(axis=1, keepdims=True)
+    picked = probs[xp.arange(n), labels]
+    xp.exp(probs, out=probs)
+    total = probs.sum(axis=1, keepdims=True)
+    log_p = picked - xp.log(total[:, 0])
     loss = -attrs["weight"] * log_p.mean(dtype=xp.float64)  # float64: the batch mean
-    return xp.asarray(loss, dtype=logits.dtype), (exp / total, labels)
+    probs /= total
+    return xp.asarray(loss, dtype=logits.dtype), (probs, labels)
 
 
 def _xent_backward(ctx, attrs, params, cache, dout):

@@ -164,11 +164,21 @@ def _unpool_backward(ctx, attrs, params, cache, dout):
     switches, n_inputs = cache
     xp = ctx.xp
     n, _, _, c = switches.shape
-    # Each pooled value moved to one place: read it back, by (image, row, column, channel),
-    # so that a strided incoming gradient is read where it is (a flat index would copy it).
+    # Each pooled value moved to one place: read it back. The incoming gradient may be a
+    # strided view (a conv's d(input) is a slice of its padded one): index its memory by
+    # element offsets (row · stride + column · stride + ...) instead of a flat copy of it.
+    # Two int64 arrays (row, column) and the result are all this allocates.
+    step = [s // dout.itemsize for s in dout.strides]
     rows, cols = xp.divmod(switches, dout.shape[2])
-    dvalues = dout[xp.arange(n)[:, None, None, None], rows, cols, xp.arange(c)]
-    return [dvalues] + [None] * (n_inputs - 1), {}
+    rows *= step[1]
+    cols *= step[2]
+    rows += cols
+    del cols
+    rows += (xp.arange(n, dtype=xp.int64) * step[0])[:, None, None, None]
+    rows += xp.arange(c, dtype=xp.int64) * step[3]
+    span = 1 + sum((d - 1) * s for d, s in zip(dout.shape, step))
+    memory = xp.lib.stride_tricks.as_strided(dout, shape=(span,), strides=(dout.itemsize,))
+    return [memory[rows]] + [None] * (n_inputs - 1), {}
 
 
 def _unpool_make_inputs(rng, attrs, in_shapes, batch):
