@@ -193,6 +193,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
     cache: list = [()] * len(plan)
     remaining = [st.consumers for st in plan]
     heads = [i for i, st in enumerate(plan) if st.spec.role == "loss"]
+    logits_at = _logits_index(plan, heads)
     for i, (st, fp) in enumerate(zip(plan, fps)):
         ins = [value[j] for j, _ in st.inputs]
         if fp.out_alias is not None:
@@ -213,7 +214,10 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
             s.unref(own)
         for j, _ in st.inputs:
             remaining[j] -= 1
-            if remaining[j] == 0:
+            # The prediction (the main head's input) is the step's result: the executor
+            # returns it, and the caller holds it through backward (a segmentation net's
+            # per-pixel logits are as large as any activation).
+            if remaining[j] == 0 and j != logits_at:
                 s.unref(value[j])
     if not training:
         return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, 0,
@@ -264,6 +268,16 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
             dout[j] = g
     return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, grads, kept,
                       held=persistent + region, scratch=region)
+
+
+def _logits_index(plan, heads) -> int | None:
+    """The plan index of the main head's input (as model.main_head chooses the head: the
+    largest weight, the first such), or None without heads."""
+    if not heads:
+        return None
+    best = max(range(len(heads)),
+               key=lambda k: (plan[heads[k]].node.attrs.get("weight", 1.0), -k))
+    return plan[heads[best]].inputs[0][0]
 
 
 def _providers(plan, batch: int, training: bool) -> int:

@@ -41,7 +41,7 @@ INPUT(10x10x3) -> CONV(4, 3) -> MAXPOOL(3, stride=2, ceil=true) -> CONV(6, 3)
 """
 STRIDED_INPUTS_NET = """
 INPUT(24x24x3) -> LOCAL(8, 3) -> RELU -> CROP(size=16x16) -> CONV(8, 3) -> LOCAL(6, 3)
-  -> BN -> CROP(size=10x9) -> FC
+  -> CROP(size=11x11) -> BN -> CROP(size=10x9) -> FC
 """
 # Nets whose oneDNN steps read or get strided views (the kernels copy them)
 TEXT_NETS = {"strided_grads": STRIDES_NET, "strided_inputs": STRIDED_INPUTS_NET}
@@ -235,8 +235,8 @@ def test_strided_incoming_gradients_are_the_ones_marked():
 
 
 def test_strided_inputs_are_the_ones_marked():
-    """Likewise for inputs: a locally connected layer's output and a crop are strided views,
-    which the oneDNN kernels copy (the planner counts the copy)."""
+    """Likewise for inputs: a crop is a strided view, which the oneDNN kernels copy (the
+    planner counts the copy); a locally connected layer's output is contiguous."""
     from netdsl.kernels.onednn.footprint import STRIDED_X
     ex = _executor("strided_inputs", "train")
     plan_memory(ex.plan, 4, training=True)

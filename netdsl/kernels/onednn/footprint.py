@@ -174,12 +174,9 @@ STRIDED_X = "onednn_strided_input"
 
 def _strided_output(producer, n: int) -> bool:
     """Whether ``producer``'s output is a strided view (NumPy kernels, checked in
-    tests/test_plan_memory_onednn.py): a locally connected layer's is its (positions, batch,
-    filters) product transposed; a crop's is a window of its input."""
+    tests/test_plan_memory_onednn.py): a crop's is a window of its input. (A locally
+    connected layer's GEMM writes a contiguous output.)"""
     op = producer.node.op
-    if op == "local":
-        ho, wo, _ = producer.node.out_shapes[0]
-        return n > 1 and ho * wo > 1
     if op == "crop":
         h, w, _ = producer.node.in_shapes[0]
         th, tw, _ = producer.node.out_shapes[0]
@@ -202,11 +199,12 @@ def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
     if op == "gap":
         h, w, c = consumer.node.in_shapes[0]
         return h * w > 1 and c > 1
-    if op in ("pool", "maxpool", "avgpool") and consumer.provider == "numpy":
+    if op in ("pool", "maxpool", "avgpool", "maxpool_switches") and consumer.provider == "numpy":
         from ...layers.pooling import _fast_path, _geometry
         h, w, c = consumer.node.in_shapes[0]
-        size, stride, pad, out_hw, ext = _geometry(consumer.node.attrs, (n, h, w, c))
-        if consumer.node.attrs["kind"] == "avg" and _fast_path((n, h, w, c), size, stride, pad,
+        attrs = dict(consumer.node.attrs, kind=consumer.node.attrs.get("kind", "max"))
+        size, stride, pad, out_hw, ext = _geometry(attrs, (n, h, w, c))
+        if attrs["kind"] == "avg" and _fast_path((n, h, w, c), size, stride, pad,
                                                                out_hw):
             return False                  # spread over the tiles by a reshape: contiguous
         return _window_is_strided(n, h, w, ext)
