@@ -1,0 +1,75 @@
+"""The memory planner on every net of the zoo (nets/*.net) at the reduced sizes of
+tests/test_zoo.py: the planned peak of a training step and of an inference batch within 10% of
+the measured one, with the NumPy kernels and with oneDNN's (where the library loads).
+
+Measured as `netdsl bench` measures (netdsl.bench.peak_memory): tracemalloc's peak during a
+steady-state step beyond what was held before it, plus what is held across steps on purpose
+(netdsl.workspace.held_bytes(): the Scratch region, oneDNN's scratchpad). An independent
+measurement: the expected values never come from the planner.
+"""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from conftest import NETS
+from netdsl import kernels
+from netdsl.bench import peak_memory
+from netdsl.compiler import compile_file
+from netdsl.executor import Executor
+from netdsl.graph import losses, node
+from netdsl.memory import plan_memory
+from test_zoo import SMALL
+
+BATCH = 2
+# 0.5–4 s each (both modes): the nets whose training step holds ≥ 50 MB at the reduced size
+BIG = {"alexnet", "deepface", "googlenet", "resnet18", "resnet34", "resnet50", "vgg16",
+       "vgg19", "zfnet"}
+PROVIDERS = ["numpy"] + (["onednn"] if kernels.available("onednn") else [])
+
+
+def _release():
+    if kernels.available("onednn"):     # the region as this net's primitives alone grow it
+        from netdsl.kernels.onednn.common import lib
+        lib().scratchpad.release()
+
+
+def _setup(name, provider):
+    shape, sets = SMALL[name]
+    dims = tuple(int(v) for v in shape.split("x")) if shape else None
+    g = compile_file(str(NETS / f"{name}.net"), need_data=False, overrides=sets,
+                     input_override=dims).graph
+    head = max(losses(g), key=lambda h: float(h.attrs.get("weight", 1.0)))
+    src, port = head.inputs[0]
+    classes = node(g, src).out_shapes[port]             # (K,) or (H, W, K) per pixel
+    ex = Executor(g, seed=0, kernels=provider)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
+    y = rng.integers(0, classes[-1], size=(BATCH, *classes[:-1]))
+    return ex, x, y
+
+
+def _params():
+    for name in sorted(SMALL):
+        for provider in PROVIDERS:
+            marks = [pytest.mark.slow] if name in BIG else []
+            yield pytest.param(name, provider, marks=marks, id=f"{name}-{provider}")
+
+
+@pytest.mark.parametrize("name,provider", list(_params()))
+def test_planned_peaks_within_10_percent_of_measured(name, provider):
+    assert set(SMALL) == {p.stem for p in NETS.glob("*.net")}   # every net of the zoo
+    ex, x, y = _setup(name, provider)
+    _release()
+    measured = peak_memory(lambda: (ex.forward(x, y, training=True), ex.backward()))
+    planned = plan_memory(ex.plan, BATCH, training=True).peak
+    assert abs(planned - measured) <= 0.10 * measured, ("train", planned, measured)
+    inf = ex.for_inference()
+    del ex          # its Scratch region would count in held_bytes()
+    gc.collect()
+    _release()
+    measured = peak_memory(lambda: inf.forward(x, training=False))
+    planned = plan_memory(inf.plan, BATCH, training=False).peak
+    assert abs(planned - measured) <= 0.10 * measured, ("infer", planned, measured)
