@@ -16,8 +16,8 @@ or whether it is a view of an input, what its cache keeps, its workspace forward
 whether its input gradients are fresh or views of the incoming one). A layer without a rule
 gets a conservative default (fresh output, cache keeps inputs and output); the rules of the
 zoo's newer layers (locally connected, transposed conv, crop, unpooling, ...) are in
-netdsl/memory_layers.py. Steps whose kernel
-comes from the oneDNN provider follow that provider's rules (netdsl/kernels/onednn/footprint.py),
+netdsl/memory_layers.py. Steps whose kernel comes from the oneDNN provider follow that
+provider's rules (netdsl/kernels/onednn/footprint.py),
 and the peak includes the scratchpad region its primitives share, held across steps; a NumPy
 executor's Scratch region (netdsl/workspace.py: the largest temporaries of any one kernel call)
 is held too and planned likewise.

@@ -15,6 +15,8 @@ every op it has no rule of its own for.
 """
 from __future__ import annotations
 
+import copy
+
 from .layers import numel
 from .layers.structure import as_pair
 
@@ -76,18 +78,12 @@ def _crop(st, n, it, training):
 
 
 class _AsMaxPool:
-    """A plan step seen as the max pooling it runs (its rule is memory.py's)."""
+    """A plan step seen as the max pooling it runs (memory.py's rule for that kernel reads
+    only the node: its shapes and attrs, here with kind=max)."""
 
     def __init__(self, st):
-        self._st = st
-        self.node = type("Node", (), {})()
-        self.node.__dict__.update(vars(st.node) if hasattr(st.node, "__dict__") else {})
-        for k in ("in_shapes", "out_shapes", "op", "name", "meta", "param_specs"):
-            setattr(self.node, k, getattr(st.node, k, None))
+        self.node = copy.copy(st.node)
         self.node.attrs = dict(st.node.attrs, kind="max")
-
-    def __getattr__(self, name):
-        return getattr(self._st, name)
 
 
 def _maxpool_switches(st, n, it, training):
