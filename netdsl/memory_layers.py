@@ -53,8 +53,9 @@ def _lrn(st, n, it, training):
 
 
 def _softmax_xent2d(st, n, it, training):
-    """(Also softmax_xent's, the same kernel on flat logits.) The probabilities are the cache (made in place); per position: the row max, the label
-    rows (int64), the picked logit, the sum, its log and log p."""
+    """(Also softmax_xent's: the same kernel on flat logits.) The probabilities are the cache
+    (made in place); per position: the row max, the label rows (int64), the picked logit, the
+    sum, its log and log p."""
     *where, k = st.node.in_shapes[0]               # (H, W, K), or (K,) for softmax_xent
     p = n * numel(tuple(where))                     # positions
     x = p * k * it

@@ -59,9 +59,12 @@ def _local_forward(ctx, attrs, params, inputs):
     del view            # and with it the padded copy, before the GEMM's output exists
     # The GEMM writes (P, N, F) straight into a contiguous NHWC output: no second array, and
     # the layers after it get (and give back) NHWC-contiguous tensors.
-    out = xp.empty((n, ho, wo, f), dtype=cols.dtype)
-    xp.matmul(cols, weight.reshape(ho * wo, kh * kw * c, f),
-              out=out.reshape(n, ho * wo, f).transpose(1, 0, 2))
+    w2 = weight.reshape(ho * wo, kh * kw * c, f)
+    if getattr(xp, "__name__", "numpy") == "numpy":
+        out = xp.empty((n, ho, wo, f), dtype=cols.dtype)
+        xp.matmul(cols, w2, out=out.reshape(n, ho * wo, f).transpose(1, 0, 2))
+    else:   # (CuPy: a GEMM into a strided output is not guaranteed; one copy instead)
+        out = xp.ascontiguousarray(xp.matmul(cols, w2).transpose(1, 0, 2)).reshape(n, ho, wo, f)
     if "bias" in params:
         out += params["bias"]
     return out, (x.shape, cols)
