@@ -68,11 +68,21 @@ def _compile(args, graph_passes=None):
 
 def classes(g) -> int:
     """Logits of the main loss head (the heaviest, first in source order)."""
+    return _logits_shape(g)[-1]
+
+
+def label_shape(g, batch: int) -> tuple:
+    """The labels' shape for a batch: (N,), or (N, H, W) for per-pixel logits (a segmentation
+    net's softmax_xent2d head)."""
+    return (batch,) + tuple(_logits_shape(g)[:-1])
+
+
+def _logits_shape(g) -> tuple:
     from .graph import losses, node
     heads = losses(g)
     main = max(heads, key=lambda h: (h.attrs.get("weight", 1.0), -heads.index(h)))
     src, port = main.inputs[0]
-    return node(g, src).out_shapes[port][-1]
+    return tuple(node(g, src).out_shapes[port])
 
 
 def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np, passes=None):
@@ -88,13 +98,16 @@ def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np, passes=None):
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch,) + tuple(ex.input_shape)).astype(np.float32))
-    y = xp.asarray(rng.integers(0, classes(c.graph), batch))
+    y = xp.asarray(rng.integers(0, classes(c.graph), label_shape(c.graph, batch)))
     sync = (lambda: xp.cuda.runtime.deviceSynchronize()) if xp is not np else (lambda: None)
 
     def train_step():
-        ex.forward(x, y, training=True)
+        # The result (its logits) is held through backward, as the training loop holds it
+        # (train/loop.py reads the accuracy after the step) and the memory planner plans.
+        res = ex.forward(x, y, training=True)
         opt.step(ex.params, ex.backward())
         sync()
+        del res
 
     def infer_step():
         ex.forward(x, training=False)
@@ -113,7 +126,7 @@ def torch_setup(c, batch: int, mode: str, threads: int):
     from .graph import nodes
     h, w, ch = next(n for n in nodes(c.graph) if n.op == "input").out_shape
     x = torch.randn(batch, ch, h, w)
-    y = torch.randint(0, classes(c.graph), (batch,))
+    y = torch.randint(0, classes(c.graph), label_shape(c.graph, batch))
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -73,3 +73,17 @@ def test_planned_peaks_within_10_percent_of_measured(name, provider):
     measured = peak_memory(lambda: inf.forward(x, training=False))
     planned = plan_memory(inf.plan, BATCH, training=False).peak
     assert abs(planned - measured) <= 0.10 * measured, ("infer", planned, measured)
+
+
+def test_bench_runs_a_segmentation_net():
+    """`netdsl bench` draws one label per pixel for a per-pixel head (SegNet, U-Net): its
+    step runs, and its measured peak is the planned one within 10%."""
+    from netdsl.bench import label_shape, netdsl_setup
+    g = compile_file(str(NETS / "segnet_mini.net"), need_data=False).graph
+    assert label_shape(g, 3) == (3, 28, 28)
+    c = type("Compiled", (), {"graph": g})()
+    step, ex, x, y = netdsl_setup(c, BATCH, "train", "numpy")
+    assert y.shape == (BATCH, 28, 28) and y.max() < 11
+    measured = peak_memory(step)
+    planned = plan_memory(ex.plan, BATCH, training=True).peak
+    assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
