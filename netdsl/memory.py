@@ -45,6 +45,7 @@ class Footprint:
     cache: int = 0               # bytes the cache owns
     bwd_tmp: int = 0
     dx: tuple | None = None      # per input: fresh bytes, or None = a view of the incoming grad
+    outs: tuple = ()             # several outputs: bytes per port (``out`` is their sum)
     fwd_scratch: int = 0         # bytes taken from the executor's Scratch region, forward
     bwd_scratch: int = 0         # ... and backward (the region is the max over every call)
 
@@ -189,22 +190,33 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         if scratch:   # a fused ReLU's backward mask (bool) is a scratch take of its own call
             region = max([region] + [_al(fp.out // itemsize) for st, fp in zip(plan, fps)
                                      if st.act == "relu"])
-    value = [None] * len(plan)
+    # value[i]: step i's output buffer, or for several outputs one buffer per port: the
+    # executor holds them together (a tuple) until the step's last reader has run, then each
+    # lives as long as the caches that keep it (SegNet's switches and pooled values apart)
+    value: list = [None] * len(plan)
     cache: list = [()] * len(plan)
     remaining = [st.consumers for st in plan]
     heads = [i for i, st in enumerate(plan) if st.spec.role == "loss"]
     logits_at = _logits_index(plan, heads)
+
+    def port(j, p):
+        return value[j][p] if fps[j].outs else value[j]
     for i, (st, fp) in enumerate(zip(plan, fps)):
-        ins = [value[j] for j, _ in st.inputs]
+        ins = [port(j, p) for j, p in st.inputs]
         if fp.out_alias is not None:
             value[i] = ins[fp.out_alias] if ins else None
             s.ref(value[i])
+        elif fp.outs:
+            value[i] = [s.new(b) for b in fp.outs]
+            for b in value[i]:
+                s.ref(b)
         else:
             value[i] = s.new(fp.out)
             s.ref(value[i])
         own = s.new(fp.cache)
         s.touch(fp.fwd_tmp, f"forward {st.node.name}")
-        held = [own] + [ins[k] for k in fp.keep_in] + ([value[i]] if fp.keep_out else [])
+        mine = value[i] if fp.outs else [value[i]]
+        held = [own] + [ins[k] for k in fp.keep_in] + (list(mine) if fp.keep_out else [])
         if training:
             for b in held:
                 s.ref(b)
@@ -218,7 +230,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
             # returns it, and the caller holds it through backward (a segmentation net's
             # per-pixel logits are as large as any activation).
             if remaining[j] == 0 and j != logits_at:
-                s.unref(value[j])
+                for b in (value[j] if fps[j].outs else [value[j]]):
+                    s.unref(b)
     if not training:
         return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, 0,
                           held=persistent + region, scratch=region)

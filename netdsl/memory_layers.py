@@ -93,6 +93,7 @@ def _maxpool_switches(st, n, it, training):
     from .memory import _pool
     fp = _pool(_AsMaxPool(st), n, it, training)
     switches = 8 * _bytes(n, st.node.out_shapes[1], 1)
+    fp.outs = (fp.out, switches)     # the values and the switches live apart
     fp.out += switches
     fp.fwd_tmp = max(fp.fwd_tmp - switches, 0)
     return fp
