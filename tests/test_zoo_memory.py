@@ -36,7 +36,7 @@ def _release():
         lib().scratchpad.release()
 
 
-def _setup(name, provider):
+def _setup(name, provider, batch=None):
     shape, sets = SMALL[name]
     dims = tuple(int(v) for v in shape.split("x")) if shape else None
     g = compile_file(str(NETS / f"{name}.net"), need_data=False, overrides=sets,
@@ -46,8 +46,9 @@ def _setup(name, provider):
     classes = node(g, src).out_shapes[port]             # (K,) or (H, W, K) per pixel
     ex = Executor(g, seed=0, kernels=provider)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
-    y = rng.integers(0, classes[-1], size=(BATCH, *classes[:-1]))
+    batch = batch or BATCH
+    x = rng.standard_normal((batch, *ex.input_shape)).astype(np.float32)
+    y = rng.integers(0, classes[-1], size=(batch, *classes[:-1]))
     return ex, x, y
 
 
@@ -87,3 +88,53 @@ def test_bench_runs_a_segmentation_net():
     measured = peak_memory(step)
     planned = plan_memory(ex.plan, BATCH, training=True).peak
     assert abs(planned - measured) <= 0.10 * measured, (planned, measured)
+
+
+# oneDNN only: with the NumPy kernels the planner has batchnorm1's backward 10% high (its
+# pairwise fold is counted but not seen there; memory.py's batch-norm rule), lifetimes apart.
+@pytest.mark.skipif("onednn" not in PROVIDERS, reason="oneDNN (libdnnl.so.3) cannot load here")
+def test_segnet_timeline_step_by_step(monkeypatch):
+    """Not only the peak: at every step of a SegNet training step (forward and backward) the
+    bytes the planner has live (+ that step's temporaries) are what tracemalloc sees at that
+    call's peak, within 5% + 128 KB. This pins lifetimes: the switches and the pooled values
+    (one step's two outputs) die apart, the prediction lives to the end of the step."""
+    import tracemalloc
+    import netdsl.memory as M
+    batch = 16     # lifetimes scale with it, NumPy's iterator buffers (~100 KB) do not
+    ex, x, y = _setup("segnet_mini", "onednn", batch)
+    step = lambda: (ex.forward(x, y, training=True), ex.backward())  # noqa: E731
+    _release()
+    step()
+    planned: dict = {}
+    touch = M._Sim.touch
+
+    def spy(self, extra, where):
+        planned[where] = max(planned.get(where, 0), self.live + extra)
+        return touch(self, extra, where)
+    monkeypatch.setattr(M._Sim, "touch", spy)
+    M.plan_memory(ex.plan, batch, training=True)
+    monkeypatch.setattr(M._Sim, "touch", touch)
+    measured: dict = {}
+    base = [0]
+
+    def wrap(fn, where):
+        def call(*a):
+            tracemalloc.reset_peak()
+            r = fn(*a)
+            measured.setdefault(where, tracemalloc.get_traced_memory()[1] - base[0])
+            return r
+        return call
+    for st in ex.plan:
+        monkeypatch.setattr(st, "forward", wrap(st.forward, f"forward {st.node.name}"))
+        monkeypatch.setattr(st, "backward", wrap(st.backward, f"backward {st.node.name}"))
+    tracemalloc.start()
+    try:
+        base[0] = tracemalloc.get_traced_memory()[0]
+        step()
+    finally:
+        tracemalloc.stop()
+    compared = 0
+    for where, got in measured.items():     # (what is held across steps: on neither side)
+        assert abs(planned[where] - got) <= 0.05 * got + 131072, (where, planned[where], got)
+        compared += 1
+    assert compared >= 30
