@@ -194,8 +194,13 @@ def peak_memory(step) -> int:
     (tracemalloc), plus the persistent workspace the model holds across steps on purpose
     (netdsl/workspace.py: scratch buffers, oneDNN scratchpads). Weights, optimizer state and
     the input are not counted."""
+    import gc
+
     from .workspace import held_bytes
     step()  # caches, primitives and workspaces exist before measuring
+    # Workspaces are counted while their holder lives: a dropped model caught in a reference
+    # cycle would count until the collector runs, so run it now.
+    gc.collect()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
