@@ -26,14 +26,14 @@ def conv_footprint(st, n, it, training, scratch=True):
     from .layers.conv import _chunk_images, dx_method
     from .layers.im2col import backward_chunk_images
     from .memory import Footprint
-    from .plan import _conv_cols_exceed_input, is_pointwise
+    from .plan import is_pointwise, keeps_columns
     from .workspace import workers
     a = st.node.attrs
     h, w, c, ho, wo, f = _geom(st, n)
     kh, kw = as_pair(a["kernel"])
     ph, pw = conv_padding(a)
     g = a["groups"]
-    kept = _conv_cols_exceed_input(st.node) and not st.recompute
+    kept = keeps_columns(st)
     on_scratch = scratch and not kept
     S = _al if on_scratch else (lambda b: b)          # a scratch take, or a fresh temporary
     pad = n * (h + 2 * ph) * (w + 2 * pw) * c * it if (ph or pw) else 0

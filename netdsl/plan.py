@@ -46,6 +46,7 @@ class Step:
     provider: str = "numpy"
     act: str | None = None     # fused activation applied in place to the output
     recompute: bool = False    # conv: cache the input, rebuild im2col in backward
+    cols_exceed_input: bool = False   # a NumPy conv whose im2col matrix is not a free view
     data_only: bool = False    # reads only the network input: no d(input) needed
     meta: dict = field(default_factory=dict)
 
@@ -89,7 +90,8 @@ def build_plan(g, *, dtype, kernels: str = "numpy", xp=None) -> list[Step]:
                   fwd, bwd, chosen, act=act)
         if fused_relu:
             st.meta["relu"] = True
-        st.recompute = chosen == "numpy" and _conv_cols_exceed_input(rec)
+        st.cols_exceed_input = chosen == "numpy" and _conv_cols_exceed_input(rec)
+        st.recompute = st.cols_exceed_input
         steps.append(st)
     for st in steps:
         st.data_only = bool(st.inputs) and all(steps[j].spec.role == "source"
@@ -119,13 +121,24 @@ def is_pointwise(attrs) -> bool:
 # --------------------------------------------------------------------------------------------
 # Running one step: the kernel plus the plan's decisions.
 
+def keeps_columns(st: Step) -> bool:
+    """A NumPy conv whose plan caches its im2col columns (``recompute`` switched off): its
+    kernel runs without scratch, since the columns outlive the call."""
+    return st.cols_exceed_input and not st.recompute
+
+
+def _call_ctx(st: Step, ctx):
+    """The context of one kernel call: the Scratch region reset (every temporary of the
+    previous call is dead), or no scratch for a conv that keeps its columns."""
+    if ctx.scratch is None:
+        return ctx
+    ctx.scratch.reset()
+    return replace(ctx, scratch=None) if keeps_columns(st) else ctx
+
+
 def run_forward(st: Step, ctx, params, ins):
     """(out, cache) of one step, honouring ``recompute`` and ``act``."""
-    if ctx.scratch is not None:
-        ctx.scratch.reset()     # every temporary of the previous call is dead
-        if not st.recompute and _conv_cols_exceed_input(st.node) and st.provider == "numpy":
-            # The plan keeps this conv's columns: they must be fresh, not scratch.
-            ctx = replace(ctx, scratch=None)
+    ctx = _call_ctx(st, ctx)
     out, cache = st.forward(ctx, st.node.attrs, params, ins)
     if st.recompute and ctx.training and cache[1] is not None:
         cache = (cache[0], None, ins[0]) + tuple(cache[3:])   # drop the columns, keep x
@@ -141,10 +154,7 @@ def run_backward(st: Step, ctx, params, held: list):
     gradient is freed as soon as the fused activation has replaced it by the masked one."""
     dout = held.pop()
     cache = held.pop()
-    if ctx.scratch is not None:
-        ctx.scratch.reset()
-        if not st.recompute and _conv_cols_exceed_input(st.node) and st.provider == "numpy":
-            ctx = replace(ctx, scratch=None)   # as its forward ran: no scratch
+    ctx = _call_ctx(st, ctx)   # as its forward ran
     if st.act is not None:
         cache, act_cache = cache
         dout = _act_backward(ctx, st.act, act_cache, dout)

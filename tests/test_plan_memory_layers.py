@@ -53,7 +53,7 @@ def _step(spec, example):
                            out_shapes=tuple(out) if spec.outputs > 1 else (out,),
                            param_specs=spec.params(attrs, shapes), meta={}, loc=None)
     st = Step(node, spec, [(0, 0)] * len(shapes), 1, spec.forward, spec.backward)
-    st.recompute = _conv_cols_exceed_input(node)
+    st.cols_exceed_input = st.recompute = _conv_cols_exceed_input(node)
     return st
 
 
