@@ -209,17 +209,23 @@ SMALL = {"alexnet": ("67x67x3", {}), "zfnet": ("64x64x3", {}), "vgg16": ("32x32x
          "inception_small": ("16x16x1", {})}
 
 
-@pytest.mark.slow   # 0.3–17 s per net on the shared machine (VGG's 4096-wide FCs dominate)
-@pytest.mark.parametrize("name", ALL_NETS)
-def test_forward_backward_at_reduced_size(name):
+def compile_small(name):
+    """(graph, main logits shape) of a zoo net at its reduced size (SMALL); the logits shape
+    is (K,) or (H, W, K) per pixel. Shared with tests/test_zoo_memory.py."""
+    from netdsl.graph import losses, node
     shape, sets = SMALL[name]
     dims = tuple(int(v) for v in shape.split("x")) if shape else None
     g = compile_file(str(NETS / f"{name}.net"), need_data=False, overrides=sets,
                      input_override=dims).graph
-    from netdsl.graph import losses, node
     main_head = max(losses(g), key=lambda h: float(h.attrs.get("weight", 1.0)))
     src, port = main_head.inputs[0]
-    logits_shape = node(g, src).out_shapes[port]           # (K,) or (H, W, K) per pixel
+    return g, node(g, src).out_shapes[port]
+
+
+@pytest.mark.slow   # 0.3–17 s per net on the shared machine (VGG's 4096-wide FCs dominate)
+@pytest.mark.parametrize("name", ALL_NETS)
+def test_forward_backward_at_reduced_size(name):
+    g, logits_shape = compile_small(name)
     ex = Executor(g, dtype=np.float32, seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *ex.input_shape)).astype(np.float32)

@@ -19,9 +19,8 @@ from netdsl import kernels
 from netdsl.bench import peak_memory
 from netdsl.compiler import compile_file
 from netdsl.executor import Executor
-from netdsl.graph import losses, node
 from netdsl.memory import plan_memory
-from test_zoo import SMALL
+from test_zoo import SMALL, compile_small
 
 BATCH = 2
 # 0.5–4 s each (both modes): the nets whose training step holds ≥ 50 MB at the reduced size
@@ -37,13 +36,7 @@ def _release():
 
 
 def _setup(name, provider, batch=None):
-    shape, sets = SMALL[name]
-    dims = tuple(int(v) for v in shape.split("x")) if shape else None
-    g = compile_file(str(NETS / f"{name}.net"), need_data=False, overrides=sets,
-                     input_override=dims).graph
-    head = max(losses(g), key=lambda h: float(h.attrs.get("weight", 1.0)))
-    src, port = head.inputs[0]
-    classes = node(g, src).out_shapes[port]             # (K,) or (H, W, K) per pixel
+    g, classes = compile_small(name)                    # classes: (K,) or (H, W, K)
     ex = Executor(g, seed=0, kernels=provider)
     rng = np.random.default_rng(0)
     batch = batch or BATCH
