@@ -18,7 +18,7 @@ def nets_dir():
 
 
 def pytest_collection_modifyitems(config, items):
-    from netdsl.backend import gpu_available
+    from netdsl.core.backend import gpu_available
     if not gpu_available():
         skip = pytest.mark.skip(reason="no CUDA device / CuPy")
         for item in items:

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from netdsl.errors import NetdslError
-from netdsl.train.augment import affine_warp, augment_batch, parse_mode
-from netdsl.train.config import TrainConfig
+from netdsl.core.errors import NetdslError
+from netdsl.data.augment import affine_warp, augment_batch, parse_mode
+from netdsl.lang.train_config import TrainConfig
 
 
 def batch(n=3, h=7, w=9, c=2, seed=0):

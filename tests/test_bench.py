@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netdsl import kernels
-from netdsl.cli import main
-from netdsl.errors import NetdslError
+from netdsl.runtime import kernels
+from netdsl.cli.app import main
+from netdsl.core.errors import NetdslError
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = str(ROOT / "nets" / "lenet5.net")
@@ -65,8 +65,8 @@ def test_bench_onednn_kernels_are_used(capsys):
 
 def test_torch_net_from_the_graph_matches_published_parameter_count():
     torch = pytest.importorskip("torch")
-    from netdsl.bench_torch import build
-    from netdsl.compiler import compile_file
+    from netdsl.tools.bench_torch import build
+    from netdsl.compile.compiler import compile_file
     g = compile_file(LENET, num_classes=10).graph
     model = build(g)
     assert sum(p.numel() for p in model.parameters()) == 61_706  # LeCun et al. 1998, Fig. 2
@@ -77,8 +77,8 @@ def test_torch_net_from_the_graph_matches_published_parameter_count():
 
 
 def test_torch_net_refuses_layers_it_cannot_map(monkeypatch):
-    from netdsl import bench_torch
-    from netdsl.compiler import compile_file
+    from netdsl.tools import bench_torch
+    from netdsl.compile.compiler import compile_file
     pytest.importorskip("torch")
     monkeypatch.setattr(bench_torch, "MAPPED", tuple(m for m in bench_torch.MAPPED
                                                       if m != "tanh"))
@@ -109,7 +109,7 @@ def test_bench_compare_torch_prints_ratio_with_spread():
 
 @pytest.fixture
 def no_onednn(monkeypatch):
-    from netdsl.kernels import onednn
+    from netdsl.runtime.kernels import onednn
     monkeypatch.setattr(onednn, "_LOADED", False)
     monkeypatch.setattr(onednn, "LOAD_ERROR", "libdnnl.so.3 not found (test)")
     monkeypatch.setattr(kernels, "_NOTED", set())

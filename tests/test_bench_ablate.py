@@ -1,7 +1,7 @@
 """`netdsl bench FILE --ablate`: each pass, plan decision and provider switched off in turn.
 
 The node counts the ablation reports are checked against each pass run alone, straight from
-netdsl.passes on the uncompiled-by-passes graph, counted here by comparing node sets and
+netdsl.compile.passes on the uncompiled-by-passes graph, counted here by comparing node sets and
 attributes (not with the ablation's own counting). No timing is asserted.
 """
 import json
@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from netdsl import graph as G
-from netdsl import kernels
-from netdsl.cli import main
-from netdsl.compiler import build_graph
-from netdsl.errors import SourceFile
-from netdsl.model import BoundModel
-from netdsl.passes import PASSES, PIPELINES
-from netdsl.shapes import infer_shapes, resolve_auto
+from netdsl.core import graph as G
+from netdsl.runtime import kernels
+from netdsl.cli.app import main
+from netdsl.compile.compiler import build_graph
+from netdsl.core.errors import SourceFile
+from netdsl.compile.model import BoundModel
+from netdsl.compile.passes import PASSES, PIPELINES
+from netdsl.compile.shapes import infer_shapes, resolve_auto
 
 # Every training pass has work here: a dead branch (CONV → SIGMOID read by no loss), an
 # identity branch, two ReLUs after a BN and a conv.
@@ -37,8 +37,8 @@ INFER_NET = """INPUT(8x8x3) -> CONV(4, 3) -> BN -> RELU
 @pytest.fixture(autouse=True)
 def _no_pause(monkeypatch):
     """The pause between turns protects timings; these tests assert none."""
-    import netdsl.bench_ablate
-    monkeypatch.setattr(netdsl.bench_ablate, "PAUSE", 0.0)
+    import netdsl.tools.bench_ablate
+    monkeypatch.setattr(netdsl.tools.bench_ablate, "PAUSE", 0.0)
 
 
 def _bound(text: str) -> BoundModel:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netdsl.errors import NetdslError, SourceFile
+from netdsl.core.errors import NetdslError, SourceFile
 from netdsl.lang import expand, parse
 
 TESTS = Path(__file__).resolve().parent
@@ -45,7 +45,7 @@ def compile_until_error(path: Path, header: dict) -> None:
     source = SourceFile(f"broken/{path.name}", path.read_text(encoding="utf-8"))
     g = expand(parse(source))
     if header["stage"] == "shapes":
-        shapes = pytest.importorskip("netdsl.shapes")
+        shapes = pytest.importorskip("netdsl.compile.shapes")
         shapes.resolve_auto(g, num_classes=10)
         shapes.infer_shapes(g)
 
@@ -60,7 +60,7 @@ def test_corpus_is_complete():
 def test_broken_program_gives_located_error(path):
     header = read_header(path)
     if header["stage"] == "shapes":
-        pytest.importorskip("netdsl.shapes")
+        pytest.importorskip("netdsl.compile.shapes")
     with pytest.raises(NetdslError) as info:
         compile_until_error(path, header)
     err = info.value

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from netdsl.errors import NetdslError
+from netdsl.core.errors import NetdslError
 from netdsl.train import checkpoint as ckpt_module
 from netdsl.train.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
 from netdsl.train.optim import Adam, SGD

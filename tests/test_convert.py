@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from netdsl.cli import main
-from netdsl.compiler import compile_file, compile_text
-from netdsl.convert import convert_weights, fc_to_conv
-from netdsl.errors import NetdslError
-from netdsl.executor import Executor
+from netdsl.cli.app import main
+from netdsl.compile.compiler import compile_file, compile_text
+from netdsl.tools.convert import convert_weights, fc_to_conv
+from netdsl.core.errors import NetdslError
+from netdsl.runtime.executor import Executor
 from netdsl.train.checkpoint import load_checkpoint, save_checkpoint
 
 NET = """net small

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netdsl.errors import NetdslError
-from netdsl.train.augment import augment_batch, crop_at
-from netdsl.train.data import (convert_channels, dataset_info, fit_to_shape, load_dataset,
+from netdsl.core.errors import NetdslError
+from netdsl.data.augment import augment_batch, crop_at
+from netdsl.data.loader import (convert_channels, dataset_info, fit_to_shape, load_dataset,
                                normalise, read_splits, resize_bilinear, should_pad)
 
 MNIST10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"

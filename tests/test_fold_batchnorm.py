@@ -10,12 +10,12 @@ its inference pipeline (BN folded into the conv, the ReLU moved along).
 import numpy as np
 import pytest
 
-from netdsl import graph as G
-from netdsl.compiler import build_graph
-from netdsl.errors import SourceFile
-from netdsl.executor import Executor
-from netdsl.model import BoundModel
-from netdsl.shapes import infer_shapes, resolve_auto
+from netdsl.core import graph as G
+from netdsl.compile.compiler import build_graph
+from netdsl.core.errors import SourceFile
+from netdsl.runtime.executor import Executor
+from netdsl.compile.model import BoundModel
+from netdsl.compile.shapes import infer_shapes, resolve_auto
 
 from conftest import NETS
 from test_pass_harness import randomize_batchnorm

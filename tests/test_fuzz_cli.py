@@ -1,4 +1,4 @@
-"""A seeded fuzzer: hostile inputs through the real command line, `netdsl.cli.main(argv)`.
+"""A seeded fuzzer: hostile inputs through the real command line, `netdsl.cli.app.main(argv)`.
 
 Three families of mutated input, each run in-process with stdout/stderr captured and a per-case
 alarm, plus a few through `python -m netdsl` subprocesses:
@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from conftest import NETS, ROOT
-from netdsl.cli import main
+from netdsl.cli.app import main
 
 SEED = int(os.environ.get("NETDSL_FUZZ_SEED", "0"))
 CASES_PER_FAMILY = {"programs": 600, "data": 150, "checkpoints": 96, "subprocess": 6}

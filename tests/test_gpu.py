@@ -3,7 +3,7 @@
 Marked ``gpu``: skipped without CuPy and a usable CUDA device (tests/conftest.py), so CI and the
 CPU machines skip it. The reference is always NumPy in float64; CuPy in float64 must match it
 tightly and CuPy in float32 to 1e-4 relative (‖a − b‖ / (‖a‖ + ‖b‖), per tensor), outputs and
-gradients alike. Kernels of the ``cupy``/``cudnn`` providers (netdsl.kernels) are held to the
+gradients alike. Kernels of the ``cupy``/``cudnn`` providers (netdsl.runtime.kernels) are held to the
 same bounds wherever their ``supports`` accepts the example.
 """
 import importlib
@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from netdsl.backend import to_numpy
-from netdsl.gradcheck import bound_attrs, distinct_values, relative_error
+from netdsl.core.backend import to_numpy
+from netdsl.tools.gradcheck import bound_attrs, distinct_values, relative_error
 from netdsl.layers import Ctx, all_specs
 from netdsl.layers.init import init_param
 
@@ -34,9 +34,9 @@ def _load_gpu_providers():
     """Import the GPU provider modules where they exist, so their kernels are registered."""
     for name in GPU_PROVIDERS:
         try:
-            importlib.import_module(f"netdsl.kernels.{name}")
+            importlib.import_module(f"netdsl.runtime.kernels.{name}")
         except ModuleNotFoundError as e:
-            if e.name != f"netdsl.kernels.{name}":
+            if e.name != f"netdsl.runtime.kernels.{name}":
                 raise   # the module exists but needs something missing: that is a failure
 
 
@@ -101,7 +101,7 @@ def _layer_arrays(spec, bound, shapes, seed=0):
 @pytest.mark.parametrize("spec,index,example", CASES)
 def test_every_layer_and_gpu_kernel_matches_numpy(cp, spec, index, example, dtype):
     _load_gpu_providers()
-    from netdsl.kernels import kernels_for
+    from netdsl.runtime.kernels import kernels_for
     bound = bound_attrs(spec, example.get("attrs"))
     shapes = [tuple(s) for s in example.get("in_shapes", [])]
     arrays, labels = _layer_arrays(spec, bound, shapes)
@@ -122,7 +122,7 @@ NETS = [("lenet5", None), ("resnet18", (64, 64, 3)), ("inception_small", None)]
 
 
 def _net_graph(nets_dir, name, input_shape):
-    from netdsl.compiler import compile_text
+    from netdsl.compile.compiler import compile_text
     text = (nets_dir / f"{name}.net").read_text()
     # Dropout masks come from xp's own generator (NumPy's and CuPy's differ): take it out;
     # the per-layer test covers dropout.
@@ -132,8 +132,8 @@ def _net_graph(nets_dir, name, input_shape):
 
 def _one_step(xp, g, dtype, params, x, y):
     """Loss, gradients and weights after one SGD-with-momentum step, as NumPy float64."""
-    from netdsl.executor import Executor
-    from netdsl.train.config import TrainConfig
+    from netdsl.runtime.executor import Executor
+    from netdsl.lang.train_config import TrainConfig
     from netdsl.train.optim import make_optimizer
     to_np = (lambda a: to_numpy(a).astype(np.float64))
     ex = Executor(g, xp=xp, dtype=dtype,
@@ -154,7 +154,7 @@ _REFERENCE: dict = {}
 def _reference(nets_dir, name, input_shape):
     """(graph, initial weights, batch, NumPy float64 step), computed once per net."""
     if name not in _REFERENCE:
-        from netdsl.executor import Executor
+        from netdsl.runtime.executor import Executor
         g = _net_graph(nets_dir, name, input_shape)
         ref = Executor(g, xp=np, dtype=np.float64, seed=0)
         params = {n: {k: np.array(v) for k, v in t.items()} for n, t in ref.params.items()}
@@ -200,9 +200,9 @@ def test_whole_net_training_step_matches_numpy(cp, nets_dir, name, input_shape, 
 def test_device_labels_are_not_checked_per_step_but_numpy_ones_are(cp):
     """The loss reads no min/max of device labels (that would wait for the GPU); NumPy labels
     given to a GPU executor are checked on the host before the upload."""
-    from netdsl.compiler import compile_text
-    from netdsl.errors import NetdslError
-    from netdsl.executor import Executor
+    from netdsl.compile.compiler import compile_text
+    from netdsl.core.errors import NetdslError
+    from netdsl.runtime.executor import Executor
     g = compile_text("INPUT(4x4x1) -> CONV(2, 3) -> RELU -> FC", num_classes=3).graph
     ex = Executor(g, xp=cp, dtype=np.float32, seed=0)
     x = np.zeros((2, 4, 4, 1), np.float32)
@@ -213,8 +213,8 @@ def test_device_labels_are_not_checked_per_step_but_numpy_ones_are(cp):
 
 def test_cupy_and_numpy_agree_on_a_mixed_net(cp):
     """Concat, residual, BN and both poolings in one small net, float64, tight."""
-    from netdsl.compiler import compile_text
-    from netdsl.executor import Executor
+    from netdsl.compile.compiler import compile_text
+    from netdsl.runtime.executor import Executor
     text = ("INPUT(8x8x3) -> CONV(8, 3) -> BN -> RELU"
             " -> concat { CONV(4, 1) | MAXPOOL(3, stride=1, pad=1) }"
             " -> residual { CONV(12, 3, stride=2) -> RELU } -> AVGPOOL(2) -> FC(5)")

@@ -4,8 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-import netdsl.gradcheck as gradcheck
-from netdsl.gradcheck import TOLERANCE, check_layer, numeric_grad, relative_error
+import netdsl.tools.gradcheck as gradcheck
+from netdsl.tools.gradcheck import TOLERANCE, check_layer, numeric_grad, relative_error
 from netdsl.layers import all_specs, get
 
 

@@ -15,12 +15,12 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from netdsl.cli import main
-from netdsl.compiler import compile_text
-from netdsl.errors import NetdslError
-from netdsl.passes import VerifyError, verify
-from netdsl.summary import count_with_units, format_table, human_bytes, human_count, summarize
-from netdsl.train.data import data_facts, load_dataset
+from netdsl.cli.app import main
+from netdsl.compile.compiler import compile_text
+from netdsl.core.errors import NetdslError
+from netdsl.compile.verify import VerifyError, verify
+from netdsl.compile.summary import count_with_units, format_table, human_bytes, human_count, summarize
+from netdsl.data.loader import data_facts, load_dataset
 
 BIG = 10 ** 300
 
@@ -89,7 +89,7 @@ def test_two_inputs_are_a_located_error_at_the_second(tmp_path):
 def test_verifier_requires_exactly_one_input():
     g = compile_text("INPUT(8x8x1) -> FC", input_shape=(8, 8, 1), num_classes=10).graph
     verify(g, "test")                               # the compiled graph passes
-    from netdsl.graph import Node, add_node, node
+    from netdsl.core.graph import Node, add_node, node
     twin = node(g, next(n for n in g.nodes if node(g, n).op == "input"))
     add_node(g, Node("input_b", "input", dict(twin.attrs), out_shapes=twin.out_shapes))
     with pytest.raises(VerifyError, match="exactly one INPUT, found 2"):
@@ -120,7 +120,7 @@ def test_absurd_idx_headers_are_refused_before_reading(tmp_path, dims):
 
 
 def test_gzip_bomb_is_read_only_to_the_promised_size(tmp_path, monkeypatch):
-    from netdsl.train import idx
+    from netdsl.data import idx
     pixels = np.zeros((4, 8, 8), np.uint8).tobytes()
     spec = _mnist(tmp_path, _idx(0x803, (4, 8, 8), pixels + b"\0" * 5_000_000),
                   _idx(0x801, (4,), bytes(4)), gz=True)

@@ -5,8 +5,8 @@ plus a whole-network training step with either provider."""
 import numpy as np
 import pytest
 
-from netdsl import kernels
-from netdsl.gradcheck import bound_attrs, distinct_values
+from netdsl.runtime import kernels
+from netdsl.tools.gradcheck import bound_attrs, distinct_values
 from netdsl.layers import Ctx, get
 from netdsl.layers.init import init_param
 
@@ -190,7 +190,7 @@ INPUT(10x10x3)
 def _nets():
     from pathlib import Path
 
-    from netdsl.compiler import compile_file, compile_text
+    from netdsl.compile.compiler import compile_file, compile_text
     root = Path(__file__).resolve().parents[1] / "nets"
     yield "residual", compile_text(RESIDUAL, input_shape=(10, 10, 3), num_classes=5).graph, \
         (10, 10, 3)
@@ -202,7 +202,7 @@ def _nets():
 
 @pytest.mark.parametrize("net", list(_nets()), ids=lambda n: n[0])
 def test_training_step_same_with_either_provider(net):
-    from netdsl.executor import Executor
+    from netdsl.runtime.executor import Executor
     _, graph, shape = net
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6,) + shape).astype(np.float32)
@@ -238,7 +238,7 @@ def test_training_step_same_with_either_provider(net):
                          ids=_case_id)
 def test_multithreaded_primitives_match_too(case, monkeypatch):
     """The cases above are small enough to run on one thread; force the threaded path."""
-    from netdsl.kernels.onednn import common
+    from netdsl.runtime.kernels.onednn import common
     monkeypatch.setattr(common, "SMALL", 0)
     common.clear_cache()
     try:

@@ -3,11 +3,11 @@ NumPy (the loss; Executor.check_labels before an upload). A device check would w
 import numpy as np
 import pytest
 
-from netdsl.compiler import compile_text
-from netdsl.errors import NetdslError
-from netdsl.executor import Executor
-from netdsl.train.config import TrainConfig
-from netdsl.train.data import Dataset
+from netdsl.compile.compiler import compile_text
+from netdsl.core.errors import NetdslError
+from netdsl.runtime.executor import Executor
+from netdsl.lang.train_config import TrainConfig
+from netdsl.data.loader import Dataset
 from netdsl.train.loop import Trainer
 
 NET = "INPUT(4x4x1) -> CONV(2, 3) -> RELU -> FC"

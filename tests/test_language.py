@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from netdsl.errors import NetdslError, SourceFile
-from netdsl.graph import Frame, nodes
+from netdsl.core.errors import NetdslError, SourceFile
+from netdsl.core.graph import Frame, nodes
 from netdsl.layers import AUTO
 from netdsl.lang import expand, parse, parse_value
 
@@ -517,7 +517,7 @@ def test_set_always_accepts_the_layer_default_knobs(knob):
 
 
 def test_layer_default_knobs_reach_the_width_rule():
-    shapes = pytest.importorskip("netdsl.shapes")
+    shapes = pytest.importorskip("netdsl.compile.shapes")
     g = build("INPUT(8x8x3) -> CONV -> POOL -> CONV -> FC -> FC",
               {"WIDTH": 8, "MAX_WIDTH": 12, "HIDDEN": 7})
     shapes.resolve_auto(g, num_classes=10)
@@ -560,6 +560,6 @@ def test_unbound_hint_never_suggests_the_name_itself():
 
 def test_train_kinds_come_from_the_train_config():
     import importlib
-    from netdsl.train import config
+    from netdsl.lang import train_config as config
     expand_module = importlib.import_module("netdsl.lang.expand")   # the module, not the function
-    assert expand_module._TRAIN_KINDS is config._TYPES
+    assert expand_module._TRAIN_KINDS is config.SETTING_TYPES

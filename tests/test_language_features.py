@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from netdsl.errors import NetdslError, SourceFile
-from netdsl.graph import nodes
+from netdsl.core.errors import NetdslError, SourceFile
+from netdsl.core.graph import nodes
 from netdsl.lang import expand, parse
 from netdsl.layers import LayerSpec, base
 
@@ -240,7 +240,7 @@ def test_a_single_error_renders_as_before():
 
 
 def test_layers_command_lists_output_names(two_out, capsys):
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     assert main(["layers"]) == 0
     text = capsys.readouterr().out
     block = text[text.index("twoout_lang"):].split("\n")[:4]

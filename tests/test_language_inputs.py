@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from netdsl.cli import main
-from netdsl.compiler import compile_text
-from netdsl.graph import nodes
+from netdsl.cli.app import main
+from netdsl.compile.compiler import compile_text
+from netdsl.core.graph import nodes
 
 ALEX = """# AlexNet's first stages (Krizhevsky et al. 2012, as the course notes give them)
 INPUT(224x224x3) -> CONV(96, 11, stride=4, pad=0) -> RELU -> MAXPOOL(3, stride=2)

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from netdsl.errors import NetdslError, ShapeError
-from netdsl.gradcheck import bound_attrs, layer_inputs, layer_labels
+from netdsl.core.errors import NetdslError, ShapeError
+from netdsl.tools.gradcheck import bound_attrs, layer_inputs, layer_labels
 from netdsl.layers import AUTO, Ctx, ParamSpec, all_specs, bind_args, get, lookup
 from netdsl.layers.init import init_param
 

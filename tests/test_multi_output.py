@@ -3,13 +3,13 @@ the verifier, the executor and autodiff. Uses a test-only layer, removed afterwa
 import numpy as np
 import pytest
 
-from netdsl import graph as G
+from netdsl.core import graph as G
 from netdsl.layers import base
 from netdsl.layers import LayerSpec, bind_args, get
-from netdsl.passes import verify
-from netdsl.shapes import infer_shapes
-from netdsl.executor import Executor
-from netdsl.gradcheck import numeric_grad
+from netdsl.compile.verify import verify
+from netdsl.compile.shapes import infer_shapes
+from netdsl.runtime.executor import Executor
+from netdsl.tools.gradcheck import numeric_grad
 
 
 def _fwd(ctx, attrs, params, inputs):

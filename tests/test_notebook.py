@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from netdsl.compiler import compile_file
+from netdsl.compile.compiler import compile_file
 
 
 def test_repr_html_is_the_summary_table():

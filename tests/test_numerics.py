@@ -1,4 +1,4 @@
-"""Accurate reductions (layers/reduce.py) and located numerics (netdsl/numerics.py)."""
+"""Accurate reductions (layers/reduce.py) and located numerics (netdsl/runtime/numerics.py)."""
 import subprocess
 import sys
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from netdsl.compiler import compile_text
-from netdsl.executor import Executor
+from netdsl.compile.compiler import compile_text
+from netdsl.runtime.executor import Executor
 from netdsl.layers.reduce import channel_sums, sum_rows
-from netdsl.numerics import LossWatch, locate_nonfinite, run_step
+from netdsl.runtime.numerics import LossWatch, locate_nonfinite, run_step
 
 EPS32 = float(np.finfo(np.float32).eps)
 

@@ -8,13 +8,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from netdsl import graph as G                      # noqa: E402
-from netdsl.cli import main                        # noqa: E402
-from netdsl.compiler import compile_text           # noqa: E402
-from netdsl.errors import NetdslError              # noqa: E402
-from netdsl.executor import Executor               # noqa: E402
-from netdsl.onnx_export import EXPORTERS, to_onnx  # noqa: E402
-from netdsl.trained import load_trained            # noqa: E402
+from netdsl.core import graph as G                      # noqa: E402
+from netdsl.cli.app import main                        # noqa: E402
+from netdsl.compile.compiler import compile_text           # noqa: E402
+from netdsl.core.errors import NetdslError              # noqa: E402
+from netdsl.runtime.executor import Executor               # noqa: E402
+from netdsl.interchange.onnx_export import EXPORTERS, to_onnx  # noqa: E402
+from netdsl.interchange.trained import load_trained            # noqa: E402
 
 RTOL = 1e-5
 

@@ -10,12 +10,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from netdsl.cli import main                       # noqa: E402
-from netdsl.compiler import compile_text          # noqa: E402
-from netdsl.executor import Executor              # noqa: E402
-from netdsl.onnx_export import to_onnx            # noqa: E402
-from netdsl.onnx_import import import_file        # noqa: E402
-from netdsl.trained import load_trained           # noqa: E402
+from netdsl.cli.app import main                       # noqa: E402
+from netdsl.compile.compiler import compile_text          # noqa: E402
+from netdsl.runtime.executor import Executor              # noqa: E402
+from netdsl.interchange.onnx_export import to_onnx            # noqa: E402
+from netdsl.interchange.onnx_import import import_file        # noqa: E402
+from netdsl.interchange.trained import load_trained           # noqa: E402
 
 from test_onnx_export import MIXED, POOL_ROUNDING, randomise     # noqa: E402
 

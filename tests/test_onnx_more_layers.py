@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from netdsl.compiler import compile_text            # noqa: E402
-from netdsl.errors import NetdslError               # noqa: E402
-from netdsl.executor import Executor                # noqa: E402
+from netdsl.compile.compiler import compile_text            # noqa: E402
+from netdsl.core.errors import NetdslError               # noqa: E402
+from netdsl.runtime.executor import Executor                # noqa: E402
 from netdsl.layers import lookup                    # noqa: E402
-from netdsl.onnx_export import to_onnx              # noqa: E402
+from netdsl.interchange.onnx_export import to_onnx              # noqa: E402
 
 from test_onnx_export import assert_same_logits, randomise   # noqa: E402
 from test_onnx_import import check_same, round_trip          # noqa: E402

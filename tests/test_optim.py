@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from netdsl.errors import NetdslError
-from netdsl.train.config import TrainConfig
+from netdsl.core.errors import NetdslError
+from netdsl.lang.train_config import TrainConfig
 from netdsl.train.optim import SGD, Adam, make_optimizer
 from netdsl.train.schedule import make_schedule
 

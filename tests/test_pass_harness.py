@@ -21,13 +21,14 @@ import re
 import numpy as np
 import pytest
 
-from netdsl import graph as G
-from netdsl.compiler import build_graph
-from netdsl.errors import SourceFile
-from netdsl.executor import Executor
-from netdsl.model import BoundModel
-from netdsl.passes import PASSES, PIPELINES, VerifyError, run_model_passes, verify
-from netdsl.shapes import infer_shapes, resolve_auto
+from netdsl.core import graph as G
+from netdsl.compile.compiler import build_graph
+from netdsl.core.errors import SourceFile
+from netdsl.runtime.executor import Executor
+from netdsl.compile.model import BoundModel
+from netdsl.compile.passes import PASSES, PIPELINES, run_model_passes
+from netdsl.compile.verify import VerifyError, verify
+from netdsl.compile.shapes import infer_shapes, resolve_auto
 
 from conftest import NETS
 
@@ -139,7 +140,7 @@ def run(m: BoundModel, x, y, mode: str):
 def batch(m: BoundModel, n: int = 2):
     """Inputs and labels: one per example, or one per position for a per-pixel head (U-Net,
     SegNet), each below the head's logit count."""
-    from netdsl.model import main_head
+    from netdsl.compile.verify import main_head
     rng = np.random.default_rng(1)
     shape = [r for r in G.nodes(m.graph) if r.op == "input"][0].out_shape
     src, port = main_head(m.graph).inputs[0]
@@ -149,7 +150,7 @@ def batch(m: BoundModel, n: int = 2):
 
 
 def main_loss(m, res):
-    from netdsl.model import main_head
+    from netdsl.compile.verify import main_head
     return float(res.losses[main_head(m.graph).name])
 
 
@@ -234,7 +235,7 @@ def test_verifier_checks_weights_against_specs():
 
 
 def test_unknown_pass_is_a_user_error():
-    from netdsl.errors import NetdslError
+    from netdsl.core.errors import NetdslError
     with pytest.raises(NetdslError, match="unknown pass 'fold_bn'") as err:
         run_model_passes(bound("random1"), "infer", ["fold_bn"])
     assert "fold_batchnorm" in err.value.hint
@@ -276,7 +277,7 @@ def test_verifier_recomputes_specs_from_attributes():
 
 def test_cli_pass_flags(capsys):
     """--passes names are checked (a located user error, exit 1); -O0 is accepted."""
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     path = str(NETS / "lenet5.net")
     assert main(["summary", path, "--passes", "fold_bn"]) == 1
     assert "unknown pass 'fold_bn'" in capsys.readouterr().err

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from netdsl import graph as G
-from netdsl.compiler import build_graph
-from netdsl.errors import SourceFile
-from netdsl.executor import Executor
-from netdsl.passes import PIPELINE, verify
-from netdsl.shapes import infer_shapes, resolve_auto
+from netdsl.core import graph as G
+from netdsl.compile.compiler import build_graph
+from netdsl.core.errors import SourceFile
+from netdsl.runtime.executor import Executor
+from netdsl.compile.passes import PIPELINE
+from netdsl.compile.verify import verify
+from netdsl.compile.shapes import infer_shapes, resolve_auto
 
 BRANCHY = """
 param ROUND = floor   # 6×6 stride 2 → 3×3 (3.5 floored), then a 2×2 pool → 1×1

@@ -4,11 +4,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from netdsl.cli import main
-from netdsl.compiler import compile_text
-from netdsl.executor import Executor
-from netdsl.plots import plot_confusion
-from netdsl.show import feature_maps
+from netdsl.cli.app import main
+from netdsl.compile.compiler import compile_text
+from netdsl.runtime.executor import Executor
+from netdsl.tools.plots import plot_confusion
+from netdsl.tools.show import feature_maps
 
 TINY = "net tiny\nINPUT -> C1: CONV(4, 3, pad=valid) -> RELU -> POOL -> FC\n"
 
@@ -66,13 +66,13 @@ def test_plot_confusion(tmp_path):
 
 
 def test_missing_matplotlib_warns_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
-    import netdsl.plots
-    from netdsl.cli_diag import Pictures
-    from netdsl.errors import NetdslError
+    import netdsl.tools.plots
+    from netdsl.cli.diag import Pictures
+    from netdsl.core.errors import NetdslError
 
     def no_matplotlib():
         raise NetdslError("pictures need matplotlib, which is not installed", hint="pip install")
-    monkeypatch.setattr(netdsl.plots, "pyplot", no_matplotlib)
+    monkeypatch.setattr(netdsl.tools.plots, "pyplot", no_matplotlib)
     monkeypatch.setattr(Pictures, "warned", False)
     net = tmp_path / "tiny.net"
     net.write_text(TINY)

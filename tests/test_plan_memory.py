@@ -14,11 +14,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from netdsl import graph as G
-from netdsl.compiler import compile_file, compile_text
-from netdsl.executor import Executor
+from netdsl.core import graph as G
+from netdsl.compile.compiler import compile_file, compile_text
+from netdsl.runtime.executor import Executor
 from netdsl.layers import Ctx, get
-from netdsl.memory import plan_memory
+from netdsl.runtime.memory import plan_memory
 
 from conftest import NETS
 
@@ -84,7 +84,7 @@ def test_plan_equals_reference_walk(name):
     ex.reseed(0)
     res = ex.forward(x, y, training=True)
     grads = ex.backward()
-    from netdsl.model import main_head
+    from netdsl.compile.verify import main_head
     ref_g = G.copy_graph(g)
     ex.reseed(0)   # the same dropout stream for the reference
     values, loss, ref = _reference_with_rng(ref_g, params, x, y, ex.xp_rng)
@@ -175,7 +175,7 @@ def test_summary_reports_planned_peaks_and_O0_changes_them(capsys):
     """`netdsl summary` prints the planned training and inference peaks; the JSON carries
     them; -O0 plans the unfused graph (fused BN+ReLU drops one buffer per pair)."""
     import json
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     path = str(NETS / "inception_small.net")
     assert main(["summary", path, "--input", "16x16x3", "--batch", "8"]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,5 @@
-"""Every NumPy layer's memory-planner rule (netdsl/memory.py, memory_conv.py,
-memory_layers.py) against what its kernel really allocates, per kernel call.
+"""Every NumPy layer's memory-planner rule (the ``footprint`` hook of its registry entry,
+netdsl/layers/footprint.py) against what its kernel really allocates, per kernel call.
 
 Generic over the registry: every registered op, every example of its LayerSpec, run as a plan
 step (plan.run_forward / run_backward, as the executor runs it: recompute decisions included)
@@ -20,13 +20,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from netdsl.gradcheck import bound_attrs, layer_inputs, layer_labels
+from netdsl.tools.gradcheck import bound_attrs, layer_inputs, layer_labels
 from netdsl.layers import Ctx, all_specs
 from netdsl.layers.init import init_param
-from netdsl.memory import footprint
-from netdsl.memory_layers import RULES
-from netdsl.plan import Step, _conv_cols_exceed_input, run_backward, run_forward
-from netdsl.workspace import Scratch
+from netdsl.runtime.memory import footprint
+from netdsl.runtime.plan import Step, _conv_cols_exceed_input, run_backward, run_forward
+from netdsl.core.workspace import Scratch
 
 TARGET = 4 << 20    # bytes of the first input (float32)
 # NumPy's iterators buffer strided or broadcast operands 8192 elements at a time (up to ~100 KB
@@ -94,8 +93,8 @@ def _dout(spec, out):
     return douts if spec.outputs > 1 else douts[0]
 
 
-# Known off, outside this file's rules (memory_conv.py): the NumPy conv's fresh backward
-# allocations for a grouped conv (ex1: +40% of the input) and a dilated valid one (ex2: +50%)
+# Known off (conv's footprint hook, layers/conv.py): the NumPy conv's fresh backward allocations
+# for a grouped conv (ex1: +40% of the input) and a dilated valid one (ex2: +50%)
 # on a large batch of tiny maps. Not strict: the chunking depends on the worker threads.
 KNOWN_OFF = {("conv", 1, True), ("conv", 2, True)}
 
@@ -105,7 +104,7 @@ def _marked(cases):
         spec, example = case.values
         k = spec.all_examples().index(example)
         for training in (True, False):
-            marks = [pytest.mark.xfail(reason="memory_conv.py's backward rule", strict=False)] \
+            marks = [pytest.mark.xfail(reason="the conv footprint's backward rule", strict=False)] \
                 if (spec.name, k, training) in KNOWN_OFF else []
             yield pytest.param(spec, example, training, marks=marks,
                                id=f"{case.id}-{'train' if training else 'infer'}")
@@ -113,7 +112,7 @@ def _marked(cases):
 
 @pytest.mark.parametrize("spec,example,training", list(_marked(CASES)))
 def test_rule_is_what_the_kernel_allocates(spec, example, training):
-    """As the executor runs a step: with a Scratch region (netdsl/workspace.py) per pass,
+    """As the executor runs a step: with a Scratch region (netdsl/core/workspace.py) per pass,
     grown by a first step, so the measured step allocates only what outlives its temporaries
     (and the region's use is compared with the rule's scratch bytes)."""
     st, batch, inputs, params, labels = _case(spec, example, training)
@@ -147,14 +146,7 @@ def test_rule_is_what_the_kernel_allocates(spec, example, training):
 
 
 def test_every_layer_has_a_rule_of_its_own():
-    """No registered op falls to memory.py's conservative default: each one's rule is either
-    memory.py's own (checked by name here) or memory_layers.RULES."""
-    own = {"conv", "fc", "batchnorm", "relu", "tanh", "sigmoid", "pool", "maxpool", "avgpool",
-           "gap", "flatten", "identity", "input", "dropout", "concat", "add", "softmax_xent"}
-    missing = {s.name for s in all_specs()} - own - set(RULES)
-    assert not missing
-    import inspect
-    import netdsl.memory as M
-    source = inspect.getsource(M.footprint)
-    for op in own:
-        assert f'"{op}"' in source, op
+    """No registered layer falls to memory.py's conservative default: each entry carries its
+    own ``footprint`` hook (as it carries its shape rule and MACs)."""
+    missing = {s.name for s in all_specs() if s.footprint is None}
+    assert not missing, missing

@@ -1,6 +1,6 @@
-"""The memory planner on the oneDNN provider's kernels (netdsl/kernels/onednn/footprint.py)
+"""The memory planner on the oneDNN provider's kernels (netdsl/runtime/kernels/onednn/footprint.py)
 against what a step really allocates: tracemalloc's peak during a steady-state step plus the
-memory held across steps on purpose (netdsl.workspace.held_bytes(): the oneDNN scratchpad
+memory held across steps on purpose (netdsl.core.workspace.held_bytes(): the oneDNN scratchpad
 region), i.e. `netdsl bench`'s measured peak. The expected values come from tracemalloc, an
 independent measurement, never from the planner.
 
@@ -12,19 +12,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netdsl import kernels
-from netdsl.bench import peak_memory
-from netdsl.compiler import compile_file
-from netdsl.executor import Executor
-from netdsl.memory import plan_memory
+from netdsl.runtime import kernels
+from netdsl.tools.bench import peak_memory
+from netdsl.compile.compiler import compile_file
+from netdsl.runtime.executor import Executor
+from netdsl.runtime.memory import plan_memory
 
 from conftest import NETS
 
 if not kernels.available("onednn"):
     pytest.skip("oneDNN (libdnnl.so.3) cannot load here", allow_module_level=True)
 
-from netdsl import workspace  # noqa: E402
-from netdsl.kernels.onednn.common import lib  # noqa: E402
+from netdsl.core import workspace  # noqa: E402
+from netdsl.runtime.kernels.onednn.common import lib  # noqa: E402
 
 # The four benchmark nets (docs/performance.md), on smaller inputs where the net allows.
 BENCH_NETS = {
@@ -49,7 +49,7 @@ TEXT_NETS = {"strided_grads": STRIDES_NET, "strided_inputs": STRIDED_INPUTS_NET}
 
 def _executor(name, mode):
     if name in TEXT_NETS:
-        from netdsl.compiler import compile_text
+        from netdsl.compile.compiler import compile_text
         g = compile_text(TEXT_NETS[name], num_classes=10).graph
     else:
         path, shape, sets = BENCH_NETS[name]
@@ -98,14 +98,14 @@ def test_scratchpad_is_user_memory_counted_and_planned():
     assert workspace.held_bytes() >= pad.nbytes
     assert measured >= pad.nbytes
     # Every primitive with a scratchpad binds one (an execute argument), none owns memory.
-    from netdsl.kernels.onednn import common
+    from netdsl.runtime.kernels.onednn import common
     prims = [p for v in common._CACHE.values() for p in _primitives(v)]
     assert any(p.scratch for p in prims)
     assert all(("scratchpad" in p.mds) == bool(p.scratch) for p in prims)
 
 
 def _primitives(value):
-    from netdsl.kernels.onednn._lib import Primitive
+    from netdsl.runtime.kernels.onednn.capi import Primitive
     if isinstance(value, Primitive):
         return [value]
     if isinstance(value, tuple):
@@ -132,7 +132,7 @@ def test_results_do_not_depend_on_what_the_scratchpad_held():
 
 
 def test_scratchpad_grows_to_the_largest_need_and_releases():
-    from netdsl.kernels.onednn._lib import Scratchpad
+    from netdsl.runtime.kernels.onednn.capi import Scratchpad
     pad = Scratchpad()
     a = pad.reserve(100)
     assert a % Scratchpad.ALIGN == 0 and pad.nbytes == Scratchpad.held_bytes(100)
@@ -176,7 +176,7 @@ def test_each_onednn_rule_is_what_its_kernel_allocates(name, mode):
     """Per oneDNN step: the bytes its forward call allocates at its peak are the rule's output
     + cache + forward temporaries, and its backward's the parameter gradients + fresh input
     gradients + backward temporaries, within 1% (+ 8 KB of Python objects)."""
-    from netdsl.memory import footprint
+    from netdsl.runtime.memory import footprint
     ex = _executor(name, mode)
     batch, training = 8, mode == "train"
     step = _step(ex, mode, batch)
@@ -205,7 +205,7 @@ def test_strided_incoming_gradients_are_the_ones_marked():
     predicted from the NumPy kernels of their readers (concat, GAP, padded pooling and
     locally connected layers, an add passing a concat's slice on to a batch norm): checked
     here against the arrays themselves, so a change to those kernels shows up."""
-    from netdsl.kernels.onednn.footprint import STRIDED
+    from netdsl.runtime.kernels.onednn.footprint import STRIDED
     execs = [_executor(name, "train") for name in ("inception_small", "resnet20", "strided_grads")]
     marked = seen = 0
     for ex in execs:
@@ -237,7 +237,7 @@ def test_strided_incoming_gradients_are_the_ones_marked():
 def test_strided_inputs_are_the_ones_marked():
     """Likewise for inputs: a crop is a strided view, which the oneDNN kernels copy (the
     planner counts the copy); a locally connected layer's output is contiguous."""
-    from netdsl.kernels.onednn.footprint import STRIDED_X
+    from netdsl.runtime.kernels.onednn.footprint import STRIDED_X
     ex = _executor("strided_inputs", "train")
     plan_memory(ex.plan, 4, training=True)
     contiguous = {}

@@ -3,11 +3,11 @@ uninterrupted one, with dropout, augmentation and batch norm, mid-epoch included
 import numpy as np
 import pytest
 
-from netdsl.compiler import compile_text
-from netdsl.errors import NetdslError
-from netdsl.executor import Executor
-from netdsl.train.config import TrainConfig
-from netdsl.train.data import Dataset
+from netdsl.compile.compiler import compile_text
+from netdsl.core.errors import NetdslError
+from netdsl.runtime.executor import Executor
+from netdsl.lang.train_config import TrainConfig
+from netdsl.data.loader import Dataset
 from netdsl.train.loop import Trainer, batch_bounds
 
 NET = "INPUT(6x6x1) -> CONV(4, 3) -> BN -> RELU -> DROPOUT(0.3) -> POOL -> FC(12) -> DROPOUT(0.5) -> FC"

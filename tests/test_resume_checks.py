@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import NETS, ROOT
-from netdsl.compiler import compile_text
-from netdsl.errors import NetdslError
+from netdsl.compile.compiler import compile_text
+from netdsl.core.errors import NetdslError
 from netdsl.train.fingerprint import diff_fingerprints, graph_fingerprint
 from test_run_safety import _NO_DATA, netdsl, trainer
 

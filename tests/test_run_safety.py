@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import NETS, ROOT
-from netdsl.compiler import compile_text
-from netdsl.errors import NetdslError
-from netdsl.executor import Executor
-from netdsl.memory_estimate import check_fits, estimate_run_bytes
+from netdsl.compile.compiler import compile_text
+from netdsl.core.errors import NetdslError
+from netdsl.runtime.executor import Executor
+from netdsl.runtime.memory_estimate import check_fits, estimate_run_bytes
 from netdsl.train.checkpoint import save_checkpoint
-from netdsl.train.config import TrainConfig
-from netdsl.train.data import Dataset
+from netdsl.lang.train_config import TrainConfig
+from netdsl.data.loader import Dataset
 from netdsl.train.fingerprint import graph_fingerprint
 from netdsl.train.loop import Interrupted, Trainer
 from netdsl.train.rundir import open_run_dir
@@ -41,7 +41,7 @@ def netdsl(*args, timeout=300):
 _KILL_AT_STEP = textwrap.dedent("""
     import os, signal, sys
     from netdsl.train import optim
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     real, calls = optim.SGD.step, [0]
     def step(self, *a, **k):
         real(self, *a, **k)
@@ -182,12 +182,12 @@ def test_interrupted_epoch_row_equals_the_straight_one(tmp_path):
 # The real CLI with the dataset loader replaced by a tripwire.
 _NO_DATA = textwrap.dedent("""
     import sys
-    from netdsl.train import data
+    from netdsl.data import loader as data
     def tripwire(*a, **k):
         print("DATA LOADED", file=sys.stderr)
         sys.exit(3)
     data.load_dataset = tripwire
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -290,7 +290,7 @@ def test_leftover_temp_files_are_removed_and_others_kept(tmp_path):
 # -- memory ------------------------------------------------------------------------------
 
 def test_memory_estimate_counts_by_hand():
-    from netdsl.memory import memory_table
+    from netdsl.runtime.memory import memory_table
     g = compile_text("INPUT(4x4x1) -> FC(3)", num_classes=3).graph
     est = estimate_run_bytes(g, batch_size=10, optimizer="sgd", momentum=0.9,
                              dataset_examples=100)
@@ -317,7 +317,7 @@ def test_check_fits_refuses_with_both_sizes():
 
 
 def test_byte_counts_print_without_overflow():
-    from netdsl.memory_estimate import format_bytes
+    from netdsl.runtime.memory_estimate import format_bytes
     assert [format_bytes(n) for n in (0, 1023, 1536, 3 * 2 ** 40)] == \
         ["0 B", "1023 B", "1.5 KiB", "3.0 TiB"]
     assert format_bytes(10 ** 400) == f"{10 ** 400 // 2 ** 60:,} EiB"

@@ -1,4 +1,4 @@
-"""The Scratch region (netdsl/workspace.py) and the fast NumPy conv built on it.
+"""The Scratch region (netdsl/core/workspace.py) and the fast NumPy conv built on it.
 
 * Scratch itself: takes are disjoint until a reset, reuse the same memory after it, grow the
   region only between calls, count in held_bytes().
@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 
 from conftest import NETS
-from netdsl.compiler import compile_file
-from netdsl.executor import Executor
+from netdsl.compile.compiler import compile_file
+from netdsl.runtime.executor import Executor
 from netdsl.layers import Ctx, get
 from netdsl.layers import conv as conv_mod
+from netdsl.layers.geometry import conv_padding
 from netdsl.layers import im2col as im2col_mod
 from netdsl.layers.naive import conv as naive_conv
 from netdsl.layers.structure import as_pair
-from netdsl import workspace
-from netdsl.workspace import Scratch, held_bytes
+from netdsl.core import workspace
+from netdsl.core.workspace import Scratch, held_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def _reference_grads(attrs, w, x, dout):
     dx = np.einsum("dijf,nijf->nd", jac, dout).reshape(x.shape)
     kh, kw, cg, f = w.shape
     (sh, sw), (dh, dw) = as_pair(attrs["stride"]), as_pair(attrs["dilation"])
-    ph, pw = conv_mod.conv_padding(attrs)
+    ph, pw = conv_padding(attrs)
     xpad = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     fg = f // attrs["groups"]
     dwt = np.zeros_like(w)
@@ -204,7 +205,8 @@ def _compiled(name):
 
 
 def _batch(ex, g):
-    from netdsl.graph import losses, node
+    from netdsl.core.graph import node
+    from netdsl.compile.verify import losses
     head = max(losses(g), key=lambda h: float(h.attrs.get("weight", 1.0)))
     logits_shape = node(g, head.inputs[0][0]).out_shapes[head.inputs[0][1]]
     rng = np.random.default_rng(0)
@@ -220,7 +222,7 @@ def test_scratch_matches_fresh_arrays_on_every_net(name):
     # 1e-9 is a wrong value, not a different summation order. The nets with 4096-wide FCs
     # (10^7–10^8 weights) run in float32 (a 1e-4 tolerance) to keep the suite quick: a value
     # from an overwritten scratch buffer is off by O(1) either way.
-    from netdsl.graph import nodes
+    from netdsl.core.graph import nodes
     big = sum(r.n_params or 0 for r in nodes(g)) > 5_000_000
     tol = 1e-4 if big else 1e-9
     ex = Executor(g, dtype=np.float32 if big else np.float64, seed=0, kernels="numpy")
@@ -262,7 +264,7 @@ def test_planned_peak_follows_the_thread_count(monkeypatch):
     """Each worker thread of the conv's chunk loop has its own column buffers: the planner
     counts them, and measured and planned peaks agree with 1 and with 2 threads."""
     from test_plan_memory import _train_peak
-    from netdsl.memory import plan_memory
+    from netdsl.runtime.memory import plan_memory
     g = _compiled("cs231n")
     peaks = {}
     for threads in (1, 2):

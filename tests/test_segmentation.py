@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netdsl.executor import Executor
+from netdsl.runtime.executor import Executor
 
 MNIST10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
 
@@ -22,8 +22,8 @@ def test_per_pixel_digit_segmentation_learns_on_mnist():
     100 Adam steps the per-pixel accuracy beats predicting background everywhere."""
     if not MNIST10K.is_dir():
         pytest.skip(f"no MNIST at {MNIST10K}")
-    from netdsl.compiler import compile_text
-    from netdsl.train.datasets import read_mnist
+    from netdsl.compile.compiler import compile_text
+    from netdsl.data.datasets import read_mnist
     from netdsl.train.optim import Adam
     x, y = read_mnist(MNIST10K).test
     # The centre 24×24 (MNIST's digits fit in 20×20) halved to 12×12: a fast test whose pools

@@ -1,10 +1,10 @@
 """Stage 3–4: defaults of bare layers and shape inference errors."""
 import pytest
 
-from netdsl import graph as G
-from netdsl.compiler import build_graph, compile_text
-from netdsl.errors import NetdslError, SourceFile
-from netdsl.shapes import infer_shapes, resolve_auto
+from netdsl.core import graph as G
+from netdsl.compile.compiler import build_graph, compile_text
+from netdsl.core.errors import NetdslError, SourceFile
+from netdsl.compile.shapes import infer_shapes, resolve_auto
 
 
 def widths(text, **kw):

@@ -1,10 +1,10 @@
 """`netdsl sizes`: exact input sides, checked against a hand-written walk of AlexNet's geometry."""
 import pytest
 
-from netdsl.cli import main
-from netdsl.compiler import build_graph
-from netdsl.errors import SourceFile
-from netdsl.sizes import nearest, valid_sizes
+from netdsl.cli.app import main
+from netdsl.compile.compiler import build_graph
+from netdsl.core.errors import SourceFile
+from netdsl.tools.sizes import nearest, valid_sizes
 
 ALEXNET = """net alexnet
 INPUT(227x227x3) -> CONV(96, 11, stride=4, pad=0) -> RELU -> POOL(3, stride=2)

@@ -40,12 +40,12 @@ def _import_layers():
 
 layers, REAL_LAYERS = _import_layers()
 
-from netdsl import draw as draw_mod  # noqa: E402
-from netdsl.draw import draw, fold_map, op_label, to_dot  # noqa: E402
-from netdsl.errors import NetdslError  # noqa: E402
-from netdsl.graph import Frame, Node, add_node, new_graph  # noqa: E402
+from netdsl.compile import draw as draw_mod  # noqa: E402
+from netdsl.compile.draw import draw, fold_map, op_label, to_dot  # noqa: E402
+from netdsl.core.errors import NetdslError  # noqa: E402
+from netdsl.core.graph import Frame, Node, add_node, new_graph  # noqa: E402
 from netdsl.layers.base import LayerSpec, ParamSpec  # noqa: E402
-from netdsl.summary import count_with_units, format_table, human_bytes, summarize  # noqa: E402
+from netdsl.compile.summary import count_with_units, format_table, human_bytes, summarize  # noqa: E402
 
 
 def _spec(name, role="layer", label=(), style=None, outputs=1):
@@ -201,7 +201,7 @@ def test_summary_scales_with_batch_and_dtype_but_params_do_not():
 
 
 def test_summary_keeps_duplicate_inputs_and_locations():
-    from netdsl.errors import Location, SourceFile
+    from netdsl.core.errors import Location, SourceFile
     g = new_graph("cat")
     put(g, "x", "input", out=(4, 4, 2))
     put(g, "a", "conv", ["x"], (4, 4, 3))
@@ -440,7 +440,7 @@ def test_real_vgg16_totals_match_the_published_counts(monkeypatch):
     """VGG-16 (configuration D) built by hand, shapes from the real layers: 138,357,544
     parameters and 15.47 G MACs are the counts published for it (e.g. by torchvision)."""
     monkeypatch.undo()
-    shapes = pytest.importorskip("netdsl.shapes")
+    shapes = pytest.importorskip("netdsl.compile.shapes")
     real = importlib.import_module("netdsl.layers")
     g = new_graph("vgg16")
 

@@ -3,9 +3,9 @@ import csv
 
 import pytest
 
-from netdsl.cli import main
-from netdsl.errors import NetdslError
-from netdsl.sweep import instances, parse_sweep_sets
+from netdsl.cli.app import main
+from netdsl.core.errors import NetdslError
+from netdsl.tools.sweep import instances, parse_sweep_sets
 
 NET = "net s\nparam N = 1\nINPUT(8x8x1) -> [CONV(4, 3) -> RELU]*N -> POOL(2) -> FC(10)\n"
 # Parameters by hand: first conv 3·3·1·4 + 4 = 40, each further conv 3·3·4·4 + 4 = 148,

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from netdsl.cli import main
+from netdsl.cli.app import main
 from netdsl.train.checkpoint import load_checkpoint
-from netdsl.train.data import load_dataset
+from netdsl.data.loader import load_dataset
 
 from conftest import NETS
 
@@ -62,7 +62,7 @@ def test_checkpoint_records_preprocessing(trained):
 def test_trained_lenet5_matches_onnxruntime(trained, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from netdsl.trained import load_trained
+    from netdsl.interchange.trained import load_trained
     out = tmp_path / "lenet5.onnx"
     assert main(["export", trained["net"], "--weights", trained["ckpt"], "-o", str(out)]) == 0
     x, _ = held_out(trained)
@@ -83,7 +83,7 @@ def test_eval_reproduces_training_accuracy(trained, capsys):
     # Confusion matrix from an independent count (scikit-learn) of the executor's predictions
     # on the trainer's own held-out tensors.
     from sklearn.metrics import confusion_matrix
-    from netdsl.trained import load_trained
+    from netdsl.interchange.trained import load_trained
     x, y = held_out(trained)
     pred = load_trained(trained["net"], trained["ckpt"]).executor().predict(x)
     expected = confusion_matrix(y, pred, labels=range(10))
@@ -115,7 +115,7 @@ def test_predict_npy_and_png_agree_with_softmax_of_logits(trained, tmp_path, cap
     assert [r["input"] for r in results] == [f"{batch}[0]", f"{batch}[1]", f"{batch}[2]",
                                              str(png)]
     # Expected: float64 softmax of the logits on the trainer's own prepared tensors.
-    from netdsl.trained import load_trained
+    from netdsl.interchange.trained import load_trained
     x, _ = held_out(trained)
     logits = load_trained(trained["net"], trained["ckpt"]).executor().forward(
         x[-3:]).logits.astype(np.float64)
@@ -222,7 +222,7 @@ def test_safetensors_weights(trained, tmp_path, capsys):
     # A file written by the official writer reads back too.
     other = tmp_path / "official.safetensors"
     st.save_file(expected, str(other))
-    from netdsl.safetensors_io import read_safetensors
+    from netdsl.interchange.safetensors_io import read_safetensors
     back = read_safetensors(str(other))["params"]
     for node, t in ck["params"].items():
         for k, v in t.items():
@@ -230,7 +230,7 @@ def test_safetensors_weights(trained, tmp_path, capsys):
 
 
 def test_crop_ink_cuts_the_bounding_box_into_a_square():
-    from netdsl.preprocess import crop_ink
+    from netdsl.data.preprocess import crop_ink
     a = np.zeros((10, 12, 1), np.float32)
     a[2:5, 3:9, 0] = 1.0          # ink: 3 rows × 6 columns
     a[0, 0, 0] = 0.05             # below 10% of the brightest: background
@@ -313,12 +313,12 @@ def test_missing_optional_packages_are_clear_errors(trained, tmp_path, monkeypat
 
 
 def test_predict_refuses_a_map_of_scores():
-    from netdsl.compiler import compile_text
-    from netdsl.errors import NetdslError
-    from netdsl.executor import Executor
+    from netdsl.compile.compiler import compile_text
+    from netdsl.core.errors import NetdslError
+    from netdsl.runtime.executor import Executor
     from netdsl.layers import lookup
-    from netdsl.predict import logits_of
-    from netdsl.trained import Trained
+    from netdsl.tools.predict import logits_of
+    from netdsl.interchange.trained import Trained
     if lookup("softmax_xent2d") is None:
         pytest.skip("no per-position loss layer")
     c = compile_text("INPUT(6x6x1) -> CONV(3, 1) -> SOFTMAX_XENT2D", mode="infer")

@@ -4,12 +4,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from netdsl.cli import main
-from netdsl.compiler import compile_file
-from netdsl.errors import NetdslError
-from netdsl.executor import Executor
+from netdsl.cli.app import main
+from netdsl.compile.compiler import compile_file
+from netdsl.core.errors import NetdslError
+from netdsl.runtime.executor import Executor
 from netdsl.train.optim import SGD, Adam
-from netdsl.trainmem import TrainMemory, parse_bytes
+from netdsl.tools.trainmem import TrainMemory, parse_bytes
 
 NETS = {"lenet5": None, "cs231n": (32, 32, 3)}
 
@@ -70,7 +70,7 @@ def test_cli_summary_memory(capsys):
 
 def test_peak_agrees_with_the_run_safety_estimate():
     # Two modules count the same run: the report's peak is the estimate without the dataset.
-    from netdsl.memory_estimate import estimate_run_bytes
+    from netdsl.runtime.memory_estimate import estimate_run_bytes
     g = compile_file("nets/lenet5.net", num_classes=10).graph
     ours = TrainMemory(g, optimizer="adam", weight_decay=1e-4).report(64)["peak"]
     theirs = estimate_run_bytes(g, batch_size=64, optimizer="adam", momentum=0.0,

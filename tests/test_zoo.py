@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import NETS
-from netdsl.cli import main
-from netdsl.compiler import compile_file
-from netdsl.executor import Executor
-from netdsl.summary import summarize
+from netdsl.cli.app import main
+from netdsl.compile.compiler import compile_file
+from netdsl.runtime.executor import Executor
+from netdsl.compile.summary import summarize
 
 ALL_NETS = sorted(p.stem for p in NETS.glob("*.net"))
 ZOO = ["alexnet", "zfnet", "vgg19", "googlenet", "resnet34", "resnet50", "allcnn_c", "deepface",
@@ -129,7 +129,7 @@ def test_googlenet_table1():
         assert abs(weights / 1024 - table_k) / table_k < 0.08, name
         channels = int(out.split("×")[-1])
     assert by_name["gap1"]["activations"] == 1024           # "avg pool 1×1×1024"
-    from netdsl.graph import losses   # main head 1, aux heads 0.3 each (section 5)
+    from netdsl.compile.verify import losses   # main head 1, aux heads 0.3 each (section 5)
     g = compile_file(str(NETS / "googlenet.net"), need_data=False).graph
     assert sorted(float(h.attrs["weight"]) for h in losses(g)) == [0.3, 0.3, 1.0]
 
@@ -171,7 +171,7 @@ def test_segnet_mini_unpools_at_the_switches():
     s = summary("segnet_mini")
     unpool = rows(s, "maxunpool")
     assert [r["output_shape"] for r in unpool] == ["14×14×32", "28×28×16"]
-    from netdsl.graph import node
+    from netdsl.core.graph import node
     g = compile_file(str(NETS / "segnet_mini.net"), need_data=False).graph
     # values from the decoder, positions from the matching pool's output 1 (its switches)
     assert [list(node(g, r["name"]).inputs) for r in unpool] == \
@@ -212,7 +212,8 @@ SMALL = {"alexnet": ("67x67x3", {}), "zfnet": ("64x64x3", {}), "vgg16": ("32x32x
 def compile_small(name):
     """(graph, main logits shape) of a zoo net at its reduced size (SMALL); the logits shape
     is (K,) or (H, W, K) per pixel. Shared with tests/test_zoo_memory.py."""
-    from netdsl.graph import losses, node
+    from netdsl.core.graph import node
+    from netdsl.compile.verify import losses
     shape, sets = SMALL[name]
     dims = tuple(int(v) for v in shape.split("x")) if shape else None
     g = compile_file(str(NETS / f"{name}.net"), need_data=False, overrides=sets,

@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from netdsl import graph as G
-from netdsl.cli import _check_heads
-from netdsl.errors import NetdslError, ShapeError
-from netdsl.executor import Executor
-from netdsl.gradcheck import TOLERANCE, bound_attrs, check_layer, numeric_grad
+from netdsl.core import graph as G
+from netdsl.cli.common import check_heads
+from netdsl.core.errors import NetdslError, ShapeError
+from netdsl.runtime.executor import Executor
+from netdsl.tools.gradcheck import TOLERANCE, bound_attrs, check_layer, numeric_grad
 from netdsl.layers import Ctx, bind_args, get, lookup
-from netdsl.passes import verify
-from netdsl.shapes import infer_shapes
+from netdsl.compile.verify import losses, verify
+from netdsl.compile.shapes import infer_shapes
 
 RNG = np.random.default_rng(3)
 
@@ -58,7 +58,7 @@ def test_lrn_even_window_is_pytorchs():
 
 def test_reference_catches_a_convention_that_gradcheck_cannot(monkeypatch):
     """An LRN with the other α convention has consistent gradients but a wrong forward."""
-    import netdsl.gradcheck as gradcheck
+    import netdsl.tools.gradcheck as gradcheck
     spec = get("lrn")
 
     def flip(attrs):
@@ -293,9 +293,9 @@ def test_segnet_mini_gradients_through_switch_ports():
 
 
 def test_check_heads_accepts_a_per_pixel_head_with_enough_channels():
-    _check_heads(build_segnet(classes=3), 3, "toy")
+    check_heads(build_segnet(classes=3), 3, "toy")
     with pytest.raises(NetdslError, match="3 channels per position .* 10 classes") as info:
-        _check_heads(build_segnet(classes=3), 10, "mnist")
+        check_heads(build_segnet(classes=3), 10, "mnist")
     assert "kernel=1" in info.value.hint
 
 
@@ -307,7 +307,7 @@ INPUT(12x12x1) -> e: CONV(4, pad=valid) -> LEAKYRELU -> POOL2 -> LRN(3, alpha_ov
 
 
 def test_new_layers_written_in_the_language_compile_and_train_a_step():
-    from netdsl.compiler import compile_text
+    from netdsl.compile.compiler import compile_text
     g = compile_text(TINY_UNET, num_classes=3).graph
     local = G.node(g, "local1")
     assert local.out_shapes == ((5, 5, 4),) and local.n_params == 5 * 5 * (4 * 4 + 4)
@@ -329,7 +329,7 @@ def test_lrn_refuses_k_zero():
 
 
 def test_diagram_names_the_switch_port():
-    from netdsl.draw import to_dot
+    from netdsl.compile.draw import to_dot
     source = to_dot(build_segnet()).source
     assert '<td port="o1">switches: 2×2×2</td>' in source
     assert 'tailport=o1' in source.replace('"', "")   # the unpool reads the switches port
@@ -338,18 +338,18 @@ def test_diagram_names_the_switch_port():
 def test_language_doc_unet_example_compiles_with_its_stated_sizes():
     """The U-Net example of docs/language.md: the crop really cuts 24×24 to 20×20."""
     from pathlib import Path
-    from netdsl.compiler import compile_text
+    from netdsl.compile.compiler import compile_text
     doc = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
     section = doc.split("### U-Net's up-conv and copy-and-crop")[1]
     g = compile_text(section.split("```")[1], num_classes=11).graph
     crop = G.node(g, "crop1")
     assert crop.in_shapes == ((24, 24, 16), (20, 20, 16)) and crop.out_shapes == ((20, 20, 16),)
-    head = G.node(g, G.losses(g)[0].inputs[0][0])
+    head = G.node(g, losses(g)[0].inputs[0][0])
     assert head.out_shapes == ((20, 20, 11),)
 
 
 def test_netdsl_layers_lists_every_layer_and_the_switches_output(capsys):
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     from netdsl.layers import all_specs
     assert main(["layers"]) == 0
     out = capsys.readouterr().out
@@ -361,7 +361,7 @@ def test_netdsl_layers_lists_every_layer_and_the_switches_output(capsys):
 def test_summary_of_a_net_beyond_any_memory_prints_without_a_plan(tmp_path, capsys):
     """Found by the fuzzer once the zoo layers joined its vocabulary: a transposed conv with a
     stride of 2^31 gives a tensor NumPy cannot describe; the summary says so instead of exit 70."""
-    from netdsl.cli import main
+    from netdsl.cli.app import main
     net = tmp_path / "huge.net"
     net.write_text("INPUT(12x12x1) -> DECONV(2, 7, 2147483648) -> FC\n")
     assert main(["summary", str(net)]) == 0

@@ -2,9 +2,9 @@
 tests/test_zoo.py: the planned peak of a training step and of an inference batch within 10% of
 the measured one, with the NumPy kernels and with oneDNN's (where the library loads).
 
-Measured as `netdsl bench` measures (netdsl.bench.peak_memory): tracemalloc's peak during a
+Measured as `netdsl bench` measures (netdsl.tools.bench.peak_memory): tracemalloc's peak during a
 steady-state step beyond what was held before it, plus what is held across steps on purpose
-(netdsl.workspace.held_bytes(): the Scratch region, oneDNN's scratchpad). An independent
+(netdsl.core.workspace.held_bytes(): the Scratch region, oneDNN's scratchpad). An independent
 measurement: the expected values never come from the planner.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import NETS
-from netdsl import kernels
-from netdsl.bench import peak_memory
-from netdsl.compiler import compile_file
-from netdsl.executor import Executor
-from netdsl.memory import plan_memory
+from netdsl.runtime import kernels
+from netdsl.tools.bench import peak_memory
+from netdsl.compile.compiler import compile_file
+from netdsl.runtime.executor import Executor
+from netdsl.runtime.memory import plan_memory
 from test_zoo import SMALL, compile_small
 
 BATCH = 2
@@ -31,7 +31,7 @@ PROVIDERS = ["numpy"] + (["onednn"] if kernels.available("onednn") else [])
 
 def _release():
     if kernels.available("onednn"):     # the region as this net's primitives alone grow it
-        from netdsl.kernels.onednn.common import lib
+        from netdsl.runtime.kernels.onednn.common import lib
         lib().scratchpad.release()
 
 
@@ -72,7 +72,7 @@ def test_planned_peaks_within_10_percent_of_measured(name, provider):
 def test_bench_runs_a_segmentation_net():
     """`netdsl bench` draws one label per pixel for a per-pixel head (SegNet, U-Net): its
     step runs, and its measured peak is the planned one within 10%."""
-    from netdsl.bench import label_shape, netdsl_setup
+    from netdsl.tools.bench import label_shape, netdsl_setup
     g = compile_file(str(NETS / "segnet_mini.net"), need_data=False).graph
     assert label_shape(g, 3) == (3, 28, 28)
     c = type("Compiled", (), {"graph": g})()
@@ -92,7 +92,7 @@ def test_segnet_timeline_step_by_step(monkeypatch):
     call's peak, within 5% + 128 KB. This pins lifetimes: the switches and the pooled values
     (one step's two outputs) die apart, the prediction lives to the end of the step."""
     import tracemalloc
-    import netdsl.memory as M
+    import netdsl.runtime.memory as M
     batch = 16     # lifetimes scale with it, NumPy's iterator buffers (~100 KB) do not
     ex, x, y = _setup("segnet_mini", "onednn", batch)
     step = lambda: (ex.forward(x, y, training=True), ex.backward())  # noqa: E731

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_DIR, NETS
-from netdsl.compiler import compile_file
-from netdsl.executor import Executor
+from netdsl.compile.compiler import compile_file
+from netdsl.runtime.executor import Executor
 from netdsl.train.optim import Adam
 
 pytestmark = pytest.mark.slow   # trains (10–40 s each on the shared machine)
@@ -48,7 +48,7 @@ def test_allcnn_c_cut_down_learns_digits():
 def _segmentation_data():
     """Images and per-pixel labels: digit class + 1 where the ink is (> 0.4), 0 elsewhere."""
     if MNIST_DIR.is_dir():
-        from netdsl.train.datasets import read_mnist
+        from netdsl.data.datasets import read_mnist
         x, y = read_mnist(MNIST_DIR).test
         # The centre 24×24 (MNIST's digits fit in 20×20) halved to 12×12: fast, and the pools
         # (12 → 6 → 3) see the whole digit.

@@ -1,6 +1,6 @@
 """The syntax tree of a `.net` program, as the parser builds it and the expander reads it.
 
-Every node keeps the :class:`~netdsl.errors.Location` of the text it came from, so that any
+Every node keeps the :class:`~netdsl.core.errors.Location` of the text it came from, so that any
 later stage can point at it. Layer names are plain strings here: the tree knows nothing of
 the registry; the expander resolves names.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from ..errors import Location, SourceFile
+from ..core.errors import Location, SourceFile
 
 
 def text_at(loc: Location) -> str:

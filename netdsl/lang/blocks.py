@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import ChainMap
 from dataclasses import dataclass
 
-from ..errors import NetdslError, did_you_mean
+from ..core.errors import NetdslError, did_you_mean
 from . import ast
 from .scope import PendingRef, Scope, Tensor
 from .values import evaluate, shown
@@ -22,7 +22,7 @@ class TensorArg:
 
 
 
-def _start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
+def start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
     return NetdslError("a chain must start at INPUT or @name", el.loc,
                        hint="the first element was left out (*0 or a false flag)" if vanished
                        else "begin with INPUT -> ... or continue from a label with @name -> ...")
@@ -34,7 +34,7 @@ class BlockCalls:
     def block_call(self, block: ast.BlockDef, call: ast.Call, el: ast.Element, current,
                    scope: Scope) -> Tensor:
         if current is None:
-            raise _start_error(el)
+            raise start_error(el)
         if block.name.lower() in self._active_blocks:
             raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
                               hint="blocks cannot be recursive")

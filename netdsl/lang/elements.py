@@ -9,11 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..errors import NetdslError, did_you_mean
-from ..graph import Node
+from ..core.errors import NetdslError, did_you_mean
+from ..core.graph import Node
 from ..layers import LayerSpec, bind_args, get, lookup
 from . import ast
-from .blocks import BlockCalls, TensorArg, _start_error
+from .blocks import BlockCalls, TensorArg, start_error
 from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
 from .values import (FAILED, CascadeError, Word, as_count, cascade, evaluate,
@@ -72,7 +72,7 @@ class ChainExpander(BlockCalls):
             scope.check_new_label(el.label, el.label_loc)
         out = self.postfixed(el, len(el.postfixes), current, scope)
         if out is None:
-            raise _start_error(el, vanished=True)
+            raise start_error(el, vanished=True)
         if el.label:
             scope.define(el.label, out, el.label_loc)
         return out
@@ -217,7 +217,7 @@ class ChainExpander(BlockCalls):
             inputs = []
         else:
             if current is None:
-                raise _start_error(el)
+                raise start_error(el)
             if spec.inputs[0] > 1:
                 raise NetdslError(f"'{call.name}' joins several inputs", call.name_loc,
                                   hint=f"write {call.name} {{ ... | ... }} with one branch per "

@@ -8,18 +8,18 @@ from pathlib import PurePath
 
 import networkx as nx
 
-from ..errors import NetdslError, combined, did_you_mean
-from ..graph import new_graph
+from ..core.errors import NetdslError, combined, did_you_mean
+from ..core.graph import new_graph
 from ..layers import lookup
-from ..train.config import _TYPES as _TRAIN_KINDS  # train key -> "int", "float", "bool", "str"
-from ..train.config import coerce_setting
+from .train_config import SETTING_TYPES as _TRAIN_KINDS  # train key -> "int", "float", "bool", "str"
+from .train_config import coerce_setting
 from . import ast
 from .elements import ChainExpander
 from .resolve import build_graph
 from .values import (FAILED, CascadeError, Word, evaluate, is_finite_number, shown,
                      unbound_error)
 
-# Parameters that tune the defaults of bare layers (netdsl.shapes.resolve_auto reads them from
+# Parameters that tune the defaults of bare layers (netdsl.compile.shapes.resolve_auto reads them from
 # g.graph["params"]): --set accepts them whether or not the program mentions them.
 LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN", "ROUND")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedInput
 
-from ..errors import Location, NetdslError, SourceFile
+from ..core.errors import Location, NetdslError, SourceFile
 from . import ast
 from .syntax_errors import syntax_error
 from .values import number_from_text

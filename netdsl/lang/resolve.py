@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..errors import Location, NetdslError, did_you_mean
-from ..graph import Node
+from ..core.errors import Location, NetdslError, did_you_mean
+from ..core.graph import Node
 from ..layers import bind_args, get
 from . import ast
 from .scope import Namer, PendingRef, Scope

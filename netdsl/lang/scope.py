@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Union
 
-from ..errors import Location, NetdslError
-from ..graph import Frame
+from ..core.errors import Location, NetdslError
+from ..core.graph import Frame
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import re
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from ..errors import Location, NetdslError, SourceFile
+from ..core.errors import Location, NetdslError, SourceFile
 
 # Regex terminals described in words; string terminals are shown as the text itself.
 _TERMINAL_WORDS = {

@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Mapping
 
-from ..errors import Location, NetdslError, did_you_mean
+from ..core.errors import Location, NetdslError, did_you_mean
 from . import ast
 
 

@@ -3,8 +3,9 @@ Each caches its output, which is all its derivative needs (so an executor may le
 overwrite the input)."""
 from __future__ import annotations
 
-from ..errors import ShapeError
+from ..core.errors import ShapeError
 from .base import Arg, LayerSpec, register
+from .footprint import Footprint, batch_bytes, elementwise, in_bytes
 
 ACT_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#fff3cd"}
 _EXAMPLE = {"attrs": {}, "in_shapes": [(3, 3, 2)]}
@@ -30,7 +31,7 @@ def _leaky_forward(ctx, attrs, params, inputs):
     x = inputs[0]
     slope = x.dtype.type(attrs["slope"])
     # max(x, slope·x) for slope ≤ 1 (min for a steeper slope): the output is the only array
-    # made (a where() would also make the mask and slope·x; netdsl/memory_layers.py).
+    # made (a where() would also make the mask and slope·x; _leaky_footprint below).
     out = x * slope
     (ctx.xp.maximum if slope <= 1 else ctx.xp.minimum)(out, x, out=out)
     return out, out
@@ -81,25 +82,61 @@ def _sigmoid_backward(ctx, attrs, params, out, dout):
     return [dout * out * (1 - out)], {}
 
 
+def _relu_footprint(st, n, it, training, scratch=True):
+    """A fresh output (the cache); backward: the gradient and its bool mask."""
+    return elementwise(st, n, it, 0, 1 / it)
+
+
+def _tanh_footprint(st, n, it, training, scratch=True):
+    """Backward: 1 − out² is one temporary beside the result (NumPy elides the others of
+    arrays ≥ 256 KB in place)."""
+    return elementwise(st, n, it, 0, 1)
+
+
+def _sigmoid_footprint(st, n, it, training, scratch=True):
+    """Forward: e^−x beside the output; backward: 1 − out beside the result."""
+    return elementwise(st, n, it, 1, 1)
+
+
+def _leaky_footprint(st, n, it, training, scratch=True):
+    """One output (slope·x, then max/min with x in place); backward: dout·slope, then dout
+    copied where the output is positive: the gradient and a bool mask."""
+    x = in_bytes(st, n, it)
+    return Footprint(out=x, keep_out=True, dx=(x,), bwd_tmp=x // it)
+
+
+def _softmax_footprint(st, n, it, training, scratch=True):
+    """The output is shifted, exponentiated and divided in place; the row max and the row sum
+    (one value per row) are the temporaries, forward and backward."""
+    shape = st.node.in_shapes[0]
+    x, rows = batch_bytes(n, shape, it), batch_bytes(n, shape[:-1], it)
+    return Footprint(out=x, keep_out=True, fwd_tmp=rows, dx=(x,), bwd_tmp=rows)
+
+
 register(LayerSpec(
     name="relu", doc="Rectified linear unit: max(x, 0).", args=(), infer_shape=_same_shape,
     forward=_relu_forward, backward=_relu_backward, style=ACT_STYLE,
-    example=_EXAMPLE))
+    example=_EXAMPLE,
+    footprint=_relu_footprint))
 register(LayerSpec(
     name="tanh", doc="Hyperbolic tangent.", args=(), infer_shape=_same_shape,
-    forward=_tanh_forward, backward=_tanh_backward, style=ACT_STYLE, example=_EXAMPLE))
+    forward=_tanh_forward, backward=_tanh_backward, style=ACT_STYLE, example=_EXAMPLE,
+    footprint=_tanh_footprint))
 register(LayerSpec(
     name="sigmoid", doc="Logistic sigmoid 1/(1 + e^−x).", args=(), infer_shape=_same_shape,
-    forward=_sigmoid_forward, backward=_sigmoid_backward, style=ACT_STYLE, example=_EXAMPLE))
+    forward=_sigmoid_forward, backward=_sigmoid_backward, style=ACT_STYLE, example=_EXAMPLE,
+    footprint=_sigmoid_footprint))
 register(LayerSpec(
     name="leakyrelu", doc="Leaky ReLU: x for x > 0, slope·x otherwise (slope 0.01 by default).",
     aliases=("leaky_relu", "lrelu"),
     args=(Arg("slope", "float", 0.01, doc="gradient for negative inputs", minimum=0),),
     infer_shape=_same_shape, forward=_leaky_forward, backward=_leaky_backward,
     label=("slope",), style=ACT_STYLE, example={"attrs": {"slope": 0.1}, "in_shapes": [(3, 3, 2)]},
-    examples=({"attrs": {}, "in_shapes": [(5,)]},)))
+    examples=({"attrs": {}, "in_shapes": [(5,)]},),
+    footprint=_leaky_footprint))
 register(LayerSpec(
     name="softmax", doc="Softmax over the last axis (channels of each position, or features); "
     "a layer, not a loss.", args=(), infer_shape=_same_shape, forward=_softmax_forward,
     backward=_softmax_backward, style=ACT_STYLE, example={"attrs": {}, "in_shapes": [(5,)]},
-    examples=(_EXAMPLE,)))
+    examples=(_EXAMPLE,),
+    footprint=_softmax_footprint))

@@ -17,6 +17,9 @@ Conventions every entry follows
   (for several outputs a tuple whose entries are None where that output got no gradient);
   ``dinputs`` is a list with one gradient (or None) per input; ``dparams`` maps trainable
   parameter names to gradients.
+* ``footprint(step, n, it, training, scratch) -> Footprint`` says what one call of the kernels
+  allocates, for the memory planner (layers/footprint.py); ``fused`` offers the layer and a
+  following activation as one kernel (conv + ReLU), which the plan uses for the NumPy provider.
 * Buffers (e.g. batch-norm running statistics) are parameters with ``trainable=False``: the
   executor hands them to ``forward`` in ``params``, forward may update them in place, the
   optimizer skips them and the summary does not count them.
@@ -27,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import NetdslError, ShapeError, did_you_mean
+from ..core.errors import NetdslError, ShapeError, did_you_mean
 
 
 class _Sentinel:
@@ -126,6 +129,10 @@ class LayerSpec:
     random_example: Callable | None = None      # (rng) -> a random valid example, for tests
     reference: Callable | None = None           # (attrs, params, inputs) -> out: naive loops
     make_inputs: Callable | None = None         # (rng, attrs, in_shapes, batch) -> valid inputs
+    footprint: Callable | None = None           # (step, n, itemsize, training, scratch) ->
+    #                                             Footprint: what the kernel allocates (footprint.py)
+    fused: dict = field(default_factory=dict)   # activation -> (forward, backward) of the layer
+    #                                             and that activation in one reference kernel
 
     def all_examples(self) -> tuple[dict, ...]:
         """``example`` followed by ``examples``: what the generic tests run."""

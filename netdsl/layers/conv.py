@@ -16,40 +16,20 @@ walker, a test calling the layer) the columns are one fresh array, cached.
 """
 from __future__ import annotations
 
-from ..errors import ShapeError
-from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register, temp
-from .im2col import (_chunk_images, _chunks, _gather, _pad, _pad_into, _padded,  # noqa: F401
-                     _run, _window_view, _workers)
-from .conv_kernels import _backward_chunked, _col2im_gemm, _fwdconv_view, _mm, _mm_tn
+from ..core.errors import ShapeError
+from .base import AUTO, Arg, LayerSpec, ParamSpec, register, temp
+from .im2col import (chunk_images, chunk_workers, gather_columns, image_chunks,  # noqa: F401
+                     pad_into, pad_zeros, padded_temp, run_chunks, window_view)
+from .conv_kernels import backward_chunked, col2im_gemm, fwdconv_view, mm_rows, mm_tn_rows
+from .geometry import PAIR_ARGS, conv_geometry, conv_is_pointwise, conv_padding
+from .im2col import backward_chunk_images
 from .reduce import sum_rows
-from .structure import pair_attrs, require_set, require_spatial
+from .structure import as_pair, pair_attrs, require_set, require_spatial
 from . import naive
+from .footprint import Footprint, aligned, spatial_shapes
+from ..core.workspace import workers
 
 CONV_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#cfe2ff"}
-
-
-PAIR_ARGS = ("kernel", "stride", "pad", "dilation")
-
-
-def conv_padding(attrs) -> tuple[int, int]:
-    """The (pad_h, pad_w) a conv uses: 'same' = symmetric (dilation·(k−1))/2, 'valid' = 0."""
-    attrs = pair_attrs(attrs, PAIR_ARGS)
-    pad = attrs["pad"]
-    if pad == "valid":
-        return (0, 0)
-    if pad != "same":
-        return tuple(pad)
-    pads = []
-    for k, d in zip(attrs["kernel"], attrs["dilation"]):
-        k_eff = d * (k - 1) + 1
-        if k_eff % 2 == 0:
-            raise ShapeError(
-                f"conv: pad='same' cannot centre an even kernel (k={k}"
-                + (f", dilated to {k_eff}" if d > 1 else "") + ")",
-                detail=f"'same' needs (k_eff − 1)/2 = {k_eff - 1}/2 pixels on each side",
-                hint="give the padding explicitly, e.g. pad=0 or pad=1")
-        pads.append((k_eff - 1) // 2)
-    return tuple(pads)
 
 
 def _conv_shape(attrs, in_shapes):
@@ -67,7 +47,7 @@ def _conv_shape(attrs, in_shapes):
         raise ShapeError(f"conv: {filters} filters are not divisible by groups={groups}",
                          detail=f"{filters} mod {groups} = {filters % groups}",
                          hint="pick groups that divides the filter count")
-    *_, (ho, wo) = _geometry(attrs, (1, h, w, c))
+    *_, (ho, wo) = conv_geometry(attrs, (1, h, w, c))
     return (ho, wo, filters)
 
 
@@ -90,24 +70,11 @@ def _conv_macs(attrs, in_shapes, out_shapes):
     return ho * wo * filters * kh * kw * (in_shapes[0][-1] // attrs["groups"])
 
 
-def _geometry(attrs, x_shape):
-    """Kernel, stride, dilation, padding and output size for an (N, H, W, C) input: the one
-    place conv geometry is computed, for shape inference and for the kernels alike."""
-    attrs = pair_attrs(attrs, PAIR_ARGS)
-    n, h, w, c = x_shape
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    ph, pw = conv_padding(attrs)
-    rounding = attrs.get("round")      # exact refuses a partial window; AUTO floors
-    ho = out_size(h, kh, sh, ph, dh, what="conv", rounding=rounding)
-    wo = out_size(w, kw, sw, pw, dw, what="conv", rounding=rounding)
-    return (kh, kw), (sh, sw), (dh, dw), (ph, pw), (ho, wo)
-
-
 def im2col(xp, attrs, x):
     """The (N·Ho·Wo, KH·KW·C) column matrix of a single-group conv on ``x`` (fresh memory):
     what forward multiplies by the weights."""
-    kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x.shape)
-    view = _window_view(xp, _pad(xp, x, ph, pw), kernel, stride, dilation, (ho, wo))
+    kernel, stride, dilation, (ph, pw), (ho, wo) = conv_geometry(attrs, x.shape)
+    view = window_view(xp, pad_zeros(xp, x, ph, pw), kernel, stride, dilation, (ho, wo))
     return view.reshape(x.shape[0] * ho * wo, -1)
 
 
@@ -125,7 +92,7 @@ def dx_method(attrs, x_shape) -> str:
     """
     attrs = pair_attrs(attrs, PAIR_ARGS)
     h, w = x_shape[-3], x_shape[-2]
-    kernel, stride, dilation, pads, (ho, wo) = _geometry(attrs, (1, h, w, x_shape[-1]))
+    kernel, stride, dilation, pads, (ho, wo) = conv_geometry(attrs, (1, h, w, x_shape[-1]))
     if attrs["groups"] == 1 and kernel == (1, 1) and stride == (1, 1) and pads == (0, 0):
         return "pointwise"
     reach_ok = all((k - 1) * d >= p for k, d, p in zip(kernel, dilation, pads))
@@ -137,7 +104,7 @@ def dx_method(attrs, x_shape) -> str:
 
 def _conv_forward(ctx, attrs, params, inputs, relu: bool = False):
     xp, x = ctx.xp, inputs[0]
-    kernel, stride, dilation, pads, (ho, wo) = _geometry(attrs, x.shape)
+    kernel, stride, dilation, pads, (ho, wo) = conv_geometry(attrs, x.shape)
     n, c = x.shape[0], x.shape[3]
     groups, weight = attrs["groups"], params["weight"]
     filters = weight.shape[3]
@@ -146,31 +113,31 @@ def _conv_forward(ctx, attrs, params, inputs, relu: bool = False):
     if groups == 1 and ctx.scratch is not None and not pointwise:
         # Columns gathered chunk by chunk into scratch, each multiplied at once; backward
         # rebuilds them from the input, which is what the cache keeps.
-        xpad = _padded(ctx, x, *pads, fill=False)   # each worker pads its own images
-        view = _window_view(xp, xpad, kernel, stride, dilation, (ho, wo))
-        chunks = _chunks(n, _chunk_images(n, ho * wo * kernel[0] * kernel[1] * c * x.itemsize))
+        xpad = padded_temp(ctx, x, *pads, fill=False)   # each worker pads its own images
+        view = window_view(xp, xpad, kernel, stride, dilation, (ho, wo))
+        chunks = image_chunks(n, chunk_images(n, ho * wo * kernel[0] * kernel[1] * c * x.itemsize))
         bufs = [temp(ctx, (chunks[0][1],) + view.shape[1:], x.dtype)
-                for _ in range(_workers(ctx, chunks))]
+                for _ in range(chunk_workers(ctx, chunks))]
         out = xp.empty((rows, filters), dtype=x.dtype)
         wm, bias = weight.reshape(-1, filters), params.get("bias")
 
         def body(k, share):
             for i, j in share:
-                _pad_into(xpad, x, i, j, *pads)
+                pad_into(xpad, x, i, j, *pads)
                 o = out[i * ho * wo:j * ho * wo]
-                xp.matmul(_gather(view, i, j, bufs[k]), wm, out=o)
+                xp.matmul(gather_columns(view, i, j, bufs[k]), wm, out=o)
                 if bias is not None:
                     o += bias        # while the block is in cache
                 if relu:
                     xp.maximum(o, 0, out=o)
-        _run(ctx, chunks, body)
+        run_chunks(ctx, chunks, body)
         keep = (None, x)
     elif groups == 1:   # fresh columns (a free view when pointwise), cached
         cols = im2col(xp, attrs, x)
-        out = _mm(ctx, cols, weight.reshape(-1, filters))
+        out = mm_rows(ctx, cols, weight.reshape(-1, filters))
         keep = (cols, None)
     else:
-        view = _window_view(xp, _padded(ctx, x, *pads), kernel, stride, dilation, (ho, wo))
+        view = window_view(xp, padded_temp(ctx, x, *pads), kernel, stride, dilation, (ho, wo))
         cg, fg = c // groups, filters // groups
         cols = []
         out = xp.empty((rows, filters), dtype=x.dtype)
@@ -217,7 +184,7 @@ def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
     xp = ctx.xp
     x_shape, cols, x = cache
     n, h, w, c = x_shape
-    kernel, stride, dilation, (ph, pw), (ho, wo) = _geometry(attrs, x_shape)
+    kernel, stride, dilation, (ph, pw), (ho, wo) = conv_geometry(attrs, x_shape)
     weight, groups = params["weight"], attrs["groups"]
     filters = weight.shape[3]
     dout2 = dout.reshape(n * ho * wo, filters)
@@ -232,7 +199,7 @@ def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
     method = dx_method(attrs, x_shape) if ctx.input_grad else None
     if groups == 1:
         if cols is None:   # the columns were not kept: rebuilt chunk by chunk
-            dweight, dx, dbias = _backward_chunked(ctx, attrs, weight, x, dout, dout2, method,
+            dweight, dx, dbias = backward_chunked(ctx, attrs, weight, x, dout, dout2, method,
                                                    relu_out, "bias" in params and relu_out
                                                    is not None)
             if dbias is not None:
@@ -243,20 +210,20 @@ def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
             if ctx.scratch is not None:
                 ctx.scratch.rewind(mark)
         else:
-            grads["weight"] = _mm_tn(ctx, cols, dout2).reshape(weight.shape)
+            grads["weight"] = mm_tn_rows(ctx, cols, dout2).reshape(weight.shape)
         cols = x = None
         if method is None:
             # The input is the data itself: only the parameters need gradients.
             return [None], grads
         if method == "pointwise":
             # The columns were the input itself, so dcols is dx with no scatter.
-            return [_mm(ctx, dout2, weight.reshape(c, filters).T).reshape(x_shape)], grads
+            return [mm_rows(ctx, dout2, weight.reshape(c, filters).T).reshape(x_shape)], grads
         if method == "fwdconv":
-            dview, wflip, _, _ = _fwdconv_view(ctx, attrs, weight, dout, x_shape)
+            dview, wflip, _, _ = fwdconv_view(ctx, attrs, weight, dout, x_shape)
             dx = dview.reshape(n * h * w, -1) @ wflip
             return [dx.reshape(x_shape)], grads
         dx_pad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dout2.dtype)
-        _col2im_gemm(ctx, dout2, weight, x_shape, attrs, slice(None), dx_pad)
+        col2im_gemm(ctx, dout2, weight, x_shape, attrs, slice(None), dx_pad)
     else:
         cg, fg = c // groups, filters // groups
         dweight = xp.empty_like(weight)
@@ -269,7 +236,7 @@ def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
         dx_pad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dout2.dtype)
         for g in range(groups):
             fs = slice(g * fg, (g + 1) * fg)
-            _col2im_gemm(ctx, dout2[:, fs], weight[..., fs], x_shape, attrs,
+            col2im_gemm(ctx, dout2[:, fs], weight[..., fs], x_shape, attrs,
                          slice(g * cg, (g + 1) * cg), dx_pad)
     dx = dx_pad[:, ph:ph + h, pw:pw + w, :] if (ph or pw) else dx_pad
     return [dx], grads
@@ -287,6 +254,91 @@ def _conv_random(rng):
                       "stride": tuple(int(v) for v in rng.integers(1, 3, size=2)), "pad": pad,
                       "groups": groups, "bias": bool(rng.integers(0, 2))},
             "in_shapes": [hw + (groups * int(rng.integers(1, 3)),)]}
+
+
+def _conv_footprint(st, n, it, training, scratch=True):
+    """The footprint of the im2col conv (this module, im2col.py, conv_kernels.py). With a
+    Scratch region the padded copy and a chunk of columns are scratch, the input is kept and
+    backward rebuilds the columns chunk by chunk; a conv whose plan keeps its columns runs
+    without scratch (fresh columns, cached)."""
+    a = st.node.attrs
+    h, w, c, ho, wo, f = spatial_shapes(st)
+    kh, kw = as_pair(a["kernel"])
+    ph, pw = conv_padding(a)
+    g = a["groups"]
+    kept = st.cols_exceed_input and not st.recompute
+    on_scratch = scratch and not kept
+    S = aligned if on_scratch else (lambda b: b)          # a scratch take, or a fresh temporary
+    pad = n * (h + 2 * ph) * (w + 2 * pw) * c * it if (ph or pw) else 0
+    pointwise = conv_is_pointwise(a) and g == 1
+    cols = 0 if pointwise else n * ho * wo * kh * kw * c * it
+    half = S((n * ho * wo // 2) * f * it) if a["bias"] else 0   # the bias gradient's fold
+    method = None if st.data_only else dx_method(a, (h, w, c))
+    dx = {None: 0, "pointwise": n * h * w * c * it, "fwdconv": n * h * w * c * it,
+          "offsets": n * (h + 2 * ph) * (w + 2 * pw) * c * it}[method]
+    block = S(n * ho * wo * (c // g) * it)            # offsets: one kernel offset's dcols
+    dh, dw = as_pair(a["dilation"])
+    qh, qw = (kh - 1) * dh - ph, (kw - 1) * dw - pw
+    dpad = n * (ho + 2 * qh) * (wo + 2 * qw) * f * it if (qh or qw) else 0
+    out = n * ho * wo * f * it
+    fp = Footprint(out=out, dx=(dx,))
+    relu = bool(st.meta.get("relu"))                  # the ReLU fused into the kernel
+    fp.keep_out = relu                                # its output is the mask
+    chunked = g == 1 and not pointwise and not kept and (scratch or st.recompute)
+    # A fused ReLU masks dout chunk by chunk inside the loop (chunked, dx by fwdconv or none);
+    # otherwise the masked dout is a fresh array made first, its bool mask a scratch take.
+    masked_whole = relu and not (chunked and method in (None, "fwdconv"))
+    if masked_whole:
+        fp.bwd_tmp += out
+        if on_scratch or (g != 1 and scratch) or (pointwise and scratch):
+            fp.bwd_scratch = aligned(out // it)
+        else:
+            fp.bwd_tmp += out // it
+    if g != 1 or kept or (not chunked and not pointwise):
+        # Whole columns: fresh (cached when kept or grouped); the padded copy a temporary.
+        if g != 1 and scratch:
+            fp.fwd_scratch = aligned(pad)
+        else:
+            fp.fwd_tmp = pad
+        fp.fwd_tmp += 0 if (kept or g != 1) else cols
+        fp.cache = cols if (kept or g != 1) else 0
+        tail = {None: 0, "pointwise": 0, "offsets": block,
+                "fwdconv": S(dpad) + S(n * h * w * kh * kw * f * it)}[method]
+        if on_scratch or (g != 1 and scratch):
+            fp.bwd_scratch = max(fp.bwd_scratch, half, tail)
+        else:
+            fp.bwd_tmp += max(half - dx, tail)
+        return fp
+    fp.keep_in = (0,)                                 # the input (pointwise: the columns)
+    if pointwise:
+        if scratch:
+            fp.bwd_scratch = max(fp.bwd_scratch, half)
+        else:
+            fp.bwd_tmp += max(0, half - dx)
+        return fp
+    # Chunks of ``per`` images, one column buffer per worker thread (workspace.parallel_for)
+    per = chunk_images(n, ho * wo * kh * kw * c * it)
+    nw = workers(-(-n // per))
+    fp.fwd_tmp, fp.fwd_scratch = (0, aligned(pad) + nw * aligned(per * ho * wo * kh * kw * c * it)) \
+        if scratch else (pad + cols, 0)               # no scratch: whole columns, dropped
+    per = backward_chunk_images(n, ho * wo, kh * kw, c, f, it, method == "fwdconv",
+                                relu and not masked_whole)
+    nw = workers(-(-n // per))
+    dw = S(kh * kw * c * f * it)                      # a dW term per worker, a sum per extra
+    rebuilt = S(pad) + nw * S(per * ho * wo * kh * kw * c * it) + (2 * nw - 1) * dw
+    if method == "fwdconv":
+        rebuilt += S(dpad) + nw * S(per * h * w * kh * kw * f * it)
+    if relu and not masked_whole:   # per worker: masked chunk, its mask, its bias fold
+        rows = per * ho * wo
+        rebuilt += nw * (S(rows * f * it) + S(rows * f) + S((rows // 2) * f * it))
+        half = 0                    # the bias is summed chunk by chunk
+    phases = [fp.bwd_scratch, half, rebuilt, block if method == "offsets" else 0]
+    if scratch:
+        fp.bwd_scratch = max(phases)
+    else:   # the half fold and the rebuilt columns live before the fresh dx is made
+        fp.bwd_tmp = max(half - dx, rebuilt - (0 if method == "fwdconv" else dx),
+                         phases[2])
+    return fp
 
 
 register(LayerSpec(
@@ -312,4 +364,6 @@ register(LayerSpec(
     examples=({"attrs": {"filters": 4, "kernel": 3, "groups": 2, "stride": 2, "pad": 1},
                "in_shapes": [(5, 4, 4)]},
               {"attrs": {"filters": 2, "kernel": (3, 2), "dilation": 2, "pad": "valid"},
-               "in_shapes": [(6, 5, 2)]})))
+               "in_shapes": [(6, 5, 2)]}),
+    footprint=_conv_footprint,
+    fused={"relu": (_conv_relu_forward, _conv_relu_backward)}))

@@ -3,17 +3,12 @@ input. The window starts at row ⌊(H − h)/2⌋ and column ⌊(W − w)/2⌋ (
 choice; when H − h is odd the extra row is cut at the bottom)."""
 from __future__ import annotations
 
-from ..errors import ShapeError
-from .base import Arg, LayerSpec, register, shape_str
-from .structure import STRUCT_STYLE, as_pair, require_spatial
+from ..core.errors import ShapeError
+from .base import Arg, LayerSpec, register
+from .geometry import crop_hw
+from .structure import STRUCT_STYLE, require_spatial
 from . import naive
-
-
-def crop_hw(attrs, in_shapes) -> tuple[int, int]:
-    """The target (h, w): the second input's spatial size, else ``size``."""
-    if len(in_shapes) > 1:
-        return tuple(int(d) for d in in_shapes[1][:2])
-    return as_pair(attrs["size"])
+from .footprint import Footprint, in_bytes
 
 
 def _crop_shape(attrs, in_shapes):
@@ -57,6 +52,12 @@ def _crop_random(rng):
     return {"attrs": {"size": (th, tw)}, "in_shapes": [(h, w, c)]}
 
 
+def _crop_footprint(st, n, it, training, scratch=True):
+    """The output is a view of the first input; backward zero-fills a gradient of its shape."""
+    x = in_bytes(st, n, it)
+    return Footprint(out_alias=0, dx=(x,) + (0,) * (len(st.inputs) - 1))
+
+
 register(LayerSpec(
     name="crop", doc="Centre crop to size=HxW, or to the H×W of a second input (U-Net's "
     "copy-and-crop).", aliases=("center_crop", "centercrop", "centre_crop", "crop2d"),
@@ -65,4 +66,5 @@ register(LayerSpec(
     infer_shape=_crop_shape, forward=_crop_forward, backward=_crop_backward, inputs=(1, 2),
     style=STRUCT_STYLE, reference=naive.crop, random_example=_crop_random,  # shape says the size
     example={"attrs": {"size": (2, 3)}, "in_shapes": [(5, 4, 2)]},
-    examples=({"attrs": {}, "in_shapes": [(6, 5, 2), (3, 4, 3)]},)))
+    examples=({"attrs": {}, "in_shapes": [(6, 5, 2), (3, 4, 3)]},),
+    footprint=_crop_footprint))

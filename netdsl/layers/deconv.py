@@ -12,36 +12,13 @@ output gradient times W (dx) and xᵀ times the same columns (dW).
 """
 from __future__ import annotations
 
-from ..errors import ShapeError
+from ..core.errors import ShapeError
 from .base import REQUIRED, Arg, LayerSpec, ParamSpec, register
-from .conv import CONV_STYLE, _window_view
-from .structure import pair_attrs, require_spatial
+from .conv import CONV_STYLE, window_view
+from .geometry import DECONV_PAIRS, deconv_out_hw
+from .structure import as_pair, pair_attrs, require_spatial
 from . import naive
-
-_PAIRS = ("kernel", "stride", "pad", "dilation", "output_padding")
-
-
-def deconv_out_hw(attrs, hw) -> tuple[int, int]:
-    """(Ho, Wo) of a transposed conv on an H×W input; a ShapeError with the arithmetic when
-    output_padding is too large or the size is not positive."""
-    attrs = pair_attrs(attrs, _PAIRS)
-    out = []
-    for size, k, s, p, d, op in zip(hw, *(attrs[n] for n in _PAIRS)):
-        if op >= max(s, d):
-            raise ShapeError(f"deconv: output_padding={op} must be smaller than the stride "
-                             f"({s}) or the dilation ({d})",
-                             detail=f"output_padding < max({s}, {d}) = {max(s, d)}",
-                             hint="output_padding only picks among the sizes a stride-"
-                                  f"{s} conv maps to the same input size")
-        o = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
-        if o < 1:
-            raise ShapeError(f"deconv k={k} on {size}-wide input gives a non-positive size",
-                             detail=f"({size} − 1)·{s} − 2·{p} + {d}·({k} − 1) + {op} + 1 = "
-                                    f"{o}".replace("-", "−"),
-                             hint="use less padding")
-        out.append(o)
-    return tuple(out)
-
+from .footprint import Footprint, spatial_shapes
 
 def _deconv_shape(attrs, in_shapes):
     h, w, c = require_spatial("deconv", in_shapes[0],
@@ -56,7 +33,7 @@ def _deconv_shape(attrs, in_shapes):
 
 
 def _deconv_params(attrs, in_shapes):
-    (kh, kw), c = pair_attrs(attrs, _PAIRS)["kernel"], in_shapes[0][-1]
+    (kh, kw), c = pair_attrs(attrs, DECONV_PAIRS)["kernel"], in_shapes[0][-1]
     groups, filters = attrs["groups"], attrs["filters"]
     # PyTorch's fans for ConvTranspose2d (its weight is C × F/groups × KH × KW): fan_in =
     # F/groups·KH·KW, fan_out = C·KH·KW, so he/glorot scales match a PyTorch model's.
@@ -69,12 +46,12 @@ def _deconv_params(attrs, in_shapes):
 
 def _deconv_macs(attrs, in_shapes, out_shapes):
     h, w, c = in_shapes[0]
-    kh, kw = pair_attrs(attrs, _PAIRS)["kernel"]
+    kh, kw = pair_attrs(attrs, DECONV_PAIRS)["kernel"]
     return h * w * c * kh * kw * attrs["filters"] // attrs["groups"]
 
 
 def _geometry(attrs, x_shape):
-    attrs = pair_attrs(attrs, _PAIRS)
+    attrs = pair_attrs(attrs, DECONV_PAIRS)
     ho, wo = deconv_out_hw(attrs, x_shape[1:3])
     ph, pw = attrs["pad"]
     return attrs, (ho, wo), (ho + 2 * ph, wo + 2 * pw)
@@ -122,7 +99,7 @@ def _deconv_backward(ctx, attrs, params, cache, dout):
     # The gradient on the full canvas, zeros where the output was cropped by the padding.
     canvas = xp.zeros((n, hf, wf, f), dtype=dout.dtype)
     canvas[:, ph:ph + ho, pw:pw + wo, :] = dout
-    view = _window_view(xp, canvas, (kh, kw), attrs["stride"], attrs["dilation"], (h, w))
+    view = window_view(xp, canvas, (kh, kw), attrs["stride"], attrs["dilation"], (h, w))
     dx = xp.empty(x.shape, dtype=dout.dtype) if ctx.input_grad else None
     dweight = xp.empty_like(weight)
     x_rows = x.reshape(n * h * w, c)
@@ -158,6 +135,32 @@ def _deconv_random(rng):
             "in_shapes": [(int(rng.integers(2, 5)), int(rng.integers(2, 5)), 2 * groups)]}
 
 
+def _deconv_footprint(st, n, it, training, scratch=True):
+    """Forward: the full canvas, one group's GEMM result and weight copy at a time, then the
+    output with its bias (without one the output is a view of the canvas). The cache keeps
+    the input. Backward: the canvas of the gradient, one group's columns, its weight-gradient
+    block, then its weight copy (and, with groups, its d(input) block)."""
+    a = st.node.attrs
+    h, w, c, ho, wo, f = spatial_shapes(st)
+    kh, kw = as_pair(a["kernel"])
+    ph, pw = as_pair(a["pad"])
+    g = a["groups"]
+    canvas = n * (ho + 2 * ph) * (wo + 2 * pw) * f * it
+    out = n * ho * wo * f * it
+    cols = n * h * w * kh * kw * (f // g) * it
+    wg = kh * kw * (c // g) * (f // g) * it
+    if a["bias"]:
+        fp = Footprint(out=out, fwd_tmp=canvas + max(wg + cols, out) - out, keep_in=(0,))
+    else:
+        fp = Footprint(out=canvas, fwd_tmp=wg + cols, keep_in=(0,))
+    if st.data_only:
+        fp.dx, fp.bwd_tmp = (0,), canvas + cols + wg
+    else:
+        block = n * h * w * (c // g) * it if g > 1 else 0
+        fp.dx, fp.bwd_tmp = (n * h * w * c * it,), canvas + cols + wg + block
+    return fp
+
+
 register(LayerSpec(
     name="deconv", doc="Transposed convolution (learnable upsampling, U-Net's up-conv): "
     "O = (I − 1)·S − 2P + D·(K − 1) + output_padding + 1.",
@@ -185,4 +188,5 @@ register(LayerSpec(
                          "dilation": 2}, "in_shapes": [(3, 3, 4)]},
               {"attrs": {"filters": 2, "kernel": (3, 2), "stride": (3, 1), "output_padding": (2, 0),
                          "bias": False}, "in_shapes": [(2, 3, 1)]}),
-    random_example=_deconv_random))
+    random_example=_deconv_random,
+    footprint=_deconv_footprint))

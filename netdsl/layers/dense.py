@@ -1,10 +1,11 @@
 """Fully connected (dense) layer: flattens its input and multiplies by a (in, units) matrix."""
 from __future__ import annotations
 
-from ..workspace import matmul_rows
+from ..core.workspace import matmul_rows
 from .base import AUTO, Arg, LayerSpec, ParamSpec, numel, register
 from .reduce import sum_rows
 from .structure import require_set
+from .footprint import Footprint, in_bytes, out_bytes
 
 DENSE_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#e2d9f3"}
 
@@ -47,6 +48,14 @@ def _fc_backward(ctx, attrs, params, cache, dout):
     return [dx], grads
 
 
+def _fc_footprint(st, n, it, training, scratch=True):
+    """A fresh output, the input kept; backward: the bias gradient's pairwise sum (half of
+    dout) before dx."""
+    x, out = in_bytes(st, n, it), out_bytes(st, n, it)
+    half = (n // 2) * (out // max(n, 1)) if st.node.attrs["bias"] else 0
+    return Footprint(out=out, keep_in=(0,), dx=(x,), bwd_tmp=max(half - x, 0))
+
+
 register(LayerSpec(
     name="fc", doc="Fully connected layer: flattens the input, then `units` outputs.",
     aliases=("dense", "linear", "fullyconnected"),
@@ -56,4 +65,5 @@ register(LayerSpec(
     infer_shape=_fc_shape, forward=_fc_forward, backward=_fc_backward,
     params=_fc_params, macs=_fc_macs, compact=("units",), label=("units",), style=DENSE_STYLE,
     example={"attrs": {"units": 3}, "in_shapes": [(2, 2, 3)]},
-    examples=({"attrs": {"units": 4, "bias": False}, "in_shapes": [(6,)]},)))
+    examples=({"attrs": {"units": 4, "bias": False}, "in_shapes": [(6,)]},),
+    footprint=_fc_footprint))

@@ -1,5 +1,5 @@
 """The im2col machinery of the NumPy convolutions: padded copies, window views, and the chunked
-gather loop split over worker threads (netdsl/workspace.py parallel_for).
+gather loop split over worker threads (netdsl/core/workspace.py parallel_for).
 
 A window view of the padded NHWC input, indexed (N, Ho, Wo, KH, KW, C), reshapes to the im2col
 matrix (N·Ho·Wo, KH·KW·C) with one copy. The fast path never makes that whole matrix: it gathers
@@ -7,20 +7,20 @@ a chunk of images' rows into a scratch buffer and multiplies it at once, while i
 """
 from __future__ import annotations
 
-from .. import workspace
+from ..core import workspace
 from .base import temp
 
 
-def _pad(xp, x, ph, pw):
+def pad_zeros(xp, x, ph, pw):
     if ph == 0 and pw == 0:
         return x
     return xp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
 
 
-def _padded(ctx, x, ph, pw, fill: bool = True):
+def padded_temp(ctx, x, ph, pw, fill: bool = True):
     """``x`` with ``ph``/``pw`` zero rows/columns each side, in a temporary of this call:
     only the border strips are zeroed and the interior copied (no full zero fill). With
-    ``fill=False`` only the borders are written: :func:`_pad_into` copies the interiors image
+    ``fill=False`` only the borders are written: :func:`pad_into` copies the interiors image
     by image (inside a chunk loop, one copy per chunk)."""
     if ph == 0 and pw == 0:
         return x
@@ -33,17 +33,17 @@ def _padded(ctx, x, ph, pw, fill: bool = True):
         out[:, ph:ph + h, :pw] = 0
         out[:, ph:ph + h, pw + w:] = 0
     if fill:
-        _pad_into(out, x, 0, n, ph, pw)
+        pad_into(out, x, 0, n, ph, pw)
     return out
 
 
-def _pad_into(out, x, i, j, ph, pw):
-    """The interiors of images i:j of ``out`` (from :func:`_padded`) = images i:j of ``x``."""
+def pad_into(out, x, i, j, ph, pw):
+    """The interiors of images i:j of ``out`` (from :func:`padded_temp`) = images i:j of ``x``."""
     if out is not x:
         out[i:j, ph:ph + x.shape[1], pw:pw + x.shape[2]] = x[i:j]
 
 
-def _window_view(xp, xpad, kernel, stride, dilation, out_hw):
+def window_view(xp, xpad, kernel, stride, dilation, out_hw):
     """(N, Ho, Wo, KH, KW, C) view of the padded input: element [n,i,j,a,b,c] is the pixel
     under kernel offset (a, b) of output position (i, j)."""
     n, _, _, c = xpad.shape
@@ -62,7 +62,7 @@ Chunks of 0.25–2 MB measured alike on one thread, 8 MB 10–20% slower; on two
 iterations matter too (each holds the GIL for ~15 NumPy calls' worth of Python)."""
 
 
-def _chunk_images(n: int, bytes_per_image: int) -> int:
+def chunk_images(n: int, bytes_per_image: int) -> int:
     """Images per chunk: about _CHUNK_BYTES of columns, at least one image."""
     return max(1, min(n, -(-_CHUNK_BYTES // max(1, bytes_per_image))))
 
@@ -74,30 +74,30 @@ def backward_chunk_images(n: int, rows_per_image: int, taps: int, c: int, f: int
     masked dout and mask (F·itemsize + F bytes)."""
     row = (taps * c + (taps * f if fwdconv else 0)) * itemsize + ((itemsize + 1) * f if relu
                                                                   else 0)
-    return _chunk_images(n, rows_per_image * row)
+    return chunk_images(n, rows_per_image * row)
 
 
 
 
 
-def _chunks(n: int, per: int):
+def image_chunks(n: int, per: int):
     """(start, stop) image ranges of ``per`` images covering ``n``."""
     return [(i, min(n, i + per)) for i in range(0, n, per)]
 
 
-def _workers(ctx, chunks) -> int:
+def chunk_workers(ctx, chunks) -> int:
     """Threads a chunk loop runs on (workspace.parallel_for): NumPy only."""
     return workspace.workers(len(chunks)) if ctx.xp.__name__ == "numpy" else 1
 
 
-def _run(ctx, chunks, body) -> None:
+def run_chunks(ctx, chunks, body) -> None:
     if ctx.xp.__name__ == "numpy":
         workspace.parallel_for(chunks, body)
     else:
         body(0, chunks)
 
 
-def _gather(view, i, j, buf):
+def gather_columns(view, i, j, buf):
     """The (rows, K) column block of images i:j of a window view, copied into ``buf``."""
     block = buf[:j - i]
     block[...] = view[i:j]

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..errors import NetdslError
+from ..core.errors import NetdslError
 from .base import ParamSpec
 
 INITIALISERS = ("zeros", "ones", "he", "glorot", "lecun")

@@ -9,15 +9,16 @@ kernel offset at a time (KH·KW Python iterations).
 from __future__ import annotations
 
 from .base import AUTO, Arg, LayerSpec, ParamSpec, out_size, register
-from .conv import CONV_STYLE, _pad, _window_view
-from .structure import pair_attrs, require_set, require_spatial
+from .conv import CONV_STYLE, pad_zeros, window_view
+from .structure import as_pair, pair_attrs, require_set, require_spatial
 from . import naive
+from .footprint import Footprint, spatial_shapes
 
-_PAIRS = ("kernel", "stride", "pad")
+LOCAL_PAIRS = ("kernel", "stride", "pad")
 
 
 def _local_shape(attrs, in_shapes):
-    attrs = pair_attrs(attrs, _PAIRS)
+    attrs = pair_attrs(attrs, LOCAL_PAIRS)
     h, w, c = require_spatial("local", in_shapes[0],
                               "a locally-connected layer needs a spatial map; use FC for vectors")
     require_set("local", attrs, "filters",
@@ -28,7 +29,7 @@ def _local_shape(attrs, in_shapes):
 
 
 def _local_params(attrs, in_shapes):
-    attrs = pair_attrs(attrs, _PAIRS)
+    attrs = pair_attrs(attrs, LOCAL_PAIRS)
     ho, wo, f = _local_shape(attrs, in_shapes)
     (kh, kw), c = attrs["kernel"], in_shapes[0][-1]
     specs = {"weight": ParamSpec((ho, wo, kh, kw, c, f), attrs["init"], fan_in=kh * kw * c,
@@ -39,19 +40,19 @@ def _local_params(attrs, in_shapes):
 
 
 def _local_macs(attrs, in_shapes, out_shapes):
-    kh, kw = pair_attrs(attrs, _PAIRS)["kernel"]
+    kh, kw = pair_attrs(attrs, LOCAL_PAIRS)["kernel"]
     ho, wo, f = out_shapes[0]
     return ho * wo * f * kh * kw * in_shapes[0][-1]
 
 
 def _local_forward(ctx, attrs, params, inputs):
     xp, x = ctx.xp, inputs[0]
-    attrs = pair_attrs(attrs, _PAIRS)
+    attrs = pair_attrs(attrs, LOCAL_PAIRS)
     weight = params["weight"]
     ho, wo, kh, kw, c, f = weight.shape
     n = x.shape[0]
     ph, pw = attrs["pad"]
-    view = _window_view(xp, _pad(xp, x, ph, pw), (kh, kw), attrs["stride"], (1, 1), (ho, wo))
+    view = window_view(xp, pad_zeros(xp, x, ph, pw), (kh, kw), attrs["stride"], (1, 1), (ho, wo))
     # (P, N, K), the batched GEMM's left operand, copied straight from the window view (one
     # copy: a reshape of the view would make a second, transient one).
     cols = xp.empty((ho * wo, n, kh * kw * c), dtype=x.dtype)
@@ -72,7 +73,7 @@ def _local_forward(ctx, attrs, params, inputs):
 
 def _local_backward(ctx, attrs, params, cache, dout):
     xp = ctx.xp
-    attrs = pair_attrs(attrs, _PAIRS)
+    attrs = pair_attrs(attrs, LOCAL_PAIRS)
     x_shape, cols = cache
     weight = params["weight"]
     ho, wo, kh, kw, c, f = weight.shape
@@ -107,6 +108,25 @@ def _local_random(rng):
                            int(rng.integers(1, 4)))]}
 
 
+def _local_footprint(st, n, it, training, scratch=True):
+    """Forward: the padded copy and the columns (P, N, K) (cached), then (the padded copy
+    gone) the output, which the GEMM writes. Backward: the gradient as (P, N, F), the column
+    gradients and the padded input gradient (the parameter gradients count on their own)."""
+    a = st.node.attrs
+    h, w, c, ho, wo, f = spatial_shapes(st)
+    kh, kw = as_pair(a["kernel"])
+    ph, pw = as_pair(a["pad"])
+    padded = n * (h + 2 * ph) * (w + 2 * pw) * c * it
+    cols = n * ho * wo * kh * kw * c * it
+    res = n * ho * wo * f * it
+    fp = Footprint(out=res, cache=cols, fwd_tmp=max((padded if (ph or pw) else 0) - res, 0))
+    if st.data_only:
+        fp.dx, fp.bwd_tmp = (0,), res
+    else:
+        fp.dx, fp.bwd_tmp = (padded,), res + cols
+    return fp
+
+
 register(LayerSpec(
     name="local", doc="Locally-connected 2-D layer: a convolution with separate (unshared) "
     "weights at every output position (DeepFace L4–L6).",
@@ -124,4 +144,5 @@ register(LayerSpec(
     example={"attrs": {"filters": 2, "kernel": 2}, "in_shapes": [(3, 4, 2)]},
     examples=({"attrs": {"filters": 3, "kernel": (3, 2), "stride": 2, "pad": 1, "bias": False},
                "in_shapes": [(5, 4, 2)]},),
-    random_example=_local_random))
+    random_example=_local_random,
+    footprint=_local_footprint))

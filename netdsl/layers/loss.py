@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from ..errors import NetdslError, ShapeError
+from ..core.errors import NetdslError, ShapeError
 from .base import Arg, LayerSpec, register, shape_str
+from .footprint import Footprint, batch_bytes, in_bytes
 
 LOSS_STYLE = {"shape": "doubleoctagon", "style": "filled", "fillcolor": "#f5c2c7"}
 
@@ -75,13 +76,34 @@ def _xent_backward(ctx, attrs, params, cache, dout):
     return [grad], {}
 
 
+def _xent_footprint(st, n, it, training, scratch=True):
+    """softmax_xent and softmax_xent2d (the same kernel on flat logits or H×W×K maps): the
+    probabilities are the cache (made in place); per position: the row max, the label rows
+    (int64), the picked logit, the sum, its log and log p."""
+    *where, k = st.node.in_shapes[0]               # (H, W, K), or (K,) for softmax_xent
+    p = batch_bytes(n, tuple(where), 1)             # positions
+    x = p * k * it
+    return Footprint(out=it, cache=x, fwd_tmp=max(8 * p + p * it, 4 * p * it),
+                     dx=(x,), bwd_tmp=8 * p + p * it)   # the copy; rows, the picked entries
+
+
+def _svm_footprint(st, n, it, training, scratch=True):
+    """Margins (one full temporary, in place) and the bool mask of active ones (the cache);
+    per row: the row numbers (int64) and the true-class scores."""
+    x = in_bytes(st, n, it)
+    active = x // it
+    return Footprint(out=it, cache=active, fwd_tmp=8 * n + x + max(n * it - active, 0),
+                     dx=(x,), bwd_tmp=16 * n)       # backward: row numbers, active counts
+
+
 register(LayerSpec(
     name="softmax_xent", doc="Softmax cross-entropy: mean over the batch of −log p(label).",
     aliases=("loss", "softmax_loss", "softmaxwithloss", "cross_entropy"),
     args=(Arg("weight", "float", 1.0, doc="multiplies this loss (for auxiliary heads)",
               minimum=0),),
     infer_shape=_flat_scores_shape("softmax_xent", "logits"), forward=_xent_forward, backward=_xent_backward, role="loss",
-    label=("weight",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(4,)]}))
+    label=("weight",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(4,)]},
+    footprint=_xent_footprint))
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +149,7 @@ def _xent2d_forward(ctx, attrs, params, inputs):
     labels = _labels(ctx, "softmax_xent2d", (n, h, w), k).reshape(-1)
     flat = logits.reshape(-1, k)
     # One full array, the probabilities (the cache): shifted logits, exp and the division all
-    # in place in it (netdsl/memory_layers.py counts it and the per-position vectors).
+    # in place in it (_xent_footprint counts it and the per-position vectors).
     probs = flat - flat.max(axis=1, keepdims=True)
     picked = probs[xp.arange(flat.shape[0]), labels]
     xp.exp(probs, out=probs)
@@ -153,7 +175,8 @@ register(LayerSpec(
     args=(Arg("weight", "float", 1.0, doc="multiplies this loss", minimum=0),),
     infer_shape=_xent2d_shape, forward=_xent2d_forward, backward=_xent2d_backward, role="loss",
     label=("weight",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(3, 2, 4)]},
-    examples=({"attrs": {"weight": 0.5}, "in_shapes": [(1, 5, 2)]},)))
+    examples=({"attrs": {"weight": 0.5}, "in_shapes": [(1, 5, 2)]},),
+    footprint=_xent_footprint))
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,4 +213,5 @@ register(LayerSpec(
           Arg("weight", "float", 1.0, doc="multiplies this loss", minimum=0)),
     infer_shape=_flat_scores_shape("svm_loss", "scores"), forward=_svm_forward, backward=_svm_backward, role="loss",
     label=("margin",), style=LOSS_STYLE, example={"attrs": {}, "in_shapes": [(5,)]},
-    examples=({"attrs": {"margin": 0.5, "weight": 2.0}, "in_shapes": [(7,)]},)))
+    examples=({"attrs": {"margin": 0.5, "weight": 2.0}, "in_shapes": [(7,)]},),
+    footprint=_svm_footprint))

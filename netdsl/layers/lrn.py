@@ -9,9 +9,10 @@ the whole batch, never over pixels.
 """
 from __future__ import annotations
 
-from ..errors import ShapeError
+from ..core.errors import ShapeError
 from .base import Arg, LayerSpec, register, shape_str
 from . import naive
+from .footprint import Footprint, in_bytes
 
 LRN_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#ffe5d0"}
 
@@ -64,7 +65,7 @@ def _lrn_backward(ctx, attrs, params, cache, dout):
     # ∂b_c/∂a_j = δ_cj·scale_c^−β − 2α'β·a_c·a_j·scale_c^(−β−1) for j in window(c); summing over
     # the c whose window holds j swaps the window's two sides.
     # Three full arrays (t, the window sums, dx), each operation in place in one of them
-    # (the planner's rule in netdsl/memory_layers.py counts exactly these).
+    # (the planner's rule, _lrn_footprint, counts exactly these).
     t = dout * out
     t /= scale
     back = _window_sum(xp, t, (n - 1) // 2, n // 2)
@@ -84,6 +85,13 @@ def _lrn_random(rng):
             "in_shapes": [(int(rng.integers(1, 5)), int(rng.integers(1, 5)), c)]}
 
 
+def _lrn_footprint(st, n, it, training, scratch=True):
+    """Forward: x² and its window sums (the scale, cached), then the output (cached) once x²
+    is gone. Backward: t and its window sums beside the gradient."""
+    x = in_bytes(st, n, it)
+    return Footprint(out=x, cache=x, keep_in=(0,), keep_out=True, dx=(x,), bwd_tmp=2 * x)
+
+
 register(LayerSpec(
     name="lrn", doc="Local response normalisation across channels: a / (k + α/n·Σ a²)^β over n "
     "neighbouring channels (alpha_over_n=false: the AlexNet paper's α·Σ a²).",
@@ -99,4 +107,5 @@ register(LayerSpec(
     example={"attrs": {"size": 3, "alpha": 0.5, "beta": 0.75, "k": 2.0}, "in_shapes": [(2, 3, 5)]},
     examples=({"attrs": {"size": 4, "alpha": 1.0, "alpha_over_n": False}, "in_shapes": [(2, 2, 6)]},
               {"attrs": {"size": 5, "alpha": 0.3, "k": 1.0}, "in_shapes": [(3,)]}),
-    random_example=_lrn_random))
+    random_example=_lrn_random,
+    footprint=_lrn_footprint))

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .base import AUTO
+from .geometry import conv_padding, crop_hw, deconv_out_hw, unpool_out_hw
 from .structure import as_pair
 
 
@@ -25,7 +26,6 @@ def _padded(x, ph, pw, fill=0.0):
 
 def conv(attrs, params, inputs):
     """out[n,i,j,f] = b[f] + Σ_{a,b,c} xpad[n, i·s + a·d, j·s + b·d, g·Cg + c] · W[a,b,c,f]."""
-    from .conv import conv_padding
     x = np.asarray(inputs[0], dtype=np.float64)
     w = params["weight"]
     kh, kw, cg, f = w.shape
@@ -99,7 +99,6 @@ def pool_switches(attrs, params, inputs):
 
 def maxunpool(attrs, params, inputs):
     """out[n, s // W, s % W, c] += values[n, i, j, c] for s = switches[n, i, j, c]."""
-    from .unpool import unpool_out_hw
     values, switches = np.asarray(inputs[0], dtype=np.float64), inputs[1]
     n, ho, wo, c = values.shape
     h, w = unpool_out_hw(attrs, [v.shape[1:] for v in inputs])
@@ -144,7 +143,6 @@ def local(attrs, params, inputs):
 
 def deconv(attrs, params, inputs):
     """Every input pixel (i, j) adds x·W[a, b] at (i·s − p + a·d, j·s − p + b·d) of the output."""
-    from .deconv import deconv_out_hw
     x = np.asarray(inputs[0], dtype=np.float64)
     w = params["weight"]
     n, h, wd, c = x.shape
@@ -168,7 +166,6 @@ def deconv(attrs, params, inputs):
 
 def crop(attrs, params, inputs):
     """The centre (h, w) window: rows ⌊(H − h)/2⌋ … , columns ⌊(W − w)/2⌋ … ."""
-    from .crop import crop_hw
     x = np.asarray(inputs[0], dtype=np.float64)
     h, w = crop_hw(attrs, [v.shape[1:] for v in inputs])
     top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2

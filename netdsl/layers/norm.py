@@ -1,10 +1,12 @@
 """Batch normalisation over every axis but the last (N,H,W for maps, N for vectors)."""
 from __future__ import annotations
 
-from ..errors import ShapeError
+from ..core.errors import ShapeError
 from .base import Arg, LayerSpec, ParamSpec, register, shape_str
-from ..workspace import split_rows
+from ..core.workspace import split_rows
 from .reduce import channel_sums
+from .base import numel
+from .footprint import Footprint, in_bytes
 
 NORM_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#ffe5d0"}
 
@@ -111,6 +113,15 @@ def _bn_backward(ctx, attrs, params, cache, dout):
     return [dx], grads
 
 
+def _bn_footprint(st, n, it, training, scratch=True):
+    """Forward: the pairwise sum of x folds into a half-size buffer; x − μ becomes x̂ (the
+    cache) in place and the output is the variance's scratch. Backward: dx is the scratch of
+    Σ dout·x̂, and Σ dout needs a half-size buffer (layers/reduce.py)."""
+    x = in_bytes(st, n, it)
+    half = (n * numel(st.node.in_shapes[0][:-1]) // 2) * st.node.in_shapes[0][-1] * it
+    return Footprint(out=x, fwd_tmp=half if training else 0, cache=x, bwd_tmp=half, dx=(x,))
+
+
 register(LayerSpec(
     name="batchnorm", doc="Batch normalisation with learned scale/shift and running statistics.",
     aliases=("bn", "batchnorm2d", "batch_norm"),
@@ -119,4 +130,5 @@ register(LayerSpec(
               minimum=0)),
     infer_shape=_bn_shape, forward=_bn_forward, backward=_bn_backward, params=_bn_params,
     style=NORM_STYLE, example={"attrs": {}, "in_shapes": [(3, 3, 2)]},
-    examples=({"attrs": {}, "in_shapes": [(5,)]},)))
+    examples=({"attrs": {}, "in_shapes": [(5,)]},),
+    footprint=_bn_footprint))

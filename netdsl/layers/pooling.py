@@ -9,37 +9,38 @@ the default); ``count_include_pad=false`` divides by the real pixels of each win
 """
 from __future__ import annotations
 
-from ..errors import ShapeError
-from ..workspace import split_rows
+from ..core.errors import ShapeError
+from ..core.workspace import split_rows
 from .base import AUTO, Arg, LayerSpec, out_size, register
 from .reduce import sum_rows
 from .structure import pair_attrs, require_spatial
 from . import naive
+from .footprint import Footprint, in_bytes, out_bytes, spatial_shapes
 
 POOL_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#d1e7dd"}
 
 
-def _resolve_pool(attrs, info=None):
+def resolve_pool(attrs, info=None):
     """Fill an AUTO stride with the window size (non-overlapping pooling, the usual case)."""
     if attrs.get("stride") is AUTO:
         attrs = dict(attrs, stride=attrs["size"])
     return attrs
 
 
-def _pool_attrs(attrs) -> dict:
+def pool_attrs(attrs) -> dict:
     """attrs with an AUTO stride read as the window size, pairs normalised, and ``round=ceil``
     spelt as ``ceil=True``: the one form every reader (kernels, exporters, tools) checks."""
-    attrs = pair_attrs(_resolve_pool(attrs), ("size", "stride", "pad"))
+    attrs = pair_attrs(resolve_pool(attrs), ("size", "stride", "pad"))
     if attrs.get("round") == "ceil":
         attrs["ceil"] = True
     return attrs
 
 
-def _pool_shape(op: str):
+def pool_shape_rule(op: str):
     def infer(attrs, in_shapes):
         h, w, c = require_spatial(op, in_shapes[0], "pooling needs a spatial map; "
                                   "it cannot follow FC or FLATTEN")
-        attrs = _pool_attrs(attrs)
+        attrs = pool_attrs(attrs)
         size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
         for k, p in zip(size, pad):
             if p > k // 2:
@@ -56,10 +57,10 @@ def _pool_shape(op: str):
     return infer
 
 
-def _geometry(attrs, x_shape):
+def pool_geometry(attrs, x_shape):
     """Window, stride, pad, output size, and the padded extent (with any ceil overhang)."""
     _, h, w, _ = x_shape
-    attrs = _pool_attrs(attrs)
+    attrs = pool_attrs(attrs)
     size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
     ceil, rounding = attrs["ceil"], attrs.get("round")
     ho = out_size(h, size[0], stride[0], pad[0], ceil=ceil, what="pool", rounding=rounding)
@@ -88,7 +89,7 @@ def _pad_to(xp, x, pad, ext, fill):
     return out
 
 
-def _fast_path(x_shape, size, stride, pad, out_hw):
+def pool_fast_path(x_shape, size, stride, pad, out_hw):
     """Non-overlapping windows tiling the input exactly: a reshape does the whole pooling."""
     return (stride == size and pad == (0, 0) and out_hw[0] * size[0] == x_shape[1]
             and out_hw[1] * size[1] == x_shape[2])
@@ -109,12 +110,12 @@ def _divisor(xp, x_shape, size, stride, pad, out_hw, ext, dtype, include_pad=Tru
     return count[0]
 
 
-def _pool_forward(ctx, attrs, params, inputs):
+def pool_forward(ctx, attrs, params, inputs):
     xp, x = ctx.xp, inputs[0]
     n, _, _, c = x.shape
-    size, stride, pad, (ho, wo), ext = _geometry(attrs, x.shape)
+    size, stride, pad, (ho, wo), ext = pool_geometry(attrs, x.shape)
     if attrs["kind"] == "avg":
-        if _fast_path(x.shape, size, stride, pad, (ho, wo)):
+        if pool_fast_path(x.shape, size, stride, pad, (ho, wo)):
             out = x.reshape(n, ho, size[0], wo, size[1], c).mean(axis=(2, 4))
             return out, (x.shape, None)
         xpad = _pad_to(xp, x, pad, ext, 0)
@@ -149,11 +150,11 @@ def _pool_forward(ctx, attrs, params, inputs):
     return out, (x.shape, switches)
 
 
-def _pool_backward(ctx, attrs, params, cache, dout):
+def pool_backward(ctx, attrs, params, cache, dout):
     xp = ctx.xp
     x_shape, saved = cache
     n, h, w, c = x_shape
-    size, stride, pad, (ho, wo), ext = _geometry(attrs, x_shape)
+    size, stride, pad, (ho, wo), ext = pool_geometry(attrs, x_shape)
     if attrs["kind"] == "avg" and saved is None:  # fast path: spread evenly over each tile
         tile = dout[:, :, None, :, None, :] * (1.0 / (size[0] * size[1]))
         dx = xp.broadcast_to(tile, (n, ho, size[0], wo, size[1], c)).reshape(x_shape)
@@ -177,7 +178,7 @@ def _pool_backward(ctx, attrs, params, cache, dout):
     return [dx_pad[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w, :]], {}
 
 
-def _pool_args(kind_default: str):
+def pool_args(kind_default: str):
     return (Arg("size", "pair", (2, 2), doc="window size, k or KHxKW", minimum=1),
             Arg("stride", "pair", AUTO, doc="step between windows (default: the size)",
                 minimum=1),
@@ -203,15 +204,43 @@ def random_pool_example(rng, kinds=("max", "avg")) -> dict:
             "in_shapes": [hw + (int(rng.integers(1, 4)),)]}
 
 
+def pool_footprint(st, n, it, training, scratch=True):
+    """Max: the padded copy, a bool 'seen', the counts and one comparison; the switches kept
+    (uint8); backward per window offset a mask and the routed gradient. Average: the padded
+    copy unless the windows tile the input (a reshape)."""
+    a = st.node.attrs
+    h, w, c, ho, wo, _ = spatial_shapes(st)
+    size, stride, pad, _, ext = pool_geometry(a, (n, h, w, c))
+    padded = n * ext[0] * ext[1] * c * it if ext != (h, w) else 0
+    o, o1 = n * ho * wo * c * it, n * ho * wo * c
+    if a["kind"] == "max":
+        # backward: per window offset a mask and the routed gradient, which the next offset's
+        # replaces (both alive for a moment: two, where the window has several offsets)
+        routed = o * (2 if size[0] * size[1] > 1 else 1)
+        return Footprint(out=o, fwd_tmp=padded + 3 * o1, cache=o1, bwd_tmp=routed + o1,
+                         dx=(n * ext[0] * ext[1] * c * it,))
+    if pool_fast_path((n, h, w, c), size, stride, pad, (ho, wo)):
+        return Footprint(out=o, bwd_tmp=o, dx=(n * h * w * c * it,))
+    return Footprint(out=o, fwd_tmp=padded, bwd_tmp=o, dx=(n * ext[0] * ext[1] * c * it,))
+
+
+def _gap_footprint(st, n, it, training, scratch=True):
+    """Forward: the pairwise sum over H·W folds into half the input."""
+    h, w, c = st.node.in_shapes[0]
+    out = out_bytes(st, n, it)
+    return Footprint(out=out, dx=(in_bytes(st, n, it),), bwd_tmp=out,
+                     fwd_tmp=n * (h * w // 2) * c * it)
+
+
 def _pool_spec(name: str, kind: str, aliases: tuple, doc: str) -> LayerSpec:
     """One pooling spec; pool, maxpool and avgpool differ only in name and default kind."""
     return LayerSpec(
-        name=name, doc=doc, aliases=aliases, args=_pool_args(kind),
-        infer_shape=_pool_shape(name), forward=_pool_forward, backward=_pool_backward,
+        name=name, doc=doc, aliases=aliases, args=pool_args(kind),
+        infer_shape=pool_shape_rule(name), forward=pool_forward, backward=pool_backward,
         compact=("size", "stride"), style=POOL_STYLE,
         # Only the generic POOL needs its kind spelt out; MAXPOOL/AVGPOOL say it in the name.
         label=(("kind",) if name == "pool" else ()) + ("size", "stride"),
-        downsamples=True, resolve=_resolve_pool,
+        downsamples=True, resolve=resolve_pool,
         reference=naive.pool, random_example=random_pool_example,
         example={"attrs": {"size": 2}, "in_shapes": [(4, 5, 2)]},
         examples=({"attrs": {"size": 3, "stride": 2, "pad": 1, "ceil": True},
@@ -219,7 +248,8 @@ def _pool_spec(name: str, kind: str, aliases: tuple, doc: str) -> LayerSpec:
                   {"attrs": {"size": 3, "stride": 1, "pad": 1, "kind": "avg",
                              "count_include_pad": False}, "in_shapes": [(4, 5, 2)]},
                   {"attrs": {"size": (3, 2), "stride": (1, 2), "pad": (1, 0)},
-                   "in_shapes": [(4, 5, 1)]}))
+                   "in_shapes": [(4, 5, 1)]}),
+                   footprint=pool_footprint)
 
 
 register(_pool_spec("pool", "max", ("pooling",),
@@ -257,4 +287,5 @@ register(LayerSpec(
     name="gap", doc="Global average pooling: H×W×C → C (one mean per channel).",
     aliases=("globalavgpool", "global_avg_pool", "globalaveragepool"), args=(),
     infer_shape=_gap_shape, forward=_gap_forward, backward=_gap_backward, style=POOL_STYLE,
-    example={"attrs": {}, "in_shapes": [(3, 4, 2)]}))
+    example={"attrs": {}, "in_shapes": [(3, 4, 2)]},
+    footprint=_gap_footprint))

@@ -4,8 +4,9 @@ Also holds small helpers shared by the other layer modules (AUTO checks, the 3-D
 """
 from __future__ import annotations
 
-from ..errors import NetdslError, ShapeError
+from ..core.errors import NetdslError, ShapeError
 from .base import AUTO, Arg, LayerSpec, numel, register, shape_str
+from .footprint import Footprint, in_bytes, out_bytes, view_of_input
 
 STRUCT_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#e9ecef"}
 SOURCE_STYLE = {"shape": "invhouse", "style": "filled", "fillcolor": "#adb5bd"}
@@ -66,12 +67,26 @@ def _input_backward(ctx, attrs, params, cache, dout):
     return [], {}
 
 
+def _dropout_footprint(st, n, it, training, scratch=True):
+    """Training: the bool draw, then the mask (cached) and the output; inference: a view."""
+    if not training:
+        return view_of_input(st, n, it, training)
+    x = in_bytes(st, n, it)
+    return Footprint(out=x, fwd_tmp=x // it, cache=x, dx=(x,))
+
+
+def _join_footprint(st, n, it, training, scratch=True):
+    """concat and add: a fresh output; each input's gradient is a view of the incoming one."""
+    return Footprint(out=out_bytes(st, n, it), dx=(None,) * len(st.inputs))
+
+
 register(LayerSpec(
     name="input", doc="The network's input: one example of the given shape (from the dataset).",
     args=(Arg("shape", "dims", AUTO, doc="H×W×C of one example"),),
     infer_shape=_input_shape, forward=_passthrough_forward, backward=_input_backward,
     inputs=(0, 0), role="source", label=("shape",), style=SOURCE_STYLE,
-    example={"attrs": {"shape": (4, 4, 3)}, "in_shapes": []}))
+    example={"attrs": {"shape": (4, 4, 3)}, "in_shapes": []},
+    footprint=view_of_input))
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +96,8 @@ register(LayerSpec(
     name="identity", doc="Passes its input through unchanged.",
     args=(), infer_shape=lambda attrs, in_shapes: one_input(in_shapes),
     forward=_passthrough_forward, backward=_passthrough_backward, style=STRUCT_STYLE,
-    example={"attrs": {}, "in_shapes": [(3, 3, 2)]}))
+    example={"attrs": {}, "in_shapes": [(3, 3, 2)]},
+    footprint=view_of_input))
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,7 +122,8 @@ def _flatten_backward(ctx, attrs, params, cache, dout):
 register(LayerSpec(
     name="flatten", doc="Flattens H×W×C into one feature vector (row-major over H, W, C).",
     args=(), infer_shape=_flatten_shape, forward=_flatten_forward, backward=_flatten_backward,
-    style=STRUCT_STYLE, example={"attrs": {}, "in_shapes": [(2, 3, 2)]}))
+    style=STRUCT_STYLE, example={"attrs": {}, "in_shapes": [(2, 3, 2)]},
+    footprint=view_of_input))
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +159,8 @@ register(LayerSpec(
     infer_shape=_dropout_shape, forward=_dropout_forward, backward=_dropout_backward,
     train_only=True, label=("rate",),
     style={"shape": "box", "style": "rounded,filled,dashed", "fillcolor": "#e9ecef"},
-    example={"attrs": {"rate": 0.3}, "in_shapes": [(3, 3, 2)]}))
+    example={"attrs": {"rate": 0.3}, "in_shapes": [(3, 3, 2)]},
+    footprint=_dropout_footprint))
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +200,8 @@ register(LayerSpec(
     aliases=("cat",), args=(), infer_shape=_concat_shape, forward=_concat_forward,
     backward=_concat_backward, inputs=(2, None), role="join", style=JOIN_STYLE,
     example={"attrs": {}, "in_shapes": [(3, 3, 2), (3, 3, 3)]},
-    examples=({"attrs": {}, "in_shapes": [(3,), (2,), (4,)]},)))
+    examples=({"attrs": {}, "in_shapes": [(3,), (2,), (4,)]},),
+    footprint=_join_footprint))
 
 
 def _add_shape(attrs, in_shapes):
@@ -213,4 +232,5 @@ register(LayerSpec(
     aliases=("sum",), args=(), infer_shape=_add_shape, forward=_add_forward,
     backward=_add_backward, inputs=(2, None), role="join", style=JOIN_STYLE,
     example={"attrs": {}, "in_shapes": [(3, 3, 2), (3, 3, 2)]},
-    examples=({"attrs": {}, "in_shapes": [(4,)] * 3},)))
+    examples=({"attrs": {}, "in_shapes": [(4,)] * 3},),
+    footprint=_join_footprint))

@@ -10,12 +10,16 @@ share a maximum the values add up (the adjoint of max pooling's gradient routing
 """
 from __future__ import annotations
 
-from ..errors import NetdslError, ShapeError
+from ..core.errors import NetdslError, ShapeError
 from .base import AUTO, Arg, LayerSpec, out_size, register, shape_str
-from .pooling import (POOL_STYLE, _geometry, _pool_args, _pool_backward, _pool_forward,
-                      _pool_shape, _resolve_pool, random_pool_example)
-from .structure import as_pair, pair_attrs, require_spatial
+from .pooling import (POOL_STYLE, pool_args, pool_backward, pool_footprint, pool_forward,
+                      pool_geometry, pool_shape_rule, random_pool_example, resolve_pool)
+from .geometry import unpool_attrs, unpool_out_hw
+from .structure import as_pair, require_spatial
 from . import naive
+import copy
+
+from .footprint import Footprint, batch_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -24,12 +28,12 @@ from . import naive
 def _switch_forward(ctx, attrs, params, inputs):
     xp, x = ctx.xp, inputs[0]
     attrs = dict(attrs, kind="max")
-    values, (x_shape, offset) = _pool_forward(ctx, attrs, params, inputs)
-    size, stride, pad, (ho, wo), _ = _geometry(attrs, x.shape)
+    values, (x_shape, offset) = pool_forward(ctx, attrs, params, inputs)
+    size, stride, pad, (ho, wo), _ = pool_geometry(attrs, x.shape)
     # Window offset (row-major a·KW + b) → input row and column → flat index in the plane:
     # (i·S − P + a)·W + j·S − P + b = corner(i, j) + step[offset], with step[a·KW + b] =
     # a·W + b. One int64 array (the switches) is all this allocates: the pool's cache keeps
-    # its own small offsets (netdsl/memory_layers.py).
+    # its own small offsets (_unpool_footprint).
     width = x.shape[2]
     k = xp.arange(size[0] * size[1], dtype=xp.int64)
     step = (k // size[1]) * width + k % size[1]
@@ -44,11 +48,11 @@ def _switch_backward(ctx, attrs, params, cache, dout):
     dvalues = dout[0] if isinstance(dout, tuple) else dout
     if dvalues is None:  # only the switches are used downstream: they carry no gradient
         return [None], {}
-    return _pool_backward(ctx, dict(attrs, kind="max"), params, cache, dvalues)
+    return pool_backward(ctx, dict(attrs, kind="max"), params, cache, dvalues)
 
 
 def _switch_shape(attrs, in_shapes):
-    out = _pool_shape("maxpool_switches")(dict(attrs, kind="max"), in_shapes)
+    out = pool_shape_rule("maxpool_switches")(dict(attrs, kind="max"), in_shapes)
     return (out, out)
 
 
@@ -58,60 +62,39 @@ def _switch_random(rng):
     return ex
 
 
+def _switches_footprint(st, n, it, training, scratch=True):
+    """The max pooling's own footprint (its kernel is the pool's), and the switches: one
+    int64 array made after the pool's temporaries are gone, output with the values."""
+    as_max = copy.copy(st)
+    as_max.node = copy.copy(st.node)
+    as_max.node.attrs = dict(st.node.attrs, kind="max")
+    fp = pool_footprint(as_max, n, it, training)
+    switches = 8 * batch_bytes(n, st.node.out_shapes[1], 1)
+    fp.outs = (fp.out, switches)     # the values and the switches live apart
+    fp.out += switches
+    fp.fwd_tmp = max(fp.fwd_tmp - switches, 0)
+    return fp
+
+
 register(LayerSpec(
     name="maxpool_switches", doc="Max pooling with two outputs: the maxima and their switches "
     "(flat input positions, for maxunpool).",
     aliases=("maxpool_with_switches", "pool_switches", "maxpool_indices", "switch_pool"),
-    args=tuple(a for a in _pool_args("max") if a.name not in ("kind", "count_include_pad")),
+    args=tuple(a for a in pool_args("max") if a.name not in ("kind", "count_include_pad")),
     infer_shape=_switch_shape, forward=_switch_forward, backward=_switch_backward,
     outputs=2, output_names=("out", "switches"), compact=("size", "stride"),
-    label=("size", "stride"), style=POOL_STYLE, downsamples=True, resolve=_resolve_pool,
+    label=("size", "stride"), style=POOL_STYLE, downsamples=True, resolve=resolve_pool,
     reference=naive.pool_switches,
     random_example=_switch_random,
     example={"attrs": {"size": 2}, "in_shapes": [(4, 5, 2)]},
     examples=({"attrs": {"size": 3, "stride": 2, "pad": 1, "ceil": True},
                "in_shapes": [(6, 5, 2)]},
-              {"attrs": {"size": 3, "stride": 1}, "in_shapes": [(4, 4, 1)]})))
+              {"attrs": {"size": 3, "stride": 1}, "in_shapes": [(4, 4, 1)]}),
+              footprint=_switches_footprint))
 
 
 # --------------------------------------------------------------------------------------------
 # maxunpool
-
-def _unpool_attrs(attrs) -> dict:
-    attrs = pair_attrs(attrs, ("size", "stride", "pad", "out"))
-    if attrs["stride"] is AUTO:
-        attrs["stride"] = attrs["size"]
-    return attrs
-
-
-def unpool_out_hw(attrs, in_shapes) -> tuple[int, int]:
-    """The H×W maxunpool restores: the third input's, ``out``, or (Ho − 1)·S − 2P + K; a
-    ShapeError with the arithmetic when pooling that size cannot give the values' Ho×Wo."""
-    attrs = _unpool_attrs(attrs)
-    pooled = tuple(in_shapes[0][:2])
-    size, stride, pad = attrs["size"], attrs["stride"], attrs["pad"]
-    if len(in_shapes) > 2:
-        target, source = tuple(in_shapes[2][:2]), "the third input"
-    elif attrs["out"] != "auto":
-        target, source = tuple(attrs["out"]), "out"
-    else:
-        return tuple((o - 1) * s - 2 * p + k for o, s, p, k in zip(pooled, stride, pad, size))
-    for o, t, k, s, p in zip(pooled, target, size, stride, pad):
-        fits = []
-        for ceil in (False, True):
-            try:
-                fits.append(out_size(t, k, s, p, ceil=ceil, what="maxunpool"))
-            except NetdslError:
-                fits.append(None)
-        if o not in fits:
-            raise ShapeError(
-                f"maxunpool: {source} asks for size {t}, but pooling {t} with k={k}, s={s}, "
-                f"p={p} gives {fits[0]}, not the {o} of the values",
-                detail=f"⌊({t} − {k} + 2·{p})/{s}⌋ + 1 = {fits[0]}",
-                hint="unpool to the size of the tensor that was pooled (pass it as the third "
-                     "input), with the pool's own size, stride and pad")
-    return target
-
 
 def _unpool_shape(attrs, in_shapes):
     values = require_spatial("maxunpool", in_shapes[0], "maxunpool takes a pooled H×W×C map")
@@ -149,7 +132,7 @@ def _unpool_forward(ctx, attrs, params, inputs):
     index = switches + xp.arange(n, dtype=xp.int64)[:, None, None, None] * (h * w)
     index *= c
     index += xp.arange(c, dtype=xp.int64)
-    a = _unpool_attrs(attrs)
+    a = unpool_attrs(attrs)
     if all(s >= k for s, k in zip(a["stride"], a["size"])):
         # Disjoint windows: every switch is a different pixel, plain writes.
         out = xp.zeros((n, h, w, c), dtype=values.dtype)
@@ -187,7 +170,7 @@ def _unpool_make_inputs(rng, attrs, in_shapes, batch):
     from .base import Ctx
     h, w = unpool_out_hw(attrs, in_shapes)
     c = in_shapes[0][2]
-    pool_attrs = _unpool_attrs(attrs)
+    pool_attrs = unpool_attrs(attrs)
     ceil = out_size(h, pool_attrs["size"][0], pool_attrs["stride"][0], pool_attrs["pad"][0],
                     what="maxunpool") != in_shapes[0][0] or \
         out_size(w, pool_attrs["size"][1], pool_attrs["stride"][1], pool_attrs["pad"][1],
@@ -222,6 +205,24 @@ def _unpool_random(rng):
     return {"attrs": attrs, "in_shapes": shapes}
 
 
+def _unpool_footprint(st, n, it, training, scratch=True):
+    """Forward: the flat index (int64) and the output; overlapping windows go through
+    bincount (float64 weights and counts, then the cast). The cache keeps the switches (the
+    second input)."""
+    pooled = batch_bytes(n, st.node.in_shapes[0], 1)     # elements of the values
+    out_e = batch_bytes(n, st.node.out_shapes[0], 1)
+    a = unpool_attrs(st.node.attrs)
+    if all(s >= k for s, k in zip(a["stride"], a["size"])):
+        tmp = 8 * pooled
+    else:
+        tmp = 8 * pooled + max(8 * pooled + 8 * out_e, 8 * out_e + out_e * it) - out_e * it
+    # backward: row and column (int64) at once, then the offsets (in the row array) and the
+    # gathered values
+    return Footprint(out=out_e * it, fwd_tmp=tmp, keep_in=(1,),
+                     dx=(pooled * it,) + (0,) * (len(st.inputs) - 1),
+                     bwd_tmp=max(16 * pooled, 8 * pooled + pooled * it) - pooled * it)
+
+
 register(LayerSpec(
     name="maxunpool", doc="Max-unpooling: puts each value back where its switch says, zeros "
     "elsewhere; inputs values, switches [, a tensor of the size to restore].",
@@ -233,10 +234,11 @@ register(LayerSpec(
               "(Ho−1)·S − 2P + K)", choices=("auto",), minimum=1)),
     infer_shape=_unpool_shape, forward=_unpool_forward, backward=_unpool_backward,
     inputs=(2, 3), compact=("size", "stride"), label=("size", "stride"), style=POOL_STYLE,
-    resolve=_resolve_pool, reference=naive.maxunpool, make_inputs=_unpool_make_inputs,
+    resolve=resolve_pool, reference=naive.maxunpool, make_inputs=_unpool_make_inputs,
     example={"attrs": {"size": 2}, "in_shapes": [(2, 2, 2), (2, 2, 2), (5, 4, 1)]},
     examples=({"attrs": {"size": 2}, "in_shapes": [(2, 3, 2), (2, 3, 2)]},
               {"attrs": {"size": 3, "stride": 2, "pad": 1, "out": (6, 5)},
                "in_shapes": [(4, 3, 1), (4, 3, 1)]},
               {"attrs": {"size": 3, "stride": 1}, "in_shapes": [(2, 3, 2), (2, 3, 2)]}),
-    random_example=_unpool_random))
+    random_example=_unpool_random,
+    footprint=_unpool_footprint))

@@ -23,8 +23,8 @@ import tempfile
 
 import numpy as np
 
-from ..backend import to_numpy
-from ..errors import NetdslError
+from ..core.backend import to_numpy
+from ..core.errors import NetdslError
 
 FORMAT_TAG = "netdsl-checkpoint"
 FORMAT_VERSION = 1

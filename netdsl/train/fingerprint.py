@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 
-from ..graph import nodes
+from ..core.graph import nodes
 
 _MAX_DIFF_LINES = 20
 

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import to_numpy
-from ..errors import NetdslError
-from ..executor import Executor
-from ..numerics import LossWatch, locate_nonfinite
-from .augment import augment_batch
+from ..core.backend import to_numpy
+from ..core.errors import NetdslError
+from ..runtime.executor import Executor
+from ..runtime.numerics import LossWatch, locate_nonfinite
+from ..data.augment import augment_batch
 from .checkpoint import (MAX_STEP, check_header, check_history, load_checkpoint, load_header,
                          save_checkpoint, write_json_atomic)
-from .config import TrainConfig
-from .data import Dataset
+from ..lang.train_config import TrainConfig
+from ..data.loader import Dataset
 from .fingerprint import diff_fingerprints, graph_fingerprint, well_formed
 from .optim import make_optimizer
 from .progress import EpochBar
@@ -60,7 +60,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _check_compatible(ex: Executor, saved: dict, path: str) -> None:
+def check_compatible(ex: Executor, saved: dict, path: str) -> None:
     for name, tensors in ex.params.items():
         for key, value in tensors.items():
             if name not in saved or key not in saved[name]:
@@ -193,7 +193,7 @@ class Trainer:
         check_header(ck, path)
         meta = ck["meta"]
         _check_same_graph(meta.get("graph"), self.meta["graph"], path)
-        _check_compatible(self.ex, ck["params"], path)
+        check_compatible(self.ex, ck["params"], path)
         epoch, step = ck["epoch"], ck["step"]
         history = check_history(ck["metrics"].get("history", []), epoch, path)
         sums = EpochSums.from_saved(meta.get("epoch_sums"), path)

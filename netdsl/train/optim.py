@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 
-from ..backend import to_numpy
-from ..errors import NetdslError
-from .config import TrainConfig
+from ..core.backend import to_numpy
+from ..core.errors import NetdslError
+from ..lang.train_config import TrainConfig
 
 
 def _xp(a):

@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..errors import NetdslError
+from ..core.errors import NetdslError
 
 LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.npz"

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from ..errors import NetdslError
-from .config import TrainConfig
+from ..core.errors import NetdslError
+from ..lang.train_config import TrainConfig
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from netdsl.compiler import compile_file          # noqa: E402
-from netdsl.executor import Executor              # noqa: E402
+from netdsl.compile.compiler import compile_file          # noqa: E402
+from netdsl.runtime.executor import Executor              # noqa: E402
 from netdsl.layers import Ctx, get                # noqa: E402
 
 

@@ -2,18 +2,18 @@
 
     python tests/bench/memory_check.py [--kernels numpy|onednn] nets/cs231n.net 32x32x3 64 [K=V ...]
 
-Measured as `netdsl bench` does (netdsl.bench.peak_memory): tracemalloc's peak during a
+Measured as `netdsl bench` does (netdsl.tools.bench.peak_memory): tracemalloc's peak during a
 steady-state step beyond what was held before it, plus what the model holds across steps on
-purpose (netdsl.workspace.held_bytes(): the oneDNN scratchpad region). Default kernels: numpy.
+purpose (netdsl.core.workspace.held_bytes(): the oneDNN scratchpad region). Default kernels: numpy.
 """
 import sys
 
 import numpy as np
 
-from netdsl.bench import peak_memory
-from netdsl.compiler import compile_file
-from netdsl.executor import Executor
-from netdsl.memory import plan_memory
+from netdsl.tools.bench import peak_memory
+from netdsl.compile.compiler import compile_file
+from netdsl.runtime.executor import Executor
+from netdsl.runtime.memory import plan_memory
 
 
 def main(path, shape, batch, *sets, kernels="numpy"):
@@ -28,7 +28,7 @@ def main(path, shape, batch, *sets, kernels="numpy"):
     train = peak_memory(lambda: (ex.forward(x, y, training=True), ex.backward()))
     inf = ex.for_inference()
     if kernels != "numpy":   # the region as the inference primitives alone grow it
-        from netdsl.kernels.onednn.common import lib
+        from netdsl.runtime.kernels.onednn.common import lib
         lib().scratchpad.release()
     infer = peak_memory(lambda: inf.forward(x, training=False))
     pt = plan_memory(ex.plan, int(batch), training=True)

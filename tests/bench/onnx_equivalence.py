@@ -25,9 +25,9 @@ NETS = [("lenet5", None), ("inception_small", (28, 28, 1)), ("resnet18", None),
 
 def main() -> None:
     import onnxruntime as ort
-    from netdsl import graph as G
-    from netdsl.onnx_export import to_onnx
-    from netdsl.trained import load_trained
+    from netdsl.core import graph as G
+    from netdsl.interchange.onnx_export import to_onnx
+    from netdsl.interchange.trained import load_trained
     from test_onnx_export import randomise
 
     p = argparse.ArgumentParser()

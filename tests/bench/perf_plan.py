@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from netdsl.compiler import compile_text
-from netdsl.executor import Executor
+from netdsl.compile.compiler import compile_text
+from netdsl.runtime.executor import Executor
 
 RESNET20 = """
 block basic(c, stride=1) {

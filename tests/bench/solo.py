@@ -16,11 +16,12 @@ import numpy as np
 
 def main(argv):
     who, steps = argv[0], int(argv[1])
-    from netdsl import bench, kernels
-    from netdsl.cli import build_parser
+    from netdsl.tools import bench
+    from netdsl.runtime import kernels
+    from netdsl.cli.app import build_parser
     args = build_parser().parse_args(["bench"] + argv[argv.index("--") + 1:])
     kernels.set_threads(args.threads)
-    c = bench._compile(args)
+    c = bench.compile_bench_args(args)
     if who == "torch":
         step, _ = bench.torch_setup(c, args.batch, args.mode, args.threads)
     else:

@@ -3,8 +3,8 @@ as a markdown table (docs/performance.md, "Memory planner on the zoo").
 
     PYTHONPATH=. python tests/bench/zoo_memory.py [BATCH] [--kernels numpy,onednn] [NET ...]
 
-Measured as `netdsl bench` does (netdsl.bench.peak_memory: tracemalloc's peak during a
-steady-state step + netdsl.workspace.held_bytes()); each mode on its own executor (the other's
+Measured as `netdsl bench` does (netdsl.tools.bench.peak_memory: tracemalloc's peak during a
+steady-state step + netdsl.core.workspace.held_bytes()); each mode on its own executor (the other's
 Scratch region and oneDNN's scratchpad released), so that one measurement never counts another's
 held memory. MiB = 2^20 bytes.
 """
@@ -14,15 +14,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: test_zoo's sizes
 
-from netdsl import kernels as K  # noqa: E402
-from netdsl.bench import peak_memory  # noqa: E402
-from netdsl.memory import plan_memory  # noqa: E402
+from netdsl.runtime import kernels as K  # noqa: E402
+from netdsl.tools.bench import peak_memory  # noqa: E402
+from netdsl.runtime.memory import plan_memory  # noqa: E402
 from test_zoo_memory import _setup, SMALL  # noqa: E402
 import test_zoo_memory  # noqa: E402
 
 def _release():
     if K.available("onednn"):
-        from netdsl.kernels.onednn.common import lib
+        from netdsl.runtime.kernels.onednn.common import lib
         lib().scratchpad.release()
 
 def row(name, provider, batch):

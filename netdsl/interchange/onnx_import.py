@@ -1,0 +1,232 @@
+"""Import an ONNX model as a `.net` file and a checkpoint (``netdsl import``).
+
+The ONNX graph is read node by node into a small list of netdsl layers (:class:`Layer`),
+which :mod:`netdsl.interchange.net_writer` writes as readable chains; the operator handlers are in
+:mod:`netdsl.interchange.onnx_import_ops` (docs/interchange.md lists them). A final Softmax is dropped
+(the loss applies it).
+
+Layout: ONNX tensors are NCHW, netdsl maps are HWC, and the two flatten a map in different
+orders (C·H·W vs H·W·C). Each ONNX tensor is therefore tracked with a *kind*: ``map``, ``flat``
+(netdsl order), ``chw`` (an ONNX Flatten of a map, not yet a netdsl node: an FC reading it gets
+its weight rows permuted; element-wise layers apply to the map before it), ``gap`` (a global
+pool's N×C×1×1) and ``nhwc`` (a Transpose to channel-last, which a Flatten turns into FLATTEN).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.errors import NetdslError
+from .onnx_export import require_onnx
+from .onnx_import_ops import HANDLERS, Value
+
+
+@dataclass
+class Layer:
+    """One netdsl layer to write: op, arguments as they are written, inputs, weights."""
+
+    op: str
+    args: dict
+    inputs: list
+    params: dict = field(default_factory=dict)
+    hint: str = ""                      # the ONNX node name, for the label
+
+
+class _Importer:
+    def __init__(self, model, path: str):
+        onnx = require_onnx()
+        self.path = path
+        self.np = onnx.numpy_helper
+        self.helper = onnx.helper
+        g = model.graph
+        self.consts = {t.name: self.np.to_array(t) for t in g.initializer}
+        self.layers: list[Layer] = []
+        self.values: dict[str, Value] = {}
+        self.notes: list[str] = []
+        try:   # strict: a weight that does not fit its input is the file's error, said here
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+        except Exception as exc:   # onnx's InferenceError and friends
+            raise NetdslError(f"{path}: the model's tensor shapes do not fit together: "
+                              f"{str(exc).strip().splitlines()[-1][:300]}") from None
+        self.shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
+                                 for d in vi.type.tensor_type.shape.dim]
+                       for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
+        inputs = [i for i in g.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise self.error(f"has {len(inputs)} data inputs; netdsl networks have one")
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) not in (2, 4) or None in dims[1:] or 0 in dims[1:]:
+            raise self.error(f"input '{inputs[0].name}' has shape {dims}; netdsl imports "
+                             "models with a fixed N×C×H×W (or N×F) input",
+                             hint="export the model with fixed sizes but the batch")
+        if len(dims) == 2:   # a vector input: INPUT(F) (needs a netdsl with flat inputs)
+            self.values[inputs[0].name] = Value(self.add("input", {"shape": (dims[1],)}, []),
+                                                "flat")
+        else:
+            c, h, w = dims[1:]
+            self.values[inputs[0].name] = Value(self.add("input", {"shape": (h, w, c)}, []),
+                                                "map", (c, h, w))
+        self.graph = g
+
+    def error(self, message: str, node=None, index: int = -1, hint: str | None = None):
+        where = f"node {index} '{node.name}' ({node.op_type}): " if node is not None else ""
+        return NetdslError(f"{self.path}: {where}{message}" if where else
+                           f"{self.path}: the model {message}", hint=hint)
+
+    def add(self, op: str, args: dict, inputs: list, params=None, hint: str = "") -> int:
+        self.layers.append(Layer(op, args, list(inputs), params or {}, hint))
+        return len(self.layers) - 1
+
+    # -- helpers for node handlers -------------------------------------------------------
+    def const(self, name: str, node, index, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise self.error(f"{what} must be a constant (an initializer)", node, index)
+        return self.consts[name]
+
+    def as_map(self, name: str, node, index) -> Value:
+        v = self.values[name]
+        if v.kind != "map":
+            raise self.error(f"expects an N×C×H×W map, got a {_KIND_WORDS[v.kind]}", node, index)
+        return v
+
+    def as_flat(self, name: str, node, index) -> int:
+        """The layer whose output is this value in netdsl's flat order (adding FLATTEN when
+        a C×1×1 map needs one); an error when ONNX's C·H·W order would differ."""
+        v = self.values[name]
+        if v.kind == "flat":
+            return v.layer
+        if v.kind == "gap":
+            return v.layer
+        if v.kind == "chw" and v.chw[1] * v.chw[2] == 1 or v.kind == "nhwc":
+            return self.add("flatten", {}, [v.layer])
+        raise self.error(f"reads a {_KIND_WORDS[v.kind]}, which netdsl flattens in another "
+                         "order (H·W·C, not C·H·W)", node, index,
+                         hint="only FC (Gemm/MatMul) may read a flattened map directly")
+
+    def chw_of(self, name: str, node, index) -> tuple:
+        """(C, H, W) of a 4-D ONNX tensor, from ONNX shape inference."""
+        dims = self.shapes.get(name)
+        if not dims or len(dims) != 4 or None in dims[1:]:
+            raise self.error(f"the shape of '{name}' is not known", node, index,
+                             hint="run onnx.shape_inference or export with fixed sizes")
+        return tuple(dims[1:])
+
+    def attrs(self, node) -> dict:
+        return {a.name: self.helper.get_attribute_value(a) for a in node.attribute}
+
+    def run(self) -> None:
+        for index, node in enumerate(self.graph.node):
+            handler = HANDLERS.get(node.op_type)
+            if handler is None:
+                raise self.error("has no netdsl layer", node, index,
+                                 hint="netdsl imports: " + ", ".join(sorted(HANDLERS)))
+            try:
+                handler(self, node, index, self.attrs(node))
+            except KeyError as exc:   # an input no earlier node produced as a netdsl value
+                raise self.error(f"reads '{exc.args[0]}', which netdsl cannot represent (a "
+                                 "constant used as data, or a second graph input)", node,
+                                 index) from None
+            except (ValueError, IndexError, TypeError) as exc:
+                # Arrays of a foreign file that do not have the shapes its node implies (the
+                # handlers reshape and index them): the file's problem, told at the node.
+                raise self.error(f"its weights or attributes do not fit its input "
+                                 f"({type(exc).__name__}: {exc})", node, index) from None
+
+
+_KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",
+               "gap": "globally pooled N×C×1×1 map", "nhwc": "channel-last (transposed) map"}
+
+
+def read_model(path: str):
+    """The ONNX ModelProto at ``path``, or a NetdslError saying why it cannot be read."""
+    onnx = require_onnx()
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except FileNotFoundError:
+        raise NetdslError(f"'{path}' does not exist") from None
+    except Exception as exc:   # DecodeError, ValidationError, ...: not a valid ONNX model
+        raise NetdslError(f"'{path}' is not a valid ONNX model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return model
+
+
+def import_model(model, path: str, name: str):
+    """(.net text, params {node: {name: array}}, notes, layer count) for an ONNX model."""
+    from .net_writer import write_net
+    imp = _Importer(model, path)
+    imp.run()
+    outputs = list(imp.graph.output)
+    if len(outputs) != 1:
+        imp.notes.append(f"the model has {len(outputs)} outputs; only the first, "
+                         f"'{outputs[0].name}', becomes the prediction")
+    out = imp.values[outputs[0].name]
+    if out.kind != "flat":
+        fake = type("N", (), {"name": outputs[0].name, "op_type": "output"})()
+        out = Value(imp.as_flat(outputs[0].name, fake, len(imp.graph.node)), "flat")
+    header = (f"# Imported from {path} by netdsl import.\n"
+              "# The loss (softmax cross-entropy) is implicit; weights are in the checkpoint.\n")
+    text, labels = write_net(imp.layers, out.layer, name, header)
+    params = {labels[i]: layer.params for i, layer in enumerate(imp.layers)
+              if layer.params and i in labels}
+    return text, params, imp.notes, imp.layers[0].args["shape"]
+
+
+def import_file(model_path: str, net_path: str, weights_path: str, *, name=None) -> dict:
+    """Write ``net_path`` (.net) and ``weights_path`` (checkpoint) for the ONNX model; the
+    result is compiled and the weights bound before anything is written."""
+    import re
+    from pathlib import Path
+    from ..compile.compiler import compile_text
+    from ..train.checkpoint import save_checkpoint
+    from .trained import bind_params
+    name = name or Path(net_path).stem
+    name = re.sub(r"\W+", "_", name).strip("_") or "imported"
+    if name[0].isdigit():
+        name = "n" + name
+    model = read_model(model_path)
+    text, params, notes, input_shape = import_model(model, model_path, name)
+    # Every width is written out, so num_classes fills nothing; it only spares a data lookup.
+    c = compile_text(text, name=str(net_path), input_shape=input_shape, num_classes=2)
+    bound = bind_params(c.graph, params, model_path)
+    try:
+        Path(net_path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise NetdslError(f"cannot write '{net_path}': {exc.strerror or exc}") from None
+    from ..core import graph as G
+    from ..compile.verify import main_head
+    source = input_shape
+    logits = int(G.node(c.graph, main_head(c.graph).inputs[0][0]).out_shape[0])
+    record = _stored_record(model)
+    if record is None:
+        native = list(source) if len(source) == 3 else [source[0], 1, 1]
+        record = {"data": f"onnx:{model_path}", "native_shape": native,
+                  "input_shape": list(source), "mean": [0.0] * native[2],
+                  "std": [1.0] * native[2], "classes": logits}
+        notes.append("predict feeds images scaled to [0, 1] without normalisation: apply the "
+                     "model's own preprocessing to .npy inputs if it had one")
+    else:
+        notes.append(f"the preprocessing netdsl export stored (data {record.get('data')}) is "
+                     "kept: predict prepares images as that training did")
+    save_checkpoint(weights_path, params=bound, optimizer_state={}, epoch=0, step=0,
+                    metrics={}, meta={"network": name, "source": text, "params": {},
+                                      "imported_from": str(model_path), "preprocess": record})
+    return {"layers": c.graph.number_of_nodes() - 2, "notes": notes, "text": text}
+
+
+def _stored_record(model) -> dict | None:
+    """The preprocessing record netdsl export keeps in the model's metadata, if well formed."""
+    import json
+    from .onnx_export import PREPROCESS_KEY
+    for prop in model.metadata_props:
+        if prop.key == PREPROCESS_KEY:
+            try:
+                record = json.loads(prop.value)
+            except ValueError:
+                return None
+            keys = ("native_shape", "input_shape", "mean", "std")
+            return record if isinstance(record, dict) and all(k in record for k in keys) \
+                else None
+    return None

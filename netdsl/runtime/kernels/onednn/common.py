@@ -1,0 +1,108 @@
+"""What every oneDNN kernel shares: the loaded library, the primitive cache, layouts."""
+from __future__ import annotations
+
+import numpy as np
+
+from .capi import Lib, Primitive
+
+_LIB: Lib | None = None
+_CACHE: dict = {}
+
+
+def lib() -> Lib:
+    """The process-wide library handle (loaded by :func:`netdsl.runtime.kernels.onednn.load`)."""
+    global _LIB
+    if _LIB is None:
+        _LIB = Lib()
+    return _LIB
+
+
+def cached(key, build):
+    """The value cached under ``key``, built by ``build()`` on first use.
+
+    Why: creating a primitive costs 2–17 ms, executing one ~20 µs; a smaller last batch is
+    another key, so it gets its own primitives instead of recreating the full batch's.
+    """
+    value = _CACHE.get(key)
+    if value is None:
+        value = _CACHE[key] = build()
+    return value
+
+
+def clear_cache() -> None:
+    """Forget every cached primitive (tests; the process normally keeps them)."""
+    _CACHE.clear()
+
+
+def primitive(pd, args) -> Primitive:
+    return Primitive(lib(), pd, tuple(args))
+
+
+def nhwc(n, h, w, c):
+    """Memory descriptor of a contiguous NHWC batch (oneDNN's logical order is N, C, H, W).
+
+    Given as strides rather than a format tag: it is the same layout as the `nhwc` tag, which
+    keeps oneDNN on its direct (brgconv/jit) kernels; `nchw` falls back to a slow gemm path.
+    """
+    return lib().md_strides((n, c, h, w), (h * w * c, 1, w * c, c))
+
+
+def plain(shape):
+    """Memory descriptor of a contiguous row-major float32 array of ``shape``."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return lib().md_strides(tuple(shape), tuple(reversed(strides)))
+
+
+def f32(a) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def is_f32(dtype) -> bool:
+    return np.dtype(dtype) == np.float32
+
+
+# --- serial kernels ---------------------------------------------------------------------------
+# oneDNN fixes a primitive's thread count when its descriptor is created. On a loaded machine
+# every OpenMP fork/join or barrier can cost a scheduler time slice: one 4 MB batch-norm
+# forward (several barriers) measured 50 ms on 2 threads against 0.3–0.7 ms on one, and small
+# convolutions showed the same (docs/performance.md). So, like PyTorch's grain size, kernels
+# with little work (under 2^26 FLOPs or elements, ~1 ms on one core), and batch norm and LRN always, are created and run on one thread.
+# NETDSL_ONEDNN_SERIAL (comma list of kinds, or "none") and NETDSL_ONEDNN_SMALL (work units:
+# FLOPs for conv/fc, elements for the others; 0 disables) override the defaults.
+import os  # noqa: E402
+
+SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "batchnorm,lrn").split(",")
+                   if k and k != "none")
+SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**26))
+
+
+def is_serial(kind: str, work: float | None = None) -> bool:
+    """Whether a kernel of ``kind`` doing ``work`` runs on one thread."""
+    return kind in SERIAL or (work is not None and work < SMALL)
+
+
+class serial:
+    """Context: OpenMP on one thread while a serial kernel is created or executed."""
+
+    _omp = None
+
+    def __init__(self, kind: str, work: float | None = None):
+        self.active = is_serial(kind, work)
+
+    def __enter__(self):
+        if self.active:
+            if serial._omp is None:
+                import ctypes
+                serial._omp = ctypes.CDLL("libgomp.so.1")
+            self.saved = serial._omp.omp_get_max_threads()
+            serial._omp.omp_set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            serial._omp.omp_set_num_threads(self.saved)
+        return False

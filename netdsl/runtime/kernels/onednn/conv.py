@@ -1,0 +1,225 @@
+"""Convolution on oneDNN: forward (with bias), backward-data and backward-weights (+bias).
+
+Activations are NHWC, weights stay in netdsl's (KH, KW, C/groups, F) layout, described to
+oneDNN by strides (`hwio`, or `g`-split for groups): the brgconv kernels take it directly, so
+no weight reorder happens per step and the optimizer keeps updating the same arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ....layers.geometry import PAIR_ARGS, conv_padding
+from ....layers.structure import pair_attrs
+from . import capi as L
+from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
+
+
+def _geometry(attrs, x_shape, filters):
+    a = pair_attrs(attrs, PAIR_ARGS)
+    n, h, w, c = x_shape
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
+    ph, pw = conv_padding(a)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    # oneDNN wants the right/bottom padding that makes its size rule exact (it may be
+    # smaller than the left one when the stride leaves pixels over), and 0-based dilation.
+    pr = ((ho - 1) * sh + dh * (kh - 1) + 1 - h - ph, (wo - 1) * sw + dw * (kw - 1) + 1 - w - pw)
+    return dict(n=n, h=h, w=w, c=c, f=filters, kh=kh, kw=kw, ho=ho, wo=wo, g=a["groups"],
+                strides=(sh, sw), dil=(dh - 1, dw - 1), pl=(ph, pw), pr=pr)
+
+
+def _weights_md(geo):
+    kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]
+    cg, fg = c // g, f // g
+    if g == 1:  # logical (O, I, KH, KW) over memory (KH, KW, I, O)
+        return lib().md_strides((f, c, kh, kw), (1, f, kw * cg * f, cg * f))
+    return lib().md_strides((g, fg, cg, kh, kw), (fg, 1, f, kw * cg * f, cg * f))
+
+
+def _descs(geo):
+    d = lib()
+    return (nhwc(geo["n"], geo["h"], geo["w"], geo["c"]), _weights_md(geo), plain((geo["f"],)),
+            nhwc(geo["n"], geo["ho"], geo["wo"], geo["f"]),
+            L.dims(geo["strides"]), L.dims(geo["dil"]), L.dims(geo["pl"]), L.dims(geo["pr"]), d)
+
+
+def _key(geo, bias):
+    return tuple(sorted(geo.items())), bias
+
+
+def _fwd_pd(geo, bias, relu=False):
+    def build():
+        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
+        return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
+                    L.FORWARD_TRAINING, L.CONV_DIRECT, src, wei, b if bias else None, dst,
+                    st, dl, pl, pr, d.attr(relu))
+    return cached(("conv_fwd_pd", relu) + _key(geo, bias), build)
+
+
+def _fwd(geo, bias, relu=False):
+    args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
+    return cached(("conv_fwd", relu) + _key(geo, bias),
+                  lambda: primitive(_fwd_pd(geo, bias, relu), args))
+
+
+class _Blocked:
+    """A backward convolution whose weights take oneDNN's preferred (blocked) layout, as
+    primitive descriptors (cheap: what the memory planner asks about) and primitives (:meth:`prims`).
+
+    Why: given plain `hwio` weights, oneDNN 3.2 runs both backward convolutions as im2col +
+    GEMM (x64:gemm:jit), 3–10× slower than its brgconv kernels, which want blocked weights.
+    The weights are reordered per call into a buffer at the start of the shared scratchpad
+    region (weights are small next to activations), the primitives' own scratchpads follow it
+    from byte :attr:`at` (:attr:`need` bytes in all), and the optimizer keeps netdsl's layout.
+    """
+
+    def __init__(self, pd, args, arg, plain_md):
+        d = lib()
+        self.pd, self.args = pd, args
+        chosen = d.pd_md(pd, arg)
+        self.reorder_pd = None
+        self.nbytes = 0            # bytes of the blocked buffer (0: no reorder)
+        scratch = d.scratch_size(pd)
+        if not d.md_equal(chosen, plain_md):
+            self.nbytes = d.md_size(chosen)
+            src, dst = (plain_md, chosen) if arg == "weights" else (chosen, plain_md)
+            self.reorder_pd = d.reorder_pd(src, dst)
+            scratch = max(scratch, d.scratch_size(self.reorder_pd))
+        self.at = L.Scratchpad.aligned(self.nbytes)      # where the scratchpads start
+        self.need = self.at + scratch if scratch else self.nbytes
+        self._prims = None
+
+    def prims(self):
+        """(primitive, reorder primitive or None), created on first use."""
+        if self._prims is None:
+            self._prims = (primitive(self.pd, self.args),
+                           self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
+        return self._prims
+
+    def buffer(self) -> np.ndarray:
+        """The blocked buffer (the region reserved for the whole call first, so that the
+        primitives' scratchpads behind it never move it)."""
+        pad = lib().scratchpad
+        pad.reserve(self.need)
+        return pad.array(self.nbytes)
+
+
+def _bwd_data(geo, bias):
+    def build():
+        src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
+        pd = d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
+                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr,
+                  _fwd_pd(geo, bias), d.attr())
+        return _Blocked(pd, ("diff_dst", "weights", "diff_src"), "weights", wei)
+    return cached(("conv_bwd_data",) + _key(geo, bias), build)
+
+
+def _bwd_weights(geo, bias):
+    def build():
+        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
+        pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
+                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), b if bias else None, dst, st,
+                  dl, pl, pr, _fwd_pd(geo, bias), d.attr())
+        args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
+        return _Blocked(pd, args, "diff_weights", wei)
+    return cached(("conv_bwd_weights",) + _key(geo, bias), build)
+
+
+def scratch_need(attrs, x_shape, filters, bias, relu, training, input_grad=True) -> int:
+    """Bytes of the shared scratchpad region the calls of one conv layer use (the most any of
+    them needs): what the memory planner plans. Asks (and caches) the same primitive
+    descriptors as the kernels, in the same thread setting, so the sizes are the ones that
+    run; creates no primitive."""
+    geo = _geometry(attrs, x_shape, filters)
+    d = lib()
+    with serial("conv", _flops(geo)):
+        need = d.scratch_size(_fwd_pd(geo, bias, relu))
+        if training:
+            need = max(need, _bwd_weights(geo, bias).need)
+            if input_grad:
+                need = max(need, _bwd_data(geo, bias).need)
+    return need
+
+
+def d_dims(geo):
+    """oneDNN's logical weight dims: (O, I, KH, KW), or (G, O/G, I/G, KH, KW) with groups."""
+    kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]
+    return (f, c, kh, kw) if g == 1 else (g, f // g, c // g, kh, kw)
+
+
+def _flops(geo) -> int:
+    """2 × multiply-adds of one pass (forward, backward-data and backward-weights alike)."""
+    return (2 * geo["n"] * geo["ho"] * geo["wo"] * geo["f"] * geo["kh"] * geo["kw"]
+            * (geo["c"] // geo["g"]))
+
+
+def conv_forward(ctx, attrs, params, inputs, relu=False):
+    """Same contract as the registry's conv forward; the cache is (x, geometry).
+    ``relu``: apply ReLU to the output as a oneDNN post-op (see :func:`conv_relu_forward`)."""
+    x = f32(inputs[0])
+    weight = params["weight"]
+    geo = _geometry(attrs, x.shape, weight.shape[3])
+    bias = "bias" in params
+    out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
+    with serial("conv", _flops(geo)):
+        if bias:
+            _fwd(geo, True, relu)(x, f32(weight), f32(params["bias"]), out)
+        else:
+            _fwd(geo, False, relu)(x, f32(weight), out)
+    return out, (x, geo)
+
+
+def conv_relu_forward(ctx, attrs, params, inputs):
+    """conv followed by ReLU in one oneDNN call (bias and ReLU as post-ops); the cache also
+    holds the output, from which the backward masks the incoming gradient."""
+    out, (x, geo) = conv_forward(ctx, attrs, params, inputs, relu=True)
+    return out, (x, geo, out)
+
+
+def conv_relu_backward(ctx, attrs, params, cache, dout):
+    """Backward of :func:`conv_relu_forward`: ReLU's mask (from the output), then conv's."""
+    from .eltwise import relu_backward
+    x, geo, out = cache
+    return conv_backward(ctx, attrs, params, (x, geo), relu_backward(out, dout))
+
+
+def conv_backward(ctx, attrs, params, cache, dout):
+    """Same contract as the registry's conv backward."""
+    x, geo = cache
+    with serial("conv", _flops(geo)):
+        return _conv_backward(ctx, params, x, geo, dout)
+
+
+def _conv_backward(ctx, params, x, geo, dout):
+    dout = f32(dout)
+    weight = params["weight"]
+    bias = "bias" in params
+    grads = {"weight": np.empty(weight.shape, dtype=np.float32)}
+    bw = _bwd_weights(geo, bias)
+    prim, reorder = bw.prims()
+    dw = bw.buffer() if reorder else grads["weight"]
+    if bias:
+        grads["bias"] = np.empty(weight.shape[3], dtype=np.float32)
+        prim(x, dout, dw, grads["bias"], at=bw.at)
+    else:
+        prim(x, dout, dw, at=bw.at)
+    if reorder:
+        reorder(dw, grads["weight"], at=bw.at)
+    del dw
+    if not ctx.input_grad:
+        return [None], grads
+    dx = np.empty(x.shape, dtype=np.float32)
+    bd = _bwd_data(geo, bias)
+    prim, reorder = bd.prims()
+    w = f32(weight)
+    if reorder:
+        buf = bd.buffer()
+        reorder(w, buf, at=bd.at)
+        w = buf
+    prim(dout, w, dx, at=bd.at)
+    return [dx], grads
+
+
+def conv_supports(attrs, in_shapes, dtype):
+    """float32 NHWC maps; every stride, padding, dilation and group count."""
+    return is_f32(dtype) and len(in_shapes[0]) == 3
