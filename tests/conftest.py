@@ -17,6 +17,16 @@ def nets_dir():
     return NETS
 
 
+def pytest_configure(config):
+    # NETDSL_TEST_THREADS=N runs the suite as `--threads N` runs netdsl: N worker threads for
+    # the NumPy kernels, BLAS and OpenMP/oneDNN (docs/testing.md, "Every host"). Unset: the
+    # libraries' defaults and one NumPy worker, as a plain Executor in a script.
+    threads = os.environ.get("NETDSL_TEST_THREADS")
+    if threads:
+        from netdsl.runtime import kernels
+        kernels.set_threads(int(threads))
+
+
 def pytest_collection_modifyitems(config, items):
     from netdsl.core.backend import gpu_available
     if not gpu_available():

@@ -161,6 +161,8 @@ def test_one_thread_setting_governs_blas_and_openmp():
     from threadpoolctl import threadpool_info
     omp = ctypes.CDLL("libgomp.so.1")  # the runtime libdnnl linked (loaded RTLD_GLOBAL)
     before = omp.omp_get_max_threads()
+    from netdsl.core import workspace
+    workers = workspace.threads()
     try:
         kernels.set_threads(1)
         assert omp.omp_get_max_threads() == 1
@@ -169,3 +171,35 @@ def test_one_thread_setting_governs_blas_and_openmp():
     finally:
         kernels._LIMITS.restore_original_limits()
         omp.omp_set_num_threads(before)
+        workspace.set_threads(workers)
+
+
+def test_peak_memory_counts_only_the_held_regions_the_step_uses():
+    """Regions another model holds (its Scratch, a oneDNN scratchpad grown by another
+    network's primitives) are not this step's memory: the measurement must not depend on what
+    ran before in the process (test_bench_runs_a_segmentation_net failed in full runs so)."""
+    from netdsl.core.workspace import Scratch, held_bytes
+    from netdsl.tools.bench import peak_memory
+    mine = Scratch()
+
+    def step():            # one kernel call that takes 64 KB of scratch
+        mine.reset()
+        mine.take((16384,), np.float32)
+
+    step()                 # the region has grown to the step's need (at the next reset)
+    alone = peak_memory(step)
+    idle = Scratch()       # another model's region, 8 MB, not used by the step
+    idle.take((1 << 21,), np.float32)
+    idle.reset()
+    pads = []
+    if kernels.available("onednn"):   # the shared scratchpad, grown by "another network"
+        from netdsl.runtime.kernels.onednn.common import lib
+        pads.append(lib().scratchpad)
+        pads[0].reserve(1 << 23)
+    try:
+        assert 65536 <= alone < 65536 + 4096     # the region, and a few small Python objects
+        assert held_bytes() >= alone + idle.nbytes
+        assert abs(peak_memory(step) - alone) < 4096
+    finally:
+        for pad in pads:    # leave no grown region to the tests after this one
+            pad.release()

@@ -46,27 +46,59 @@ def _cast(params, dtype):
     return {n: {k: v.astype(dtype) for k, v in t.items()} for n, t in params.items()}
 
 
+def _relu_key(ex, st):
+    """The ReLU a plan step applies, named by the node that feeds it (the ReLU node itself is
+    gone where a pass fused it into its producer), or None."""
+    if st.node.op == "relu":
+        return ex.plan[st.inputs[0][0]].node.name
+    if st.act == "relu" or st.meta.get("relu") or st.node.meta.get("act") == "relu":
+        return st.node.name
+    return None
+
+
+def _record_relus(ex) -> dict:
+    """Make every ReLU of ``ex``'s plan record ``out > 0`` when it runs; returns the dict that
+    fills, {feeding node: mask}. The kernels and their arithmetic are untouched: the masks are
+    those of the very forward whose gradients the test compares (a second executor's could
+    differ, with other threads, BLAS kernels or passes)."""
+    masks = {}
+    for st in ex.plan:
+        key = _relu_key(ex, st)
+        if key is None:
+            continue
+
+        def forward(ctx, attrs, params, ins, _run=st.forward, _key=key):
+            out, cache = _run(ctx, attrs, params, ins)
+            # a fused st.act is applied after this, in place: pre-activation > 0 is its mask
+            masks[_key] = np.asarray(out > 0)
+            return out, cache
+        st.forward = forward
+    return masks
+
+
 def _relu_masks(ex, x, y):
-    """{plan index: out > 0} of every ReLU in a training step of ``ex``."""
-    masks, index = {}, {id(st): i for i, st in enumerate(ex.plan)}
+    """({feeding node: out > 0} of every ReLU, gradients) of a training step of ``ex``."""
+    masks = {}
 
     def record(st, outs, ins):
-        if st.node.op == "relu":
-            masks[index[id(st)]] = outs[0] > 0
-    run_step(ex, x, y, on_forward=record)
-    return masks
+        key = _relu_key(ex, st)
+        if key is not None:
+            masks[key] = outs[0] > 0
+    grads = run_step(ex, x, y, on_forward=record)
+    return masks, grads
 
 
 def _locked_relus(ex, masks):
     """Plan steps for ``run_step(replace=...)``: each ReLU switched by a fixed on/off pattern
-    (``ex`` runs no passes, so every ReLU is a step of its own)."""
+    (``ex`` runs no passes, so every ReLU is a step of its own); ``masks`` by feeding node."""
     def forward(mask):
         return lambda ctx, attrs, params, ins: (ins[0] * mask, mask)
 
     def backward(ctx, attrs, params, mask, dout):
         return [dout * mask], {}
-    return {i: dataclasses.replace(ex.plan[i], forward=forward(m), backward=backward)
-            for i, m in masks.items()}
+    return {i: dataclasses.replace(st, forward=forward(masks[_relu_key(ex, st)].astype(np.float64)),
+                                   backward=backward)
+            for i, st in enumerate(ex.plan) if _relu_key(ex, st) is not None}
 
 
 def _max_rel(grads, ref):
@@ -85,22 +117,16 @@ def _errors(graph, batch, kernels="numpy"):
     x, y = _batch(batch)
     ex32 = Executor(graph, dtype=np.float32, seed=0, kernels=kernels)
     p64 = _cast(ex32.params, np.float64)
-    # The references run without passes: ReLUs stay steps of their own (not fused into the
-    # conv/BN before them, as in ex32's training pipeline), so their patterns can be read.
-    m32 = _relu_masks(Executor(graph, dtype=np.float32, params=_cast(p64, np.float32),
-                               passes=(), kernels=kernels), x, y)
+    m32 = _record_relus(ex32)        # the pattern of the step whose gradients are compared
     ex32.forward(x, y, training=True)
     g32 = ex32.backward()
-    m64 = {}
+    # The references run without passes: every ReLU a step of its own.
     plain = Executor(graph, dtype=np.float64, params=_cast(p64, np.float64), passes=())
-    index = {id(st): i for i, st in enumerate(plain.plan)}
-    g64 = run_step(plain, x.astype(np.float64), y, on_forward=lambda st, outs, ins: m64.update(
-        {index[id(st)]: outs[0] > 0} if st.node.op == "relu" else {}))
-    flips = sum(int((m32[i] != m64[i]).sum()) for i in m32)
+    m64, g64 = _relu_masks(plain, x.astype(np.float64), y)
+    assert set(m32) == set(m64) and m32      # the same ReLUs, fused or not
+    flips = sum(int((m32[k] != m64[k]).sum()) for k in m32)
     locked = Executor(graph, dtype=np.float64, params=_cast(p64, np.float64), passes=())
-    g_locked = run_step(locked, x.astype(np.float64), y,
-                        replace=_locked_relus(locked, {i: m.astype(np.float64)
-                                                       for i, m in m32.items()}))
+    g_locked = run_step(locked, x.astype(np.float64), y, replace=_locked_relus(locked, m32))
     if flips == 0:   # then both references are the same function: a check on the locked one
         assert _max_rel(g_locked, g64) < 1e-12
     _CACHE[batch, kernels] = _max_rel(g32, g_locked), _max_rel(g32, g64), flips, g64

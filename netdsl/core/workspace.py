@@ -36,6 +36,30 @@ def held_bytes() -> int:
     return sum(int(h.nbytes) for h in list(_HOLDERS))
 
 
+_WINDOW = 0   # which piece of work the holders are recording their use for
+
+
+def open_window() -> int:
+    """Start recording which holders the work from now on uses, and how much of them
+    (:func:`held_bytes_used`); returns the window's number (``holder.used_bytes`` takes it)."""
+    global _WINDOW
+    _WINDOW += 1
+    return _WINDOW
+
+
+def current_window() -> int:
+    """The number of the window :func:`open_window` opened last (0: none yet)."""
+    return _WINDOW
+
+
+def held_bytes_used() -> int:
+    """Bytes held across steps that the work since :func:`open_window` needed: each holder's
+    ``used_bytes(window)``. Why not :func:`held_bytes`: a Scratch region of another live
+    model, or a oneDNN scratchpad grown by another network's primitives, is held memory but
+    not this work's (a measurement that counted it would depend on what ran before)."""
+    return sum(int(h.used_bytes(_WINDOW)) for h in list(_HOLDERS))
+
+
 # --------------------------------------------------------------------------------------------
 # Scratch: one region of temporaries per executor.
 
@@ -67,12 +91,17 @@ class Scratch:
         self._region = self.xp.empty(0, dtype=self.xp.uint8)
         self._top = 0     # bytes handed out since the last reset (fitting or not)
         self._need = 0    # the most any call has asked for: the size of the next region
+        self._used_in = 0   # the last window (open_window) in which a kernel call used it
         register(self)
 
     @property
     def nbytes(self) -> int:
         """Bytes the region holds now (counted by :func:`held_bytes`)."""
         return int(self._region.nbytes)
+
+    def used_bytes(self, window: int) -> int:
+        """The region's bytes if a kernel call used it in ``window``, else 0."""
+        return self.nbytes if self._used_in == window else 0
 
     @property
     def needed(self) -> int:
@@ -86,6 +115,7 @@ class Scratch:
             self._region = None   # let the old region go before the larger one is allocated
             self._region = _allocate(self.xp, self._need)
         self._top = 0
+        self._used_in = _WINDOW
 
     def mark(self) -> int:
         """The current fill level, for :meth:`rewind`."""

@@ -193,22 +193,22 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
 
 def peak_memory(step) -> int:
     """Peak bytes of one step: what NumPy allocated during it beyond what was held before it
-    (tracemalloc), plus the persistent workspace the model holds across steps on purpose
-    (netdsl/core/workspace.py: scratch buffers, oneDNN scratchpads). Weights, optimizer state and
-    the input are not counted."""
+    (tracemalloc), plus the persistent workspace the step uses, held across steps on purpose
+    (netdsl/core/workspace.py: its Scratch region, the part of oneDNN's shared scratchpad its
+    primitives need). Weights, optimizer state, the input and regions other models hold are
+    not counted, so the answer does not depend on what ran before in the process."""
     import gc
 
-    from ..core.workspace import held_bytes
+    from ..core.workspace import held_bytes_used, open_window
     step()  # caches, primitives and workspaces exist before measuring
-    # Workspaces are counted while their holder lives: a dropped model caught in a reference
-    # cycle would count until the collector runs, so run it now.
-    gc.collect()
+    gc.collect()   # a dropped model caught in a reference cycle: gone before measuring
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
+        open_window()   # only the held regions this step uses count (not an earlier model's)
         step()
-        return tracemalloc.get_traced_memory()[1] - base + held_bytes()
+        return tracemalloc.get_traced_memory()[1] - base + held_bytes_used()
     finally:
         tracemalloc.stop()
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ....core import workspace
+
 # --- enum values (oneDNN 3.2 headers) ----------------------------------------------------------
 F32 = 3
 FORMAT_ANY = 1
@@ -126,7 +128,6 @@ class Lib:
         self._wait = d.dnnl_stream_wait
         self._attrs: dict = {}
         self.scratchpad = Scratchpad()
-        from ....core import workspace
         workspace.register(self.scratchpad)   # held_bytes() counts it (netdsl/core/workspace.py)
 
     def call(self, name: str, *args) -> None:
@@ -215,6 +216,7 @@ class Scratchpad:
         self._raw: np.ndarray | None = None
         self._base = 0
         self.capacity = 0
+        self._window, self._window_need = 0, 0   # the largest need in the last window
 
     @property
     def nbytes(self) -> int:
@@ -230,8 +232,18 @@ class Scratchpad:
         """``nbytes`` rounded up to the alignment: the offset of what follows a buffer."""
         return -(-int(nbytes) // Scratchpad.ALIGN) * Scratchpad.ALIGN
 
+    def used_bytes(self, window: int) -> int:
+        """What the region holds for the calls of ``window`` (workspace.open_window): its size
+        had it grown only for their largest need, 0 if none ran; earlier networks' larger
+        primitives, which grew it further, are not theirs."""
+        return self.held_bytes(self._window_need) if self._window == window else 0
+
     def reserve(self, need: int) -> int:
         """The (aligned) address of a region of at least ``need`` bytes; grows it if needed."""
+        window = workspace.current_window()
+        if self._window != window:
+            self._window, self._window_need = window, 0
+        self._window_need = max(self._window_need, int(need))
         if need > self.capacity:
             self._raw = None                       # let the old one go before the new one
             self._raw = np.empty(self.held_bytes(need), dtype=np.uint8)
