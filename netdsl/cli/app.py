@@ -59,6 +59,8 @@ def cmd_summary(args) -> int:
 
 def cmd_draw(args) -> int:
     from ..compile.draw import draw
+    from ..core.files import refuse_input_as_output
+    refuse_input_as_output(args.output, {"network file": args.file})
     c = compile_args(args)
     print_warnings(c.graph)
     print(draw(c.graph, args.output, fold=args.fold))

@@ -13,6 +13,7 @@ from ..core.backend import to_numpy
 from .common import EXIT_USER_ERROR, compile_args
 from ..lang.overrides import parse_dims, split_sets
 from ..core.errors import NetdslError
+from ..core.files import refuse_input_as_output, write_text
 
 
 def training_memory(args, c):
@@ -154,25 +155,33 @@ def cmd_convert(args) -> int:
     from ..tools.convert import convert_weights, fc_to_conv
     if not args.fc_to_conv:
         raise NetdslError("convert needs a conversion to do", hint="use --fc-to-conv")
+    out_weights = os.path.splitext(args.output)[0] + ".npz" if args.weights else None
+    for flag, path in (("-o", args.output), ("the weights it writes,", out_weights)):
+        refuse_input_as_output(path, {"network file": args.file, "checkpoint": args.weights},
+                               flag)
     c = compile_args(args)
     text, kernels = fc_to_conv(c.graph, parse_dims(args.slide) if args.slide else None)
     from ..compile.compiler import compile_text
     compile_text(text, name=args.output, num_classes=10)    # the result must compile
-    try:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as err:
-        raise NetdslError(f"cannot write '{args.output}': {err.strerror or err}") from None
-    print(f"wrote {args.output} ({len(kernels)} FC layer(s) now convolutions: "
-          f"{', '.join(kernels) or 'none'})")
-    if args.weights:
-        from ..train.checkpoint import load_checkpoint, save_checkpoint
-        ck = load_checkpoint(args.weights)
-        out = os.path.splitext(args.output)[0] + ".npz"
-        save_checkpoint(out, params=convert_weights(ck["params"], kernels), optimizer_state={},
-                        epoch=ck["epoch"], step=ck["step"], metrics=ck["metrics"],
-                        meta=dict(ck["meta"], converted_from=args.weights, source=text))
-        print(f"wrote {out} (weights for {args.output})")
+    done = f"wrote {args.output} ({len(kernels)} FC layer(s) now convolutions: " \
+           f"{', '.join(kernels) or 'none'})"
+    if not args.weights:
+        write_text(args.output, text, ".net file")
+        print(done)
+        return 0
+    from ..core.files import write_together
+    from ..train.checkpoint import checkpoint_writer, load_checkpoint
+    ck = load_checkpoint(args.weights)
+    weights = checkpoint_writer(params=convert_weights(ck["params"], kernels),
+                                optimizer_state={}, epoch=ck["epoch"], step=ck["step"],
+                                metrics=ck["metrics"],
+                                meta=dict(ck["meta"], converted_from=args.weights, source=text))
+    data = text.encode("utf-8")
+    # the .net and its weights together: both new, or both as they were
+    write_together([(args.output, lambda f: f.write(data)), (out_weights, weights)],
+                   "the converted network")
+    print(done)
+    print(f"wrote {out_weights} (weights for {args.output})")
     return 0
 
 

@@ -10,6 +10,7 @@ import json
 import os
 
 from ..core.errors import NetdslError
+from ..core.files import refuse_input_as_output
 
 EXPORT_EXAMPLE = """example:
   netdsl run nets/lenet5.net --epochs 2 --out runs/lenet5
@@ -57,6 +58,7 @@ def cmd_export(args) -> int:
     from ..interchange.onnx_export import export_file, require_onnx, to_onnx
     from ..interchange.trained import load_trained
     sets, input_shape = _weights_and_sets(args, weights_required=False)
+    refuse_input_as_output(args.output, {"network file": args.file, "checkpoint": args.weights})
     if args.output.lower().endswith(".safetensors"):
         from ..interchange.safetensors_io import write_safetensors
         t = load_trained(args.file, args.weights, sets=sets, input_shape=input_shape)
@@ -88,6 +90,14 @@ def cmd_import(args) -> int:
     """Turn an ONNX model into a .net file and a checkpoint of its weights."""
     from ..interchange.onnx_import import import_file
     weights = args.weights_out or os.path.splitext(args.output)[0] + ".npz"
+    if os.path.abspath(args.output) == os.path.abspath(weights):
+        raise NetdslError(f"-o and --weights-out are the same file '{weights}'",
+                          hint="the network and its weights need two files")
+    for flag, path in (("-o", args.output), ("--weights-out", weights)):
+        refuse_input_as_output(path, {"ONNX model": args.model}, flag)
+        if os.path.exists(path) and not args.overwrite:
+            raise NetdslError(f"{flag} '{path}' exists: import would replace it",
+                              hint="add --overwrite to replace it, or choose another path")
     result = import_file(args.model, args.output, weights, name=args.name)
     print(f"{args.output}: {result['layers']} layers; weights in {weights}")
     for note in result["notes"]:
@@ -114,6 +124,8 @@ def cmd_eval(args) -> int:
                            input_shape=input_shape, holdout=args.holdout)
     print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
     if args.plot:
+        refuse_input_as_output(args.plot, {"network file": args.file,
+                                           "checkpoint": args.weights}, "--plot")
         from ..tools.evaluate import plot_confusion
         plot_confusion(report, args.plot)
     return 0
@@ -144,6 +156,9 @@ def add_commands(sub, common) -> None:
     i.add_argument("-o", "--output", required=True, metavar="OUT.net")
     i.add_argument("--weights-out", metavar="CKPT", help="checkpoint to write (default: OUT.npz)")
     i.add_argument("--name", help="network name (default: the output file's stem)")
+    i.add_argument("--overwrite", action="store_true",
+                   help="replace OUT.net and its weights if they exist (both are written "
+                        "together: either both are new or both stay as they were)")
     i.set_defaults(func=cmd_import)
 
     p = sub.add_parser("predict", help="classify images with a trained network",

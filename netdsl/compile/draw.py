@@ -17,6 +17,7 @@ import graphviz
 
 from .. import layers
 from ..core.errors import NetdslError
+from ..core.files import atomic_write
 from ..core.graph import nodes
 from .summary import count_with_units, summarize
 
@@ -267,12 +268,9 @@ def _add_edge(dot, g, ids, tail, port, head, *, backward: bool) -> None:
 # Writing files
 
 def _write(path: str, data, what: str) -> None:
-    try:
-        mode = "wb" if isinstance(data, bytes) else "w"
-        with open(path, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
-    except OSError as e:
-        raise NetdslError(f"cannot write {what} '{path}': {e.strerror or e}") from None
+    """``data`` (text or bytes) to ``path``, atomically (netdsl/core/files.py)."""
+    raw = data if isinstance(data, bytes) else data.encode("utf-8")
+    atomic_write(path, lambda f: f.write(raw), what)
 
 
 def _render(program: str, source: str, fmt: str, out_path: str) -> bytes | None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core import graph as G
 from ..core.errors import NetdslError
+from ..core.files import atomic_write
 from ..layers.structure import as_pair
 from .trained import inference_nodes
 
@@ -310,13 +311,9 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
 
 
 def export_file(model, path: str) -> None:
-    """Write ``model`` to ``path``; an unwritable path is a NetdslError."""
-    try:
-        with open(path, "wb") as f:
-            f.write(model.SerializeToString())
-    except OSError as exc:
-        raise NetdslError(f"cannot write '{path}': {exc.strerror or exc}",
-                          hint="check that the directory exists and is writable") from None
+    """Write ``model`` to ``path`` atomically; an unwritable path is a NetdslError."""
+    data = model.SerializeToString()
+    atomic_write(path, lambda f: f.write(data), "ONNX model")
 
 
 def check_with_onnxruntime(model, trained, batch: int = 2, seed: int = 0) -> float:

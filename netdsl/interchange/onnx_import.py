@@ -180,7 +180,8 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     import re
     from pathlib import Path
     from ..compile.compiler import compile_text
-    from ..train.checkpoint import save_checkpoint
+    from ..core.files import write_together
+    from ..train.checkpoint import checkpoint_writer
     from .trained import bind_params
     name = name or Path(net_path).stem
     name = re.sub(r"\W+", "_", name).strip("_") or "imported"
@@ -191,10 +192,6 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     # Every width is written out, so num_classes fills nothing; it only spares a data lookup.
     c = compile_text(text, name=str(net_path), input_shape=input_shape, num_classes=2)
     bound = bind_params(c.graph, params, model_path)
-    try:
-        Path(net_path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise NetdslError(f"cannot write '{net_path}': {exc.strerror or exc}") from None
     from ..core import graph as G
     from ..compile.verify import main_head
     source = input_shape
@@ -210,9 +207,13 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     else:
         notes.append(f"the preprocessing netdsl export stored (data {record.get('data')}) is "
                      "kept: predict prepares images as that training did")
-    save_checkpoint(weights_path, params=bound, optimizer_state={}, epoch=0, step=0,
-                    metrics={}, meta={"network": name, "source": text, "params": {},
+    weights = checkpoint_writer(params=bound, optimizer_state={}, epoch=0, step=0, metrics={},
+                                meta={"network": name, "source": text, "params": {},
                                       "imported_from": str(model_path), "preprocess": record})
+    data = text.encode("utf-8")
+    # both files new, or both as they were: a .net without its weights does not load
+    write_together([(net_path, lambda f: f.write(data)), (weights_path, weights)],
+                   "the imported network")
     return {"layers": c.graph.number_of_nodes() - 2, "notes": notes, "text": text}
 
 

@@ -16,6 +16,7 @@ import struct
 import numpy as np
 
 from ..core.errors import NetdslError
+from ..core.files import atomic_write
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64,
            "I32": np.int32, "U8": np.uint8}
@@ -38,13 +39,11 @@ def write_safetensors(path: str, params: dict, meta: dict) -> None:
                               "netdsl": json.dumps(meta, default=str)}
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)   # the format aligns the data on 8 bytes
-    try:
-        with open(path, "wb") as f:
-            f.write(struct.pack("<Q", len(text)) + text)
-            for blob in blobs:
-                f.write(blob)
-    except OSError as exc:
-        raise NetdslError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    def write(f):
+        f.write(struct.pack("<Q", len(text)) + text)
+        for blob in blobs:
+            f.write(blob)
+    atomic_write(path, write, "safetensors file")
 
 
 def read_safetensors(path: str) -> dict:

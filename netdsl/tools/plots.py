@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import NetdslError
+from ..core.files import staged
 
 
 def pyplot():
@@ -30,7 +31,8 @@ def save_figure(fig, paths) -> list[str]:
     out = []
     for p in paths:
         Path(p).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=100, bbox_inches="tight")
+        with staged(p, "picture") as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")
         out.append(str(p))
     pyplot().close(fig)
     return out

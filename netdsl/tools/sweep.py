@@ -8,11 +8,13 @@ data and scored on the held-out split.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import re
 from pathlib import Path
 
 from ..core.errors import NetdslError
+from ..core.files import write_text
 
 _RANGE = re.compile(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*")
 MAX_INSTANCES = 256
@@ -108,10 +110,11 @@ COLUMNS = ("instance", "valid", "params", "macs", "activation_bytes", "train_pea
 def write_csv(rows: list[dict], path) -> str:
     """The sweep as CSV, one row per instance (COLUMNS)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, text.getvalue(), "sweep table")
     return str(path)
 
 

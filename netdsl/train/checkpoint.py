@@ -13,18 +13,19 @@ one. Strings and JSON rather than pickles keep loading safe (``allow_pickle=Fals
 
 Atomicity: the bytes go to a temporary file in the target's directory (so that the final rename
 stays on one file system), are flushed and fsync'ed, and only then ``os.replace`` puts the file
-in place. A crash or a full disk mid-save therefore leaves the previous checkpoint untouched.
+in place (netdsl/core/files.py). A crash or a full disk mid-save therefore leaves the previous
+checkpoint untouched.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from ..core.backend import to_numpy
 from ..core.errors import NetdslError
+from ..core.files import atomic_write
 
 FORMAT_TAG = "netdsl-checkpoint"
 FORMAT_VERSION = 1
@@ -48,72 +49,25 @@ def _to_jsonable(value):
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _default_file_mode(path: str) -> int:
-    """Keep an existing file's mode; otherwise what ``open()`` would give (0o666 minus umask).
-
-    Needed because NamedTemporaryFile creates files readable by their owner only.
-    """
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable; not possible everywhere (e.g. Windows), so best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path, write_contents, what: str) -> None:
-    """Write ``path`` via ``write_contents(binary_file)`` into a temp file, then ``os.replace``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = _default_file_mode(path)
-    try:
-        tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                          suffix=".tmp", delete=False)
-    except OSError as exc:
-        raise NetdslError(f"cannot write {what} '{path}': {exc.strerror or exc}",
-                          hint="check that the directory exists and is writable") from None
-    try:
-        with tmp:
-            write_contents(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, mode)
-        os.replace(tmp.name, path)
-    except BaseException as exc:   # also Ctrl-C: never leave a half-written temp file behind
-        try:
-            os.unlink(tmp.name)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise NetdslError(f"cannot write {what} '{path}': {exc.strerror or exc}",
-                              hint="the previous file, if any, is unchanged") from exc
-        raise
-    _fsync_directory(directory)
-
-
 def write_json_atomic(path, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (NumPy scalars/arrays allowed)."""
     text = json.dumps(obj, indent=2, default=_to_jsonable) + "\n"   # fail before touching disk
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "JSON file")
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), "JSON file")
 
 
 def save_checkpoint(path, *, params, optimizer_state: dict, epoch: int, step: int, metrics: dict,
                     meta: dict) -> None:
-    """Save parameters, optimizer state and run bookkeeping to ``path`` atomically.
+    """Save parameters, optimizer state and run bookkeeping to ``path`` atomically (the
+    arguments as :func:`checkpoint_writer` takes them)."""
+    atomic_write(path, checkpoint_writer(params=params, optimizer_state=optimizer_state,
+                                         epoch=epoch, step=step, metrics=metrics, meta=meta),
+                 "checkpoint")
+
+
+def checkpoint_writer(*, params, optimizer_state: dict, epoch: int, step: int, metrics: dict,
+                      meta: dict):
+    """A ``write_contents(binary_file)`` that writes the checkpoint (for
+    :func:`netdsl.core.files.write_together`, which writes it beside other files).
 
     ``params`` is ``{node: {param: array}}`` (NumPy or CuPy); ``optimizer_state`` is an
     optimizer's ``state_dict()``; ``metrics`` and ``meta`` must be JSON-able (NumPy scalars ok).
@@ -134,7 +88,7 @@ def save_checkpoint(path, *, params, optimizer_state: dict, epoch: int, step: in
               "step": int(step), "metrics": metrics, "meta": meta,
               "optimizer_scalars": optimizer_scalars}
     arrays[_HEADER_KEY] = np.array(json.dumps(header, default=_to_jsonable))
-    _atomic_write(path, lambda f: np.savez(f, **arrays), "checkpoint")
+    return lambda f: np.savez(f, **arrays)
 
 
 def _unreadable(path: str, exc: Exception) -> NetdslError:

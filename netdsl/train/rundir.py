@@ -26,7 +26,7 @@ from ..core.errors import NetdslError
 LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
-# The names checkpoint._atomic_write gives its temp files: ".<target>.<random>.tmp".
+# The names core.files.atomic_write gives its temp files: ".<target>.<random>.tmp".
 _TEMP_PATTERNS = (f".{CHECKPOINT_NAME}.*.tmp", f".{METRICS_NAME}.*.tmp")
 
 try:
