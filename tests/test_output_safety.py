@@ -180,3 +180,38 @@ def test_write_together_is_all_or_nothing(tmp_path, monkeypatch):
     write_together([(a, lambda f: f.write(b"new net")), (b, lambda f: f.write(b"new weights"))],
                    "pair")
     assert (a.read_bytes(), b.read_bytes()) == (b"new net", b"new weights")
+
+
+# -- generated text is data, never code -------------------------------------------------------
+
+HOSTILE = ['m\n-> FC(5) -> FC(7)\n# ', 'quote"and\'apostrophe', 'arrow->and#hash', 'mödel ünïcode',
+           '3digits first', '\r\x00\x1b[31m']
+
+
+@pytest.mark.parametrize("stem", HOSTILE)
+def test_import_writes_hostile_names_as_data(onnx_model, stem):
+    """A model file's name goes into the .net's comment and, by default, its `net` name: a
+    newline there must not add layers, a quote or '#' must not end anything early."""
+    from netdsl.compile.compiler import compile_file
+    from netdsl.core.graph import nodes
+    model = onnx_model.parent / f"{stem.replace(chr(0), '')}.onnx"
+    model.write_bytes(onnx_model.read_bytes())
+    out = onnx_model.parent / f"{stem.replace(chr(0), '')}.net"
+    plain = onnx_model.parent / "plain.net"
+    assert main(["import", str(model), "-o", str(out)]) == 0
+    assert main(["import", str(onnx_model), "-o", str(plain)]) == 0
+    hostile, reference = compile_file(str(out)).graph, compile_file(str(plain)).graph
+    assert [(r.op, r.out_shapes) for r in nodes(hostile)] == \
+        [(r.op, r.out_shapes) for r in nodes(reference)]
+    first = out.read_text().splitlines()[0]
+    assert first.startswith("# Imported from \"") and first.endswith("by netdsl import.")
+
+
+def test_convert_of_a_file_with_a_hostile_name_compiles(tmp_path):
+    from netdsl.compile.compiler import compile_file
+    net = tmp_path / "my-net\n-> FC(3)\n#.net"
+    net.write_text(Path(LENET).read_text().replace("net lenet5", "# (name from the file)"))
+    out = tmp_path / "conv.net"
+    assert main(["convert", str(net), "--fc-to-conv", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "net my_net_FC_3_conv" in text and compile_file(str(out)).graph.number_of_nodes() > 3

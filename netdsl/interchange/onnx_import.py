@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import NetdslError
+from ..lang.values import as_identifier, source_comment
 from .onnx_export import require_onnx
 from .onnx_import_ops import HANDLERS, Value
 
@@ -166,7 +167,7 @@ def import_model(model, path: str, name: str):
     if out.kind != "flat":
         fake = type("N", (), {"name": outputs[0].name, "op_type": "output"})()
         out = Value(imp.as_flat(outputs[0].name, fake, len(imp.graph.node)), "flat")
-    header = (f"# Imported from {path} by netdsl import.\n"
+    header = (f"# Imported from {source_comment(path)} by netdsl import.\n"
               "# The loss (softmax cross-entropy) is implicit; weights are in the checkpoint.\n")
     text, labels = write_net(imp.layers, out.layer, name, header)
     params = {labels[i]: layer.params for i, layer in enumerate(imp.layers)
@@ -177,16 +178,12 @@ def import_model(model, path: str, name: str):
 def import_file(model_path: str, net_path: str, weights_path: str, *, name=None) -> dict:
     """Write ``net_path`` (.net) and ``weights_path`` (checkpoint) for the ONNX model; the
     result is compiled and the weights bound before anything is written."""
-    import re
     from pathlib import Path
     from ..compile.compiler import compile_text
     from ..core.files import write_together
     from ..train.checkpoint import checkpoint_writer
     from .trained import bind_params
-    name = name or Path(net_path).stem
-    name = re.sub(r"\W+", "_", name).strip("_") or "imported"
-    if name[0].isdigit():
-        name = "n" + name
+    name = as_identifier(name or Path(net_path).stem, "imported")
     model = read_model(model_path)
     text, params, notes, input_shape = import_model(model, model_path, name)
     # Every width is written out, so num_classes fills nothing; it only spares a data lookup.

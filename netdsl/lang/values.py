@@ -206,6 +206,23 @@ _DIMS = re.compile(r"\d+([xX]\d+)+")
 _NOT_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
 
 
+def as_identifier(text: str, fallback: str = "net") -> str:
+    """``text`` as a name the language accepts ([A-Za-z_][A-Za-z_0-9]*): every other run of
+    characters one '_', a leading digit prefixed with 'n'; ``fallback`` when nothing is left.
+    What a command writes into a .net file from outside (a file name, an ONNX node name) goes
+    through here, so that it can never be read as code."""
+    import re
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", str(text)).strip("_") or fallback
+    return "n" + name if name[0].isdigit() else name
+
+
+def source_comment(text: str) -> str:
+    """``text`` (a path, say) for a ``#`` comment of a generated file: quoted, with newlines,
+    control and non-ASCII characters escaped, so that it ends where the line ends."""
+    import json
+    return json.dumps(str(text))
+
+
 def parse_value(text: str):
     """A CLI ``--set K=V`` value: int, float, true/false, a dims tuple (12x12x3), else the text.
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..core import graph as G
 from ..core.errors import NetdslError
 from ..compile.verify import losses
+from ..lang.values import as_identifier
 from ..layers import AUTO, get
 
 
@@ -92,8 +93,9 @@ def fc_to_conv(g, input_shape=None) -> tuple[str, dict]:
         lines.append(f"{r.name}: {_call(r.op, r.attrs)}")
     if spatial:
         lines.append("flatten")
-    text = (f"# {g.graph['name']} with its FC layers as convolutions (netdsl convert --fc-to-conv)\n"
-            f"net {g.graph['name']}_conv\n\n" + "\n  -> ".join(lines) + "\n" + _train_block(g))
+    name = as_identifier(g.graph["name"])
+    text = (f"# {name} with its FC layers as convolutions (netdsl convert --fc-to-conv)\n"
+            f"net {name}_conv\n\n" + "\n  -> ".join(lines) + "\n" + _train_block(g))
     return text, kernels
 
 
