@@ -17,6 +17,18 @@ def nets_dir():
     return NETS
 
 
+@pytest.fixture(autouse=True)
+def same_worker_threads_for_every_test():
+    """A command run in-process with --threads N sets the NumPy kernels' worker count for the
+    whole process; put it back after each test, so that no test inherits another's setting
+    (memory rules and float reduction orders depend on it)."""
+    from netdsl.core import workspace
+    before = workspace.threads()
+    yield
+    if workspace.threads() != before:
+        workspace.set_threads(before)
+
+
 def pytest_configure(config):
     # NETDSL_TEST_THREADS=N runs the suite as `--threads N` runs netdsl: N worker threads for
     # the NumPy kernels, BLAS and OpenMP/oneDNN (docs/testing.md, "Every host"). Unset: the

@@ -110,6 +110,16 @@ def _marked(cases):
                                id=f"{case.id}-{'train' if training else 'infer'}")
 
 
+@pytest.fixture(autouse=True)
+def one_worker(monkeypatch):
+    """The rules are exact for one kernel call on one worker thread. With more (NETDSL_TEST_
+    THREADS=2, or a `--threads 2` run earlier in the process), element-wise and pooling
+    kernels split their rows and each share's temporaries are smaller: the rule is then an
+    upper bound, which a planner may be, but this test holds the rules to the byte."""
+    from netdsl.core import workspace
+    monkeypatch.setattr(workspace, "_THREADS", 1)
+
+
 @pytest.mark.parametrize("spec,example,training", list(_marked(CASES)))
 def test_rule_is_what_the_kernel_allocates(spec, example, training):
     """As the executor runs a step: with a Scratch region (netdsl/core/workspace.py) per pass,

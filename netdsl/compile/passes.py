@@ -196,7 +196,8 @@ def select_passes(mode: str, passes=None) -> list[Pass]:
 
 def run_model_passes(model, mode: str = "train", passes=None) -> list[tuple[str, bool]]:
     """Run the selected passes on a bound model in place, re-inferring shapes after a change and
-    verifying graph and weights after each pass. Returns (name, changed) pairs."""
+    verifying graph and weights after each pass that changed them (as :func:`run_passes`: one
+    that reports no change left the verified model as it was). Returns (name, changed) pairs."""
     log = []
     model.verify("binding")
     for p in select_passes(mode, passes):
@@ -205,7 +206,7 @@ def run_model_passes(model, mode: str = "train", passes=None) -> list[tuple[str,
             for name in [n for n in model.params if n not in model.graph]:
                 del model.params[name]  # weights of removed nodes go with them
             model.reinfer()
-        model.verify(p.name)
+            model.verify(p.name)
         log.append((p.name, changed))
     return log
 

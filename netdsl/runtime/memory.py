@@ -30,6 +30,7 @@ import numpy as np
 from ..core.graph import nodes
 from ..layers import numel
 from ..layers.footprint import Footprint, aligned
+from .arena import layout_arena
 
 
 def footprint(st, n: int, it: int, training: bool, scratch: bool = True) -> Footprint:
@@ -156,8 +157,9 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
                 for b in (value[j] if fps[j].outs else [value[j]]):
                     s.unref(b)
     if not training:
-        return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, 0,
-                          held=persistent + region, scratch=region)
+        arena, offsets = layout_arena(s)
+        return MemoryPlan(s.peak + persistent + region, arena, s.at, 0,
+                          held=persistent + region, scratch=region, offsets=offsets)
     kept = s.live
     dout = [None] * len(plan)
     grads = 0
@@ -202,8 +204,9 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
                 s.unref(g)
                 g = total
             dout[j] = g
-    return MemoryPlan(s.peak + persistent + region, _arena(s), s.at, grads, kept,
-                      held=persistent + region, scratch=region)
+    arena, offsets = layout_arena(s)
+    return MemoryPlan(s.peak + persistent + region, arena, s.at, grads, kept,
+                      held=persistent + region, scratch=region, offsets=offsets)
 
 
 def _logits_index(plan, heads) -> int | None:
@@ -224,22 +227,6 @@ def _providers(plan, batch: int, training: bool) -> int:
         return 0
     from .kernels.onednn.footprint import prepare
     return prepare(plan, batch, training)
-
-
-def _arena(s: _Sim) -> int:
-    """First-fit offsets for every buffer by lifetime; the arena's size."""
-    placed, top = [], 0
-    for b in sorted(s.size, key=lambda b: (-s.size[b], s.born[b])):
-        lo, hi, size = s.born[b], s.died.get(b, s.t), s.size[b]
-        clash = sorted((o, o + z) for o, z, a, d in placed if a <= hi and lo <= d)
-        off = 0
-        for o, e in clash:
-            if off + size <= o:
-                break
-            off = max(off, e)
-        placed.append((off, size, lo, hi))
-        top = max(top, off + size)
-    return top
 
 
 def _beyond_addressable(g, batch: int, itemsize: int) -> str | None:
