@@ -249,3 +249,17 @@ def test_summary_cli_of_astronomical_layers_is_a_user_error(tmp_path):
     status, output = cli("summary", path)
     assert status == 0 and "internal error" not in output
     assert "not planned" in output and "fc1" in output
+
+
+def test_an_error_on_a_huge_line_shows_a_window_of_it(tmp_path, capsys):
+    """A generated one-line chain of 100,004 layers: the error shows the part of the line
+    around the column (the caret under the right character), not 700 KB of it twice."""
+    path = tmp_path / "long.net"
+    path.write_text("INPUT(16) -> " + " -> ".join(["FC(16)"] * 100_004) + "\n")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "more than 100,000 layers" in err and len(err) < 2000
+    line, caret = err.splitlines()[1:3]
+    col = int(err.split(":")[2])
+    shown = path.read_text().splitlines()[0][col - 1:col + 5]
+    assert line[caret.index("^"):caret.index("^") + 6] == shown

@@ -76,10 +76,10 @@ class NetdslError(Exception):
             text = self.loc.source.line(self.loc.line)
             if text:
                 # Tabs would shift the caret; show the line with tabs expanded to single spaces.
-                shown = text.replace("\t", " ")
+                shown, col = _window(text.replace("\t", " "), self.loc.col)
                 out.append(f"    {shown}")
-                width = max(1, min(self.loc.length, len(shown) - self.loc.col + 1))
-                out.append("    " + " " * (self.loc.col - 1) + "^" + "~" * (width - 1))
+                width = max(1, min(self.loc.length, len(shown) - col + 1, SHOWN_COLUMNS))
+                out.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
         if self.detail:
             out.append(f"  {self.detail}")
         if self.hint:
@@ -88,6 +88,25 @@ class NetdslError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+SHOWN_COLUMNS = 240
+"""The most characters of a source line an error shows: a generated file's one-line chain of
+100,000 layers would otherwise be printed whole, twice (the line and the caret's)."""
+
+
+def _window(line: str, col: int) -> tuple[str, int]:
+    """(the part of ``line`` shown around column ``col``, the column within it): the whole
+    line when short, else SHOWN_COLUMNS characters around ``col`` with '…' where cut."""
+    if len(line) <= SHOWN_COLUMNS:
+        return line, col
+    start = max(0, min(col - 1 - SHOWN_COLUMNS // 3, len(line) - SHOWN_COLUMNS))
+    shown = line[start:start + SHOWN_COLUMNS]
+    if start > 0:
+        shown, col = "…" + shown, col - start + 1
+    if start + SHOWN_COLUMNS < len(line):
+        shown += "…"
+    return shown, col
 
 
 # How many errors of one file are shown at once; the rest are counted.
