@@ -32,7 +32,8 @@ def record_for(meta: dict, input_shape, path: str = "checkpoint") -> dict:
     reading the training data again (same spec, same split, same statistics)."""
     record = meta.get("preprocess")
     if record:   # the network's input wins (a --input given now may differ from training's)
-        return dict(record, input_shape=[int(d) for d in input_shape])
+        from .images import check_record
+        return dict(check_record(record, path), input_shape=[int(d) for d in input_shape])
     config = meta.get("config") or {}
     if not config.get("data"):
         raise NetdslError(f"'{path}' does not say how its training images were preprocessed",
@@ -109,26 +110,10 @@ def _resize_image(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def read_image(path: str, record: dict) -> np.ndarray:
     """One image file as an H×W×C float array in [0, 1] (grey when the training data was)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise NetdslError("reading images needs Pillow, which is not installed",
-                          hint="pip install 'netdsl[images]' (or: pip install pillow), or "
-                               "pass an .npy batch") from None
-    try:
-        with Image.open(path) as img:
-            img.load()
-            grey = img.mode in ("1", "L", "LA", "I", "I;16", "F", "P") and record[
-                "native_shape"][2] == 1
-            a = np.asarray(img.convert("L" if grey else "RGB"))
-    except FileNotFoundError:
-        raise NetdslError(f"image '{path}' does not exist") from None
-    except OSError as exc:
-        raise NetdslError(f"cannot read image '{path}': {exc}",
-                          hint="give a PNG or JPEG file, or an .npy batch") from None
-    if a.ndim == 2:
-        a = a[..., None]
-    return _unit_range(a, path)
+    from .images import decode_image
+    # a grey file stays grey for a grey network; anything else is read as RGB and converted
+    # by luma as the training data was (convert_channels)
+    return decode_image(path, None if record["native_shape"][2] == 1 else False)
 
 
 def read_npy(path: str) -> np.ndarray:

@@ -224,7 +224,10 @@ def _stored_record(model) -> dict | None:
                 record = json.loads(prop.value)
             except ValueError:
                 return None
-            keys = ("native_shape", "input_shape", "mean", "std")
-            return record if isinstance(record, dict) and all(k in record for k in keys) \
-                else None
+            from ..data.images import check_record
+            try:    # sizes are read from it later: a malformed one is dropped, not trusted
+                return check_record(record, "the model") if isinstance(record, dict) \
+                    and "input_shape" in record else None
+            except NetdslError:
+                return None
     return None

@@ -39,18 +39,12 @@ def load_image(path: str, shape) -> np.ndarray:
             raise NetdslError(f"image '{path}' has shape {img.shape}, the network reads "
                               f"{h}×{w}×{c}", hint="save it at the network's input size")
     else:
-        try:
-            from PIL import Image
-        except ImportError:
-            raise NetdslError("reading images needs Pillow", hint="pip install 'netdsl[plots]'") \
-                from None
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if c == 1 else "RGB").resize((w, h))
-                img = np.asarray(im, dtype=np.float64)
-        except OSError as err:
-            raise NetdslError(f"cannot read image '{path}': {err}") from None
-        img = img[..., None] if img.ndim == 2 else img
+        from ..data.images import decode_image
+        from ..data.loader import resize_bilinear
+        img = decode_image(path, c == 1) * 255      # the 0..255 scale show has always used
+        if img.shape[:2] != (h, w):
+            img = resize_bilinear(img[None].astype(np.float32), h, w)[0]
+        img = img.astype(np.float64)
     if img.shape[2] != c:
         if img.shape[2] == 1:
             img = np.repeat(img, c, axis=2)
