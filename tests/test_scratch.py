@@ -220,10 +220,14 @@ def test_scratch_matches_fresh_arrays_on_every_net(name):
     g = _compiled(name)
     # float64: the chunked and whole-matrix GEMMs then agree to ~1e-15, so anything above
     # 1e-9 is a wrong value, not a different summation order. The nets with 4096-wide FCs
-    # (10^7–10^8 weights) run in float32 (a 1e-4 tolerance) to keep the suite quick: a value
-    # from an overwritten scratch buffer is off by O(1) either way.
+    # (10^7–10^8 weights, no batch norm) run in float32 (a 1e-4 tolerance) to keep the suite
+    # quick: a value from an overwritten scratch buffer is off by O(1) either way. Nets with
+    # batch norm stay in float64: at this size the last BN normalises 2 values per channel,
+    # which turns float32's order-of-summation differences (3e-7, and which BLAS kernels the
+    # host has decides them) into 1e-3.
     from netdsl.core.graph import nodes
-    big = sum(r.n_params or 0 for r in nodes(g)) > 5_000_000
+    big = any(r.op == "fc" and (r.n_params or 0) > 1_000_000 for r in nodes(g)) \
+        and not any(r.op == "batchnorm" for r in nodes(g))
     tol = 1e-4 if big else 1e-9
     ex = Executor(g, dtype=np.float32 if big else np.float64, seed=0, kernels="numpy")
     x, labels = _batch(ex, g)
