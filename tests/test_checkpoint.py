@@ -256,3 +256,29 @@ def test_disabled_epoch_bar_writes_nothing_but_still_counts():
     bar.close("done")
     assert stream.getvalue() == ""
     assert bar.mean_loss == pytest.approx(2.0) and bar.accuracy == pytest.approx(0.3)
+
+
+def test_members_netdsl_does_not_read_are_never_inflated(tmp_path):
+    """An extra member (here 512 MB of zeros, deflated to ~0.5 MB) added to a checkpoint is
+    not decompressed by loading it: it was inflated whole before (4 GiB in 42 s)."""
+    import tracemalloc
+    import zipfile
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, params={"fc": {"weight": np.ones((3, 2), np.float32)}},
+                    optimizer_state={}, epoch=1, step=2, metrics={}, meta={})
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("junk.npy", "w", force_zip64=True) as f:
+            f.write(np.lib.format.magic(1, 0))
+            header = {"descr": "|u1", "fortran_order": False, "shape": (512 << 20,)}
+            np.lib.format.write_array_header_1_0(f, header)
+            zeros = bytes(1 << 20)
+            for _ in range(512):
+                f.write(zeros)
+    tracemalloc.start()
+    try:
+        ck = load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ck["params"]["fc"]["weight"].shape == (3, 2)
+    assert peak < 16 << 20, peak

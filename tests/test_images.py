@@ -98,7 +98,8 @@ def test_broken_and_odd_files_are_user_errors(tmp_path):
 @pytest.mark.parametrize("record,what", [
     ({"native_shape": [10 ** 6, 10 ** 6, 1], "mean": [0.1], "std": [0.3]}, "outside"),
     ({"native_shape": [28, 28, 1], "mean": [0.1], "std": [0.0]}, "positive"),
-    ({"native_shape": [28, 28, 2], "mean": [0, 0], "std": [1, 1]}, "channels"),
+    ({"native_shape": [28, 28, 5000], "mean": [0] * 5000, "std": [1] * 5000}, "channels"),
+    ({"native_shape": [28, 28, 2], "mean": [0], "std": [1, 1]}, "mean"),
     ({"native_shape": "28x28", "mean": [0.1], "std": [0.3]}, "native_shape"),
     ({"native_shape": [28, 28, 1], "mean": ["a"], "std": [0.3]}, "mean"),
     ({"native_shape": [28.5, 28, 1], "mean": [0.1], "std": [0.3]}, "native_shape"),

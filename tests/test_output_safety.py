@@ -215,3 +215,38 @@ def test_convert_of_a_file_with_a_hostile_name_compiles(tmp_path):
     assert main(["convert", str(net), "--fc-to-conv", "-o", str(out)]) == 0
     text = out.read_text()
     assert "net my_net_FC_3_conv" in text and compile_file(str(out)).graph.number_of_nodes() > 3
+
+
+def test_show_pictures_are_written_whole_with_any_name(run_dir, tmp_path, capsys):
+    """--out without an extension gets .png (as matplotlib names it); an unknown extension is
+    a user error, not an internal one; nothing half-written is left behind."""
+    pytest.importorskip("matplotlib")
+    ckpt = str(run_dir / "run" / "checkpoint.npz")
+    assert main(["show", LENET, "--weights", ckpt, "--filters", "--out",
+                 str(tmp_path / "filters")]) == 0
+    assert (tmp_path / "filters.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["show", LENET, "--weights", ckpt, "--filters", "--out",
+                 str(tmp_path / "f.xyz")]) == 1
+    assert "cannot write picture" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["export", "predict"])
+def test_non_finite_weights_are_a_user_error(run_dir, tmp_path, command, capsys):
+    """export --check on NaN weights exited 70 (the comparison itself was NaN); predict
+    printed NaN probabilities. Now the checkpoint is refused, naming the tensor."""
+    import numpy as np
+    from netdsl.train.checkpoint import load_checkpoint, save_checkpoint
+    ck = load_checkpoint(str(run_dir / "run" / "checkpoint.npz"))
+    ck["params"]["C1"]["weight"][0, 0, 0, 0] = np.nan
+    bad = tmp_path / "nan.npz"
+    save_checkpoint(bad, params=ck["params"], optimizer_state={}, epoch=ck["epoch"],
+                    step=ck["step"], metrics=ck["metrics"], meta=ck["meta"])
+    argv = {"export": ["export", LENET, "--weights", str(bad), "-o", str(tmp_path / "x.onnx"),
+                       "--check"],
+            "predict": ["predict", LENET, "--weights", str(bad),
+                        str(ROOT / "docs" / "examples" / "digit3.png")]}[command]
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    assert main(argv) == 1
+    assert "C1/weight holds 1 NaN or infinite value" in capsys.readouterr().err

@@ -20,6 +20,10 @@ RGBA and 768 MB as float32 RGB while it is converted. Checked from the header al
 MAX_SIDE = 8192
 """The largest side a preprocessing record may ask for (as the IDX reader allows)."""
 
+MAX_CHANNELS = 4096
+"""The most channels a record may give its native images (an imported net's input may have
+any number; 1 and 3 are the image files')."""
+
 _EIGHT_BIT = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -119,7 +123,8 @@ def _on_black(img):
 def check_record(record, where: str) -> dict:
     """A preprocessing record read from a file (a checkpoint's meta, an ONNX model's
     metadata), checked before anything is sized from it: the keys with the right types, sides
-    1..MAX_SIDE, 1 or 3 channels, one finite mean and positive std per channel."""
+    1..MAX_SIDE, 1..MAX_CHANNELS channels, one finite mean and positive std per channel, an input
+    shape (when there is one) of positive sides."""
     def bad(what):
         return NetdslError(f"{where}: its preprocessing record is malformed: {what}",
                            hint="use a checkpoint written by netdsl run, or train again")
@@ -129,9 +134,15 @@ def check_record(record, where: str) -> dict:
     if not (isinstance(native, (list, tuple)) and len(native) == 3
             and all(isinstance(d, int) and not isinstance(d, bool) for d in native)):
         raise bad(f"native_shape should be [H, W, C] of whole numbers, found {native!r:.80}")
-    if not all(1 <= d <= MAX_SIDE for d in native[:2]) or native[2] not in (1, 3):
-        raise bad(f"native_shape {native} is outside 1..{MAX_SIDE} per side with 1 or 3 "
-                  "channels")
+    if not all(1 <= d <= MAX_SIDE for d in native[:2]) or not 1 <= native[2] <= MAX_CHANNELS:
+        raise bad(f"native_shape {native} is outside 1..{MAX_SIDE} per side and "
+                  f"1..{MAX_CHANNELS} channels")
+    shape = record.get("input_shape", [1])
+    if not (isinstance(shape, (list, tuple)) and len(shape) in (1, 3)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+            and (len(shape) == 1 or max(shape[:2]) <= MAX_SIDE)):
+        raise bad(f"input_shape should be [H, W, C] or [F] of positive whole numbers, found "
+                  f"{shape!r:.80}")
     for key in ("mean", "std"):
         values = record.get(key)
         if not (isinstance(values, (list, tuple)) and len(values) == native[2]

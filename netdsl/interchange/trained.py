@@ -61,7 +61,7 @@ def checkpoint_overrides(meta: dict) -> dict:
 
 def bind_params(g: nx.DiGraph, saved: dict, path: str, *, dtype=np.float32) -> dict:
     """The checkpoint's arrays for every parameterised node of ``g``, checked against the
-    shapes the compiler worked out; a NetdslError naming the first mismatch."""
+    shapes the compiler worked out, and finite; a NetdslError naming the first mismatch."""
     params = {}
     for rec in G.nodes(g):
         for key, spec in (rec.param_specs or {}).items():
@@ -77,7 +77,18 @@ def bind_params(g: nx.DiGraph, saved: dict, path: str, *, dtype=np.float32) -> d
                     f"{'×'.join(map(str, spec.shape))} here", rec.loc,
                     hint="use the .net file, --set values and --input the checkpoint was "
                          "trained with")
-            params.setdefault(rec.name, {})[key] = np.array(have, dtype=dtype)
+            if have.dtype.kind not in "fiu":
+                raise NetdslError(f"checkpoint '{path}': {rec.name}/{key} holds {have.dtype} "
+                                  "values, not numbers", rec.loc)
+            value = np.array(have, dtype=dtype)
+            if not np.all(np.isfinite(value)):   # every prediction from it would be NaN
+                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+                raise NetdslError(
+                    f"checkpoint '{path}': {rec.name}/{key} holds {bad} NaN or infinite "
+                    f"value(s) (in {dtype.__name__})", rec.loc,
+                    hint="the run that wrote it diverged: use an earlier checkpoint, or "
+                         "train again with a lower lr")
+            params.setdefault(rec.name, {})[key] = value
     return params
 
 

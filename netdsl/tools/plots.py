@@ -28,13 +28,29 @@ def pyplot():
 
 
 def save_figure(fig, paths) -> list[str]:
+    """Write ``fig`` to each path atomically (a name without an extension gets .png, as
+    matplotlib gives it); the paths written. An unwritable path or an unknown format is a
+    NetdslError."""
     out = []
-    for p in paths:
-        Path(p).parent.mkdir(parents=True, exist_ok=True)
-        with staged(p, "picture") as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        out.append(str(p))
-    pyplot().close(fig)
+    try:
+        for p in paths:
+            try:
+                Path(p).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise NetdslError(f"cannot write picture '{p}': {exc.strerror or exc}",
+                                  hint="choose a path in a writable directory") from None
+            if not Path(p).suffix:
+                p = f"{p}.png"
+            fmt = Path(p).suffix[1:].lower()    # the temp file's own name ends in .tmp.<ext>
+            try:
+                with staged(p, "picture") as tmp:
+                    fig.savefig(tmp, dpi=100, bbox_inches="tight", format=fmt)
+            except ValueError as exc:           # matplotlib: an unsupported format
+                raise NetdslError(f"cannot write picture '{p}': {exc}",
+                                  hint="use a .png, .svg or .pdf file name") from None
+            out.append(str(p))
+    finally:
+        pyplot().close(fig)
     return out
 
 

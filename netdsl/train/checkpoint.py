@@ -118,8 +118,9 @@ def _read_archive(path: str, f, with_arrays: bool = True) -> tuple:
                               f"(it has no '{_HEADER_KEY}' entry)")
         try:
             header = json.loads(str(archive[_HEADER_KEY]))
+            # only the members netdsl reads: another (a 4 GiB deflated extra) is never inflated
             arrays = {key: archive[key] for key in archive.files
-                      if key != _HEADER_KEY and with_arrays}
+                      if with_arrays and key.startswith((_PARAM_PREFIX, _OPT_PREFIX))}
         except Exception as exc:   # a damaged member: zlib/CRC errors, bad .npy header, bad JSON
             raise _unreadable(path, exc) from None
     return header, arrays
@@ -224,11 +225,55 @@ def check_header(header: dict, path: str) -> None:
         if key in header and not _is_count(header[key], limit):
             raise _damaged(path, f"{key} = {header[key]!r} is not a whole number "
                                  f"between 0 and {limit}")
+    if "meta" in header:
+        check_meta(header["meta"], path)
     scalars = header.get("optimizer_scalars", {})
     if "t" in scalars and not _is_count(scalars["t"], MAX_STEP):
         raise _damaged(path, f"optimizer step count t = {scalars['t']!r} is not a whole number")
     if "optimizer" in scalars and not isinstance(scalars["optimizer"], str):
         raise _damaged(path, f"optimizer = {scalars['optimizer']!r} is not a name")
+
+
+# The meta fields readers use, with their types (netdsl writes exactly these).
+_META_TYPES = {"network": str, "source": str, "params": dict, "graph": dict, "preprocess": dict,
+               "config": dict, "data": dict, "batch_in_epoch": int, "interrupted": bool,
+               "epoch_sums": dict, "changes": list, "imported_from": str,
+               "converted_from": str}
+
+
+def check_meta(meta: dict, path: str) -> None:
+    """The checkpoint's meta record: each field netdsl reads has the type it writes, the
+    program parameters are values the language has, and the preprocessing record is sane
+    (data.images.check_record) — checked once here, so that no reader meets a wrong type."""
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if ok and kind is int:
+            ok = _is_count(value, MAX_STEP)
+        if not ok:
+            raise _damaged(path, f"meta.{key} = {json.dumps(value)[:60]} is not "
+                                 f"{_KIND_NAMES[kind]}")
+    for name, value in meta.get("params", {}).items():
+        if not _is_program_value(value):
+            raise _damaged(path, f"meta.params.{name} = {json.dumps(value)[:60]} is not a "
+                                 "program parameter value")
+    if "preprocess" in meta:
+        from ..data.images import check_record
+        check_record(meta["preprocess"], f"checkpoint '{path}'")
+
+
+_KIND_NAMES = {str: "a string", dict: "a JSON object", int: "a whole number",
+               bool: "true or false", list: "a list"}
+
+
+def _is_program_value(value, depth: int = 0) -> bool:
+    """A value a .net parameter can hold: a number, string or bool, or a (short) list."""
+    if isinstance(value, (bool, int, float, str)):
+        return not isinstance(value, float) or value == value   # no NaN
+    return isinstance(value, list) and depth < 4 and len(value) <= 64 and all(
+        _is_program_value(v, depth + 1) for v in value)
 
 
 def check_history(history, epochs_done: int, path: str) -> list:
