@@ -195,6 +195,14 @@ def test_import_errors(tmp_path, capsys):
         (_model([h.make_node("Concat", ["x", "k"], ["y"], name="cat", axis=1)],
                 {"k": np.zeros((1, 1, 8, 8), np.float32)}),
          "node 0 'cat' (Concat): reads 'k', which netdsl cannot represent"),
+        # what onnx.checker accepts and import crashed on (exit 70): an output a Constant
+        # makes, weights stored as strings
+        (_model([h.make_node("Constant", [], ["y"], name="k",
+                             value=onnx.numpy_helper.from_array(np.ones((1, 4), np.float32)))],
+                {}, 2), "does not depend on its input"),
+        (_model([h.make_node("Flatten", ["x"], ["f"], name="f"),
+                 h.make_node("Gemm", ["f", "s"], ["y"], name="fc")], {"s": np.array(
+                     [["w"] * 4] * 192, dtype=object)}, 2), "not numbers"),
     ]
     for model, message in cases:
         path = tmp_path / "bad.onnx"

@@ -42,6 +42,11 @@ class _Importer:
         self.helper = onnx.helper
         g = model.graph
         self.consts = {t.name: self.np.to_array(t) for t in g.initializer}
+        for key, value in self.consts.items():   # a STRING weight passes onnx.checker
+            if value.dtype.kind not in "biuf":
+                raise NetdslError(f"{path}: initializer '{key[:60]}' holds {value.dtype} "
+                                  "values, not numbers",
+                                  hint="weights must be float or integer tensors")
         self.layers: list[Layer] = []
         self.values: dict[str, Value] = {}
         self.notes: list[str] = []
@@ -163,7 +168,14 @@ def import_model(model, path: str, name: str):
     if len(outputs) != 1:
         imp.notes.append(f"the model has {len(outputs)} outputs; only the first, "
                          f"'{outputs[0].name}', becomes the prediction")
-    out = imp.values[outputs[0].name]
+    if not outputs:
+        raise NetdslError(f"'{path}' has no graph output: nothing to predict")
+    out = imp.values.get(outputs[0].name)
+    if out is None:   # a constant, or a tensor no operator makes from the input
+        raise NetdslError(f"'{path}': the model's output '{outputs[0].name[:60]}' does not "
+                          "depend on its input (a constant, or an initializer), so it is no "
+                          "network netdsl can write",
+                          hint="export the network whose output is computed from the input")
     if out.kind != "flat":
         fake = type("N", (), {"name": outputs[0].name, "op_type": "output"})()
         out = Value(imp.as_flat(outputs[0].name, fake, len(imp.graph.node)), "flat")
