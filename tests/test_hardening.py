@@ -263,3 +263,17 @@ def test_an_error_on_a_huge_line_shows_a_window_of_it(tmp_path, capsys):
     col = int(err.split(":")[2])
     shown = path.read_text().splitlines()[0][col - 1:col + 5]
     assert line[caret.index("^"):caret.index("^") + 6] == shown
+
+
+@pytest.mark.parametrize("command", [["bench", "--steps", "1", "--rounds", "1"],
+                                     ["export", "-o", "OUT/x.onnx"],
+                                     ["run", "--epochs", "1", "--out", "OUT/run", "--quiet"]])
+def test_a_net_check_accepts_but_no_machine_holds_is_refused_by_size(tmp_path, capsys, command):
+    """INPUT 2³¹×2³¹: `check` and `summary` describe it; every command that would allocate it
+    says how much memory it needs (an internal error from NumPy before)."""
+    net = tmp_path / "huge.net"
+    net.write_text("INPUT(2147483648x2147483648x1) -> CONV(4, 3) -> FC\n")
+    argv = [command[0], str(net)] + [a.replace("OUT", str(tmp_path)) for a in command[1:]]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "needs at least" in err and "EiB of memory" in err and "Traceback" not in err

@@ -121,6 +121,8 @@ def load_trained(path: str, weights: str | None = None, *, sets: dict | None = N
         cli_train["data"] = data
     c = compile_file(path, overrides=overrides, cli_train=cli_train, input_shape=input_shape,
                      num_classes=num_classes, mode=mode)
+    from ..runtime.memory_estimate import check_allocatable
+    check_allocatable(c.graph, batch=2, what=f"{c.graph.graph['name']} with its weights")
     if saved is not None:
         params = bind_params(c.graph, saved, weights)
     else:

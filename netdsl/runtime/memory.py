@@ -229,7 +229,7 @@ def _providers(plan, batch: int, training: bool) -> int:
     return prepare(plan, batch, training)
 
 
-def _beyond_addressable(g, batch: int, itemsize: int) -> str | None:
+def beyond_addressable(g, batch: int, itemsize: int) -> str | None:
     """Why the graph cannot be planned: the first tensor (a batch of outputs, or a parameter)
     of more bytes than a 64-bit address space holds; None when every one fits."""
     limit = 2 ** 63 - 1
@@ -280,7 +280,7 @@ def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str =
     from ..core.graph import copy_graph
     from ..compile.model import BoundModel
     from .plan import build_plan
-    too_big = _beyond_addressable(g, batch, np.dtype(dtype).itemsize)
+    too_big = beyond_addressable(g, batch, np.dtype(dtype).itemsize)
     if too_big:
         # NumPy cannot even describe such a tensor (no machine could hold it): no plan.
         return {"batch": batch, "dtype": np.dtype(dtype).name, "unplanned": too_big}

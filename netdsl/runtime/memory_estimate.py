@@ -51,9 +51,12 @@ def training_step_bytes(g, batch_size: int, *, passes=None, dtype=np.float32,
     included, parameters excluded), with no weight allocated: the training passes run on
     placeholder (broadcast zero) weights, as :func:`netdsl.runtime.memory.memory_table` does."""
     from ..core.graph import copy_graph
-    from .memory import plan_memory
+    from .memory import beyond_addressable, plan_memory
     from ..compile.model import BoundModel
     from .plan import build_plan
+    if beyond_addressable(g, batch_size, np.dtype(dtype).itemsize):
+        # no plan (NumPy cannot describe such a tensor): the outputs alone, a lower bound
+        return activation_bytes(g, batch_size, np.dtype(dtype).itemsize)
     zero = np.zeros((), dtype=dtype)
     params = {rec.name: {k: np.broadcast_to(zero, tuple(int(d) for d in ps.shape))
                          for k, ps in rec.param_specs.items()}
@@ -88,6 +91,24 @@ def estimate_run_bytes(g, *, batch_size: int, optimizer: str = "sgd", momentum: 
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def activation_bytes(g, batch: int, itemsize: int = 4) -> int:
+    """Bytes of every layer's outputs for a batch (Python ints: exact however large)."""
+    return sum(batch * math.prod(int(d) for d in shape) * itemsize
+               for rec in nodes(g) for shape in (rec.out_shapes or ()))
+
+
+def check_allocatable(g, *, batch: int, what: str, weights: bool = True) -> None:
+    """A NetdslError when ``g``'s weights (``weights``: the command makes or loads them) and
+    one batch's outputs cannot fit in the memory available: what `run` checks, for the
+    commands that allocate otherwise (bench, export, predict, eval, show). Before, a network
+    that `check` accepts but no machine holds ended in an internal error."""
+    total_elems, _ = _tensor_elements(g)
+    parts = {"parameters": total_elems * 4 if weights else 0,
+             "activations": activation_bytes(g, batch)}
+    parts["total"] = sum(parts.values())
+    check_fits(parts, available=available_bytes(), what=what)
 
 
 def available_bytes() -> int | None:

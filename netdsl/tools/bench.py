@@ -246,6 +246,9 @@ def run(args) -> dict:
     K.set_threads(args.threads)
     c = compile_bench_args(args)
     batch = args.batch
+    from ..runtime.memory_estimate import check_allocatable
+    check_allocatable(c.graph, batch=batch, what=f"benchmarking {c.graph.graph['name']} at "
+                                                 f"batch {batch}")
     step, ex, x, y = netdsl_setup(c, batch, args.mode, args.kernels, xp,
                                   getattr(args, "passes", None))
     steps = {"netdsl": step}
