@@ -41,3 +41,17 @@ def test_cli_sweep_reports_an_invalid_instance(tmp_path, capsys):
     assert main(["sweep", str(f), "--set", "N=2..4", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert out.count("invalid:") == 1 and "s.net:3:" in out     # 8 → 4 → 2 → 1 → none at N=4
+
+
+def test_an_instance_too_big_to_train_does_not_lose_the_others(tmp_path, capsys):
+    """One instance needs terabytes: it is marked not trained (with the memory it needs) and
+    the sweep trains and writes the others; before, the whole sweep aborted unwritten."""
+    f = tmp_path / "w.net"
+    f.write_text("net w\nparam W = 8\nINPUT(8x8x1) -> FC(W) -> FC(W) -> FC(10)\n")
+    assert main(["sweep", str(f), "--set", "W=8,2000000", "--epochs", "1", "--data",
+                 "digits", "--limit", "100", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "not trained: training it needs at least" in out
+    rows = list(csv.DictReader(open(tmp_path / "o" / "sweep.csv")))
+    assert rows[0]["valid"] == "True" and 0.0 <= float(rows[0]["accuracy"]) <= 1.0
+    assert rows[1]["valid"] == "False" and "needs at least" in rows[1]["error"]

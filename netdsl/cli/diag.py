@@ -129,26 +129,46 @@ def check_at(checks, size):
 
 
 def cmd_sweep(args) -> int:
-    from ..tools.sweep import cost, format_table, instances, parse_sweep_sets, plot, train_one, write_csv
+    from ..tools.sweep import cost, format_table, instances, parse_sweep_sets, plot, write_csv
     axes = parse_sweep_sets(args.set)
     shape = parse_dims(args.input) if args.input else None
     cli_train = {"data": args.data, "epochs": args.epochs, "seed": args.seed}
     rows = [cost(args.file, b, input_shape=shape, cli_train=cli_train) for b in instances(axes)]
-    for i, row in enumerate(rows):
-        if args.epochs and row["valid"]:
-            if not args.quiet:
-                print(f"training {i + 1}/{len(rows)}: {row['instance'] or '(as written)'}",
-                      file=sys.stderr)
-            row["accuracy"] = train_one(row, data_spec=args.data, limit=args.limit)
-    print(format_table(rows))
     out = args.out or os.path.join("runs", "sweep-" + os.path.splitext(os.path.basename(args.file))[0])
-    print(f"wrote {write_csv(rows, os.path.join(out, 'sweep.csv'))}")
+    try:
+        for i, row in enumerate(rows):
+            if args.epochs and row["valid"]:
+                if not args.quiet:
+                    print(f"training {i + 1}/{len(rows)}: {row['instance'] or '(as written)'}",
+                          file=sys.stderr)
+                _train_row(row, args)
+    finally:   # what was trained is kept even when a later instance fails or Ctrl-C comes
+        print(format_table(rows))
+        print(f"wrote {write_csv(rows, os.path.join(out, 'sweep.csv'))}")
     if any(r["valid"] for r in rows):
         try:
             print("wrote " + ", ".join(plot(rows, os.path.join(out, "sweep.png"))))
         except NetdslError as err:     # matplotlib missing: the table and CSV still stand
             print(f"netdsl: warning: no plot: {err.message}", file=sys.stderr)
     return 0 if any(r["valid"] for r in rows) else EXIT_USER_ERROR
+
+
+def _train_row(row: dict, args) -> None:
+    """Train one sweep instance into ``row``; an instance that cannot be trained (too big for
+    the memory, a data problem) is marked with why, and the sweep goes on."""
+    from ..runtime.memory_estimate import (available_bytes, check_fits, estimate_run_bytes)
+    from ..tools.sweep import train_one
+    cfg = row["compiled"].config
+    try:
+        check_fits(estimate_run_bytes(row["compiled"].graph, batch_size=cfg.batch_size,
+                                      optimizer=cfg.optimizer, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay),
+                   available=available_bytes(), what="training it")
+        row["accuracy"] = train_one(row, data_spec=args.data, limit=args.limit)
+    except NetdslError as err:
+        row.update(valid=False, untrained=True, error=f"not trained: {err.message}")
+    except MemoryError:
+        row.update(valid=False, untrained=True, error="not trained: out of memory")
 
 
 def cmd_convert(args) -> int:

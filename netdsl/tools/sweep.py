@@ -127,7 +127,8 @@ def format_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         if not r["valid"]:
-            body.append([r["instance"], "invalid: " + r["error"]])
+            body.append([r["instance"], r["error"] if r.get("untrained")
+                         else "invalid: " + r["error"]])
             continue
         cells = [r["instance"], human_count(r["params"]), human_count(r["macs"], 2),
                  human_bytes(r["activation_bytes"]), human_bytes(r["train_peak_bytes"])]
