@@ -250,3 +250,14 @@ def test_non_finite_weights_are_a_user_error(run_dir, tmp_path, command, capsys)
         pytest.importorskip("onnxruntime")
     assert main(argv) == 1
     assert "C1/weight holds 1 NaN or infinite value" in capsys.readouterr().err
+
+
+def test_convert_refuses_weights_of_another_network(run_dir, tmp_path, capsys):
+    """convert --weights wrote a converted checkpoint for any .npz it was given."""
+    other = tmp_path / "other.net"
+    other.write_text(Path(LENET).read_text().replace("F6: FC(84,", "F6: FC(64,"))
+    assert "F6: FC(64," in other.read_text()
+    assert main(["convert", str(other), "--fc-to-conv", "--weights",
+                 str(run_dir / "run" / "checkpoint.npz"), "-o", str(tmp_path / "o.net")]) == 1
+    assert "does not fit this network" in capsys.readouterr().err
+    assert not (tmp_path / "o.net").exists() and not (tmp_path / "o.npz").exists()

@@ -192,6 +192,8 @@ def cmd_convert(args) -> int:
     from ..core.files import write_together
     from ..train.checkpoint import checkpoint_writer, load_checkpoint
     ck = load_checkpoint(args.weights)
+    from ..interchange.trained import bind_params
+    bind_params(c.graph, ck["params"], args.weights)   # the checkpoint is this network's
     weights = checkpoint_writer(params=convert_weights(ck["params"], kernels),
                                 optimizer_state={}, epoch=ck["epoch"], step=ck["step"],
                                 metrics=ck["metrics"],
