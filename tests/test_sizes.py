@@ -27,7 +27,8 @@ def _exact_by_hand(side):
 
 def test_alexnet_sizes_match_a_hand_walk(tmp_path):
     g = build_graph_from(ALEXNET)
-    checks = valid_sizes(g, 32, 300, 3, 1000)
+    checks, complete = valid_sizes(g, 32, 300, 3, 1000)
+    assert complete
     assert [c.size for c in checks if c.valid] == [s for s in range(32, 301) if _exact_by_hand(s)]
     assert 227 in [c.size for c in checks if c.valid]
     assert nearest(checks, 224)[0] == 227
@@ -45,7 +46,7 @@ def test_concat_mismatch_is_invalid():
     text = """net two
 INPUT(32x32x3) -> concat { CONV(8, 3, pad=0) | CONV(8, 5, pad=0) } -> FC(10)
 """
-    checks = valid_sizes(build_graph_from(text), 16, 20, 3)
+    checks, _ = valid_sizes(build_graph_from(text), 16, 20, 3)
     assert not any(c.valid for c in checks)
 
 
@@ -71,3 +72,24 @@ def test_shipped_alexnet_answers_227(capsys):
     # Caffe's AlexNet geometry with groups: the exact sides are those of the hand walk above.
     assert f"{sum(map(_exact_by_hand, range(32, 513)))} exact input side(s)" in out
     assert "nearest exact sides to 224: 227, 195, 259" in out
+
+
+def test_a_deep_net_is_checked_within_the_budget(tmp_path, capsys, monkeypatch):
+    """`sizes --range 1:8192` on a 20,000-layer chain ran ~2 h: the sides nearest --near are
+    checked first, as many as the work budget allows, and the output says it was cut short."""
+    import netdsl.tools.sizes as S
+    monkeypatch.setattr(S, "WORK_BUDGET", 2_000)        # the same rule, a small net
+    f = tmp_path / "deep.net"
+    f.write_text("INPUT(32x32x3) -> CONV(4, 3, pad=0, stride=2) -> " + " -> ".join(
+        ["FC(8)"] * 95) + "\n")
+    assert main(["sizes", str(f), "--range", "1:8192", "--near", "100"]) == 0
+    captured = capsys.readouterr()
+    assert "checked 20 of the 8192 sides (90..109, nearest 100 first)" in captured.err
+    assert "nearest exact sides to 100: 99, 101, 97" in captured.out
+
+
+def test_a_flat_input_is_a_user_error(tmp_path, capsys):
+    f = tmp_path / "flat.net"
+    f.write_text("INPUT(16) -> FC(8) -> FC(2)\n")
+    assert main(["sizes", str(f)]) == 1          # an IndexError (exit 70) before
+    assert "the input is flat (16 values)" in capsys.readouterr().err

@@ -110,9 +110,20 @@ def cmd_sizes(args) -> int:
     if not isinstance(shape, tuple):    # INPUT without a shape: the configured dataset's
         from ..data.loader import dataset_info
         shape, classes = dataset_info(train_config(g, train).data)
-    checks = valid_sizes(g, lo, hi, shape[2], classes)
+    if len(shape) != 3:
+        raise NetdslError(f"sizes looks for image sides, but the input is flat "
+                          f"({'×'.join(map(str, shape))} values)",
+                          hint="sizes is for networks whose INPUT is HxWxC")
+    checks, complete = valid_sizes(g, lo, hi, shape[2], classes, near=args.near)
     ok = [c.size for c in checks if c.valid]
+    if not complete:
+        checked = sorted(c.size for c in checks)
+        print(f"netdsl: note: {g.graph['name']} has {g.number_of_nodes():,} layers: checked "
+              f"{len(checks)} of the {hi - lo + 1} sides ({checked[0]}..{checked[-1]}"
+              + (f", nearest {args.near} first" if args.near is not None else "")
+              + "); narrow --range to check the others", file=sys.stderr)
     print(f"{g.graph['name']}: {len(ok)} exact input side(s) in {lo}..{hi}"
+          + ("" if complete else " (of those checked)")
           + (f": {', '.join(map(str, ok))}" if ok else ""))
     if args.near is not None:
         here = check_at(checks, args.near)
