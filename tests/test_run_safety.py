@@ -146,10 +146,12 @@ def test_a_second_signal_interrupts_at_once_and_nohup_is_respected():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGTERM)
             assert flag.signum == signal.SIGTERM                  # first: only recorded
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(KeyboardInterrupt) as stop:
                 os.kill(os.getpid(), signal.SIGTERM)              # second: at once
                 for _ in range(1000):                             # let the handler run
                     pass
+            # ... with SIGTERM's status, as a shell reports it (it was Ctrl-C's 130)
+            assert stop.value.exit_status == 128 + signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, old_hup)

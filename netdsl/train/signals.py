@@ -43,8 +43,8 @@ class StopFlag:
         self.signum = signal.SIGINT if value else None
 
     def _handle(self, signum, frame):
-        if self.hit:
-            raise KeyboardInterrupt
+        if self.hit:   # the second: at once, with this signal's status (143 for SIGTERM)
+            raise Interrupted(signum)
         self.signum = signum
 
     def __enter__(self):
