@@ -4,6 +4,7 @@ predict. Every case must end as a user-facing outcome (exit 0, 1 or 2; no intern
 traceback, no hang). Seeded (NETDSL_FUZZ_SEED) with fixed case counts, as test_fuzz_cli."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 
 from test_fuzz_cli import SEED, Failures, _flip, mutate_checkpoint, run_cli
 
-CASES = {"checkpoints": 24, "onnx": 60, "inputs": 24}
+# NETDSL_FUZZ_SCALE=N multiplies the counts for a longer offline run (docs/testing.md).
+SCALE = int(os.environ.get("NETDSL_FUZZ_SCALE", "1"))
+CASES = {"checkpoints": 48 * SCALE, "onnx": 600 * SCALE, "inputs": 300 * SCALE}
 
 NET = "INPUT(8x8x1) -> CONV(4, 3) -> BN -> RELU -> MAXPOOL(2) -> FC(12) -> RELU -> FC\n"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import struct
 
 import numpy as np
@@ -91,7 +92,10 @@ def test_malformed_safetensors_are_user_errors(tmp_path):
     assert main(["export", LENET, "--weights", str(run / "checkpoint.npz"),
                  "-o", str(good)]) == 0
     header, data = _parts(good)
-    cases = list(_hand_made(header, data)) + list(_flipped(good.read_bytes(), 1000, 0))
+    scale = int(os.environ.get("NETDSL_FUZZ_SCALE", "1"))    # more for an offline run
+    seed = int(os.environ.get("NETDSL_FUZZ_SEED", "0"))
+    cases = list(_hand_made(header, data)) + list(_flipped(good.read_bytes(), 1000 * scale,
+                                                           seed))
     bad_path = tmp_path / "bad.safetensors"
     failures = []
     for name, blob in cases:

@@ -41,7 +41,14 @@ class _Importer:
         self.np = onnx.numpy_helper
         self.helper = onnx.helper
         g = model.graph
-        self.consts = {t.name: self.np.to_array(t) for t in g.initializer}
+        self.consts = {}
+        for tensor in g.initializer:
+            try:   # the raw bytes may not hold what the dims say (a damaged file)
+                self.consts[tensor.name] = self.np.to_array(tensor)
+            except (ValueError, TypeError) as exc:
+                raise NetdslError(f"{path}: initializer '{tensor.name[:60]}' is damaged: "
+                                  f"{str(exc)[:120]}",
+                                  hint="export the model again") from None
         for key, value in self.consts.items():   # a STRING weight passes onnx.checker
             if value.dtype.kind not in "biuf":
                 raise NetdslError(f"{path}: initializer '{key[:60]}' holds {value.dtype} "
