@@ -55,3 +55,11 @@ def test_an_instance_too_big_to_train_does_not_lose_the_others(tmp_path, capsys)
     rows = list(csv.DictReader(open(tmp_path / "o" / "sweep.csv")))
     assert rows[0]["valid"] == "True" and 0.0 <= float(rows[0]["accuracy"]) <= 1.0
     assert rows[1]["valid"] == "False" and "needs at least" in rows[1]["error"]
+
+
+def test_an_out_under_a_file_is_refused_before_training(tmp_path, capsys):
+    f = tmp_path / "s.net"
+    f.write_text(NET)
+    assert main(["sweep", str(f), "--set", "N=1..2", "--epochs", "1", "--out",
+                 str(f / "sub")]) == 1                  # NotADirectoryError, exit 70, before
+    assert "cannot be made a directory" in capsys.readouterr().err

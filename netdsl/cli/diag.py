@@ -146,6 +146,11 @@ def cmd_sweep(args) -> int:
     cli_train = {"data": args.data, "epochs": args.epochs, "seed": args.seed}
     rows = [cost(args.file, b, input_shape=shape, cli_train=cli_train) for b in instances(axes)]
     out = args.out or os.path.join("runs", "sweep-" + os.path.splitext(os.path.basename(args.file))[0])
+    try:   # before any training: a bad --out must not cost the results
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise NetdslError(f"--out '{out}' cannot be made a directory: {exc.strerror or exc}",
+                          hint="choose a directory path that is not under a file") from None
     try:
         for i, row in enumerate(rows):
             if args.epochs and row["valid"]:
