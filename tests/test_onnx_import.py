@@ -204,6 +204,9 @@ def test_import_errors(tmp_path, capsys):
                  h.make_node("Gemm", ["f", "s"], ["y"], name="fc")], {"s": np.array(
                      [["w"] * 4] * 192, dtype=object)}, 2), "not numbers"),
     ]
+    odd_type = _model([h.make_node("Conv", ["x", "w"], ["y"], name="c")], {"w": w})
+    odd_type.graph.initializer[0].data_type = 65          # found by the fuzzer (KeyError: 65)
+    cases.append((odd_type, "initializer 'w' is damaged: data type 65 is no ONNX type"))
     for model, message in cases:
         path = tmp_path / "bad.onnx"
         onnx.save(model, str(path))

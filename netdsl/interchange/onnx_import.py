@@ -43,11 +43,13 @@ class _Importer:
         g = model.graph
         self.consts = {}
         for tensor in g.initializer:
-            try:   # the raw bytes may not hold what the dims say (a damaged file)
+            try:   # the raw bytes may not hold what the dims say (a damaged file), or the
+                # data type is no ONNX type (KeyError from onnx's table)
                 self.consts[tensor.name] = self.np.to_array(tensor)
-            except (ValueError, TypeError) as exc:
-                raise NetdslError(f"{path}: initializer '{tensor.name[:60]}' is damaged: "
-                                  f"{str(exc)[:120]}",
+            except (ValueError, TypeError, KeyError) as exc:
+                why = f"data type {exc.args[0]} is no ONNX type" if isinstance(exc, KeyError) \
+                    else str(exc)[:120]
+                raise NetdslError(f"{path}: initializer '{tensor.name[:60]}' is damaged: {why}",
                                   hint="export the model again") from None
         for key, value in self.consts.items():   # a STRING weight passes onnx.checker
             if value.dtype.kind not in "biuf":
