@@ -130,3 +130,32 @@ def test_predict_refuses_a_checkpoint_whose_record_asks_for_a_huge_image(tmp_pat
     assert main(["predict", str(NETS / "lenet5.net"), "--weights", str(bad),
                  str(tmp_path / "d.png")]) == 1
     assert "preprocessing record is malformed" in capsys.readouterr().err
+
+
+def test_import_drops_a_preprocessing_record_that_asks_for_a_huge_image(tmp_path, capsys):
+    """An ONNX file's netdsl.preprocess metadata is copied into the imported checkpoint: one
+    whose native size is 10⁶×10⁶ made predict grow without bound. It is dropped (with the
+    note that images are fed as they are) and predict stays bounded."""
+    onnx = pytest.importorskip("onnx")
+    import json as _json
+    from netdsl.cli.app import main
+    from netdsl.interchange.onnx_export import PREPROCESS_KEY
+    from conftest import NETS
+    run = tmp_path / "run"
+    assert main(["run", str(NETS / "lenet5.net"), "--epochs", "1", "--out", str(run),
+                 "--quiet"]) == 0
+    model_path = tmp_path / "m.onnx"
+    assert main(["export", str(NETS / "lenet5.net"), "--weights", str(run / "checkpoint.npz"),
+                 "-o", str(model_path)]) == 0
+    model = onnx.load(str(model_path))
+    prop = next(p for p in model.metadata_props if p.key == PREPROCESS_KEY)
+    record = _json.loads(prop.value)
+    record["native_shape"] = [10 ** 6, 10 ** 6, 1]
+    prop.value = _json.dumps(record)
+    onnx.save(model, str(model_path))
+    capsys.readouterr()
+    assert main(["import", str(model_path), "-o", str(tmp_path / "i.net")]) == 0
+    assert "predict feeds images scaled to [0, 1]" in capsys.readouterr().out
+    Image.fromarray((_digit() * 255).astype(np.uint8)).save(tmp_path / "d.png")
+    assert main(["predict", str(tmp_path / "i.net"), "--weights", str(tmp_path / "i.npz"),
+                 str(tmp_path / "d.png")]) == 0
