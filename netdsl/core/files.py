@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 from .errors import NetdslError
@@ -127,7 +128,10 @@ def write_together(files: list, what: str) -> None:
             if os.path.exists(path):
                 old = path + f".{os.getpid()}.old{_TEMP_SUFFIX}"
                 _unlink(old)
-                os.link(path, old)
+                try:
+                    os.link(path, old)
+                except OSError:           # a file system without hard links: a copy
+                    shutil.copy2(path, old)
                 kept[path] = old
             else:
                 kept[path] = None
