@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.graph import nodes
+from ..core.graph import nodes, records
 from ..layers import numel
 from ..layers.footprint import Footprint, aligned
 from .arena import layout_arena
@@ -233,7 +233,7 @@ def beyond_addressable(g, batch: int, itemsize: int) -> str | None:
     """Why the graph cannot be planned: the first tensor (a batch of outputs, or a parameter)
     of more bytes than a 64-bit address space holds; None when every one fits."""
     limit = 2 ** 63 - 1
-    for rec in nodes(g):
+    for rec in records(g):      # source order; no topological sort needed to find one
         for shape in rec.out_shapes or ():
             if batch * numel(shape) * itemsize > limit:
                 return f"{rec.name}'s output for batch {batch} exceeds 2^63 bytes"
@@ -287,14 +287,16 @@ def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str =
     zero = np.zeros((), dtype=dtype)
     params = {rec.name: {k: _placeholder(zero, ps.shape, rec, k)
                          for k, ps in rec.param_specs.items()}
-              for rec in nodes(g) if rec.param_specs}
+              for rec in records(g) if rec.param_specs}
     model = BoundModel(copy_graph(g), params, dtype=dtype)
     model.optimize("train", passes)
     it = np.dtype(dtype).itemsize
     train = plan_memory(build_plan(model.graph, dtype=dtype, kernels=kernels), batch,
                         itemsize=it, training=True)
-    infer_model = model.for_inference(passes)
-    infer = plan_memory(build_plan(infer_model.graph, dtype=dtype, kernels=kernels), batch,
+    # what for_inference does, in place: the training model is not needed again (a second
+    # copy of a 100,000-node graph costs seconds)
+    model.optimize("infer", passes)
+    infer = plan_memory(build_plan(model.graph, dtype=dtype, kernels=kernels), batch,
                         itemsize=it, training=False)
     return {"batch": batch, "dtype": np.dtype(dtype).name,
             "train_peak_bytes": train.peak, "train_peak_at": train.at,
