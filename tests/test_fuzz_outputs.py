@@ -5,6 +5,7 @@ byte-for-byte as it was, and leave no temporary file behind."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pytest
 from netdsl.cli.app import main
 
 from conftest import NETS
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 LENET = NETS / "lenet5.net"
 
@@ -28,14 +33,6 @@ def inputs(tmp_path_factory):
     if _has("onnx"):
         assert main(["export", str(net), "--weights", str(ckpt), "-o", str(model)]) == 0
     return {"root": root, "net": net, "ckpt": ckpt, "model": model}
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
 
 
 def _commands(i, out):

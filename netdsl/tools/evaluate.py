@@ -6,12 +6,9 @@ the model as it would be used.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..core.errors import NetdslError
-from ..core.files import staged
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:
@@ -114,11 +111,8 @@ def plot_confusion(report: dict, path: str) -> None:
     ax.set_title(f"{report['data']}: {100 * report['accuracy']:.2f}% of {report['examples']}",
                  fontsize=9)
     fig.tight_layout()
+    from .plots import write_figure
     try:
-        with staged(path, "confusion matrix") as tmp:
-            fig.savefig(tmp, format=os.path.splitext(path)[1][1:].lower() or "png")
-    except ValueError as exc:
-        raise NetdslError(f"cannot write '{path}': {exc}",
-                          hint="use a .png, .svg or .pdf file in an existing directory") from None
+        write_figure(fig, path, "confusion matrix")
     finally:
         plt.close(fig)

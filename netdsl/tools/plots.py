@@ -27,10 +27,26 @@ def pyplot():
     return plt
 
 
+def write_figure(fig, path, what: str = "picture", **savefig) -> str:
+    """Write ``fig`` to ``path`` atomically (netdsl/core/files.py), in the format its suffix
+    names; a name without one gets .png, as matplotlib gives it. Returns the path written; an
+    unwritable path or an unknown format is a NetdslError."""
+    path = str(path)
+    if not Path(path).suffix:
+        path = f"{path}.png"
+    fmt = Path(path).suffix[1:].lower()     # the temp file's own name ends in .tmp.<ext>
+    try:
+        with staged(path, what) as tmp:
+            fig.savefig(tmp, format=fmt, **savefig)
+    except ValueError as exc:               # matplotlib: an unsupported format
+        raise NetdslError(f"cannot write {what} '{path}': {exc}",
+                          hint="use a .png, .svg or .pdf file name") from None
+    return path
+
+
 def save_figure(fig, paths) -> list[str]:
-    """Write ``fig`` to each path atomically (a name without an extension gets .png, as
-    matplotlib gives it); the paths written. An unwritable path or an unknown format is a
-    NetdslError."""
+    """Write ``fig`` to each path (directories made as needed, see :func:`write_figure`), then
+    close it; the paths written."""
     out = []
     try:
         for p in paths:
@@ -39,16 +55,7 @@ def save_figure(fig, paths) -> list[str]:
             except OSError as exc:
                 raise NetdslError(f"cannot write picture '{p}': {exc.strerror or exc}",
                                   hint="choose a path in a writable directory") from None
-            if not Path(p).suffix:
-                p = f"{p}.png"
-            fmt = Path(p).suffix[1:].lower()    # the temp file's own name ends in .tmp.<ext>
-            try:
-                with staged(p, "picture") as tmp:
-                    fig.savefig(tmp, dpi=100, bbox_inches="tight", format=fmt)
-            except ValueError as exc:           # matplotlib: an unsupported format
-                raise NetdslError(f"cannot write picture '{p}': {exc}",
-                                  hint="use a .png, .svg or .pdf file name") from None
-            out.append(str(p))
+            out.append(write_figure(fig, p, dpi=100, bbox_inches="tight"))
     finally:
         pyplot().close(fig)
     return out
