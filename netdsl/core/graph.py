@@ -141,11 +141,12 @@ def copy_graph(g: nx.DiGraph) -> nx.DiGraph:
     import copy
     h = nx.DiGraph()
     h.graph.update({k: copy.copy(v) for k, v in g.graph.items()})
-    for n in g.nodes:
-        rec = node(g, n)
-        h.add_node(n, node=copy.copy(rec))
-        h.nodes[n]["node"].attrs = dict(rec.attrs)
-        h.nodes[n]["node"].inputs = list(rec.inputs)
-        h.nodes[n]["node"].meta = dict(rec.meta)
+
+    def clone(rec: Node) -> Node:   # copy.copy of a dataclass goes through __reduce_ex__: 3x slower
+        new = object.__new__(Node)
+        new.__dict__.update(rec.__dict__)
+        new.attrs, new.inputs, new.meta = dict(rec.attrs), list(rec.inputs), dict(rec.meta)
+        return new
+    h.add_nodes_from((n, {"node": clone(data["node"])}) for n, data in g.nodes(data=True))
     h.add_edges_from(g.edges)
     return h

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from ..core.errors import NetdslError
-from ..core.graph import nodes
+from ..core.graph import nodes, records
 
 
 def _tensor_elements(g) -> tuple[int, int]:
@@ -96,7 +96,7 @@ def estimate_run_bytes(g, *, batch_size: int, optimizer: str = "sgd", momentum: 
 def activation_bytes(g, batch: int, itemsize: int = 4) -> int:
     """Bytes of every layer's outputs for a batch (Python ints: exact however large)."""
     return sum(batch * math.prod(int(d) for d in shape) * itemsize
-               for rec in nodes(g) for shape in (rec.out_shapes or ()))
+               for rec in records(g) for shape in (rec.out_shapes or ()))
 
 
 def check_allocatable(g, *, batch: int, what: str, weights: bool = True) -> None:
