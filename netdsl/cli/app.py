@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub, common)
 
     add_bench(sub)   # bench: cli_run.py
+    from .lrfind import add_lr_find
+    add_lr_find(sub, common)   # lr-find: cli/lrfind.py
 
 
     from .interchange import add_commands

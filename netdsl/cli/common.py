@@ -25,6 +25,8 @@ INT_FLAGS = {
     "rounds": (1, 10_000, "rounds"),
     "top": (1, 1_000_000, "classes shown per input"),   # predict
     "limit": (1, 10**9, "training examples"),
+    "early_stop": (0, 1_000_000, "epochs of patience (0 = off)"),
+    "warmup": (0, 1_000_000, "warm-up epochs"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 

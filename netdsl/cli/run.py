@@ -23,8 +23,12 @@ def cmd_run(args) -> int:
     from ..train.fingerprint import graph_fingerprint
     from ..train.loop import Interrupted, Trainer, check_same_network, default_out_dir
     from ..train.rundir import open_run_dir
+    from ..train.logs import RunLog
     cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
+                 "lr": args.lr, "holdout": args.holdout, "seed": args.seed, "keep": args.keep,
+                 "early_stop": args.early_stop, "monitor": args.monitor,
+                 "clip_grad_norm": args.clip_grad_norm, "label_smoothing": args.label_smoothing,
+                 "warmup": args.warmup}
     c = compile_args(args, cli_train=cli_train, need_data=True)
     g, cfg = c.graph, c.config
     try:
@@ -40,6 +44,7 @@ def cmd_run(args) -> int:
                           hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
     # Checked and locked before any data is read or weight made: a bad --out costs nothing.
     out_dir = args.out or default_out_dir(g.graph["name"])
+    run_log = RunLog(out_dir, args.log)   # --log tensorboard without tensorboardX: refused now
     with open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite) as run_dir:
         for name in run_dir.removed_temps:
             print(f"netdsl: removed {os.path.join(out_dir, name)}, left by an interrupted save",
@@ -78,9 +83,10 @@ def cmd_run(args) -> int:
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
                                 "graph": graph_fingerprint(g),
                                 # what predict/eval need to prepare new images as these were
-                                "preprocess": make_record(data, input_shape)})
+                                "preprocess": make_record(data, input_shape)},
+                          run_log=run_log)
         if args.resume:
-            trainer.resume(args.resume)
+            trainer.resume(args.resume, schedule_restart=args.schedule_restart)
         try:
             result = trainer.run()
         except Interrupted as stop:
@@ -133,9 +139,34 @@ def add_run(sub, common) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-plots", action="store_true",
                    help="do not draw curves.png/svg and filters.png into --out")
+    add_control_flags(r)
     pass_flags(r)
     kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)
+
+
+def add_control_flags(r) -> None:
+    """run's logging and training-control flags (docs/runs.md); each train setting among
+    them overrides the file's train section."""
+    r.add_argument("--log", default="csv", choices=["csv", "tensorboard", "none"],
+                   help="per-epoch log in --out: log.csv (default), TensorBoard event files "
+                        "in tb/ (needs tensorboardX), or none")
+    r.add_argument("--keep", choices=["last", "best", "both"],
+                   help="weights kept: the last epoch's (default), the best held-out epoch's "
+                        "(best.npz, loaded at the end), or both")
+    r.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better held-out metric")
+    r.add_argument("--monitor", choices=["acc", "loss"],
+                   help="held-out metric of --keep best and --early-stop (default acc)")
+    r.add_argument("--clip-grad-norm", type=float, metavar="NORM",
+                   help="rescale gradients to a global L2 norm of at most NORM")
+    r.add_argument("--label-smoothing", type=float, metavar="E",
+                   help="softmax_xent targets (1-E) one-hot + E/K, e.g. 0.1")
+    r.add_argument("--warmup", type=int, metavar="EPOCHS",
+                   help="epochs of linear lr warm-up before the schedule")
+    r.add_argument("--schedule-restart", action="store_true",
+                   help="with --resume and more --epochs: a new schedule cycle over the added "
+                        "epochs (default: continue at the final lr)")
 
 
 def add_bench(sub) -> None:

@@ -29,11 +29,17 @@ class TrainConfig:
     augment: str = "none"         # none, or crop / flip / affine joined by '+'; never flip digits
     holdout: int = -1             # examples kept out when the data has no test split; -1 = 20%
     seed: int = 0
+    keep: str = "last"            # last | best | both: the weights kept (best: held-out metric)
+    early_stop: int = 0           # stop after this many epochs without a better held-out metric
+    monitor: str = "acc"          # acc | loss: the held-out metric of keep = best and early_stop
+    clip_grad_norm: float = 0.0   # rescale the gradients to this global L2 norm at most; 0 = off
+    label_smoothing: float = 0.0  # softmax_xent targets (1 - e) one-hot + e / K; 0 = off
 
     def __post_init__(self):
         from ..data.augment import parse_mode
         parse_mode(self.augment)
-        choices = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "step", "cosine")}
+        choices = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "step", "cosine"),
+                   "keep": ("last", "best", "both"), "monitor": ("acc", "loss")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise NetdslError(f"train setting {key} = {getattr(self, key)!r} is not one of "
@@ -42,7 +48,8 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise NetdslError(f"train setting {key} must be at least 1, got {getattr(self, key)}")
-        for key in ("lr", "momentum", "beta1", "beta2", "weight_decay", "gamma"):
+        for key in ("lr", "momentum", "beta1", "beta2", "weight_decay", "gamma",
+                    "clip_grad_norm", "label_smoothing"):
             if not math.isfinite(getattr(self, key)):
                 raise NetdslError(f"train setting {key} must be a finite number, "
                                   f"got {getattr(self, key)}")
@@ -51,6 +58,13 @@ class TrainConfig:
         if self.holdout < -1 or self.holdout == 0:
             raise NetdslError(f"train setting holdout = {self.holdout} keeps no examples for "
                               f"evaluation", hint="use holdout = -1 for the default 20%")
+        if self.early_stop < 0 or self.clip_grad_norm < 0:
+            key = "early_stop" if self.early_stop < 0 else "clip_grad_norm"
+            raise NetdslError(f"train setting {key} must be 0 (off) or more, "
+                              f"got {getattr(self, key)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise NetdslError(f"train setting label_smoothing must be in [0, 1), got "
+                              f"{self.label_smoothing}", hint="0.1 is the usual value")
         if self.seed < 0:
             raise NetdslError(f"train setting seed must be 0 or more, got {self.seed}")
 

@@ -59,6 +59,10 @@ def _xent_forward(ctx, attrs, params, inputs):
     # array, the probabilities (the cache): shift, exp and division in place in it.
     probs = logits - logits.max(axis=1, keepdims=True)
     picked = probs[xp.arange(n), labels]
+    # Label smoothing (set by the trainer, not the file): targets (1 - e) one-hot + e / K.
+    eps = attrs.get("smoothing", 0.0)
+    if eps:
+        picked = (1 - eps) * picked + eps * probs.mean(axis=1)
     xp.exp(probs, out=probs)
     total = probs.sum(axis=1, keepdims=True)
     log_p = picked - xp.log(total[:, 0])
@@ -71,7 +75,10 @@ def _xent_backward(ctx, attrs, params, cache, dout):
     probs, labels = cache
     n = probs.shape[0]
     grad = probs.copy()
-    grad[ctx.xp.arange(n), labels] -= 1
+    eps = attrs.get("smoothing", 0.0)
+    grad[ctx.xp.arange(n), labels] -= 1 - eps
+    if eps:
+        grad -= eps / grad.shape[1]
     grad *= dout * (attrs["weight"] / n)
     return [grad], {}
 

@@ -27,14 +27,18 @@ from ..core.errors import NetdslError
 from ..runtime.executor import Executor
 from ..runtime.numerics import LossWatch, locate_nonfinite
 from ..data.augment import augment_batch
-from .checkpoint import (MAX_STEP, check_header, check_history, load_checkpoint, load_header,
+from .checkpoint import (MAX_STEP, check_header, check_history, load_checkpoint,
                          save_checkpoint, write_json_atomic)
 from ..lang.train_config import TrainConfig
 from ..data.loader import Dataset
-from .fingerprint import diff_fingerprints, graph_fingerprint, well_formed
+from .compat import check_compatible, check_same_graph, check_same_network  # noqa: F401
+from .fingerprint import graph_fingerprint
 from .optim import make_optimizer
-from .progress import EpochBar
-from .schedule import make_schedule
+from .controls import clip_gradients, early_stopped, held_out, set_label_smoothing
+from .keeper import Keeper
+from .logs import RunLog
+from .progress import EpochBar, RunProgress
+from .schedule import check_plan, extend_plan, fresh_plan, planned_schedule
 from .signals import Interrupted, StopFlag
 
 _SHUFFLE, _AUGMENT = 2, 3   # stream ids for SeedSequence spawn keys (executor: 1 = dropout)
@@ -58,42 +62,6 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
-def check_compatible(ex: Executor, saved: dict, path: str) -> None:
-    for name, tensors in ex.params.items():
-        for key, value in tensors.items():
-            if name not in saved or key not in saved[name]:
-                raise NetdslError(f"checkpoint {path} has no parameter {name}/{key}",
-                                  hint="resume with the same .net file and --set values it was "
-                                       "trained with")
-            if tuple(saved[name][key].shape) != tuple(value.shape):
-                raise NetdslError(f"checkpoint {path}: {name}/{key} has shape "
-                                  f"{tuple(saved[name][key].shape)}, the network needs "
-                                  f"{tuple(value.shape)}",
-                                  hint="resume with the same .net file and --set values")
-
-
-def check_same_network(g, path: str) -> None:
-    """Refuse, with a diff, to resume ``path`` into another network than the one it was
-    trained with; reads only the checkpoint's header (called before any data is loaded)."""
-    meta = load_header(path).get("meta", {})
-    _check_same_graph(meta.get("graph"), graph_fingerprint(g), path)
-
-
-def _check_same_graph(saved, current: dict, path: str) -> None:
-    """Refuse another architecture, listing what changed; old checkpoints have no fingerprint."""
-    if saved is None:
-        return
-    if not well_formed(saved):
-        raise NetdslError(f"checkpoint {path} is damaged: its graph fingerprint is malformed")
-    if saved.get("hash") == current["hash"]:
-        return
-    changes = diff_fingerprints(saved, current)
-    raise NetdslError(f"checkpoint {path} was trained with a different network",
-                      detail="changed since the checkpoint:\n    " + "\n    ".join(changes),
-                      hint="resume with the same .net file and --set values it was trained "
-                           "with, or start a fresh run with another --out")
 
 
 # Settings whose change on resume is expected (more epochs) or only affects later steps.
@@ -158,7 +126,7 @@ class Trainer:
 
     def __init__(self, ex: Executor, cfg: TrainConfig, data: Dataset, *, out_dir: str | None,
                  meta: dict | None = None, show_progress: bool = True, log=print, warn=_warn,
-                 on_epoch=None):
+                 on_epoch=None, run_log: RunLog | None = None):
         self.ex, self.cfg, self.data = ex, cfg, data
         self.out_dir = Path(out_dir) if out_dir else None
         # meta["graph"]: the caller's fingerprint of the compiled graph (the CLI's), else the
@@ -174,7 +142,12 @@ class Trainer:
         ex.check_labels(data.y_test)
         self.optimizer = make_optimizer(cfg)
         self.bounds = batch_bounds(len(data.x_train), cfg.batch_size)
-        self.lr_at = make_schedule(cfg, len(self.bounds))
+        self.plan = fresh_plan(cfg)   # the lr schedule's pieces, extended by --resume
+        self.lr_at = planned_schedule(cfg, len(self.bounds), self.plan)
+        set_label_smoothing(ex, cfg.label_smoothing)   # after the fingerprint: not the graph's
+        self.keeper = Keeper(cfg.keep, cfg.monitor)    # best.npz and the best epoch's weights
+        self.run_log = run_log or RunLog(None, "none")
+        self.progress = None     # the whole run's progress, made by run()
         self.epoch = 0          # epochs completed
         self.step = 0           # optimizer steps taken
         self.batch = 0          # batches of the current epoch already done
@@ -186,13 +159,15 @@ class Trainer:
         self._loss_watch = LossWatch(log)   # warns once on a finite blow-up
 
     # -- persistence ---------------------------------------------------------------------
-    def resume(self, path: str) -> None:
+    def resume(self, path: str, schedule_restart: bool = False) -> None:
         """Load ``path`` and continue where it stopped; every check runs before any state
-        changes, so a refused checkpoint leaves the trainer as it was."""
+        changes, so a refused checkpoint leaves the trainer as it was. Epochs added past the
+        schedule's planned end continue at its final lr, or with ``schedule_restart`` run a new
+        cycle of it (netdsl/train/schedule.py); one line says which."""
         ck = load_checkpoint(path)
         check_header(ck, path)
         meta = ck["meta"]
-        _check_same_graph(meta.get("graph"), self.meta["graph"], path)
+        check_same_graph(meta.get("graph"), self.meta["graph"], path)
         check_compatible(self.ex, ck["params"], path)
         epoch, step = ck["epoch"], ck["step"]
         history = check_history(ck["metrics"].get("history", []), epoch, path)
@@ -202,6 +177,12 @@ class Trainer:
             raise NetdslError(f"checkpoint {path} is damaged: its 'changes' are no list of "
                               f"records")
         batch = self._resume_batch(meta, sums, path)
+        saved_cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        plan = check_plan(meta.get("schedule_plan", [[saved_cfg.get("epochs", max(epoch, 1)),
+                                                       "plan"]]), path)
+        plan, said = extend_plan(plan, self.cfg.epochs, schedule_restart, self.cfg,
+                                 len(self.bounds))
+        lr_at = planned_schedule(self.cfg, len(self.bounds), plan)
         changes = self._setting_changes(meta.get("config"), meta.get("data"), epoch, step,
                                          path)
         regrouped = ("batch_size", "data", "holdout", "data_examples")
@@ -228,8 +209,12 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer_state"])
         self.epoch, self.step, self.batch, self.history = epoch, step, batch, history
         self.sums, self.changes = sums, earlier + changes
+        self.plan, self.lr_at = plan, lr_at
+        self.keeper.resume()
         where = f", {batch} batch(es) into epoch {epoch + 1}" if batch else ""
         self.log(f"resumed from {path}: {epoch} epoch(s) done{where}, step {step}")
+        if said:
+            self.log(said)
 
     @staticmethod
     def _resume_batch(meta: dict, sums: "EpochSums", path: str) -> int:
@@ -263,13 +248,15 @@ class Trainer:
                           f"through (recorded in metrics.json)")
         return changes
 
-    def save(self, interrupted: bool = False) -> str | None:
+    def save(self, interrupted: bool = False, name: str = "checkpoint.npz") -> str | None:
+        """Write ``DIR/name`` (the run's state) and metrics.json; None without a directory."""
         if self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "checkpoint.npz"
+        path = self.out_dir / name
         meta = dict(self.meta, batch_in_epoch=self.batch, interrupted=interrupted,
-                    epoch_sums=asdict(self.sums), changes=self.changes)
+                    epoch_sums=asdict(self.sums), changes=self.changes,
+                    schedule_plan=self.plan)
         save_checkpoint(str(path), params={n: {k: to_numpy(v) for k, v in t.items()}
                                            for n, t in self.ex.params.items()},
                         optimizer_state=self.optimizer.state_dict(), epoch=self.epoch,
@@ -289,7 +276,7 @@ class Trainer:
         order = _rng(cfg.seed, _SHUFFLE, self.epoch).permutation(len(data.x_train))
         remaining = self.bounds[self.batch:]
         bar = EpochBar(self.epoch + 1, cfg.epochs, sum(b - a for a, b in remaining),
-                       disable=not self.show_progress)
+                       disable=not self.show_progress, run=self.progress)
         t0 = time.perf_counter()
         try:
             for start, stop in remaining:
@@ -305,6 +292,8 @@ class Trainer:
                 grads, loss = ex.backward(), float(res.loss)
                 if not np.isfinite(loss):   # before the update: name the layer (numerics.py)
                     raise locate_nonfinite(ex, xb, yb, step=self.step, loss=loss)
+                if cfg.clip_grad_norm:
+                    clip_gradients(grads, cfg.clip_grad_norm, ex.xp)
                 self._loss_watch.update(loss, self.step + 1)
                 self.optimizer.step(ex.params, grads, lr=self.lr_at(self.step))
                 self.step += 1
@@ -328,22 +317,32 @@ class Trainer:
         """Train up to cfg.epochs; evaluate and checkpoint after each epoch. Ctrl-C, SIGTERM
         or SIGHUP save a checkpoint at the next step boundary and raise :class:`Interrupted`
         (a KeyboardInterrupt) for the caller; a second signal stops at once without saving."""
-        if self.epoch >= self.cfg.epochs:
-            self.log(f"nothing to train: {self.epoch} epoch(s) already done, --epochs is "
-                     f"{self.cfg.epochs}; raise --epochs to continue")
+        cfg = self.cfg
+        stopped = early_stopped(self.history, cfg.monitor, cfg.early_stop)
+        if self.epoch >= cfg.epochs or stopped:
+            self.log(f"nothing to train: {self.epoch} epoch(s) already done, " +
+                     ("stopped early (early_stop)" if stopped else
+                      f"--epochs is {cfg.epochs}; raise --epochs to continue"))
+        self.progress = RunProgress(self.step, cfg.epochs * len(self.bounds), cfg.monitor)
         try:
             with self._stop:
-                while self.epoch < self.cfg.epochs:
+                while self.epoch < cfg.epochs and not stopped:
                     row = self.train_epoch()
-                    row["test_acc"] = evaluate(self.ex, self.data.x_test, self.data.y_test)
+                    row.update(held_out(self.ex, self.data.x_test, self.data.y_test))
                     self.history.append(row)
                     self.save()
+                    self.keeper.after_epoch(self)
+                    self.run_log.write(self.history)
+                    self.progress.held_out = row["test_" + cfg.monitor]
+                    stopped = early_stopped(self.history, cfg.monitor, cfg.early_stop)
                     if self.on_epoch:
                         self.on_epoch(self)
                     self.log(f"epoch {row['epoch']}/{self.cfg.epochs}: loss {row['loss']:.4f}, "
                              f"train acc {100 * row['train_acc']:.2f}%, "
                              f"{self.data.test_name} acc {100 * row['test_acc']:.2f}%, "
                              f"{row['images_per_s']:.0f} img/s")
+                    if stopped:
+                        self.log(self.keeper.stop_line(self.history, cfg.early_stop))
                     if self._stop.hit:
                         raise _Stopped
         except _Stopped:
@@ -363,10 +362,14 @@ class Trainer:
             self.log("\nstopped at once; no checkpoint written for the unfinished step"
                      + (f" (the last one is in {self.out_dir})" if self.out_dir else ""))
             raise
+        finally:
+            self.run_log.close()
+        kept = self.keeper.finish(self)   # keep = best: the best epoch's weights and row
         ran = self.history and self.history[-1]["epoch"] == self.epoch
-        final = self.history[-1]["test_acc"] if ran else \
+        final = kept["test_acc"] if kept else self.history[-1]["test_acc"] if ran else \
             evaluate(self.ex, self.data.x_test, self.data.y_test)
-        return {"accuracy": final, "epochs": self.epoch, "history": self.history}
+        return {"accuracy": final, "epochs": self.epoch, "history": self.history,
+                "kept_epoch": kept["epoch"] if kept else self.epoch}
 
 
 def default_out_dir(net_name: str) -> str:

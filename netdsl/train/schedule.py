@@ -62,3 +62,79 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], flo
         return float(after_warmup(step))
 
     return lr_at
+
+
+# -- the schedule of a run that --resume extended ----------------------------------------------
+# A run's plan is a list of [end_epoch, mode]: the first entry, mode "plan", is the schedule the
+# run was started with (its own epochs, warm-up included); each --resume that raised --epochs
+# past the plan's end appends [new_end, "hold"] (continue at the final lr) or
+# [new_end, "restart"] (--schedule-restart: the schedule once more over the added epochs, no
+# warm-up). The plan is kept in the checkpoint, so the lr of every step is that of the run as
+# it was planned, whatever --epochs a later resume gives.
+
+def fresh_plan(cfg: TrainConfig) -> list:
+    """The plan of a run started with ``cfg``."""
+    return [[cfg.epochs, "plan"]]
+
+
+def check_plan(plan, path: str) -> list:
+    """A checkpoint's schedule plan, validated (a NetdslError naming ``path`` otherwise)."""
+    ok = isinstance(plan, list) and len(plan) >= 1 and all(
+        isinstance(p, list) and len(p) == 2 and type(p[0]) is int and 1 <= p[0] <= 10**9 and
+        p[1] in ("plan", "hold", "restart") for p in plan) and plan[0][1] == "plan" and \
+        all(a[0] < b[0] and b[1] != "plan" for a, b in zip(plan, plan[1:]))
+    if not ok:
+        raise NetdslError(f"checkpoint {path} is damaged: bad schedule plan {plan!r:.80}")
+    return [list(p) for p in plan]
+
+
+def planned_schedule(cfg: TrainConfig, steps_per_epoch: int, plan: list) -> Callable[[int], float]:
+    """The lr of each global step under ``plan`` (see above); past its end the last piece goes
+    on (a cosine stays at 0, a held lr stays)."""
+    from dataclasses import replace
+    first = make_schedule(replace(cfg, epochs=plan[0][0]), steps_per_epoch)
+    pieces = [(plan[0][0] * steps_per_epoch, first)]
+    for (prev_end, _), (end, mode) in zip(plan, plan[1:]):
+        start = prev_end * steps_per_epoch
+        if mode == "restart":
+            again = make_schedule(replace(cfg, epochs=end - prev_end, warmup=0), steps_per_epoch)
+            piece = (lambda s, again=again, start=start: again(s - start))
+        else:
+            final = lr_of(pieces, start - 1)
+            piece = (lambda s, final=final: final)
+        pieces.append((end * steps_per_epoch, piece))
+
+    def lr_at(step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return lr_of(pieces, step)
+
+    return lr_at
+
+
+def lr_of(pieces: list, step: int) -> float:
+    """The lr at ``step`` of ``[(end_step, fn)]`` pieces in order: the first piece whose end is
+    past ``step``, else the last."""
+    for end, fn in pieces:
+        if step < end:
+            return float(fn(step))
+    return float(pieces[-1][1](step))
+
+
+def extend_plan(plan: list, epochs: int, restart: bool, cfg: TrainConfig,
+                steps_per_epoch: int) -> tuple[list, str]:
+    """``plan`` extended to ``epochs`` (unchanged when it already reaches them), and the one
+    line that says what the added epochs do ('' when none were added)."""
+    end = plan[-1][0]
+    if epochs <= end:
+        return plan, ("--schedule-restart ignored: no epochs added to the planned "
+                      f"{end}" if restart else "")
+    added = epochs - end
+    if restart:
+        return plan + [[epochs, "restart"]], (
+            f"schedule: {added} epoch(s) added after the planned {end}; --schedule-restart: "
+            f"a new {cfg.schedule} cycle from lr {cfg.lr:g} over them")
+    final = planned_schedule(cfg, steps_per_epoch, plan)(end * steps_per_epoch - 1)
+    return plan + [[epochs, "hold"]], (
+        f"schedule: {added} epoch(s) added after the planned {end}; the lr stays at its final "
+        f"{final:.3g} (--schedule-restart for a new {cfg.schedule} cycle over them)")
