@@ -110,7 +110,7 @@ class EpochSums:
         seen = max(self.seen, 1)
         return {"epoch": epoch, "loss": self.loss_sum / seen, "train_acc": self.correct / seen,
                 "images_per_s": self.seen / max(self.seconds, 1e-9), "lr": lr,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "step_time_s": self.seconds / max(self.batches, 1)}
 
 
 class _Stopped(Exception):
