@@ -69,7 +69,9 @@ class Keeper:
             params = self._best[1]
         elif trainer.out_dir is not None and (trainer.out_dir / "best.npz").exists():
             params = load_checkpoint(str(trainer.out_dir / "best.npz"))["params"]
-        else:
+        else:   # the best epoch came before keep = best was set (a resume changed it)
+            trainer.log(f"keep = best: the best epoch {at} was trained without keep = best, so "
+                        f"its weights were not saved; the last epoch's stand")
             return None
         xp = trainer.ex.xp
         for name, tensors in trainer.ex.params.items():

@@ -64,8 +64,9 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-# Settings whose change on resume is expected (more epochs) or only affects later steps.
-_SILENT_CHANGES = ("epochs",)
+# Settings whose change on resume is expected (more epochs) or does not change the steps
+# (which weights are kept, when to stop).
+_SILENT_CHANGES = ("epochs", "keep", "early_stop", "monitor")
 
 
 @dataclass

@@ -27,7 +27,8 @@ LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
 # The names core.files.atomic_write gives its temp files: ".<target>.<random>.tmp".
-_TEMP_PATTERNS = (f".{CHECKPOINT_NAME}.*.tmp", f".{METRICS_NAME}.*.tmp")
+_TEMP_PATTERNS = (f".{CHECKPOINT_NAME}.*.tmp", f".{METRICS_NAME}.*.tmp", ".best.npz.*.tmp",
+                  ".log.csv.*.tmp")
 
 try:
     import fcntl
