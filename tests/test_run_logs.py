@@ -98,3 +98,32 @@ def test_lr_find_on_lenet5_suggests_the_files_lr_within_a_factor_3(tmp_path, cap
     lrs = np.asarray(r["lr"])   # the exponential ramp from 1e-6
     np.testing.assert_allclose(lrs, 1e-6 * (1e6) ** (np.arange(len(lrs)) / 99), rtol=1e-12)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and r["plot"] == str(plot)
+
+
+def test_the_whole_run_progress_text():
+    from netdsl.train.progress import EpochBar, RunProgress, clock
+    run = RunProgress(10, 100)
+    assert run.text() == "run 10/100 steps, ETA ?"          # no step of this process yet
+    bar = EpochBar(2, 5, 40, disable=True, run=run)
+    bar.update(20, 0.5, 0.75)
+    assert run.done == 11 and "loss=0.5000 acc=75.00% | run 11/100 steps, ETA " in bar.postfix()
+    run.held_out = 0.975
+    assert run.text().endswith(", held-out 97.50%")
+    assert RunProgress(0, 10, "loss").text() == "run 0/10 steps, ETA ?"
+    assert (clock(59.6), clock(61), clock(3725)) == ("1:00", "1:01", "1:02:05")
+
+
+def test_the_control_flags_reach_the_checkpoint(tmp_path, capsys):
+    from netdsl.train.checkpoint import load_header
+    out = tmp_path / "run"
+    assert main(["run", str(NETS / "patterns" / "linear.net"), "--epochs", "1", "--out",
+                 str(out), "--quiet", "--no-plots", "--keep", "both", "--early-stop", "7",
+                 "--monitor", "loss", "--clip-grad-norm", "2.5", "--label-smoothing", "0.1",
+                 "--warmup", "1"]) == 0
+    cfg = load_header(str(out / "checkpoint.npz"))["meta"]["config"]
+    assert {k: cfg[k] for k in ("keep", "early_stop", "monitor", "clip_grad_norm",
+                                "label_smoothing", "warmup")} == \
+        {"keep": "both", "early_stop": 7, "monitor": "loss", "clip_grad_norm": 2.5,
+         "label_smoothing": 0.1, "warmup": 1}
+    assert (out / "best.npz").exists() and (out / "log.csv").exists()   # csv: the default
+    assert "best epoch" in capsys.readouterr().out
