@@ -220,3 +220,10 @@ def test_a_restarted_schedule_is_kept_by_later_resumes(tmp_path):
     rest.resume(str(tmp_path / "b" / "checkpoint.npz"))   # no flag: the saved plan holds
     rest.run()
     assert got + got2 == want
+
+
+def test_a_fresh_run_removes_another_runs_best_npz_at_its_first_save(tmp_path):
+    trainer(tmp_path, epochs=2, keep="best").run()
+    assert (tmp_path / "best.npz").exists()
+    trainer(tmp_path, epochs=1).run()                   # keep = last, as with --overwrite
+    assert not (tmp_path / "best.npz").exists()

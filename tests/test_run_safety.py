@@ -25,7 +25,7 @@ from netdsl.train.rundir import open_run_dir
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and flock")
 LINEAR = NETS / "patterns" / "linear.net"
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "images_per_s", "step_time_s")
 
 
 def netdsl(*args, timeout=300):

@@ -34,6 +34,10 @@ class Keeper:
     def after_epoch(self, trainer) -> None:
         """Called after each epoch's checkpoint: save best.npz when this epoch is the best."""
         history = trainer.history
+        if len(history) == 1 and trainer.out_dir is not None:
+            # a best.npz there now is another run's (--overwrite): replaced or removed, as the
+            # first save replaces that run's checkpoint
+            (trainer.out_dir / "best.npz").unlink(missing_ok=True)
         if self.keep == "last" or best_epoch(history, self.monitor) != history[-1]["epoch"]:
             return
         self._best = (history[-1]["epoch"], {n: {k: to_numpy(v).copy() for k, v in t.items()}
