@@ -18,7 +18,7 @@ def cmd_run(args) -> int:
     from ..core.graph import nodes
     from ..runtime.memory_estimate import check_fits, device_available_bytes, estimate_run_bytes
     from ..data.preprocess import make_record
-    from ..data.loader import load_dataset
+    from ..data.loader import in_memory_examples, load_dataset
     from .diag import Pictures
     from ..train.fingerprint import graph_fingerprint
     from ..train.loop import Interrupted, Trainer, check_same_network, default_out_dir
@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
         check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
         if not on_gpu:   # on a GPU the dataset stays in host memory, the rest on the device
             check_fits(estimate_run_bytes(g, **size, input_shape=input_shape,
-                                          dataset_examples=len(data.x_train) + len(data.x_test)),
+                                          dataset_examples=in_memory_examples(data)),
                        available=available,
                        what=f"training {g.graph['name']} on {data.name} at batch "
                             f"{cfg.batch_size}")
@@ -117,7 +117,8 @@ def add_run(sub, common) -> None:
     """The `run` subcommand on the main parser's ``sub``."""
     r = sub.add_parser("run", help="train a network")
     common(r)
-    r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
+    r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE | folder:DIR "
+                                       "(one sub-folder of images per class)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
     r.add_argument("--lr", type=float)
