@@ -37,6 +37,7 @@ class Frame:
     index: int = 0
     count: int = 1
     block: str = ""
+    call: str = ""      # a block call as written, e.g. "basic(64)" (diagrams fold equal ones)
 
 
 @dataclass
