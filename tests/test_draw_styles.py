@@ -109,3 +109,12 @@ def test_draw_cli_volumes_style(tmp_path, capsys):
     assert main(["draw", str(NETS / "resnet18.net"), "--fold", "--rankdir", "LR", "-o",
                  str(tmp_path / "r.dot")]) == 0
     assert "basic(64) ×2" in (tmp_path / "r.dot").read_text()
+
+
+@pytest.mark.parametrize("net", ["lenet5", "alexnet", "vgg16", "resnet18"])
+def test_the_zoo_volume_pictures_are_what_draw_writes_now(net):
+    from conftest import ROOT
+    shown = (ROOT / "docs" / "zoo" / f"{net}_volumes.svg").read_text(encoding="utf-8")
+    assert shown == to_volumes_svg(compile_file(str(NETS / f"{net}.net")).graph), \
+        f"regenerate: netdsl draw nets/{net}.net --style volumes -o docs/zoo/{net}_volumes.svg"
+    assert f"zoo/{net}_volumes.svg" in (ROOT / "docs" / "zoo.md").read_text(encoding="utf-8")

@@ -97,6 +97,8 @@ def cmd_layers(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netdsl", description="Compile, check, draw and train "
                                 "convolutional networks written in the netdsl language.")
+    from .. import __version__
+    p.add_argument("--version", action="version", version=f"netdsl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, input_flag=True):

@@ -119,9 +119,13 @@ def add_run(sub, common) -> None:
     common(r)
     r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE | folder:DIR "
                                        "(one sub-folder of images per class)")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--batch-size", type=int)
-    r.add_argument("--lr", type=float)
+    r.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training set (default: the file's train block, else 10)")
+    r.add_argument("--batch-size", type=int, metavar="N",
+                   help="examples per training step (default: the file's, else 64)")
+    r.add_argument("--lr", type=float, metavar="LR",
+                   help="learning rate, the schedule's starting value (default: the file's, "
+                        "else 0.05)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     r.add_argument("--out", metavar="DIR", help="checkpoint directory (default runs/NAME)")
     r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint .npz")
@@ -130,7 +134,9 @@ def add_run(sub, common) -> None:
                         "first save replaces it")
     r.add_argument("--holdout", type=int, help="examples kept for evaluation when the data has "
                                                "no test split (default 20%%)")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the initial weights, shuffling, augmentation and dropout "
+                        "(default: the file's, else 0); the same seed gives the same run")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-plots", action="store_true",
                    help="do not draw curves.png/svg and filters.png into --out")
