@@ -93,3 +93,28 @@ def test_show_writes_its_pictures_next_to_the_checkpoint(tmp_path, monkeypatch, 
     assert main(["show", str(NETS / "lenet5.net"), "--weights", str(run / "checkpoint.npz"),
                  "--filters", "-o", str(out)]) == 0
     assert out.exists()
+
+
+def test_quiet_native_stderr_drops_what_c_code_writes_and_restores_it(capfd):
+    import os
+    from netdsl.tools.bench_torch import quiet_native_stderr
+    with quiet_native_stderr():
+        os.write(2, b"USDT: profiler_start\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+
+
+@pytest.mark.slow   # a subprocess with PyTorch
+def test_bench_compare_torch_prints_no_profiler_or_cuda_noise():
+    pytest.importorskip("torch")
+    import os
+    import subprocess
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "-m", "netdsl", "bench", str(NETS / "lenet5.net"),
+                        "--mode", "infer", "--batch-size", "16", "--compare", "torch",
+                        "--steps", "2", "--rounds", "1", "--no-layers"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    assert "pytorch" in r.stdout
+    assert r.stderr == "", r.stderr   # was: USDT profiler_start/stop, gpuGetDeviceCount ERROR
