@@ -7,7 +7,8 @@ minute; nothing else is changed:
 
 * ``run`` and ``sweep``: ``--epochs N`` becomes ``--epochs 1`` (``2`` for a ``--resume``, one
   more than the run it resumes), and ``--epochs 1`` is added where none is written;
-* ``bench``: ``--steps 2 --rounds 1`` added, batches of 256 become 32;
+* ``bench``: ``--steps 2 --rounds 1`` (and ``--no-layers``, but for ``--ablate``, which has no
+  per-layer table) added, batches of 256 become 32;
 * a data folder outside the repository that is not there (``../shared/data/mnist10k``) skips
   that command; commands whose optional package is missing (PyTorch for ``--compare torch``,
   onnx for export/import, Pillow for a PNG, matplotlib for ``show``) are skipped too, and the
@@ -51,7 +52,7 @@ def shortened(argv: list[str]) -> list[str]:
         else:
             argv += ["--epochs", epochs]
     if argv[0] == "bench":
-        argv += ["--steps", "2", "--rounds", "1"]
+        argv += ["--steps", "2", "--rounds", "1"] + ([] if "--ablate" in argv else ["--no-layers"])
         argv = ["32" if a == "256" else a for a in argv]
     return argv
 
