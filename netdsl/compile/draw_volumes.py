@@ -312,7 +312,7 @@ def to_volumes_svg(g) -> str:
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" '
            'markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
            'fill="#666"/></marker></defs>',
-           f'<rect width="100%" height="100%" fill="#ffffff"/>',
+           '<rect width="100%" height="100%" fill="#ffffff"/>',
            f'<text x="20" y="22" font-size="13" font-weight="bold" style="{_FONT}">'
            f'{_esc(title)}</text>']
     kernels, arcs = [], []

@@ -19,7 +19,7 @@ from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, npz_info,
                        read_cifar10, read_digits, read_mnist, read_npz)
 from .folder import FolderImages, folder_layout, folder_native, memory_limit
 from .idx import read_header
-from .images import LUMA_WEIGHTS, convert_channels  # noqa: F401  (loader's public names)
+from .images import convert_channels
 
 KINDS = ("digits", "mnist", "cifar10", "npz", "folder")
 _SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE, folder:DIR"

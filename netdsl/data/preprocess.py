@@ -98,9 +98,8 @@ def crop_ink(a: np.ndarray, threshold: float = 0.1) -> np.ndarray:
 def _resize_image(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """H×W×C float → h×w×C: Pillow's averaging bilinear filter (images.resize_image, as folder
     datasets are shaped in training); without Pillow (an .npy batch) the training resize."""
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("PIL") is None:
         return resize_bilinear(a[None], h, w)[0] if a.shape[:2] != (h, w) else a
     from .images import resize_image
     return resize_image(a, h, w)
