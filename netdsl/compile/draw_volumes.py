@@ -3,8 +3,9 @@ papers drew their networks (and NN-SVG and PlotNeuralNet after them), written as
 netdsl itself (no graphviz needed).
 
 Each box is one feature map H×W×C: its height follows H, its receding side W and its
-thickness C, on log scales (2 px per doubling would make 7×7 vanish next to 224×224, equal
-px would make 224×224 a wall), with ``H×W×C`` written under it and the operation that made
+thickness C, on log scales (16 px per doubling of a side, 5 per doubling of the channels: a
+linear scale would make 7×7 vanish beside 224×224), with ``H×W×C`` written under it and the
+operation that made
 it (``CONV 96 11×11 /4``) above. A windowed operation (convolution, pooling) is drawn as its
 kernel, a small square on the input volume's H×W face, with lines to the unit it computes in
 the next volume. A flat vector (FC, global pooling) is a thin bar. Layers that keep their
