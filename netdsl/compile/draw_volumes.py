@@ -5,8 +5,7 @@ netdsl itself (no graphviz needed).
 Each box is one feature map H×W×C: its height follows H, its receding side W and its
 thickness C, on log scales (16 px per doubling of a side, 5 per doubling of the channels: a
 linear scale would make 7×7 vanish beside 224×224), with ``H×W×C`` written under it and the
-operation that made
-it (``CONV 96 11×11 /4``) above. A windowed operation (convolution, pooling) is drawn as its
+operation that made it (``CONV 96 11×11 /4``) above. A windowed operation (convolution, pooling) is drawn as its
 kernel, a small square on the input volume's H×W face, with lines to the unit it computes in
 the next volume. A flat vector (FC, global pooling) is a thin bar. Layers that keep their
 input's shape and have no window or width of their own (ReLU, BN, dropout, LRN, flatten)
@@ -15,7 +14,7 @@ are not boxes: they are listed under the operation that made the box they apply 
 Layout, left to right: a box's column is the longest path to it from the input; branches
 (concat's inputs, a projection shortcut, an auxiliary head) get lanes below in the order the
 file writes them. An ``add`` is a ⊕; an edge that jumps columns within a lane (a residual
-shortcut) is an arc above the boxes.
+shortcut) is a bracket over the boxes it skips.
 """
 from __future__ import annotations
 
