@@ -63,7 +63,11 @@ def cmd_draw(args) -> int:
     refuse_input_as_output(args.output, {"network file": args.file})
     c = compile_args(args)
     print_warnings(c.graph)
-    print(draw(c.graph, args.output, fold=args.fold))
+    if args.style == "volumes":
+        from ..compile.draw_volumes import draw_volumes
+        print(draw_volumes(c.graph, args.output))
+    else:
+        print(draw(c.graph, args.output, fold=args.fold, rankdir=args.rankdir))
     return 0
 
 
@@ -93,6 +97,8 @@ def cmd_layers(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netdsl", description="Compile, check, draw and train "
                                 "convolutional networks written in the netdsl language.")
+    from .. import __version__
+    p.add_argument("--version", action="version", version=f"netdsl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, input_flag=True):
@@ -124,10 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(func=cmd_check)
 
-    d = sub.add_parser("draw", help="draw the architecture with graphviz")
+    d = sub.add_parser("draw", help="draw the architecture: a graphviz graph, or the feature "
+                       "maps as 3-D boxes (--style volumes)")
     common(d)
-    d.add_argument("-o", "--output", required=True, help="OUT.svg, OUT.png, OUT.pdf or OUT.dot")
-    d.add_argument("--fold", action="store_true", help="show repeated blocks once, marked ×N")
+    d.add_argument("-o", "--output", required=True, help="OUT.svg, OUT.png, OUT.pdf or OUT.dot "
+                   "(volumes: OUT.svg)")
+    d.add_argument("--style", choices=["graph", "volumes"], default="graph",
+                   help="graph: one node per layer (graphviz); volumes: the feature maps as "
+                        "3-D boxes with their sizes and kernels, left to right, as in the "
+                        "LeNet-5 and AlexNet papers (SVG, no graphviz needed)")
+    d.add_argument("--fold", action="store_true", help="graph: show each repeat, and each run "
+                   "of equal consecutive block calls, once, marked ×N")
+    d.add_argument("--rankdir", choices=["TB", "LR"], default="TB",
+                   help="graph: top to bottom (default) or left to right")
     d.set_defaults(func=cmd_draw)
 
     ly = sub.add_parser("layers", help="list the layers netdsl knows")

@@ -80,14 +80,18 @@ def cmd_show(args) -> int:
     for name, tensors in ex.params.items():
         for key in tensors:
             tensors[key][...] = ex.xp.asarray(ck["params"][name][key])
+    # pictures go where asked (-o) or beside the checkpoint (its run directory), never into
+    # the current directory unasked
+    here = os.path.dirname(os.path.abspath(args.weights))
     if args.filters:
         rec = first_conv(c.graph)
-        out = args.output if not args.layer and args.output else "filters.png"
+        out = args.output if not args.layer and args.output else os.path.join(here,
+                                                                               "filters.png")
         print("\n".join(plot_filters(to_numpy(ex.params[rec.name]["weight"]), out,
                                      f"{rec.name} filters")))
     if args.layer:
         maps = feature_maps(ex, load_image(args.image, ex.input_shape), args.layer)
-        out = args.output or f"{args.layer.replace('/', '_')}_maps.png"
+        out = args.output or os.path.join(here, f"{args.layer.replace('/', '_')}_maps.png")
         print("\n".join(plot_feature_maps(maps, out, f"{args.layer} on {args.image}")))
     return 0
 
@@ -235,7 +239,8 @@ def add_parsers(sub, common) -> None:
     sh.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint .npz")
     sh.add_argument("--filters", action="store_true", help="draw the first conv's filters")
     sh.add_argument("--layer", metavar="NAME", help="draw the feature maps of IMAGE at NAME")
-    sh.add_argument("-o", "--output", metavar="OUT.png", help="picture file (.png or .svg)")
+    sh.add_argument("-o", "--output", metavar="OUT.png", help="picture file (.png or .svg; "
+                    "default filters.png or LAYER_maps.png beside the checkpoint)")
     sh.set_defaults(func=cmd_show)
 
     sw = sub.add_parser("sweep", help="cost (and train) every instance of a template",

@@ -18,7 +18,7 @@ def cmd_run(args) -> int:
     from ..core.graph import nodes
     from ..runtime.memory_estimate import check_fits, device_available_bytes, estimate_run_bytes
     from ..data.preprocess import make_record
-    from ..data.loader import load_dataset
+    from ..data.loader import in_memory_examples, load_dataset
     from .diag import Pictures
     from ..train.fingerprint import graph_fingerprint
     from ..train.loop import Interrupted, Trainer, check_same_network, default_out_dir
@@ -64,7 +64,7 @@ def cmd_run(args) -> int:
         check_heads(g, data.num_classes, data.name)   # the labels read, not just the headers
         if not on_gpu:   # on a GPU the dataset stays in host memory, the rest on the device
             check_fits(estimate_run_bytes(g, **size, input_shape=input_shape,
-                                          dataset_examples=len(data.x_train) + len(data.x_test)),
+                                          dataset_examples=in_memory_examples(data)),
                        available=available,
                        what=f"training {g.graph['name']} on {data.name} at batch "
                             f"{cfg.batch_size}")
@@ -123,10 +123,15 @@ def add_run(sub, common) -> None:
     """The `run` subcommand on the main parser's ``sub``."""
     r = sub.add_parser("run", help="train a network")
     common(r)
-    r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--batch-size", type=int)
-    r.add_argument("--lr", type=float)
+    r.add_argument("--data", help="digits | mnist:DIR | cifar10:DIR | npz:FILE | folder:DIR "
+                                       "(one sub-folder of images per class)")
+    r.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training set (default: the file's train block, else 10)")
+    r.add_argument("--batch-size", type=int, metavar="N",
+                   help="examples per training step (default: the file's, else 64)")
+    r.add_argument("--lr", type=float, metavar="LR",
+                   help="learning rate, the schedule's starting value (default: the file's, "
+                        "else 0.05)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     r.add_argument("--out", metavar="DIR", help="checkpoint directory (default runs/NAME)")
     r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint .npz")
@@ -135,7 +140,9 @@ def add_run(sub, common) -> None:
                         "first save replaces it")
     r.add_argument("--holdout", type=int, help="examples kept for evaluation when the data has "
                                                "no test split (default 20%%)")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the initial weights, shuffling, augmentation and dropout "
+                        "(default: the file's, else 0); the same seed gives the same run")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-plots", action="store_true",
                    help="do not draw curves.png/svg and filters.png into --out")

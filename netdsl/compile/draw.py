@@ -19,6 +19,7 @@ from .. import layers
 from ..core.errors import NetdslError
 from ..core.files import atomic_write
 from ..core.graph import nodes
+from .draw_fold import block_runs, fold_map  # noqa: F401  (fold_map: draw's public name)
 from .summary import count_with_units, summarize
 
 RENDERED_FORMATS = ("svg", "png", "pdf")
@@ -117,7 +118,10 @@ def _node_label(node, spec) -> str:
                 f'<tr><td colspan="{span}" border="0">{_small(node.name)}</td></tr>'
                 f'<tr><td colspan="{span}" border="0">{_esc(op_label(node, spec))}</td></tr>'
                 f"<tr>{cells}</tr></table>>")
-    return f"<{_small(node.name)}<br/>{_esc(op_label(node, spec))}<br/>{_esc(shapes[0])}>"
+    # INPUT's shape is its argument and its output: written once, on the shape line
+    skip = ("shape",) if spec.role == "source" else ()
+    return (f"<{_small(node.name)}<br/>{_esc(op_label(node, spec, skip=skip))}<br/>"
+            f"{_esc(shapes[0])}>")
 
 
 def _node_attrs(node, spec) -> dict:
@@ -141,48 +145,11 @@ def _node_attrs(node, spec) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Folding repeats
-
-def fold_map(g) -> dict[str, str]:
-    """Map every node name to the node that represents it when repeats are folded.
-
-    Within one repeat (same enclosing frames and repeat id), node k of iteration i maps to node
-    k of iteration 0, k being its rank in topological order among the nodes of its iteration.
-    Repeats are folded outermost first, so a nested repeat folds inside the iteration that its
-    outer repeat keeps. A node whose counterpart is missing or has another op stays itself.
-    """
-    order = nodes(g)
-    rep = {n.name: n.name for n in order}
-    alive = list(order)
-    depth = 0
-    while any(len(n.scope) > depth for n in alive):
-        at_depth = [n for n in alive if len(n.scope) > depth and n.scope[depth].kind == "repeat"]
-        groups: dict[tuple, dict[int, list]] = {}
-        for n in at_depth:
-            frame = n.scope[depth]
-            key = (n.scope[:depth], frame.name)
-            groups.setdefault(key, {}).setdefault(frame.index, []).append(n)
-        moved = {}
-        for iterations in groups.values():
-            base = min(iterations)          # the first iteration present stands for all
-            first = iterations[base]
-            for index, members in iterations.items():
-                if index == base:
-                    continue
-                for k, n in enumerate(members):
-                    if k < len(first) and first[k].op == n.op:
-                        moved[n.name] = first[k].name
-        for name, target in rep.items():
-            rep[name] = moved.get(target, target)
-        alive = [n for n in alive if n.name not in moved]
-        depth += 1
-    return rep
-
-
-# ---------------------------------------------------------------------------------------------
 # The Digraph
 
-def _cluster_label(frame, folded: bool) -> str:
+def _cluster_label(frame, folded: bool, run: int = 1) -> str:
+    if frame.kind == "block" and run > 1:   # consecutive equal calls folded: basic(64) ×2
+        return f"{frame.call or frame.block} ×{run}"
     if frame.kind == "block":
         return f"{frame.name} ({frame.block})" if frame.block else frame.name
     if folded:
@@ -190,10 +157,17 @@ def _cluster_label(frame, folded: bool) -> str:
     return f"repeat {frame.index}/{frame.count}"   # iterations are numbered from 1
 
 
-def to_dot(g, *, fold: bool = False) -> graphviz.Digraph:
-    """The diagram of ``g`` as a graphviz Digraph (top to bottom, titled with the totals)."""
+RANKDIRS = ("TB", "LR")
+
+
+def to_dot(g, *, fold: bool = False, rankdir: str = "TB") -> graphviz.Digraph:
+    """The diagram of ``g`` as a graphviz Digraph, titled with the totals: top to bottom
+    (``rankdir="TB"``) or left to right ("LR"); branches in the order the file writes them
+    (left to right, or top to bottom for LR)."""
     order = nodes(g)
     rep = fold_map(g) if fold else {n.name: n.name for n in order}
+    runs = {scope: 1 + len(others) for scope, (_, others) in block_runs(g).items()} \
+        if fold else {}
     shown = [n for n in order if rep[n.name] == n.name]
     ids = {n.name: f"n{i}" for i, n in enumerate(order)}   # safe DOT ids; names may hold ':'
     rank = {n.name: i for i, n in enumerate(order)}
@@ -203,7 +177,9 @@ def to_dot(g, *, fold: bool = False) -> graphviz.Digraph:
              f"params {_esc(count_with_units(totals['params']))} · "
              f"MACs {_esc(count_with_units(totals['macs'], 2))}>")
     dot = graphviz.Digraph(name=str(g.graph.get("name", "net")))
-    dot.attr("graph", rankdir="TB", label=title, labelloc="t", fontname="Helvetica",
+    # ordering=out: a node's successors in the order of its out-edges, which are added in
+    # source order below, so the file's first branch is drawn first (left, or top for LR)
+    dot.attr("graph", rankdir=rankdir, ordering="out", label=title, labelloc="t", fontname="Helvetica",
              fontsize="14")
     dot.attr("node", **_NODE_DEFAULTS)
     dot.attr("edge", color="#444444", arrowsize="0.7")
@@ -219,14 +195,26 @@ def to_dot(g, *, fold: bool = False) -> graphviz.Digraph:
                 children[parent].append(child)
 
     counter = iter(range(1_000_000))
+    siblings = _branch_heads(g, shown)
 
     def fill(target, prefix):
         for n in members.get(prefix, []):
             target.node(ids[n.name], **_node_attrs(n, _spec(n.op)))
+        for heads in siblings.get(prefix, []):
+            # graphviz orders nodes inside clusters as it likes (Inception's branches came out
+            # right to left); invisible edges on one rank keep the file's order
+            row = graphviz.Digraph()
+            row.attr("graph", rank="same")
+            # LR turns the rank's left-to-right order into bottom-to-top: reverse it there
+            chain = heads[::-1] if rankdir == "LR" else heads
+            for a, b in zip(chain, chain[1:]):
+                row.edge(ids[a], ids[b], style="invis")
+            target.subgraph(row)
         for child in children.get(prefix, []):
             frame = child[-1]
             sub = graphviz.Digraph(name=f"cluster_{next(counter)}")
-            sub.attr("graph", label=_cluster_label(frame, fold and frame.kind == "repeat"),
+            sub.attr("graph", label=_cluster_label(frame, fold and frame.kind == "repeat",
+                                                   runs.get(child, 1)),
                      style="rounded,dashed" if frame.kind == "repeat" else "rounded",
                      color="#888888", fontname="Helvetica", fontsize="10", labeljust="l")
             fill(sub, child)
@@ -252,6 +240,25 @@ def to_dot(g, *, fold: bool = False) -> graphviz.Digraph:
             # An edge from a later iteration into an earlier one's node loops back upward.
             _add_edge(dot, g, ids, tail, port, head, backward=rank[tail] >= rank[head])
     return dot
+
+
+def _branch_heads(g, shown) -> dict[tuple, list[list[str]]]:
+    """{scope: [[first nodes of the branches that leave one node, in source order]]} for
+    nodes read by two or more layers of one scope, none a join (a residual's add is not a
+    branch beside its body)."""
+    visible = {n.name for n in shown}
+    readers: dict[str, list] = {}
+    for n in shown:
+        for producer, _ in n.inputs:
+            if n.name not in readers.setdefault(producer, []):
+                readers[producer].append(n.name)
+    out: dict[tuple, list] = {}
+    for names in readers.values():
+        heads = [g.nodes[x]["node"] for x in names if x in visible]
+        if len(heads) > 1 and len({h.scope for h in heads}) == 1 \
+                and all(_spec(h.op).role == "layer" for h in heads):
+            out.setdefault(heads[0].scope, []).append([h.name for h in heads])
+    return out
 
 
 def _add_edge(dot, g, ids, tail, port, head, *, backward: bool) -> None:
@@ -294,7 +301,7 @@ def _render(program: str, source: str, fmt: str, out_path: str) -> bytes | None:
     return proc.stdout
 
 
-def draw(g, out_path: str, *, fold: bool = False) -> str:
+def draw(g, out_path: str, *, fold: bool = False, rankdir: str = "TB") -> str:
     """Draw ``g`` to ``out_path``; the format follows the extension. Returns a message for the user.
 
     ``.dot``/``.gv`` write the graphviz source; ``.svg``/``.png``/``.pdf`` run graphviz's
@@ -308,7 +315,7 @@ def draw(g, out_path: str, *, fold: bool = False) -> str:
         raise NetdslError(f"cannot draw to '{out_path}': "
                           + (f"unknown format '{ext}'" if ext else "the file name has no extension"),
                           hint=f"use one of {supported}")
-    dot = to_dot(g, fold=fold)
+    dot = to_dot(g, fold=fold, rankdir=rankdir)
     if fmt in SOURCE_FORMATS:
         _write(out_path, dot.source, "diagram")
         return f"wrote {out_path} (graphviz source)"

@@ -37,6 +37,8 @@ class Frame:
     index: int = 0
     count: int = 1
     block: str = ""
+    # a block call as written, e.g. "basic(64)", for diagrams; not part of the frame's identity
+    call: str = field(default="", compare=False)
 
 
 @dataclass

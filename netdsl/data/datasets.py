@@ -35,6 +35,7 @@ class Splits:
     test: tuple[np.ndarray, np.ndarray] | None
     native_shape: tuple[int, int, int]
     num_classes: int
+    class_names: tuple = ()   # folder:DIR's class folders in label order
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ MAX_CHANNELS = 4096
 """The most channels a record may give its native images (an imported net's input may have
 any number; 1 and 3 are the image files')."""
 
+# ITU-R BT.601 luma weights: the standard weighted mean that turns RGB into grey.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
 _EIGHT_BIT = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -64,6 +67,46 @@ def decode_image(path: str, grey: bool | None) -> np.ndarray:
         # a broken PNG
         raise NetdslError(f"cannot read image '{path}': {exc}",
                           hint="give a PNG or JPEG file, or an .npy batch") from None
+
+
+def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """1 → C by repetition, 3 → 1 by luma-weighted mean; other changes are an error."""
+    have = x.shape[3]
+    if have == channels:
+        return x
+    if have == 1:
+        return np.repeat(x, channels, axis=3)
+    if have == 3 and channels == 1:
+        return (x @ LUMA_WEIGHTS)[..., None].astype(np.float32)
+    raise NetdslError(f"cannot convert {have}-channel images to the {channels} channels the "
+                      f"network's input asks for",
+                      hint=f"declare the input with {have} channels")
+
+
+def resize_image(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """H×W×C float → h×w×C with Pillow's bilinear filter, which averages when it shrinks (so
+    thin strokes do not vanish, as they would with point sampling). Used by predict and by
+    folder datasets, so that training and prediction shape an image file the same way."""
+    if a.shape[:2] == (h, w):
+        return a
+    from PIL import Image
+    a = np.ascontiguousarray(a, np.float32)
+    return np.stack([np.asarray(Image.fromarray(a[..., c]).resize((w, h), Image.BILINEAR),
+                                np.float32) for c in range(a.shape[2])], axis=-1)
+
+
+def image_header(path: str) -> tuple[int, int, bool]:
+    """(height, width, is grey) of an image file from its header, without decoding pixels."""
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            return img.size[1], img.size[0], img.mode in _GREY_MODES
+    except ImportError:
+        raise NetdslError("reading images needs Pillow, which is not installed",
+                          hint="pip install 'netdsl[images]' (or: pip install pillow)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise NetdslError(f"cannot read image '{path}': {exc}",
+                          hint="give PNG or JPEG files") from None
 
 
 def _too_large(path: str, w: int | None = None, h: int | None = None) -> NetdslError:
@@ -151,4 +194,7 @@ def check_record(record, where: str) -> dict:
             raise bad(f"{key} should be {native[2]} finite numbers, found {values!r:.80}")
     if any(v <= 0 for v in record["std"]):
         raise bad(f"std must be positive, found {record['std']}")
+    names = record.get("class_names", [])
+    if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+        raise bad(f"class_names should be a list of strings, found {names!r:.80}")
     return record

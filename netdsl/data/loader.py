@@ -17,18 +17,18 @@ import numpy as np
 from ..core.errors import NetdslError, did_you_mean
 from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, npz_info,
                        read_cifar10, read_digits, read_mnist, read_npz)
+from .folder import FolderImages, folder_layout, folder_native, memory_limit
 from .idx import read_header
+from .images import convert_channels
 
-KINDS = ("digits", "mnist", "cifar10", "npz")
-_SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE"
+KINDS = ("digits", "mnist", "cifar10", "npz", "folder")
+_SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE, folder:DIR"
 
 # Zero-padding is LeCun's way of presenting 28×28 MNIST to a 32×32 LeNet: the strokes keep
 # their pixel size. Past a 25% margin the digit would become a small blob in a big frame, so
 # bigger changes resize instead.
 PAD_LIMIT = 1.25
 DEFAULT_HOLDOUT_FRACTION = 0.2
-# ITU-R BT.601 luma weights: the standard weighted mean that turns RGB into grey.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Dataset:
     test_name: str               # "test split" or "held-out last N"
     mean: tuple = ()             # per-channel mean and std used to normalise (train split's),
     std: tuple = ()              # stored in checkpoints so that predict/eval can repeat it
+    class_names: tuple = ()      # folder:DIR's class folders, label order; else empty
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -68,6 +69,8 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
     split keeps its last ``holdout`` examples (file order) for evaluation; -1 means 20%.
     """
     target = _check_input_shape(input_shape)
+    if parse_spec(spec)[0] == "folder":
+        return load_folder(Path(parse_spec(spec)[1]).expanduser(), target, holdout)
     splits = read_splits(spec)
     if splits.train is not None and splits.test is not None:
         (x_train, y_train), (x_test, y_test) = splits.train, splits.test
@@ -93,6 +96,11 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
     return Dataset(splits.name, x_train, y_train.astype(np.int64), x_test,
                    y_test.astype(np.int64), splits.num_classes, tuple(splits.native_shape),
                    test_name, tuple(mean), tuple(std))
+
+
+def in_memory_examples(data: Dataset) -> int:
+    """How many of the dataset's examples are held in memory (a streamed folder holds none)."""
+    return sum(len(x) for x in (data.x_train, data.x_test) if isinstance(x, np.ndarray))
 
 
 def holdout_count(total: int, holdout: int, name: str = "dataset") -> int:
@@ -164,9 +172,20 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
-def read_splits(spec: str) -> Splits:
-    """Read every example the spec names."""
+def read_splits(spec: str, image_shape: tuple | None = None) -> Splits:
+    """Read every example the spec names (a folder's images sized to ``image_shape``, by
+    default the first image's; its x arrays are FolderImages, decoded when indexed)."""
     kind, arg = parse_spec(spec)
+    if kind == "folder":
+        layout = folder_layout(Path(arg).expanduser())
+        shape = tuple(image_shape or folder_native(layout))
+
+        def split(pairs):
+            return (FolderImages([f for f, _ in pairs], shape),
+                    np.array([label for _, label in pairs], np.int64))
+        return Splits(f"folder:{arg}", split(layout.train),
+                      split(layout.val) if layout.val else None, shape, len(layout.classes),
+                      layout.classes)
     if kind == "digits":
         return read_digits()
     if kind == "mnist":
@@ -180,7 +199,7 @@ def read_splits(spec: str) -> Splits:
 class DataFacts:
     """What the settings are checked against before any data is loaded (see data_facts)."""
 
-    kind: str                     # digits | mnist | cifar10 | npz
+    kind: str                     # digits | mnist | cifar10 | npz | folder
     native_shape: tuple           # (H, W, C) as stored
     num_classes: int
     single_split: int | None      # examples, when the source has one split (holdout applies)
@@ -197,6 +216,10 @@ def data_facts(spec: str) -> DataFacts:
         splits = mnist_files(path)
         dims = read_header(next(iter(splits.values()))[0], "images")[1]   # the first split's
         return DataFacts(kind, (dims[1], dims[2], 1), 10, dims[0] if len(splits) == 1 else None)
+    if kind == "folder":
+        layout = folder_layout(path)
+        return DataFacts(kind, folder_native(layout), len(layout.classes),
+                         None if layout.val else len(layout.train))
     if kind == "cifar10":
         cifar_files(path)   # a one-split CIFAR's size needs the pickles: holdout checked on load
         return DataFacts(kind, (32, 32, 3), 10, None)
@@ -228,20 +251,6 @@ def _fit_spatial(x: np.ndarray, h: int, w: int) -> np.ndarray:
     if should_pad(x.shape[1:3], (h, w)):
         return pad_centred(x, h, w)
     return resize_bilinear(x, h, w)
-
-
-def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """1 → C by repetition, 3 → 1 by luma-weighted mean; other changes are an error."""
-    have = x.shape[3]
-    if have == channels:
-        return x
-    if have == 1:
-        return np.repeat(x, channels, axis=3)
-    if have == 3 and channels == 1:
-        return (x @ LUMA_WEIGHTS)[..., None].astype(np.float32)
-    raise NetdslError(f"cannot convert {have}-channel images to the {channels} channels the "
-                      f"network's input asks for",
-                      hint=f"declare the input with {have} channels")
 
 
 def pad_centred(x: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -309,3 +318,50 @@ def normalise(x_train: np.ndarray, x_test: np.ndarray, *,
     mean, std = channel_stats(np.asarray(x_train, np.float32))
     return (apply_normalisation(x_train, mean, std, in_place=in_place),
             apply_normalisation(x_test, mean, std, in_place=in_place))
+
+
+# ---------------------------------------------------------------------------------------------
+# folder:DIR — decoded straight to INPUT's size (as predict does), whole or streamed.
+
+def load_folder(directory: Path, target: tuple | None, holdout: int,
+                limit: int | None = None) -> Dataset:
+    """A folder dataset fitted to ``target``: loaded whole when its decoded images fit in
+    ``limit`` bytes (default :func:`netdsl.data.folder.memory_limit`), else as FolderImages
+    that decode each batch when the training loop indexes it."""
+    splits = read_splits(f"folder:{directory}")
+    native = splits.native_shape
+    flat = target is not None and len(target) == 1
+    shape = (flat_image_shape(target[0], native, splits.name) if flat
+             else tuple(target or native))
+    if shape[2] not in (1, 3):
+        raise NetdslError(f"{splits.name}: image files give 1 (grey) or 3 (RGB) channels, the "
+                          f"network's input asks for {shape[2]}",
+                          hint="declare the input with 1 or 3 channels")
+    x_train, y_train = splits.train
+    if splits.test is not None:
+        x_test, y_test = splits.test
+        test_name = "val split"
+    else:
+        count = holdout_count(len(x_train), holdout, splits.name)
+        cut = len(x_train) - count
+        files, y_all = x_train.files, y_train
+        x_train, x_test = FolderImages(files[:cut], shape), FolderImages(files[cut:], shape)
+        y_train, y_test = y_all[:cut], y_all[cut:]
+        test_name = f"held-out last {count}"
+    x_train.image_shape = x_test.image_shape = shape
+    limit = memory_limit() if limit is None else limit
+    if x_train.nbytes + x_test.nbytes <= limit:   # decoded once, then as the other sources
+        x_train, x_test = x_train[:], x_test[:]
+        mean, std = channel_stats(x_train)
+        x_train, x_test = (apply_normalisation(x, mean, std, in_place=True)
+                           for x in (x_train, x_test))
+        if flat:
+            x_train, x_test = (x.reshape(len(x), -1) for x in (x_train, x_test))
+    else:   # streamed: one decoding pass for the statistics, then one per batch
+        # statistics batches of at most a quarter of the limit (two copies live at once)
+        per_image = x_train.nbytes // max(len(x_train), 1)
+        mean, std = x_train.channel_stats(int(min(256, max(1, limit // (4 * per_image)))))
+        for x in (x_train, x_test):
+            x.mean, x.std, x.flat = mean, std, flat
+    return Dataset(splits.name, x_train, y_train, x_test, y_test, splits.num_classes,
+                   shape, test_name, tuple(mean), tuple(std), splits.class_names)

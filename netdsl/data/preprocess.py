@@ -24,7 +24,8 @@ def make_record(data, input_shape) -> dict:
     """The preprocessing record of a loaded :class:`~netdsl.data.loader.Dataset`."""
     return {"data": data.name, "native_shape": [int(d) for d in data.native_shape],
             "input_shape": [int(d) for d in input_shape], "mean": list(data.mean),
-            "std": list(data.std), "classes": int(data.num_classes)}
+            "std": list(data.std), "classes": int(data.num_classes),
+            **({"class_names": list(data.class_names)} if data.class_names else {})}
 
 
 def record_for(meta: dict, input_shape, path: str = "checkpoint") -> dict:
@@ -95,17 +96,13 @@ def crop_ink(a: np.ndarray, threshold: float = 0.1) -> np.ndarray:
 
 
 def _resize_image(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    """H×W×C float → h×w×C with Pillow's bilinear filter, which averages when it shrinks (so
-    thin strokes do not vanish, as they would with point sampling)."""
-    if a.shape[:2] == (h, w):
-        return a
-    try:
-        from PIL import Image
-    except ImportError:   # an .npy batch without Pillow: the training resize (no averaging)
-        return resize_bilinear(a[None], h, w)[0]
-    a = np.ascontiguousarray(a, np.float32)
-    return np.stack([np.asarray(Image.fromarray(a[..., c]).resize((w, h), Image.BILINEAR),
-                                np.float32) for c in range(a.shape[2])], axis=-1)
+    """H×W×C float → h×w×C: Pillow's averaging bilinear filter (images.resize_image, as folder
+    datasets are shaped in training); without Pillow (an .npy batch) the training resize."""
+    import importlib.util
+    if importlib.util.find_spec("PIL") is None:
+        return resize_bilinear(a[None], h, w)[0] if a.shape[:2] != (h, w) else a
+    from .images import resize_image
+    return resize_image(a, h, w)
 
 
 def read_image(path: str, record: dict) -> np.ndarray:

@@ -22,6 +22,16 @@ class TensorArg:
 
 
 
+def call_text(call: ast.Call) -> str:
+    """The call as written in the source (one line), for diagrams; the name when unknown."""
+    loc = call.loc
+    if loc is None or loc.source is None:
+        return call.name
+    line = loc.source.line(loc.line)
+    text = " ".join(line[loc.col - 1:loc.col - 1 + loc.length].split())
+    return text or call.name
+
+
 def start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
     return NetdslError("a chain must start at INPUT or @name", el.loc,
                        hint="the first element was left out (*0 or a false flag)" if vanished
@@ -49,7 +59,8 @@ class BlockCalls:
             instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
         else:
             instance = self.namer.auto(scope.prefix, block.name, el.loc)
-        inner = scope.block(instance, block.name, ChainMap(values, self.params))
+        inner = scope.block(instance, block.name, ChainMap(values, self.params),
+                            call=call_text(call))
         for name, arg in tensors.items():
             # `@skip` inside the block names the caller's tensor, looked up in the caller's
             # scope once every statement is expanded (it may be a forward reference).

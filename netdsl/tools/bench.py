@@ -119,7 +119,10 @@ def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np, passes=None):
 
 def torch_setup(c, batch: int, mode: str, threads: int):
     """(step function, torch version) for the same network in PyTorch (NCHW)."""
-    import torch
+    import warnings
+    with warnings.catch_warnings():   # a CUDA build on a machine without a GPU warns on import
+        warnings.simplefilter("ignore", UserWarning)
+        import torch
 
     from .bench_torch import build
     torch.set_num_threads(threads)

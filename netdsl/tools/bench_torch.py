@@ -7,6 +7,11 @@ to time PyTorch as its users run it, not to reproduce netdsl's memory layout.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import warnings
+
 from ..core import graph as G
 from ..core.errors import NetdslError
 from ..layers import get
@@ -111,21 +116,43 @@ def build(g):
     return Net()
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """File descriptor 2 pointed at /dev/null for the block: PyTorch's profiler (Kineto)
+    prints its stages ('USDT: ... profiler_start') and, on a machine without a GPU,
+    'ERROR: ... gpuGetDeviceCount failed' straight from C++, whatever Python's warning filters
+    or KINETO_LOG_LEVEL say; none of it concerns a CPU benchmark. Python exceptions still
+    propagate; Python warnings raised meanwhile are dropped too (torch's CUDA notices)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_memory(step) -> int:
     """Peak bytes PyTorch's CPU allocator held during one step beyond what it held before
     (the profiler's running 'Total Allocated'; the same definition as netdsl's figure)."""
     import json
-    import os
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
     step()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
-        prof.export_chrome_trace(path)
+        with quiet_native_stderr():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                step()
+            prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
     finally:

@@ -31,14 +31,16 @@ def report_from(y_true, y_pred, classes: int, data_name: str, split: str) -> dic
             "per_class": per_class, "confusion": m.tolist()}
 
 
-def eval_split(spec: str, holdout: int) -> tuple:
-    """(x, y, split name, classes) of the data to evaluate: the test split, or the held-out
-    last examples of a single-split source (the same ones training held out)."""
+def eval_split(spec: str, holdout: int, image_shape=None) -> tuple:
+    """(x, y, split name, classes) of the data to evaluate: the test (or a folder's val)
+    split, or the held-out last examples of a single-split source (the same ones training
+    held out). A folder's images are sized to ``image_shape`` (the record's native shape)."""
     from ..data.loader import holdout_count, read_splits
-    splits = read_splits(spec)
+    splits = read_splits(spec, image_shape)
     if splits.test is not None:
         x, y = splits.test
-        return x, y, "test split", splits.num_classes
+        return x, y, "val split" if spec.startswith("folder:") else "test split", \
+            splits.num_classes
     x, y = splits.train
     count = holdout_count(len(x), holdout, splits.name)
     return x[-count:], y[-count:], f"held-out last {count}", splits.num_classes
@@ -61,22 +63,33 @@ def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None
                                    "npz:FILE")
     if holdout is None:
         holdout = int((trained.meta.get("config") or {}).get("holdout", -1))
-    x, y, split, classes = eval_split(spec, holdout)
-    logits = logits_of(trained, prepare(x, record), batch_size)
+    x, y, split, classes = eval_split(spec, holdout, tuple(record["native_shape"]))
+    # a folder's images are decoded here, the whole evaluation split at once
+    logits = logits_of(trained, prepare(np.asarray(x), record), batch_size)
     if logits.shape[1] < classes:
         raise NetdslError(f"the network gives {logits.shape[1]} logits but {spec} has "
                           f"{classes} classes", hint="evaluate on data with the classes the "
                                                      "network was trained on")
-    return report_from(y, logits.argmax(axis=1), max(classes, logits.shape[1]), spec, split)
+    report = report_from(y, logits.argmax(axis=1), max(classes, logits.shape[1]), spec, split)
+    names = record.get("class_names") or []
+    for c in report["per_class"]:   # a folder dataset's class folders
+        if c["class"] < len(names):
+            c["name"] = names[c["class"]]
+    return report
 
 
 def format_report(r: dict) -> str:
     """Accuracy line, per-class table, then the confusion matrix (rows: true, cols: predicted)."""
     lines = [f"{r['data']} ({r['split']}): accuracy {100 * r['accuracy']:.2f}% "
-             f"({r['correct']}/{r['examples']})", "", "class  examples  correct  accuracy"]
+             f"({r['correct']}/{r['examples']})", ""]
+    named = any("name" in c for c in r["per_class"])
+    width = max([5] + [len(c.get("name", "")) for c in r["per_class"]])
+    lines.append("class  " + (f"{'name':<{width}}  " if named else "")
+                 + "examples  correct  accuracy")
     for c in r["per_class"]:
         acc = "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
-        lines.append(f"{c['class']:>5}  {c['examples']:>8}  {c['correct']:>7}  {acc:>8}")
+        name = f"{c.get('name', ''):<{width}}  " if named else ""
+        lines.append(f"{c['class']:>5}  {name}{c['examples']:>8}  {c['correct']:>7}  {acc:>8}")
     m = np.asarray(r["confusion"])
     width = max(4, len(str(m.max())) + 1)
     lines += ["", "confusion matrix (rows: true class, columns: predicted)",

@@ -43,14 +43,21 @@ def top_k(probs: np.ndarray, k: int) -> list[list[dict]]:
 def predict_files(path: str, weights: str, inputs: list[str], *, top: int = 3, sets=None,
                   input_shape=None, invert: bool = False, ink: bool = False) -> list[dict]:
     """Compile ``path``, bind ``weights``, prepare ``inputs`` as in training and classify.
-    Returns ``[{"input": name, "top": [{"class": c, "probability": p}, ...]}, ...]``."""
+    Returns ``[{"input": name, "top": [{"class": c, "probability": p}, ...]}, ...]``; each
+    top entry also has ``"name"`` when the checkpoint keeps class names (folder datasets)."""
     from ..data.preprocess import load_inputs, record_for
     from ..interchange.trained import load_trained
     trained = load_trained(path, weights, sets=sets, input_shape=input_shape)
     record = record_for(trained.meta, input_shape_of(trained), weights)
     names, x = load_inputs(inputs, record, invert=invert, ink=ink)
     probs = softmax(logits_of(trained, x))
-    return [{"input": name, "top": best} for name, best in zip(names, top_k(probs, top))]
+    results = [{"input": name, "top": best} for name, best in zip(names, top_k(probs, top))]
+    names_of = record.get("class_names") or []
+    for r in results:   # a folder dataset's class folders, kept in the checkpoint
+        for t in r["top"]:
+            if t["class"] < len(names_of):
+                t["name"] = names_of[t["class"]]
+    return results
 
 
 def input_shape_of(trained) -> tuple:
@@ -59,6 +66,8 @@ def input_shape_of(trained) -> tuple:
 
 
 def format_predictions(results: list[dict]) -> str:
-    """One line per input: ``digit.png: 3 (97.1%), 8 (1.2%), 5 (0.5%)``."""
+    """One line per input: ``digit.png: 3 (97.1%), 8 (1.2%), 5 (0.5%)``, or with class names
+    ``cat.png: cat (91.0%), dog (6.2%), ...``."""
     return "\n".join(f"{r['input']}: " + ", ".join(
-        f"{t['class']} ({100 * t['probability']:.1f}%)" for t in r["top"]) for r in results)
+        f"{t.get('name', t['class'])} ({100 * t['probability']:.1f}%)" for t in r["top"])
+        for r in results)

@@ -7,7 +7,9 @@ training, and two runs on one directory silently overwrote each other's checkpoi
 1. the directory must be (or become) a writable directory, else a NetdslError naming it;
 2. ``DIR/.lock`` is locked with ``fcntl.flock`` and holds the holder's pid, host and start time.
    The kernel drops the lock when its holder dies (even by kill -9), so a dead run's lock is
-   free automatically; a live one refuses the second run, naming the holder's pid;
+   free automatically; a live one refuses the second run, naming the holder's pid. A run
+   that ends removes its ``.lock`` (still holding it; :func:`_lock` checks that the file it
+   locked is still the one named ``.lock``, so the removal cannot let two runs in);
 3. temp files a killed atomic write left behind (``.checkpoint.npz.*.tmp``,
    ``.metrics.json.*.tmp``) are removed: nobody else may be writing while we hold the lock;
 4. a directory that already holds a checkpoint refuses a fresh run unless ``--resume`` (from
@@ -49,10 +51,18 @@ class RunDir:
         return self.path / CHECKPOINT_NAME
 
     def release(self) -> None:
-        """Unlock (the lock file stays: removing it would race with a run locking it now)."""
+        """Remove ``.lock`` while still holding it, then unlock. Safe against a run that
+        opened the file just before: having locked it, that run finds the name gone (or
+        another file there) and locks afresh (see :func:`_lock`)."""
         if self._fd is not None:
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                if _names_file(self.path / LOCK_NAME, self._fd):
+                    (self.path / LOCK_NAME).unlink()
+            except OSError:
+                pass   # a lock file left behind is harmless: the next run locks it
+            try:
+                if fcntl is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._fd)
                 self._fd = None
@@ -102,23 +112,41 @@ def _holder(lock_path: Path) -> str:
         return "a process whose details could not be read"
 
 
+def _names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` is (still) the file open as ``fd``."""
+    try:
+        here, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
 def _lock(path: Path) -> int | None:
     lock_path = path / LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise _bad_out(path, f"cannot hold a lock file: {exc.strerror or exc}",
-                       "choose a directory you can write to") from None
-    if fcntl is None:
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(100):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _bad_out(path, f"cannot hold a lock file: {exc.strerror or exc}",
+                           "choose a directory you can write to") from None
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise NetdslError(f"--out '{path}' is in use by another netdsl run "
+                              f"({_holder(lock_path)})",
+                              hint="wait for that run to finish or stop it, or choose another "
+                                   "--out") from None
+        if _names_file(lock_path, fd):
+            break
+        # the run that held it removed it (finishing) between our open and our lock: the
+        # file we hold is no longer the lock; lock the one at the name now
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-        raise NetdslError(f"--out '{path}' is in use by another netdsl run "
-                          f"({_holder(lock_path)})",
-                          hint="wait for that run to finish or stop it, or choose another --out"
-                          ) from None
+    else:
+        raise _bad_out(path, "keeps losing its lock file", "choose another --out")
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     os.ftruncate(fd, 0)
