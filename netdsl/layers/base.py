@@ -131,6 +131,8 @@ class LayerSpec:
     random_example: Callable | None = None      # (rng) -> a random valid example, for tests
     reference: Callable | None = None           # (attrs, params, inputs) -> out: naive loops
     make_inputs: Callable | None = None         # (rng, attrs, in_shapes, batch) -> valid inputs
+    make_labels: Callable | None = None         # (rng, in_shapes, batch) -> a loss's labels
+    #                                             (float targets), when not class indices
     footprint: Callable | None = None           # (step, n, itemsize, training, scratch) ->
     #                                             Footprint: what the kernel allocates (footprint.py)
     fused: dict = field(default_factory=dict)   # activation -> (forward, backward) of the layer
