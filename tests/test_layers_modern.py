@@ -140,3 +140,26 @@ def test_se_block_and_split_ports_compile_and_train_a_step():
     weighted = {rec.name for rec in G.nodes(c.graph) if rec.param_specs}
     assert weighted <= set(grads)
     assert all(np.any(g != 0) for d in grads.values() for g in d.values())
+
+
+def test_language_doc_examples_of_the_new_sections_compile():
+    """Every code block of docs/language.md's mobile-layer and heads sections compiles, with
+    the shapes its text promises."""
+    from pathlib import Path
+    from netdsl.core import graph as G
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    text = doc.split("## Mobile-net layers")[1].split("## Examples")[0]
+    blocks = text.split("```")[1::2]
+    assert len(blocks) == 4
+    for block in blocks:
+        for line in block.strip().splitlines() if "block" not in block else [block]:
+            g = compile_text(line, num_classes=10, input_shape=(8, 8, 1)).graph
+            ops = [rec.op for rec in G.nodes(g)]
+            if "mul" in ops:
+                mul = next(r for r in G.nodes(g) if r.op == "mul")
+                assert mul.in_shapes == ((32, 32, 64), (1, 1, 64))
+            if "shuffle" in ops:
+                split = next(r for r in G.nodes(g) if r.op == "split")
+                assert split.out_shapes == ((32, 32, 24), (32, 32, 24))
+            if "bce" in ops or "mse" in ops:
+                assert "softmax_xent" not in ops
