@@ -70,6 +70,9 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         fp = Footprint(out=out, keep_out=True, dx=(x,))
     elif op in eltwise.FROM_INPUT:     # silu, hswish, hsigmoid: backward reads the input
         fp = Footprint(out=out, keep_in=(0,), dx=(x,))
+    elif op == "mul":   # binary.py: the product; backward is the reference's (both grads)
+        fp = Footprint(out=out, keep_in=(0, 1),
+                       dx=(x, n * numel(st.node.in_shapes[1]) * it))
     else:   # a kernel this module has no rule for yet: conservative, as memory.py's default
         fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
                        fwd_tmp=out, dx=(x,) * len(st.inputs))
