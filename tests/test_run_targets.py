@@ -20,6 +20,7 @@ def _data(tmp_path):
     y_ml = ((flat - 0.5) @ rng.standard_normal((16, 3)) > 0).astype(np.int64)
     np.savez(tmp_path / "reg.npz", x=x, y=y_reg)
     np.savez(tmp_path / "ml.npz", x=x, y=y_ml)
+    np.savez(tmp_path / "bin.npz", x=x, y=y_ml[:, 0])     # 0/1 ints: one binary label
     np.save(tmp_path / "batch.npy", x[:2])
     return y_reg
 
@@ -33,7 +34,8 @@ def _net(tmp_path, name, data, head, lr):
 
 @pytest.mark.parametrize("name, data, head, lr, metric", [
     ("reg", "reg.npz", "FC(1) -> MSE", 0.01, "mae"),
-    ("ml", "ml.npz", "FC(3) -> BCE", 0.1, "exact_match")])
+    ("ml", "ml.npz", "FC(3) -> BCE", 0.1, "exact_match"),
+    ("bin", "bin.npz", "FC(1) -> BCE", 0.1, "exact_match")])
 def test_run_trains_and_predicts_values(tmp_path, capsys, name, data, head, lr, metric):
     y = _data(tmp_path)
     net, out = _net(tmp_path, name, data, head, lr), tmp_path / "run"
@@ -51,7 +53,7 @@ def test_run_trains_and_predicts_values(tmp_path, capsys, name, data, head, lr, 
         assert np.allclose(got, y[:2], atol=1.0) and "top" not in results[0]
     else:
         probs = np.array([r["probabilities"] for r in results])
-        assert probs.shape == (2, 3) and np.all((probs > 0) & (probs < 1))
+        assert probs.shape == (2, 3 if name == "ml" else 1) and np.all((probs > 0) & (probs < 1))
     assert main(["eval", net, "--weights", str(out / "checkpoint.npz"), "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metric"] == metric and report["examples"] == 48
