@@ -74,3 +74,29 @@ def test_float_targets_under_a_softmax_head_are_refused(tmp_path, capsys):
     net = _net(tmp_path, "bad", "ml.npz", "FC(3)", 0.1)
     assert main(["run", net, "--out", str(tmp_path / "r"), "--quiet", "--no-plots"]) != 0
     assert "float or N×k targets" in capsys.readouterr().err
+
+
+def test_an_output_net_predicts_raw_values_exports_and_is_not_evaluated(tmp_path, capsys):
+    """The trained multi-label net's weights, under the same layers ending in OUTPUT: predict
+    prints the raw outputs (the logits, not probabilities), export writes them, eval refuses."""
+    pytest.importorskip("onnx")
+    _data(tmp_path)
+    net, out = _net(tmp_path, "ml", "ml.npz", "FC(3) -> BCE", 0.1), tmp_path / "run"
+    assert main(["run", net, "--out", str(out), "--quiet", "--no-plots", "--epochs", "1"]) == 0
+    inf = tmp_path / "inf.net"
+    inf.write_text(open(net).read().replace("-> BCE", "-> OUTPUT"))
+    weights = str(out / "checkpoint.npz")
+    capsys.readouterr()
+    args = [str(inf), "--weights", weights]
+    assert main(["predict", *args, str(tmp_path / "batch.npy"), "--format", "json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert main(["predict", net, "--weights", weights, str(tmp_path / "batch.npy"),
+                 "--format", "json"]) == 0
+    probs = json.loads(capsys.readouterr().out)
+    for r, p in zip(raw, probs):   # σ(raw value) is the BCE net's probability
+        np.testing.assert_allclose(1 / (1 + np.exp(-np.array(r["values"]))), p["probabilities"],
+                                   rtol=1e-5)
+    assert main(["export", *args, "-o", str(tmp_path / "inf.onnx"), "--check"]) == 0
+    assert "agree" in capsys.readouterr().out
+    assert main(["eval", *args]) != 0
+    assert "inf.net:2:" in capsys.readouterr().err

@@ -65,6 +65,12 @@ def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None
         holdout = int((trained.meta.get("config") or {}).get("holdout", -1))
     x, y, split, classes = eval_split(spec, holdout)
     logits = logits_of(trained, prepare(x, record), batch_size)
+    if head_kind(trained.graph) == "none":
+        from ..compile.verify import main_head
+        raise NetdslError("this net ends in OUTPUT: without a loss nothing says what its "
+                          "outputs mean, so there is nothing to score", main_head(trained.graph).loc,
+                          hint="predict prints its outputs; to evaluate, end it in the loss it "
+                               "was trained with")
     if head_kind(trained.graph) != "classes":   # regression or multi-label (target_reports)
         return target_report(trained.graph, logits, y, spec, split)
     if logits.shape[1] < classes:
