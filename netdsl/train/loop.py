@@ -293,7 +293,8 @@ class Trainer:
         order = _rng(cfg.seed, _SHUFFLE, self.epoch).permutation(len(data.x_train))
         remaining = self.bounds[self.batch:]
         bar = EpochBar(self.epoch + 1, cfg.epochs, sum(b - a for a, b in remaining),
-                       disable=not self.show_progress)
+                       disable=not self.show_progress,
+                       metric={"values": "mae", "labels": "exact"}.get(self.kind, "acc"))
         t0 = time.perf_counter()
         try:
             for start, stop in remaining:

@@ -20,8 +20,9 @@ class EpochBar:
     """
 
     def __init__(self, epoch: int, epochs: int, total_examples: int, disable: bool = False,
-                 file=None):
+                 file=None, metric: str = "acc"):
         self._start = time.perf_counter()
+        self._metric = metric     # "acc", "exact" (multi-label) or "mae" (regression)
         self._seen = 0
         self._loss_sum = 0.0      # sum over examples of the loss, for an example-weighted mean
         self._correct_sum = 0.0   # sum over examples of accuracy (i.e. number correct)
@@ -47,7 +48,9 @@ class EpochBar:
 
     def postfix(self) -> str:
         """The text after the bar, e.g. ``loss=0.4321 acc=87.50%``."""
-        return f"loss={self.mean_loss:.4f} acc={100.0 * self.accuracy:.2f}%"
+        if self._metric == "mae":   # the "accuracy" sum is one of mean absolute errors
+            return f"loss={self.mean_loss:.4f} mae={self.accuracy:.4g}"
+        return f"loss={self.mean_loss:.4f} {self._metric}={100.0 * self.accuracy:.2f}%"
 
     def update(self, n_examples: int, loss: float, acc: float) -> None:
         """Record a batch of ``n_examples`` with mean ``loss`` and accuracy ``acc`` (0..1)."""
