@@ -183,7 +183,8 @@ class Executor:
                         f"{st.node.name}: the data has float or N×k targets, not one class "
                         f"label per example", st.node.loc,
                         hint="end the net in MSE, L1 or SMOOTH_L1 (regression) or BCE "
-                             "(multi-label): FC(k) -> MSE")
+                             "(multi-label): FC(k) -> MSE; for one-hot class labels save "
+                             "y.argmax(axis=1) instead")
                 check_label_range(labels, st.node.in_shapes[0][0])
 
     def _logits_index(self) -> int:
