@@ -163,3 +163,30 @@ def test_language_doc_examples_of_the_new_sections_compile():
                 assert split.out_shapes == ((32, 32, 24), (32, 32, 24))
             if "bce" in ops or "mse" in ops:
                 assert "softmax_xent" not in ops
+
+
+@pytest.mark.parametrize("head", ["LOSS", "MSE", "SMOOTH_L1(beta=0.5)", "BCE"])
+def test_whole_net_gradients_by_finite_differences(head):
+    """The SE gate, split ports, shuffle and slice inside one float64 net, under each head:
+    backprop through the whole plan against central differences of the loss."""
+    from netdsl.tools.gradcheck import numeric_grad, relative_error
+    text = ("INPUT(4x4x4) -> CONV(4, 3) -> SILU -> "
+            "mul { IDENTITY | GAP(keep=true) -> CONV(2, 1) -> RELU6 -> CONV(4, 1) -> HSIGMOID }"
+            " -> s: SPLIT(2) -> concat { HSWISH | @s.1 -> CONV(2, 1) } -> SHUFFLE(2) "
+            f"-> SLICE(1, 4) -> GAP -> FC(3) -> {head}")
+    g = compile_text(text, num_classes=3).graph
+    ex = Executor(g, dtype=np.float64, seed=0, passes="O0", kernels="numpy")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 4, 4))
+    y = (rng.integers(0, 3, 3) if head == "LOSS" else
+         rng.integers(0, 2, (3, 3)).astype(float) if head == "BCE" else rng.standard_normal((3, 3)))
+    ex.forward(x, y, training=True)
+    grads = ex.backward()
+    checked = 0
+    for name, tensors in grads.items():
+        for key, analytic in tensors.items():
+            w = ex.params[name][key]
+            numeric = numeric_grad(lambda: ex.forward(x, y, training=True).loss, w)
+            assert relative_error(analytic, numeric) < 1e-6, (name, key)
+            checked += 1
+    assert checked >= 8
