@@ -190,3 +190,20 @@ def test_whole_net_gradients_by_finite_differences(head):
             assert relative_error(analytic, numeric) < 1e-6, (name, key)
             checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("text, words, hint", [
+    ("INPUT(8x8x8) -> mul { IDENTITY | GAP(keep=true) -> CONV(3, 1) } -> GAP -> FC",
+     "8×8×8 vs 1×1×3", "CONV(8, 1)"),
+    ("INPUT(8x8x6) -> SPLIT(4) -> GAP -> FC", "6 channels do not divide into 4", "SLICE"),
+    ("INPUT(8x8x6) -> SLICE(2, 9) -> GAP -> FC", "channels 2..9 of 6", "stop is exclusive"),
+    ("INPUT(8x8x6) -> SHUFFLE(4) -> GAP -> FC", "6 channels do not divide into 4 groups",
+     "groups must divide"),
+    ("INPUT(8x8x6) -> GAP -> FC(1) -> SMOOTH_L1(beta=0)", "beta must be positive", "L1"),
+])
+def test_located_shape_errors(text, words, hint):
+    from netdsl.core.errors import NetdslError
+    with pytest.raises(NetdslError) as err:
+        compile_text(text, num_classes=3)
+    assert words in err.value.message and hint in (err.value.hint or "")
+    assert err.value.loc is not None and err.value.loc.line == 1

@@ -28,9 +28,12 @@ def _mul_shape(attrs, in_shapes):
         return a
     if _is_gate(a, b):
         return b
+    c = next((s[2] for s in (a, b) if len(s) == 3 and s[:2] != (1, 1)), None)
     raise ShapeError(f"mul: {shape_str(a)} vs {shape_str(b)} (inputs must have equal shapes, "
                      "or one must be a per-channel vector of the other's channels)",
-                     hint="a squeeze-and-excitation gate is GAP(keep=true) -> ... -> "
+                     hint=f"a gate over this map has {c} channels: GAP(keep=true) -> ... -> "
+                          f"CONV({c}, 1) -> SIGMOID" if c else
+                          "a squeeze-and-excitation gate is GAP(keep=true) -> ... -> "
                           "CONV(c, 1) -> SIGMOID, with c the map's channels")
 
 
