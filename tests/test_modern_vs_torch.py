@@ -128,3 +128,17 @@ def test_shufflenet_v2_matches_torchvision():
     total = sum(r.n_params for r in G.nodes(g))
     assert total == sum(p.numel() for p in model.parameters()) == 2_278_604
     assert _rel_l2(g, model, 64) <= 1e-5
+
+
+def test_bench_compare_torch_builds_the_new_layers_alike():
+    """`bench --compare torch`'s PyTorch twin of a net of the new layers (gates flat and 1×1,
+    shuffle, slice, the four activations) computes netdsl's logits."""
+    from netdsl.tools.bench_torch import build
+    text = """
+    INPUT(16x16x3) -> CONV(16, 3, pad=1) -> BN -> SILU
+      -> mul { IDENTITY | GAP(keep=true) -> CONV(4, 1) -> RELU6 -> CONV(16, 1) -> HSIGMOID }
+      -> mul { GAP -> FC(16) -> SIGMOID | IDENTITY }
+      -> SHUFFLE(4) -> SLICE(2, 14) -> HSWISH -> GAP -> FC(10)
+    """
+    g = compile_text(text).graph
+    assert _rel_l2(g, build(g), 16) <= 1e-5
