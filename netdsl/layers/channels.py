@@ -228,6 +228,12 @@ def _shuffle_backward(ctx, attrs, params, cache, dout):
     return [_permute(ctx.xp, dout, dout.shape[-1] // attrs["groups"])], {}
 
 
+def _shuffle_footprint(st, n, it, training, scratch=True):
+    """A fresh permuted output; backward: the inversely permuted gradient (both made by
+    _permute, one array each)."""
+    return Footprint(out=out_bytes(st, n, it), dx=(in_bytes(st, n, it),))
+
+
 register(LayerSpec(
     name="shuffle", doc="Channel shuffle (ShuffleNet): channels as a groups×(C/groups) grid, "
     "transposed.", aliases=("channel_shuffle", "channelshuffle"),
@@ -236,4 +242,4 @@ register(LayerSpec(
     compact=("groups",), label=("groups",), style=STRUCT_STYLE,
     example={"attrs": {"groups": 2}, "in_shapes": [(3, 3, 6)]},
     examples=({"attrs": {"groups": 3}, "in_shapes": [(6,)]},),
-    footprint=_slice_footprint))
+    footprint=_shuffle_footprint))
