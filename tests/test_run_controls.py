@@ -12,7 +12,7 @@ from netdsl.layers import Ctx, get
 from netdsl.lang.train_config import TrainConfig
 from netdsl.runtime.executor import Executor
 from netdsl.train.checkpoint import load_checkpoint
-from netdsl.train.controls import clip_gradients
+from netdsl.train.controls import best_epoch, clip_gradients, early_stopped, held_out
 from netdsl.train.loop import Trainer
 
 NET = "INPUT(8) -> FC(64) -> RELU -> FC(64) -> RELU -> FC"
@@ -227,3 +227,28 @@ def test_a_fresh_run_removes_another_runs_best_npz_at_its_first_save(tmp_path):
     assert (tmp_path / "best.npz").exists()
     trainer(tmp_path, epochs=1).run()                   # keep = last, as with --overwrite
     assert not (tmp_path / "best.npz").exists()
+
+
+def test_a_regression_head_keeps_and_stops_on_the_lowest_error():
+    # A regression head's test_acc is its mean absolute error (metric "mae"): the best epoch
+    # is the one with the smallest error, and early stopping counts from it.
+    history = [{"epoch": e, "test_acc": mae, "metric": "mae"}
+               for e, mae in enumerate([0.9, 0.4, 0.5, 0.6, 0.7], start=1)]
+    assert best_epoch(history, "acc") == 2
+    assert early_stopped(history, "acc", 3) and not early_stopped(history, "acc", 4)
+    classes = [dict(r, metric=None) for r in history]
+    for r in classes:
+        del r["metric"]
+    assert best_epoch(classes, "acc") == 1
+
+
+def test_held_out_scores_a_regression_head_by_its_error():
+    g = compile_text("INPUT(3) -> FC(1) -> MSE", name="reg").graph
+    ex = Executor(g, seed=0)
+    x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    pred = ex.for_inference().forward(x).logits.reshape(-1)
+    y = (pred + np.linspace(-1, 1, 10)).astype(np.float32).reshape(10, 1)
+    got = held_out(ex, x, y, batch_size=4)
+    # independent: the mean absolute error and the mean squared error written out here
+    assert got["test_acc"] == pytest.approx(np.mean(np.abs(np.linspace(-1, 1, 10))), rel=1e-5)
+    assert got["test_loss"] == pytest.approx(np.mean(np.linspace(-1, 1, 10) ** 2), rel=1e-4)

@@ -63,7 +63,9 @@ def summarize(g, *, batch: int = 1, dtype_bytes: int = 4) -> dict:
         if spec.role == "loss":
             heads.append({"name": node.name,
                           "weight": float(node.attrs.get("weight", 1.0)),
-                          "input": node.inputs[0][0] if node.inputs else None})
+                          "input": node.inputs[0][0] if node.inputs else None,
+                          # OUTPUT ends an inference-only net: a head with no loss
+                          **({"inference_only": True} if spec.name == "output" else {})})
             continue
         shape = _output_shape(node)
         if spec.role == "source":
@@ -177,6 +179,10 @@ def format_table(summary: dict) -> str:
     out.append(f"activations: {count_with_units(t['activations'])} "
                f"({human_bytes(t['activation_bytes'])})")
     for head in summary.get("heads", []):
+        if head.get("inference_only"):   # OUTPUT (layers/loss_targets.py)
+            out.append(f"prediction {head['name']} on {head['input']} (OUTPUT: no loss, "
+                       f"inference only)")
+            continue
         out.append(f"loss head {head['name']} on {head['input']}, weight {head['weight']:g}")
     out.append(f"MACs count {summary['mac_convention']}.")
     out.append(f"Activations count {summary.get('activation_convention', ACTIVATION_CONVENTION)}"

@@ -20,6 +20,7 @@ from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, npz_info,
 from .folder import FolderImages, folder_layout, folder_native, memory_limit
 from .idx import read_header
 from .images import convert_channels
+from .targets import as_label_array
 
 KINDS = ("digits", "mnist", "cifar10", "npz", "folder")
 _SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE, folder:DIR"
@@ -93,8 +94,8 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
     x_test = apply_normalisation(x_test, mean, std, in_place=True)
     if flat:   # normalised per channel as images, then flattened in H, W, C order
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-    return Dataset(splits.name, x_train, y_train.astype(np.int64), x_test,
-                   y_test.astype(np.int64), splits.num_classes, tuple(splits.native_shape),
+    return Dataset(splits.name, x_train, as_label_array(y_train), x_test,
+                   as_label_array(y_test), splits.num_classes, tuple(splits.native_shape),
                    test_name, tuple(mean), tuple(std))
 
 

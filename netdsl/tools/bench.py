@@ -78,6 +78,15 @@ def label_shape(g, batch: int) -> tuple:
     return (batch,) + tuple(_logits_shape(g)[:-1])
 
 
+def bench_labels(g, rng, batch: int):
+    """Random labels for a batch: class ids, or 0/1 float targets (N, K) for a regression or
+    multi-label head (mse, l1, smooth_l1, bce)."""
+    from ..train.metrics import head_kind
+    if head_kind(g) in ("values", "labels"):
+        return rng.integers(0, 2, (batch, classes(g))).astype(np.float32)
+    return rng.integers(0, classes(g), label_shape(g, batch))
+
+
 def _logits_shape(g) -> tuple:
     from ..core.graph import node
     from ..compile.verify import losses
@@ -100,7 +109,7 @@ def netdsl_setup(c, batch: int, mode: str, kernels: str, xp=np, passes=None):
     opt = make_optimizer(TrainConfig(lr=0.01, momentum=0.9))
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch,) + tuple(ex.input_shape)).astype(np.float32))
-    y = xp.asarray(rng.integers(0, classes(c.graph), label_shape(c.graph, batch)))
+    y = xp.asarray(bench_labels(c.graph, rng, batch))
     sync = (lambda: xp.cuda.runtime.deviceSynchronize()) if xp is not np else (lambda: None)
 
     def train_step():

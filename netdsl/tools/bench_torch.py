@@ -20,7 +20,8 @@ from ..layers.pooling import pool_attrs
 from ..layers.structure import pair_attrs
 
 MAPPED = ("input", "conv", "pool", "maxpool", "avgpool", "batchnorm", "relu", "tanh", "sigmoid",
-          "fc", "flatten", "gap", "dropout", "concat", "add", "identity", "softmax_xent")
+          "fc", "flatten", "gap", "dropout", "concat", "add", "identity", "softmax_xent",
+          "silu", "relu6", "hswish", "hsigmoid", "mul", "slice", "shuffle")
 
 
 def _module(nn, rec):
@@ -45,9 +46,12 @@ def _module(nn, rec):
         return nn.Linear(numel(rec.in_shapes[0]), a["units"], bias=a["bias"])
     if op == "dropout":
         return nn.Dropout(a["rate"])
-    simple = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    simple = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
+              "relu6": nn.ReLU6, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid}
     if op in simple:
         return simple[op]()
+    if op == "shuffle":
+        return nn.ChannelShuffle(a["groups"])
     return None
 
 
@@ -96,7 +100,13 @@ def build(g):
                     flat = ins[0].flatten(1)
                     out = flat if op == "flatten" else self.mods[self.key[rec.name]](flat)
                 elif op == "gap":
-                    out = ins[0].mean(dim=(2, 3))
+                    out = ins[0].mean(dim=(2, 3), keepdim=bool(rec.attrs.get("keep")))
+                elif op == "mul":   # a flat (N, C) gate broadcasts as N×C×1×1 in NCHW
+                    a, b = (t[:, :, None, None] if t.dim() == 2 and o.dim() == 4 else t
+                            for t, o in zip(ins, ins[::-1]))
+                    out = a * b
+                elif op == "slice":
+                    out = ins[0][:, rec.attrs["start"]:rec.attrs["stop"]]
                 elif op == "concat":
                     out = torch.cat(ins, dim=1)
                 elif op == "add":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import NetdslError
+from ..train.metrics import head_kind
+from .target_reports import format_target_report, target_report
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:
@@ -66,6 +68,14 @@ def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None
     x, y, split, classes = eval_split(spec, holdout, tuple(record["native_shape"]))
     # a folder's images are decoded here, the whole evaluation split at once
     logits = logits_of(trained, prepare(np.asarray(x), record), batch_size)
+    if head_kind(trained.graph) == "none":
+        from ..compile.verify import main_head
+        raise NetdslError("this net ends in OUTPUT: without a loss nothing says what its "
+                          "outputs mean, so there is nothing to score", main_head(trained.graph).loc,
+                          hint="predict prints its outputs; to evaluate, end it in the loss it "
+                               "was trained with")
+    if head_kind(trained.graph) != "classes":   # regression or multi-label (target_reports)
+        return target_report(trained.graph, logits, y, spec, split)
     if logits.shape[1] < classes:
         raise NetdslError(f"the network gives {logits.shape[1]} logits but {spec} has "
                           f"{classes} classes", hint="evaluate on data with the classes the "
@@ -79,6 +89,8 @@ def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None
 
 
 def format_report(r: dict) -> str:
+    if "metric" in r:
+        return format_target_report(r)
     """Accuracy line, per-class table, then the confusion matrix (rows: true, cols: predicted)."""
     lines = [f"{r['data']} ({r['split']}): accuracy {100 * r['accuracy']:.2f}% "
              f"({r['correct']}/{r['examples']})", ""]

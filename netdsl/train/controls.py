@@ -13,24 +13,30 @@ import numpy as np
 
 from ..core.backend import to_numpy
 from ..core.errors import NetdslError
+from .metrics import batch_score, head_kind
 
 
 def held_out(ex, x, y, batch_size: int = 256) -> dict:
     """``{"test_acc", "test_loss"}`` of the main head on (x, y), by the inference pipeline (as
     ``Executor.predict``) in one pass. The loss is the main head's loss without label
-    smoothing (the plain cross-entropy for softmax_xent), averaged over examples."""
+    smoothing (the plain cross-entropy for softmax_xent), averaged over examples. For
+    regression and multi-label heads "test_acc" is their metric (train/metrics.py)."""
     if len(x) == 0:
         return {"test_acc": float("nan"), "test_loss": float("nan")}
+    kind = head_kind(ex.model.graph)
     inf = ex.for_inference()
     set_label_smoothing(inf, 0.0)   # the inference graph may have copied the training attrs
     hits, loss_sum = 0, 0.0
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         res = inf.forward(xb, yb, training=False)
+        loss_sum += float(res.loss) * len(xb)
+        if kind != "classes":
+            hits += batch_score(inf.xp, kind, res.logits, yb)
+            continue
         # correct labels per example (one label each, or one per pixel): Executor.predict's mean
         same = to_numpy(ex.xp.argmax(res.logits, axis=1)) == yb
         hits += int(same.sum()) / (same.size // len(xb))
-        loss_sum += float(res.loss) * len(xb)
     return {"test_acc": hits / len(x), "test_loss": loss_sum / len(x)}
 
 
@@ -64,10 +70,12 @@ def clip_gradients(grads: dict, max_norm: float, xp=np) -> float:
 
 def metric_of(row: dict, monitor: str) -> float:
     """The held-out value ``monitor`` (acc | loss) of a history row, as a score to maximise
-    (NaN when the row lacks it)."""
+    (NaN when the row lacks it). A regression head's "acc" is its mean absolute error: lower
+    is better."""
     if monitor == "loss":
         return -row.get("test_loss", float("nan"))
-    return row.get("test_acc", float("nan"))
+    sign = -1.0 if row.get("metric") == "mae" else 1.0
+    return sign * row.get("test_acc", float("nan"))
 
 
 def best_epoch(history: list, monitor: str) -> int | None:

@@ -21,7 +21,10 @@ from .controls import best_epoch
 def _describe(row: dict, monitor: str) -> str:
     if monitor == "loss":
         return f"held-out loss {row.get('test_loss', float('nan')):.4f}"
-    return f"held-out accuracy {100 * row['test_acc']:.2f}%"
+    if row.get("metric") == "mae":          # a regression head (train/metrics.py)
+        return f"held-out MAE {row['test_acc']:.4g}"
+    return f"held-out {'exact-match ' if row.get('metric') else ''}accuracy " \
+           f"{100 * row['test_acc']:.2f}%"
 
 
 class Keeper:

@@ -20,9 +20,10 @@ class EpochBar:
     """
 
     def __init__(self, epoch: int, epochs: int, total_examples: int, disable: bool = False,
-                 file=None, run: "RunProgress | None" = None):
+                 file=None, run: "RunProgress | None" = None, metric: str = "acc"):
         self.run = run            # the whole run's steps, ETA and held-out metric, shown after
         self._start = time.perf_counter()
+        self._metric = metric     # "acc", "exact" (multi-label) or "mae" (regression)
         self._seen = 0
         self._loss_sum = 0.0      # sum over examples of the loss, for an example-weighted mean
         self._correct_sum = 0.0   # sum over examples of accuracy (i.e. number correct)
@@ -48,7 +49,10 @@ class EpochBar:
 
     def postfix(self) -> str:
         """The text after the bar, e.g. ``loss=0.4321 acc=87.50%``."""
-        text = f"loss={self.mean_loss:.4f} acc={100.0 * self.accuracy:.2f}%"
+        if self._metric == "mae":   # the "accuracy" sum is one of mean absolute errors
+            text = f"loss={self.mean_loss:.4f} mae={self.accuracy:.4g}"
+        else:
+            text = f"loss={self.mean_loss:.4f} {self._metric}={100.0 * self.accuracy:.2f}%"
         return f"{text} | {self.run.text()}" if self.run is not None else text
 
     def update(self, n_examples: int, loss: float, acc: float) -> None:
