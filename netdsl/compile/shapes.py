@@ -43,7 +43,7 @@ def _fix_source(g, rec, override) -> None:
 
 def _rounding(g) -> str:
     """The file's default rounding of windowed layers: ``param ROUND = floor`` (or --set)."""
-    value = g.graph.get("params", {}).get("ROUND", "exact")
+    value = g.graph.get("params", {}).get("ROUND", "cover")
     if not isinstance(value, str) or value.lower() not in ROUNDING:
         raise NetdslError(f"parameter ROUND must be one of {', '.join(ROUNDING)}, got {value!r}",
                           g.graph.get("param_locs", {}).get("ROUND"),
@@ -157,6 +157,8 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
         for rec in G.nodes(g):
             if rec.meta.get("residual") == "auto" and not rec.meta.get("projected"):
                 _project_shortcut(g, rec)
+            elif rec.meta.get("residual") == "identity":
+                _check_identity(g, rec)
             _infer_node(g, rec)
     except NetdslError as err:
         if getattr(err, "rounding_error", None) and not getattr(err, "searched", False):
@@ -230,6 +232,20 @@ def _infer_node(g: nx.DiGraph, rec: G.Node) -> None:
     rec.n_params = sum(numel(p.shape) for p in rec.param_specs.values() if p.trainable)
     rec.macs = int(spec.macs(rec.attrs, in_shapes, rec.out_shapes))
     rec.activations = sum(numel(s) for s in rec.out_shapes)
+
+
+def _check_identity(g: nx.DiGraph, rec: G.Node) -> None:
+    """``residual?(cond) { body }`` adds the input itself: a body that changed the shape is an
+    error at the residual (never a silent projection, which the user did not ask for)."""
+    body = G.node(g, rec.inputs[0][0]).out_shapes[rec.inputs[0][1]]
+    short = G.node(g, rec.inputs[1][0]).out_shapes[rec.inputs[1][1]]
+    if body != short:
+        raise NetdslError(
+            f"{rec.name}: residual?(...) adds its input {shape_str(short)} to the body's output "
+            f"{shape_str(body)}, which has another shape", rec.loc,
+            detail="a conditional residual's shortcut is the identity; it is never projected",
+            hint="make the condition false when the shape changes (e.g. residual?(stride == 1 "
+                 "and IN.c == c)), or write residual { body } to project the shortcut")
 
 
 def _unique(g, base: str) -> str:

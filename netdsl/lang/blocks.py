@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from ..core.errors import NetdslError, did_you_mean
 from . import ast
+from .prefix import prefix_shape
 from .scope import PendingRef, Scope, Tensor
-from .values import evaluate, shown
+from .values import BlockInput, evaluate, shown
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ class BlockCalls:
             raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
                               hint="blocks cannot be recursive")
         self._step(call.loc)
+        # IN: the call's input, shaped on first use (at the call, so errors point there).
+        block_in = {"IN": BlockInput(lambda: prefix_shape(self, current, call.loc,
+                                                          f"IN in block '{block.name}'"))}
         try:
-            values = self.bind_block(block, call, scope)
+            values = self.bind_block(block, call, scope, block_in)
         except NetdslError as err:
             return self.placeholder(err, el, current, scope)
         tensors = {k: v for k, v in values.items() if isinstance(v, TensorArg)}
@@ -49,7 +53,7 @@ class BlockCalls:
             instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
         else:
             instance = self.namer.auto(scope.prefix, block.name, el.loc)
-        inner = scope.block(instance, block.name, ChainMap(values, self.params))
+        inner = scope.block(instance, block.name, ChainMap(values, block_in, self.params))
         for name, arg in tensors.items():
             # `@skip` inside the block names the caller's tensor, looked up in the caller's
             # scope once every statement is expanded (it may be a forward reference).
@@ -61,8 +65,10 @@ class BlockCalls:
         finally:
             self._active_blocks.pop()
 
-    def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope) -> dict:
-        """Block parameter values from a call: positional, keyword, then defaults."""
+    def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope,
+                   block_in: dict | None = None) -> dict:
+        """Block parameter values from a call: positional, keyword, then defaults (which may
+        read ``IN``, the call's input, from ``block_in``)."""
         signature = f"its signature is {block.signature()}"
         positional, keyword = self.evaluate_args(call.args, scope, block.name, exact=True)
         names = [p.name for p in block.params]
@@ -101,7 +107,7 @@ class BlockCalls:
                 raise NetdslError(f"block '{block.name}' needs argument '{param.name}'",
                                   call.loc, hint=signature)
             # Defaults may use program parameters and the block's earlier parameters.
-            env = ChainMap(values, self.params)
+            env = ChainMap(values, block_in or {}, self.params)
             for later in block.params[block.params.index(param) + 1:]:
                 use = _find_name(param.default, later.name)
                 if use is not None and later.name not in env:

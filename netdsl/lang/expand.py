@@ -25,12 +25,14 @@ LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN", "ROUND")
 
 
 def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
-           name: str | None = None) -> nx.DiGraph:
+           name: str | None = None, shapes=None) -> nx.DiGraph:
     """Expand a parsed program into the network graph.
 
     ``overrides`` bind or replace program parameters (the CLI's ``--set K=V``). The graph's
-    ``name`` is the ``net`` statement's, else ``name``, else the file stem. Raises a located
-    NetdslError for any problem in the program.
+    ``name`` is the ``net`` statement's, else ``name``, else the file stem. ``shapes`` is the
+    compiler's shape inference, ``shapes(graph)``, run on the part of the network before a
+    block that reads ``IN`` (see netdsl.lang.prefix). Raises a located NetdslError for any
+    problem in the program.
     """
     overrides = dict(overrides or {})
     statements = program.statements
@@ -38,7 +40,18 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
     param_errors: list[NetdslError] = []
     params = _bind_params(program, overrides, blocks, param_errors)
 
-    expander = ChainExpander(params, blocks)
+    param_locs = {d.name: d.loc for s in statements if isinstance(s, ast.ParamStmt)
+                  for d in s.params}
+
+    def graph_data() -> dict:
+        try:
+            train = _train_settings(statements, params)
+        except NetdslError:       # reported by the full expansion below
+            train = {}
+        return {"params": dict(params), "param_locs": param_locs, "train": train}
+
+    expander = ChainExpander(params, blocks, shapes, graph_data, _network_name(program, name),
+                             program.source)
     expander.errors.extend(param_errors)
     chains = [s for s in statements if isinstance(s, ast.ChainStmt)]
     if not chains and param_errors:
@@ -71,8 +84,7 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                                "them") from None
     g.graph["params"] = dict(params)
     # Where each parameter is declared: later stages locate errors about a value (ROUND).
-    g.graph["param_locs"] = {d.name: d.loc for s in statements if isinstance(s, ast.ParamStmt)
-                             for d in s.params}
+    g.graph["param_locs"] = param_locs
     g.graph["train"] = _train_settings(statements, params)
     return g
 
