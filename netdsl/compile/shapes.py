@@ -225,6 +225,7 @@ def _infer_node(g: nx.DiGraph, rec: G.Node) -> None:
             err.loc = rec.loc
         inputs = ", ".join(shape_str(s) for s in in_shapes)
         err.message = f"{rec.name}: {err.message}" + (f" (input {inputs})" if inputs else "")
+        _add_call_sites(err, rec)
         raise
     rec.in_shapes = tuple(in_shapes)
     rec.out_shapes = tuple(tuple(o) for o in out) if spec.outputs > 1 else (tuple(out),)
@@ -246,6 +247,16 @@ def _check_identity(g: nx.DiGraph, rec: G.Node) -> None:
             detail="a conditional residual's shortcut is the identity; it is never projected",
             hint="make the condition false when the shape changes (e.g. residual?(stride == 1 "
                  "and IN.c == c)), or write residual { body } to project the shortcut")
+
+
+def _add_call_sites(err: NetdslError, rec: G.Node) -> None:
+    """A shape error inside a block names the call(s) it came through: the block's line alone
+    does not say which of its instances failed."""
+    calls = [f"in block '{f.block}', called at {f.call}" for f in reversed(rec.scope)
+             if f.kind == "block" and f.call is not None]
+    if calls and err.loc == rec.loc and "called at" not in (err.detail or ""):
+        where = ", ".join(calls)
+        err.detail = f"{err.detail}\n  {where}" if err.detail else where
 
 
 def _unique(g, base: str) -> str:

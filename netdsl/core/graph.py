@@ -37,6 +37,8 @@ class Frame:
     index: int = 0
     count: int = 1
     block: str = ""
+    # Where a block instance was called, for errors; not part of the frame's identity.
+    call: "Location | None" = field(default=None, compare=False)
 
 
 @dataclass

@@ -170,6 +170,7 @@ class Chain:
 
     elements: list[Element]
     loc: Location
+    end: tuple | None = None      # (line, column) just past its last token
 
 
 # ---- statements -----------------------------------------------------------------------------
@@ -234,6 +235,7 @@ class TrainStmt:
 class ChainStmt:
     chain: Chain
     loc: Location
+    terminated: bool = False      # ended with ';' (a following chain is then surely a new one)
 
 
 Statement = Union[NetName, ParamStmt, BlockDef, TrainStmt, ChainStmt]

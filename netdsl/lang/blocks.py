@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..core.errors import NetdslError, did_you_mean
 from . import ast
+from .mistakes import note_calls
 from .prefix import prefix_shape
 from .scope import PendingRef, Scope, Tensor
 from .values import BlockInput, evaluate, shown
@@ -24,9 +25,11 @@ class TensorArg:
 
 
 def start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
-    return NetdslError("a chain must start at INPUT or @name", el.loc,
-                       hint="the first element was left out (*0 or a false flag)" if vanished
-                       else "begin with INPUT -> ... or continue from a label with @name -> ...")
+    err = NetdslError("a chain must start at INPUT or @name", el.loc,
+                      hint="the first element was left out (*0 or a false flag)" if vanished
+                      else "begin with INPUT -> ... or continue from a label with @name -> ...")
+    err.chain_start = not vanished      # perhaps a missing '->' (netdsl.lang.mistakes)
+    return err
 
 
 class BlockCalls:
@@ -53,17 +56,22 @@ class BlockCalls:
             instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
         else:
             instance = self.namer.auto(scope.prefix, block.name, el.loc)
-        inner = scope.block(instance, block.name, ChainMap(values, block_in, self.params))
+        inner = scope.block(instance, block.name, ChainMap(values, block_in, self.params),
+                            call.loc)
         for name, arg in tensors.items():
             # `@skip` inside the block names the caller's tensor, looked up in the caller's
             # scope once every statement is expanded (it may be a forward reference).
             self.refs.append((arg.ref, arg.scope))
             inner.define(name, PendingRef(len(self.refs) - 1), arg.ref.loc)
         self._active_blocks.append(block.name.lower())
+        self.calls.append((block.name, call.loc))
         try:
             return self.chain(block.body, current, inner, ref_ok=True)
+        except NetdslError as err:
+            raise note_calls(err, self.calls)
         finally:
             self._active_blocks.pop()
+            self.calls.pop()
 
     def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope,
                    block_in: dict | None = None) -> dict:

@@ -15,6 +15,7 @@ from ..layers import LayerSpec, bind_args, lookup
 from . import ast
 from .blocks import BlockCalls, TensorArg, start_error
 from .joins import Joins
+from .mistakes import note_calls
 from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
 from .values import (FAILED, CascadeError, Word, as_count, cascade, evaluate,
@@ -54,6 +55,7 @@ class ChainExpander(BlockCalls, Joins):
         self.namer = Namer()
         self.root = Scope(None, "", (), "", params)
         self._active_blocks: list[str] = []
+        self.calls: list[tuple] = []     # (block name, call Location) of the blocks being expanded
         self._steps = 0
         self.errors: list[NetdslError] = []   # recovered from: reported together at the end
         self.last_loc = None      # the element expanded last: where a too-deep nesting is reported
@@ -106,8 +108,7 @@ class ChainExpander(BlockCalls, Joins):
             try:
                 count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
             except NetdslError as err:   # carry on as if once, to check the body too
-                if not isinstance(err, CascadeError):
-                    self.errors.append(err)
+                self.record(err)
                 count = 1
             if count > MAX_NODES:
                 raise NetdslError(f"repeat count {shown(count)} is more than the limit of "
@@ -204,12 +205,16 @@ class ChainExpander(BlockCalls, Joins):
         """Record an error that does not stop the expansion (an unknown name, a bad argument)
         and stand in an identity for the element, so that the rest of the file is still
         checked and all its independent errors are reported at once."""
-        if not isinstance(err, CascadeError):
-            self.errors.append(err)
+        self.record(err)
         name = self.node_name(el.label, "error", scope, el)
         inputs = [current] if current is not None else []
         return self._add(Node(name, "identity", {}, inputs, el.loc, scope.frames,
                               {"placeholder": True}))
+
+    def record(self, err: NetdslError) -> None:
+        """Keep an error to report with the others, with the block calls it was found under."""
+        if not isinstance(err, CascadeError):
+            self.errors.append(note_calls(err, self.calls))
 
     def call(self, call: ast.Call, el: ast.Element, current, scope: Scope) -> Tensor:
         try:

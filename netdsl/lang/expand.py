@@ -15,6 +15,7 @@ from .train_config import SETTING_TYPES as _TRAIN_KINDS  # train key -> "int", "
 from .train_config import coerce_setting
 from . import ast
 from .elements import ChainExpander
+from .mistakes import merge_repeats, missing_arrow
 from .resolve import build_graph
 from .values import (FAILED, CascadeError, Word, evaluate, is_finite_number, shown,
                      unbound_error)
@@ -61,17 +62,18 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                           hint="a network is described by at least one chain statement")
     try:
         first_output, first_loc = None, chains[0].chain.elements[-1].loc
+        before = {id(s): statements[k - 1] if k else None for k, s in enumerate(statements)}
         for i, stmt in enumerate(chains):
             try:
                 output = expander.statement(stmt.chain)
             except NetdslError as err:   # statements are independent: check the others too
                 if not isinstance(err, CascadeError):
-                    expander.errors.append(err)
+                    expander.errors.append(missing_arrow(err, stmt, before[id(stmt)]))
                 continue
             if i == 0:
                 first_output = output
         if expander.errors:
-            raise combined(expander.errors)
+            raise combined(merge_repeats(expander.errors))
         g = new_graph(_network_name(program, name), program.source)
         build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
     except RecursionError:

@@ -183,11 +183,13 @@ class _ToAst:
         return ast.TrainItem(str(key), value, loc)
 
     def chain_stmt(self, meta, children):
-        return ast.ChainStmt(children[0], self._loc(meta))
+        # The statement's span reaches past its chain's only when a ';' ends it.
+        return ast.ChainStmt(children[0], self._loc(meta),
+                             terminated=meta is not None and meta[1] != children[0].end)
 
     # -- chains -----------------------------------------------------------------------------
     def chain(self, meta, children):
-        return ast.Chain(list(children), self._loc(meta))
+        return ast.Chain(list(children), self._loc(meta), meta[1] if meta else None)
 
     def element(self, meta, children):
         label = label_loc = None

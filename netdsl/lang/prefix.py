@@ -49,6 +49,10 @@ def prefix_shape(expander, tensor, loc: Location | None, what: str) -> tuple:
                                             keep[node.name], node.loc, node.scope,
                                             dict(node.meta)))
     g.add_edges_from((src, dst) for dst, inputs in keep.items() for src, _port in inputs)
-    expander.shapes(g)
+    try:
+        expander.shapes(g)
+    except NetdslError as err:
+        err.calls = ()        # a mistake before the call, not inside the block being called
+        raise
     return g.nodes[name]["node"].out_shapes[port]
 

@@ -40,9 +40,10 @@ class Scope:
         return Scope(self, self.prefix, self.frames + (Frame("repeat", repeat_id, index, count),),
                      self.suffix + (f"_{index}" if count > 1 else ""), self.env)
 
-    def block(self, instance: str, block_name: str, env: Mapping) -> "Scope":
-        """The scope of a block instance whose full name is ``instance``."""
-        frame = Frame("block", instance, 0, 1, block=block_name)
+    def block(self, instance: str, block_name: str, env: Mapping,
+              call: Location | None = None) -> "Scope":
+        """The scope of a block instance whose full name is ``instance``, called at ``call``."""
+        frame = Frame("block", instance, 0, 1, block=block_name, call=call)
         return Scope(self, instance + "/", self.frames + (frame,), "", env)
 
     def check_new_label(self, label: str, loc: Location | None) -> None:
