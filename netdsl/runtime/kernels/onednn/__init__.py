@@ -41,7 +41,7 @@ def load() -> bool:
     register_kernel("fc", Kernel("onednn", fc_forward, fc_backward, fc_supports,
                                  fused={"relu": (fc_relu_forward, fc_relu_backward)}))
     from .eltwise import make
-    for name in ("relu", "tanh", "sigmoid"):
+    for name in ("relu", "tanh", "sigmoid", "relu6", "silu", "hswish", "hsigmoid"):
         register_kernel(name, Kernel("onednn", *make(name)))
     from ....layers import lookup
     if lookup("lrn") is not None:  # the layer comes with the layer zoo
