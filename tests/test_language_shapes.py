@@ -168,3 +168,15 @@ def test_round_exact_restores_the_old_rule():
         err = error_of(variant)
         assert "does not fit the 224-wide input exactly" in err.message
     assert error_of(text, overrides={"ROUND": "exact"})
+
+
+def test_the_blocks_example_of_the_language_doc_compiles_as_its_text_says():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    section = doc.split("**Reading the input's shape: `IN`.**")[1].split("Each call is an")[0]
+    g = compiled(section.split("```")[1])
+    shapes = {r.name: r.out_shape for r in nodes(g)}
+    assert shapes["transition1/conv1"] == (32, 32, 16)        # 32 channels halved ...
+    assert shapes["transition1/avgpool1"] == (16, 16, 16)     # ... then pooled
+    assert shapes["dw1/conv1"] == (32, 32, 32)
+    assert [r.name for r in nodes(g) if r.op == "add"] == ["ir1/add1", "ir3/add1"]
