@@ -180,3 +180,27 @@ def test_the_blocks_example_of_the_language_doc_compiles_as_its_text_says():
     assert shapes["transition1/avgpool1"] == (16, 16, 16)     # ... then pooled
     assert shapes["dw1/conv1"] == (32, 32, 32)
     assert [r.name for r in nodes(g) if r.op == "add"] == ["ir1/add1", "ir3/add1"]
+
+
+def test_a_shape_error_before_blocks_that_read_in_is_reported_once():
+    # conv1 drops a pixel ((8 − 3)/2 + 1 = 3.5); all 50 dw calls depend on it.
+    err = error_of("block dw() { CONV(IN.c, 3, groups=IN.c) -> RELU }\n"
+                   "INPUT(8x8x3) -> CONV(4, 3, stride=2, pad=0) -> dw*50 -> FC")
+    assert err.others == [] and err.message.startswith("conv1: conv k=3 stride 2 drops")
+    assert (err.loc.line, err.loc.col) == (2, 17) and "called at" not in (err.detail or "")
+
+
+def test_in_through_a_forward_reference_is_a_located_error():
+    err = error_of("block dw() { CONV(IN.c, 3, groups=IN.c) }\n"
+                   "INPUT(8x8x3) -> a: CONV(4) -> concat { @a | @b } -> dw -> FC\n"
+                   "@a -> b: CONV(2) -> FC -> LOSS")
+    assert "depends on a reference that is not expanded yet" in err.message
+    assert (err.loc.line, err.loc.col) == (2, 53) and "@b" in err.detail
+
+
+def test_in_after_a_projected_residual_and_across_many_calls():
+    # The plain residual projects 3 → 8 channels; the 40 dw calls each read IN.c = 8.
+    g = compiled("block dw() { CONV(IN.c, 3, groups=IN.c) -> RELU }\n"
+                 "INPUT(8x8x3) -> residual { CONV(8) } -> dw*40 -> FC(2)")
+    convs = [r for r in nodes(g) if r.op == "conv" and r.name.startswith("dw")]
+    assert len(convs) == 40 and all(r.attrs["groups"] == 8 for r in convs)

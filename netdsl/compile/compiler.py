@@ -47,15 +47,17 @@ def build_graph(source: SourceFile, overrides: dict | None = None, *, shapes=Non
 def prefix_shapes(*, input_shape=None, input_override=None, num_classes=None, cli_train=None):
     """Stages 3–4 for the part of a network before a block that reads ``IN`` (while the
     network is still being expanded): the same defaults as :func:`compile_source` will use,
-    the dataset's image shape read only when the INPUT has none."""
-    def infer(g: nx.DiGraph) -> None:
+    the dataset's image shape read only when the INPUT has none. The graph it is given grows
+    between calls; nodes shaped by an earlier call are not shaped again."""
+    def infer(g: nx.DiGraph, new: list) -> None:
         shape = input_shape
         if input_override is None and shape is None and needs_input_shape(g):
             from ..data.loader import dataset_info
             shape, _classes = dataset_info(train_config(g, cli_train).data)
+        # The prefix grows call by call: resolve and shape only its new nodes, in order.
         resolve_auto(g, input_shape=shape, num_classes=num_classes or DEFAULT_CLASSES,
-                     input_override=input_override)
-        infer_shapes(g)
+                     input_override=input_override, order=new)
+        infer_shapes(g, order=new)
     return infer
 
 

@@ -96,7 +96,7 @@ def _source_shape(rec, shape, written: bool) -> tuple:
 
 
 def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
-                 input_override=None) -> nx.DiGraph:
+                 input_override=None, order=None) -> nx.DiGraph:
     """Fill every AUTO argument, by argument name so that future layers share the rules:
 
     * ``shape`` of a source layer: ``input_shape`` (the dataset's image shape or ``--input``);
@@ -108,8 +108,10 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
     width = _setting(g, "WIDTH", DEFAULT_WIDTH)
     max_width = _setting(g, "MAX_WIDTH", DEFAULT_MAX_WIDTH)
     hidden = _setting(g, "HIDDEN", DEFAULT_HIDDEN)
-    pools: dict[str, int] = {}
-    for rec in G.nodes(g):
+    # ``order``: only these records, producers first, the rest resolved by earlier calls on
+    # the same growing graph (netdsl.lang.prefix), whose pool counts the graph keeps.
+    pools: dict[str, int] = {} if order is None else g.graph.setdefault("pools_before", {})
+    for rec in G.nodes(g) if order is None else order:
         spec = get(rec.op)
         before = max((pools[src] for src, _ in rec.inputs), default=0)
         pools[rec.name] = before + (1 if spec.downsamples else 0)
@@ -146,15 +148,17 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
     return g
 
 
-def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
+def infer_shapes(g: nx.DiGraph, *, order=None) -> nx.DiGraph:
     """Annotate every node with input/output shapes, parameter specs and counts, MACs and
     activation counts. Shape rule failures become located errors at the node's source.
+    ``order``: only these records, producers first, the others being shaped already (a graph
+    that grows while a program is expanded, netdsl.lang.prefix).
 
     A ``residual { body }`` add whose body changed the shape gets its projection shortcut
     inserted here, on the way, because the add's own shape rule needs it.
     """
     try:
-        for rec in G.nodes(g):
+        for rec in G.nodes(g) if order is None else order:
             if rec.meta.get("residual") == "auto" and not rec.meta.get("projected"):
                 _project_shortcut(g, rec)
             elif rec.meta.get("residual") == "identity":

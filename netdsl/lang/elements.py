@@ -49,6 +49,8 @@ class ChainExpander(BlockCalls, Joins):
         # (params, train) that shape inference of a prefix reads.
         self.shapes, self.graph_data = shapes, graph_data
         self.graph_name, self.source = graph_name, source
+        self.prefix_graph = None       # the shaped part of the network (netdsl.lang.prefix)
+        self.prefix_failed: dict = {}  # node name -> the error that stopped its shaping
         self.blocks = blocks                    # lower-case name -> definition
         self.nodes: dict[str, Node] = {}
         self.refs: list[tuple[ast.Ref, Scope]] = []
