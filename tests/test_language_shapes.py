@@ -204,3 +204,13 @@ def test_in_after_a_projected_residual_and_across_many_calls():
                  "INPUT(8x8x3) -> residual { CONV(8) } -> dw*40 -> FC(2)")
     convs = [r for r in nodes(g) if r.op == "conv" and r.name.startswith("dw")]
     assert len(convs) == 40 and all(r.attrs["groups"] == 8 for r in convs)
+
+
+def test_in_reading_a_width_that_the_rest_of_the_network_changes_is_an_error():
+    # While `b` is expanded the bare FC looks hidden (512 units); the finished network makes it
+    # the classifier (10 units, through b's weightless dropout): IN read a wrong width.
+    err = error_of("block b() { DROPOUT(0.1)?(IN.c > 2) }\nINPUT(8x8x3) -> FC -> b")
+    assert "IN read its units as 512" in err.message and "gives it 10" in err.message
+    assert (err.loc.line, err.loc.col) == (2, 17)
+    # Written out, the width is the same at both times.
+    assert compiled("block b() { DROPOUT(0.1)?(IN.c > 2) }\nINPUT(8x8x3) -> FC(10) -> b")

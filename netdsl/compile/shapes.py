@@ -145,7 +145,22 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
         if left:
             raise NetdslError(f"{rec.op}: cannot choose a default for {', '.join(left)}", rec.loc,
                               hint=f"give {left[0]}=... explicitly")
+    if order is None:
+        _check_widths_read(g)
     return g
+
+
+def _check_widths_read(g: nx.DiGraph) -> None:
+    """A default width that a block's ``IN`` read during expansion (before the rest of the
+    network existed) must be the width the whole network gives: a bare FC before a loss gets
+    the class count, which was not known when IN read it."""
+    for name, (key, early, where) in g.graph.get("widths_read", {}).items():
+        if name in g and G.node(g, name).attrs.get(key) != early:
+            rec = G.node(g, name)
+            raise NetdslError(
+                f"{name}: IN read its {key} as {early} at {where}, but the whole network gives "
+                f"it {rec.attrs[key]}", rec.loc,
+                hint=f"write the width explicitly, e.g. {rec.op.upper()}({rec.attrs[key]})")
 
 
 def infer_shapes(g: nx.DiGraph, *, order=None) -> nx.DiGraph:

@@ -51,6 +51,7 @@ class ChainExpander(BlockCalls, Joins):
         self.graph_name, self.source = graph_name, source
         self.prefix_graph = None       # the shaped part of the network (netdsl.lang.prefix)
         self.prefix_failed: dict = {}  # node name -> the error that stopped its shaping
+        self.widths_read: dict = {}    # node name -> (arg, default width, IN's Location)
         self.blocks = blocks                    # lower-case name -> definition
         self.nodes: dict[str, Node] = {}
         self.refs: list[tuple[ast.Ref, Scope]] = []

@@ -85,6 +85,8 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                                "after postfixes go too deep around here; flatten some of "
                                "them") from None
     g.graph["params"] = dict(params)
+    if expander.widths_read:      # default widths that IN read while expanding (lang.prefix)
+        g.graph["widths_read"] = dict(expander.widths_read)
     # Where each parameter is declared: later stages locate errors about a value (ROUND).
     g.graph["param_locs"] = param_locs
     g.graph["train"] = _train_settings(statements, params)

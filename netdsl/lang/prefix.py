@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..core.errors import Location, NetdslError
 from ..core.graph import Node, new_graph
+from ..layers import AUTO
 from .resolve import RefResolver
 
 ShapeFn = Callable   # (prefix graph, new Node records producers first) -> None: shapes them
@@ -58,6 +59,13 @@ def prefix_shape(expander, tensor, loc: Location | None, what: str) -> tuple:
         g.remove_nodes_from(failed)
         expander.prefix_failed.update(dict.fromkeys(failed, err))
         raise
+    # A width chosen by default here must be the one the full compile chooses: a bare FC's
+    # units depend on what follows it (the class count before a loss), which is not expanded
+    # yet. The compiler compares them (netdsl.compile.shapes.resolve_auto).
+    for n, c in zip((n for n, _inputs in order), copies):
+        for key in ("units", "filters"):
+            if n.attrs.get(key) is AUTO:
+                expander.widths_read[n.name] = (key, c.attrs[key], loc)
     return g.nodes[name]["node"].out_shapes[port]
 
 
