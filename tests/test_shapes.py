@@ -90,13 +90,16 @@ def test_size_that_does_not_divide_is_an_error_with_the_arithmetic():
         compile_text(text, num_classes=10)
     err = info.value
     assert (err.loc.line, err.loc.col) == (1, 21)
-    assert err.detail == "(224 − 11 + 2·0)/4 + 1 = 54.25"
+    # Under the default covering rule the error says how much real input is lost: the last
+    # window covers pixels 212..222 (53·4 + 11 = 223), so 1 of the 224 is never read.
+    assert err.detail.startswith("(224 − 11 + 2·0)/4 + 1 = 54.25")
+    assert "drops the last 1 input pixel" in err.message
     assert "227×227×3" in err.hint and "round=floor" in err.hint
     assert compile_text(text.replace("224x224", "227x227"), num_classes=10)  # fits
 
 
 def test_bad_file_rounding_is_refused_at_its_declaration():
-    with pytest.raises(NetdslError, match="ROUND must be one of exact, floor, ceil") as info:
+    with pytest.raises(NetdslError, match="ROUND must be one of cover, exact, floor, ceil") as info:
         compile_text("param ROUND = down\nINPUT(8x8x1) -> FC", num_classes=2)
     assert (info.value.loc.line, info.value.loc.col) == (1, 7)
 

@@ -36,9 +36,29 @@ def read_source(path: str) -> SourceFile:
         raise NetdslError(f"cannot read '{path}': {err}") from None
 
 
-def build_graph(source: SourceFile, overrides: dict | None = None) -> nx.DiGraph:
-    """Stages 1–2: the expanded graph, before any shape is known."""
-    return expand(parse(source), overrides or {}, name=Path(source.path).stem)
+def build_graph(source: SourceFile, overrides: dict | None = None, *, shapes=None) -> nx.DiGraph:
+    """Stages 1–2: the expanded graph, before its shapes are inferred. A block that reads
+    ``IN`` has the part of the network before it shaped by ``shapes`` (default:
+    :func:`prefix_shapes` with the input shape the file writes)."""
+    return expand(parse(source), overrides or {}, name=Path(source.path).stem,
+                  shapes=shapes or prefix_shapes())
+
+
+def prefix_shapes(*, input_shape=None, input_override=None, num_classes=None, cli_train=None):
+    """Stages 3–4 for the part of a network before a block that reads ``IN`` (while the
+    network is still being expanded): the same defaults as :func:`compile_source` will use,
+    the dataset's image shape read only when the INPUT has none. The graph it is given grows
+    between calls; nodes shaped by an earlier call are not shaped again."""
+    def infer(g: nx.DiGraph, new: list) -> None:
+        shape = input_shape
+        if input_override is None and shape is None and needs_input_shape(g):
+            from ..data.loader import dataset_info
+            shape, _classes = dataset_info(train_config(g, cli_train).data)
+        # The prefix grows call by call: resolve and shape only its new nodes, in order.
+        resolve_auto(g, input_shape=shape, num_classes=num_classes or DEFAULT_CLASSES,
+                     input_override=input_override, order=new)
+        infer_shapes(g, order=new)
+    return infer
 
 
 def train_config(g: nx.DiGraph, cli: dict | None = None) -> TrainConfig:
@@ -113,7 +133,9 @@ def compile_source(source: SourceFile, *, overrides=None, cli_train=None, input_
     summary, draw) the dataset is read only when the input shape is known no other way, and a
     bare classifier is given DEFAULT_CLASSES units, with a note. ``graph_passes``: see
     :func:`finish`."""
-    g = build_graph(source, overrides)
+    g = build_graph(source, overrides, shapes=prefix_shapes(
+        input_shape=input_shape, input_override=input_override, num_classes=num_classes,
+        cli_train=cli_train))
     config = train_config(g, cli_train)
     shape_known = input_override is not None or input_shape is not None or not needs_input_shape(g)
     if not need_data and shape_known and num_classes is None:

@@ -43,7 +43,7 @@ def _fix_source(g, rec, override) -> None:
 
 def _rounding(g) -> str:
     """The file's default rounding of windowed layers: ``param ROUND = floor`` (or --set)."""
-    value = g.graph.get("params", {}).get("ROUND", "exact")
+    value = g.graph.get("params", {}).get("ROUND", "cover")
     if not isinstance(value, str) or value.lower() not in ROUNDING:
         raise NetdslError(f"parameter ROUND must be one of {', '.join(ROUNDING)}, got {value!r}",
                           g.graph.get("param_locs", {}).get("ROUND"),
@@ -96,7 +96,7 @@ def _source_shape(rec, shape, written: bool) -> tuple:
 
 
 def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
-                 input_override=None) -> nx.DiGraph:
+                 input_override=None, order=None) -> nx.DiGraph:
     """Fill every AUTO argument, by argument name so that future layers share the rules:
 
     * ``shape`` of a source layer: ``input_shape`` (the dataset's image shape or ``--input``);
@@ -108,8 +108,10 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
     width = _setting(g, "WIDTH", DEFAULT_WIDTH)
     max_width = _setting(g, "MAX_WIDTH", DEFAULT_MAX_WIDTH)
     hidden = _setting(g, "HIDDEN", DEFAULT_HIDDEN)
-    pools: dict[str, int] = {}
-    for rec in G.nodes(g):
+    # ``order``: only these records, producers first, the rest resolved by earlier calls on
+    # the same growing graph (netdsl.lang.prefix), whose pool counts the graph keeps.
+    pools: dict[str, int] = {} if order is None else g.graph.setdefault("pools_before", {})
+    for rec in G.nodes(g) if order is None else order:
         spec = get(rec.op)
         before = max((pools[src] for src, _ in rec.inputs), default=0)
         pools[rec.name] = before + (1 if spec.downsamples else 0)
@@ -143,20 +145,39 @@ def resolve_auto(g: nx.DiGraph, *, input_shape=None, num_classes: int = 10,
         if left:
             raise NetdslError(f"{rec.op}: cannot choose a default for {', '.join(left)}", rec.loc,
                               hint=f"give {left[0]}=... explicitly")
+    if order is None:
+        _check_widths_read(g)
     return g
 
 
-def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
+def _check_widths_read(g: nx.DiGraph) -> None:
+    """A default width that a block's ``IN`` read during expansion (before the rest of the
+    network existed) must be the width the whole network gives: a bare FC before a loss gets
+    the class count, which was not known when IN read it."""
+    for name, (key, early, where) in g.graph.get("widths_read", {}).items():
+        if name in g and G.node(g, name).attrs.get(key) != early:
+            rec = G.node(g, name)
+            raise NetdslError(
+                f"{name}: IN read its {key} as {early} at {where}, but the whole network gives "
+                f"it {rec.attrs[key]}", rec.loc,
+                hint=f"write the width explicitly, e.g. {rec.op.upper()}({rec.attrs[key]})")
+
+
+def infer_shapes(g: nx.DiGraph, *, order=None) -> nx.DiGraph:
     """Annotate every node with input/output shapes, parameter specs and counts, MACs and
     activation counts. Shape rule failures become located errors at the node's source.
+    ``order``: only these records, producers first, the others being shaped already (a graph
+    that grows while a program is expanded, netdsl.lang.prefix).
 
     A ``residual { body }`` add whose body changed the shape gets its projection shortcut
     inserted here, on the way, because the add's own shape rule needs it.
     """
     try:
-        for rec in G.nodes(g):
+        for rec in G.nodes(g) if order is None else order:
             if rec.meta.get("residual") == "auto" and not rec.meta.get("projected"):
                 _project_shortcut(g, rec)
+            elif rec.meta.get("residual") == "identity":
+                _check_identity(g, rec)
             _infer_node(g, rec)
     except NetdslError as err:
         if getattr(err, "rounding_error", None) and not getattr(err, "searched", False):
@@ -223,6 +244,7 @@ def _infer_node(g: nx.DiGraph, rec: G.Node) -> None:
             err.loc = rec.loc
         inputs = ", ".join(shape_str(s) for s in in_shapes)
         err.message = f"{rec.name}: {err.message}" + (f" (input {inputs})" if inputs else "")
+        _add_call_sites(err, rec)
         raise
     rec.in_shapes = tuple(in_shapes)
     rec.out_shapes = tuple(tuple(o) for o in out) if spec.outputs > 1 else (tuple(out),)
@@ -230,6 +252,30 @@ def _infer_node(g: nx.DiGraph, rec: G.Node) -> None:
     rec.n_params = sum(numel(p.shape) for p in rec.param_specs.values() if p.trainable)
     rec.macs = int(spec.macs(rec.attrs, in_shapes, rec.out_shapes))
     rec.activations = sum(numel(s) for s in rec.out_shapes)
+
+
+def _check_identity(g: nx.DiGraph, rec: G.Node) -> None:
+    """``residual?(cond) { body }`` adds the input itself: a body that changed the shape is an
+    error at the residual (never a silent projection, which the user did not ask for)."""
+    body = G.node(g, rec.inputs[0][0]).out_shapes[rec.inputs[0][1]]
+    short = G.node(g, rec.inputs[1][0]).out_shapes[rec.inputs[1][1]]
+    if body != short:
+        raise NetdslError(
+            f"{rec.name}: residual?(...) adds its input {shape_str(short)} to the body's output "
+            f"{shape_str(body)}, which has another shape", rec.loc,
+            detail="a conditional residual's shortcut is the identity; it is never projected",
+            hint="make the condition false when the shape changes (e.g. residual?(stride == 1 "
+                 "and IN.c == c)), or write residual { body } to project the shortcut")
+
+
+def _add_call_sites(err: NetdslError, rec: G.Node) -> None:
+    """A shape error inside a block names the call(s) it came through: the block's line alone
+    does not say which of its instances failed."""
+    calls = [f"in block '{f.block}', called at {f.called_at}" for f in reversed(rec.scope)
+             if f.kind == "block" and f.called_at is not None]
+    if calls and err.loc == rec.loc and "called at" not in (err.detail or ""):
+        where = ", ".join(calls)
+        err.detail = f"{err.detail}\n  {where}" if err.detail else where
 
 
 def _unique(g, base: str) -> str:

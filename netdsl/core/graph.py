@@ -39,6 +39,8 @@ class Frame:
     block: str = ""
     # a block call as written, e.g. "basic(64)", for diagrams; not part of the frame's identity
     call: str = field(default="", compare=False)
+    # Where a block instance was called, for errors; not part of the frame's identity.
+    called_at: "Location | None" = field(default=None, compare=False)
 
 
 @dataclass

@@ -39,7 +39,7 @@ class Name:
 
 @dataclass
 class BinOp:
-    """``left op right`` with op one of + - * / // %."""
+    """``left op right`` with op one of + - * / // %, a comparison (== != < <= > >=), and, or."""
 
     op: str
     left: "Expr"
@@ -49,7 +49,7 @@ class BinOp:
 
 @dataclass
 class Unary:
-    """``-x`` or ``+x``."""
+    """``-x``, ``+x`` or ``not x``."""
 
     op: str
     operand: "Expr"
@@ -64,7 +64,17 @@ class Dims:
     loc: Location
 
 
-Expr = Union[Literal, Name, BinOp, Unary, Dims]
+@dataclass
+class Attr:
+    """``IN.c``: a property of a value (the shape of a block's input)."""
+
+    value: Name
+    attr: str
+    loc: Location
+    attr_loc: Location
+
+
+Expr = Union[Literal, Name, BinOp, Unary, Dims, Attr]
 
 
 # ---- chains ---------------------------------------------------------------------------------
@@ -107,6 +117,7 @@ class Join:
     callee: Call
     branches: list["Chain"]
     loc: Location
+    cond: "Expr | None" = None     # residual?(cond) { ... }: the add only when cond holds
 
 
 @dataclass
@@ -129,11 +140,13 @@ class Repeat:
 
 @dataclass
 class Optional:
-    """Postfix ``?`` or ``?(FLAG)``; ``flag`` is None when the flag is implied by the name."""
+    """Postfix ``?``, ``?(FLAG)`` or ``?(condition)``; ``flag`` is None when the flag is implied
+    by the name or when a condition other than a lone name is written (then ``cond``)."""
 
     flag: str | None
     flag_loc: Location | None
     loc: Location
+    cond: "Expr | None" = None
 
 
 Primary = Union[Call, Group, Join, Ref]
@@ -157,6 +170,7 @@ class Chain:
 
     elements: list[Element]
     loc: Location
+    end: tuple | None = None      # (line, column) just past its last token
 
 
 # ---- statements -----------------------------------------------------------------------------
@@ -221,6 +235,7 @@ class TrainStmt:
 class ChainStmt:
     chain: Chain
     loc: Location
+    terminated: bool = False      # ended with ';' (a following chain is then surely a new one)
 
 
 Statement = Union[NetName, ParamStmt, BlockDef, TrainStmt, ChainStmt]

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from ..core.errors import NetdslError, did_you_mean
 from . import ast
+from .mistakes import note_calls
+from .prefix import prefix_shape
 from .scope import PendingRef, Scope, Tensor
-from .values import evaluate, shown
+from .values import BlockInput, evaluate, shown
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,11 @@ def call_text(call: ast.Call) -> str:
 
 
 def start_error(el: ast.Element, vanished: bool = False) -> NetdslError:
-    return NetdslError("a chain must start at INPUT or @name", el.loc,
-                       hint="the first element was left out (*0 or a false flag)" if vanished
-                       else "begin with INPUT -> ... or continue from a label with @name -> ...")
+    err = NetdslError("a chain must start at INPUT or @name", el.loc,
+                      hint="the first element was left out (*0 or a false flag)" if vanished
+                      else "begin with INPUT -> ... or continue from a label with @name -> ...")
+    err.chain_start = not vanished      # perhaps a missing '->' (netdsl.lang.mistakes)
+    return err
 
 
 class BlockCalls:
@@ -49,8 +53,11 @@ class BlockCalls:
             raise NetdslError(f"block '{block.name}' uses itself", call.name_loc,
                               hint="blocks cannot be recursive")
         self._step(call.loc)
+        # IN: the call's input, shaped on first use (at the call, so errors point there).
+        block_in = {"IN": BlockInput(lambda: prefix_shape(self, current, call.loc,
+                                                          f"IN in block '{block.name}'"))}
         try:
-            values = self.bind_block(block, call, scope)
+            values = self.bind_block(block, call, scope, block_in)
         except NetdslError as err:
             return self.placeholder(err, el, current, scope)
         tensors = {k: v for k, v in values.items() if isinstance(v, TensorArg)}
@@ -59,21 +66,27 @@ class BlockCalls:
             instance = self.namer.claim(scope.prefix + el.label + scope.suffix, el.label_loc)
         else:
             instance = self.namer.auto(scope.prefix, block.name, el.loc)
-        inner = scope.block(instance, block.name, ChainMap(values, self.params),
-                            call=call_text(call))
+        inner = scope.block(instance, block.name, ChainMap(values, block_in, self.params),
+                            call=call_text(call), called_at=call.loc)
         for name, arg in tensors.items():
             # `@skip` inside the block names the caller's tensor, looked up in the caller's
             # scope once every statement is expanded (it may be a forward reference).
             self.refs.append((arg.ref, arg.scope))
             inner.define(name, PendingRef(len(self.refs) - 1), arg.ref.loc)
         self._active_blocks.append(block.name.lower())
+        self.calls.append((block.name, call.loc))
         try:
             return self.chain(block.body, current, inner, ref_ok=True)
+        except NetdslError as err:
+            raise note_calls(err, self.calls)
         finally:
             self._active_blocks.pop()
+            self.calls.pop()
 
-    def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope) -> dict:
-        """Block parameter values from a call: positional, keyword, then defaults."""
+    def bind_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope,
+                   block_in: dict | None = None) -> dict:
+        """Block parameter values from a call: positional, keyword, then defaults (which may
+        read ``IN``, the call's input, from ``block_in``)."""
         signature = f"its signature is {block.signature()}"
         positional, keyword = self.evaluate_args(call.args, scope, block.name, exact=True)
         names = [p.name for p in block.params]
@@ -112,7 +125,7 @@ class BlockCalls:
                 raise NetdslError(f"block '{block.name}' needs argument '{param.name}'",
                                   call.loc, hint=signature)
             # Defaults may use program parameters and the block's earlier parameters.
-            env = ChainMap(values, self.params)
+            env = ChainMap(values, block_in or {}, self.params)
             for later in block.params[block.params.index(param) + 1:]:
                 use = _find_name(param.default, later.name)
                 if use is not None and later.name not in env:

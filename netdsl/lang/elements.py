@@ -11,9 +11,11 @@ from typing import Mapping
 
 from ..core.errors import NetdslError, did_you_mean
 from ..core.graph import Node
-from ..layers import LayerSpec, bind_args, get, lookup
+from ..layers import LayerSpec, bind_args, lookup
 from . import ast
 from .blocks import BlockCalls, TensorArg, start_error
+from .joins import Joins
+from .mistakes import note_calls
 from .suggest import suggest_layer
 from .scope import Namer, PendingRef, Scope, Tensor
 from .values import (FAILED, CascadeError, Word, as_count, cascade, evaluate,
@@ -37,17 +39,26 @@ class Target:
     base: str = ""                 # the name without compact numbers, as written
 
 
-class ChainExpander(BlockCalls):
+class ChainExpander(BlockCalls, Joins):
     """Turns chain statements into :class:`Node` records (inputs may be pending refs)."""
 
-    def __init__(self, params: Mapping, blocks: dict[str, ast.BlockDef]):
+    def __init__(self, params: Mapping, blocks: dict[str, ast.BlockDef], shapes=None,
+                 graph_data=dict, graph_name: str = "net", source=None):
         self.params = params
+        # What IN needs (netdsl.lang.prefix): the compiler's shape callback, and the graph data
+        # (params, train) that shape inference of a prefix reads.
+        self.shapes, self.graph_data = shapes, graph_data
+        self.graph_name, self.source = graph_name, source
+        self.prefix_graph = None       # the shaped part of the network (netdsl.lang.prefix)
+        self.prefix_failed: dict = {}  # node name -> the error that stopped its shaping
+        self.widths_read: dict = {}    # node name -> (arg, default width, IN's Location)
         self.blocks = blocks                    # lower-case name -> definition
         self.nodes: dict[str, Node] = {}
         self.refs: list[tuple[ast.Ref, Scope]] = []
         self.namer = Namer()
         self.root = Scope(None, "", (), "", params)
         self._active_blocks: list[str] = []
+        self.calls: list[tuple] = []     # (block name, call Location) of the blocks being expanded
         self._steps = 0
         self.errors: list[NetdslError] = []   # recovered from: reported together at the end
         self.last_loc = None      # the element expanded last: where a too-deep nesting is reported
@@ -100,8 +111,7 @@ class ChainExpander(BlockCalls):
             try:
                 count = as_count(evaluate(post.count, scope.env), post.count.loc, scope.env)
             except NetdslError as err:   # carry on as if once, to check the body too
-                if not isinstance(err, CascadeError):
-                    self.errors.append(err)
+                self.record(err)
                 count = 1
             if count > MAX_NODES:
                 raise NetdslError(f"repeat count {shown(count)} is more than the limit of "
@@ -127,7 +137,10 @@ class ChainExpander(BlockCalls):
                                         "or a false flag still counts each time it is repeated")
 
     def flag_is_on(self, el: ast.Element, post: ast.Optional, scope: Scope) -> bool:
-        """The boolean parameter that switches ``X?`` / ``X?(FLAG)``."""
+        """The boolean parameter that switches ``X?`` / ``X?(FLAG)``, or the value of the
+        condition ``X?(cond)``."""
+        if post.cond is not None:
+            return self.condition(post.cond, scope.env, "?(...)")
         if post.flag:
             name, loc = post.flag, post.flag_loc
             written = f"?({name})"
@@ -195,12 +208,16 @@ class ChainExpander(BlockCalls):
         """Record an error that does not stop the expansion (an unknown name, a bad argument)
         and stand in an identity for the element, so that the rest of the file is still
         checked and all its independent errors are reported at once."""
-        if not isinstance(err, CascadeError):
-            self.errors.append(err)
+        self.record(err)
         name = self.node_name(el.label, "error", scope, el)
         inputs = [current] if current is not None else []
         return self._add(Node(name, "identity", {}, inputs, el.loc, scope.frames,
                               {"placeholder": True}))
+
+    def record(self, err: NetdslError) -> None:
+        """Keep an error to report with the others, with the block calls it was found under."""
+        if not isinstance(err, CascadeError):
+            self.errors.append(note_calls(err, self.calls))
 
     def call(self, call: ast.Call, el: ast.Element, current, scope: Scope) -> Tensor:
         try:
@@ -334,53 +351,3 @@ class ChainExpander(BlockCalls):
             if name in names and names.index(name) < len(positional):
                 return positional[names.index(name)].loc
         return call.loc
-
-    # ---- joins ----------------------------------------------------------------------------
-    def join(self, join: ast.Join, el: ast.Element, current, scope: Scope) -> Tensor:
-        callee = join.callee
-        residual = callee.name.lower() == "residual" and lookup(callee.name) is None
-        if not residual:
-            target = self.resolve(callee)
-            if target.block is not None or not target.spec.multi_input:
-                raise NetdslError(f"'{callee.name}' cannot join branches", callee.name_loc,
-                                  hint="only layers with several inputs (concat, add) and "
-                                       "residual take { branch | branch }")
-        outputs = []
-        for branch in join.branches:
-            first = branch.elements[0]
-            if current is None and not isinstance(first.primary, ast.Ref):
-                raise NetdslError("a join at the start of a chain needs every branch to start "
-                                  "with '@name'", first.loc,
-                                  hint="there is no input before the join for this branch to use")
-            outputs.append(self.chain(branch, current, scope, ref_ok=True))
-        if residual:
-            spec, inputs, meta = self._residual(join, current, outputs)
-            attrs = bind_args(spec, [], {})
-        else:
-            spec, meta, inputs = target.spec, {}, outputs
-            low, high = spec.inputs
-            if len(outputs) < low or (high is not None and len(outputs) > high):
-                wanted = f"{low}" if low == high else (f"at least {low}" if high is None
-                                                       else f"{low} to {high}")
-                raise NetdslError(f"{spec.name} joins {wanted} branches, got {len(outputs)}",
-                                  callee.name_loc)
-            attrs = self.bind(spec, callee, target.numbers, scope)
-        name = self.node_name(el.label, spec.name, scope, el)
-        return self._add(Node(name, spec.name, attrs, inputs, el.loc, scope.frames, meta))
-
-    @staticmethod
-    def _residual(join: ast.Join, current, outputs):
-        """``residual { body }`` = add(body(x), x);
-        ``residual { body | shortcut }`` = add(body(x), shortcut(x))."""
-        if join.callee.args:
-            raise NetdslError("residual takes no arguments", join.callee.loc)
-        if len(outputs) == 1:
-            if current is None:
-                raise NetdslError("residual { body } needs an input to add back", join.loc,
-                                  hint="at the start of a chain write residual { body | shortcut }")
-            return get("add"), [outputs[0], current], {"residual": "auto"}
-        if len(outputs) == 2:
-            return get("add"), outputs, {"residual": "explicit"}
-        raise NetdslError(f"residual takes a body and at most one shortcut, got {len(outputs)} "
-                          "branches", join.loc, hint="write residual { body } or "
-                                                     "residual { body | shortcut }")

@@ -15,6 +15,7 @@ from .train_config import SETTING_TYPES as _TRAIN_KINDS  # train key -> "int", "
 from .train_config import coerce_setting
 from . import ast
 from .elements import ChainExpander
+from .mistakes import merge_repeats, missing_arrow
 from .resolve import build_graph
 from .values import (FAILED, CascadeError, Word, evaluate, is_finite_number, shown,
                      unbound_error)
@@ -25,12 +26,14 @@ LAYER_DEFAULT_KNOBS = ("WIDTH", "MAX_WIDTH", "HIDDEN", "ROUND")
 
 
 def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
-           name: str | None = None) -> nx.DiGraph:
+           name: str | None = None, shapes=None) -> nx.DiGraph:
     """Expand a parsed program into the network graph.
 
     ``overrides`` bind or replace program parameters (the CLI's ``--set K=V``). The graph's
-    ``name`` is the ``net`` statement's, else ``name``, else the file stem. Raises a located
-    NetdslError for any problem in the program.
+    ``name`` is the ``net`` statement's, else ``name``, else the file stem. ``shapes`` is the
+    compiler's shape inference, ``shapes(graph)``, run on the part of the network before a
+    block that reads ``IN`` (see netdsl.lang.prefix). Raises a located NetdslError for any
+    problem in the program.
     """
     overrides = dict(overrides or {})
     statements = program.statements
@@ -38,7 +41,18 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
     param_errors: list[NetdslError] = []
     params = _bind_params(program, overrides, blocks, param_errors)
 
-    expander = ChainExpander(params, blocks)
+    param_locs = {d.name: d.loc for s in statements if isinstance(s, ast.ParamStmt)
+                  for d in s.params}
+
+    def graph_data() -> dict:
+        try:
+            train = _train_settings(statements, params)
+        except NetdslError:       # reported by the full expansion below
+            train = {}
+        return {"params": dict(params), "param_locs": param_locs, "train": train}
+
+    expander = ChainExpander(params, blocks, shapes, graph_data, _network_name(program, name),
+                             program.source)
     expander.errors.extend(param_errors)
     chains = [s for s in statements if isinstance(s, ast.ChainStmt)]
     if not chains and param_errors:
@@ -48,17 +62,18 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                           hint="a network is described by at least one chain statement")
     try:
         first_output, first_loc = None, chains[0].chain.elements[-1].loc
+        before = {id(s): statements[k - 1] if k else None for k, s in enumerate(statements)}
         for i, stmt in enumerate(chains):
             try:
                 output = expander.statement(stmt.chain)
             except NetdslError as err:   # statements are independent: check the others too
                 if not isinstance(err, CascadeError):
-                    expander.errors.append(err)
+                    expander.errors.append(missing_arrow(err, stmt, before[id(stmt)]))
                 continue
             if i == 0:
                 first_output = output
         if expander.errors:
-            raise combined(expander.errors)
+            raise combined(merge_repeats(expander.errors))
         g = new_graph(_network_name(program, name), program.source)
         build_graph(g, expander.nodes, expander.refs, expander.namer, first_output, first_loc)
     except RecursionError:
@@ -70,9 +85,10 @@ def expand(program: ast.Program, overrides: dict[str, object] | None = None, *,
                                "after postfixes go too deep around here; flatten some of "
                                "them") from None
     g.graph["params"] = dict(params)
+    if expander.widths_read:      # default widths that IN read while expanding (lang.prefix)
+        g.graph["widths_read"] = dict(expander.widths_read)
     # Where each parameter is declared: later stages locate errors about a value (ROUND).
-    g.graph["param_locs"] = {d.name: d.loc for s in statements if isinstance(s, ast.ParamStmt)
-                             for d in s.params}
+    g.graph["param_locs"] = param_locs
     g.graph["train"] = _train_settings(statements, params)
     return g
 

@@ -57,7 +57,7 @@ def parse(source: SourceFile) -> ast.Program:
 MAX_DEPTH = 200
 
 # The tokens the AST is built from; the rest is punctuation (kept only for positions).
-_KEPT = frozenset({"NAME", "COMPACT", "REF", "DIMS", "FLOAT", "INT", "STRING"})
+_KEPT = frozenset({"NAME", "COMPACT", "REF", "DIMS", "FLOAT", "INT", "STRING", "RESIDUAL_IF"})
 
 
 def _first_token(tree) -> Token | None:
@@ -183,11 +183,13 @@ class _ToAst:
         return ast.TrainItem(str(key), value, loc)
 
     def chain_stmt(self, meta, children):
-        return ast.ChainStmt(children[0], self._loc(meta))
+        # The statement's span reaches past its chain's only when a ';' ends it.
+        return ast.ChainStmt(children[0], self._loc(meta),
+                             terminated=meta is not None and meta[1] != children[0].end)
 
     # -- chains -----------------------------------------------------------------------------
     def chain(self, meta, children):
-        return ast.Chain(list(children), self._loc(meta))
+        return ast.Chain(list(children), self._loc(meta), meta[1] if meta else None)
 
     def element(self, meta, children):
         label = label_loc = None
@@ -226,6 +228,12 @@ class _ToAst:
     def join(self, meta, children):
         return ast.Join(children[0], children[1], self._loc(meta))
 
+    def cond_residual(self, meta, children):
+        token, cond, branches = children
+        name_loc = Location(self.source, token.line, token.column, len("residual"))
+        callee = ast.Call("residual", [], name_loc, name_loc)
+        return ast.Join(callee, branches, self._loc(meta), cond=cond)
+
     def branches(self, meta, children):
         return list(children)
 
@@ -249,11 +257,12 @@ class _ToAst:
         return value
 
     def optional(self, meta, children):
-        flag = children[0] if children else None
-        return ast.Optional(str(flag) if flag else None, self._tok(flag) if flag else None,
-                            self._loc(meta))
+        cond = children[0] if children else None
+        if isinstance(cond, ast.Name):      # ?(FLAG): a boolean parameter, by name
+            return ast.Optional(cond.id, cond.loc, self._loc(meta))
+        return ast.Optional(None, cond.loc if cond else None, self._loc(meta), cond=cond)
 
-    def flag(self, meta, children):
+    def cond(self, meta, children):
         return children[0]
 
     # -- expressions ------------------------------------------------------------------------
@@ -264,6 +273,17 @@ class _ToAst:
 
     add, sub, mul = _binop("+"), _binop("-"), _binop("*")
     div, floordiv, mod = _binop("/"), _binop("//"), _binop("%")
+    eq, ne, lt, le, gt, ge = (_binop("=="), _binop("!="), _binop("<"), _binop("<="),
+                              _binop(">"), _binop(">="))
+    and_, or_ = _binop("and"), _binop("or")
+
+    def not_(self, meta, children):
+        return ast.Unary("not", children[0], self._loc(meta))
+
+    def attr(self, meta, children):
+        value, attr = children
+        return ast.Attr(ast.Name(str(value), self._tok(value)), str(attr), self._loc(meta),
+                        self._tok(attr))
 
     def neg(self, meta, children):
         return ast.Unary("-", children[0], self._loc(meta))

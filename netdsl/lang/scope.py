@@ -40,10 +40,11 @@ class Scope:
         return Scope(self, self.prefix, self.frames + (Frame("repeat", repeat_id, index, count),),
                      self.suffix + (f"_{index}" if count > 1 else ""), self.env)
 
-    def block(self, instance: str, block_name: str, env: Mapping, call: str = "") -> "Scope":
+    def block(self, instance: str, block_name: str, env: Mapping, call: str = "",
+              called_at: Location | None = None) -> "Scope":
         """The scope of a block instance whose full name is ``instance`` (``call``: the call
-        as written)."""
-        frame = Frame("block", instance, 0, 1, block=block_name, call=call)
+        as written, ``called_at``: where)."""
+        frame = Frame("block", instance, 0, 1, block=block_name, call=call, called_at=called_at)
         return Scope(self, instance + "/", self.frames + (frame,), "", env)
 
     def check_new_label(self, label: str, loc: Location | None) -> None:

@@ -17,10 +17,11 @@ _TERMINAL_WORDS = {
     "NAME": "a name", "COMPACT": "a compact layer name such as CONV3-64", "REF": "@name",
     "INT": "a number", "FLOAT": "a number", "DIMS": "dimensions such as 32x32x3",
     "STRING": 'a "string"', "$END": "end of file",
+    "RESIDUAL_IF": "residual?(condition) { body }",
 }
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {v: k for k, v in _OPENERS.items()}
-_OPERATORS = {"+", "-", "*", "/", "//", "%"}
+_OPERATORS = {"+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"}
 
 
 def _scan(text: str, on_char, on_open_string=None, on_string=None) -> None:

@@ -98,6 +98,47 @@ def number_from_text(text: str, loc: Location | None, what: str = "number"):
     return value
 
 
+class BlockInput:
+    """``IN`` inside a block: the block's input tensor, whose shape is inferred on first use
+    (``shape()`` runs shape inference over what precedes the call). ``IN.h``, ``IN.w``,
+    ``IN.c`` read an H×W×C map; ``IN.c`` is the feature count of a flat input."""
+
+    ATTRS = ("h", "w", "c")
+
+    def __init__(self, shape_fn):
+        self._shape_fn = shape_fn
+        self._shape = None
+
+    def shape(self) -> tuple:
+        if self._shape is None:
+            self._shape = tuple(self._shape_fn())
+        return self._shape
+
+    def attribute(self, expr: ast.Attr):
+        """The value of ``IN.<attr>``; a located error for an unknown one or the wrong rank."""
+        name = expr.attr.lower()
+        if name not in self.ATTRS:
+            raise NetdslError(f"'{expr.value.id}.{expr.attr}' is not a size of the block's input",
+                              expr.attr_loc, hint="IN.h, IN.w and IN.c are its height, width "
+                              "and channels" + (f"; {did_you_mean(name, list(self.ATTRS))}"
+                                                if did_you_mean(name, list(self.ATTRS)) else ""))
+        shape = self.shape()
+        if len(shape) == 3:
+            return shape["hwc".index(name)]
+        if len(shape) == 1 and name == "c":
+            return shape[0]
+        dims = "×".join(map(str, shape)) or "a scalar"
+        raise NetdslError(f"'{expr.value.id}.{expr.attr}': the block's input is {dims}, not an "
+                          "H×W×C map", expr.loc,
+                          hint="IN.c is the feature count of a flat input; IN.h and IN.w need a map")
+
+    def __repr__(self) -> str:
+        return "IN"
+
+
+_COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+                ">": operator.gt, ">=": operator.ge}
+
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
                "//": operator.floordiv, "%": operator.mod}
 
@@ -130,13 +171,27 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
         return Word(expr.id, expr.loc)
     if isinstance(expr, ast.Dims):
         return _dims(expr, env, declared_later)
+    if isinstance(expr, ast.Attr):
+        return _attribute(expr, env, declared_later)
     if isinstance(expr, ast.Unary):
         value = evaluate(expr.operand, env, join_words=join_words, declared_later=declared_later)
+        if expr.op == "not":
+            return not _need_bool(value, expr.operand, env, "not")
         _need_number(value, expr.operand, env, expr.op)
         return -value if expr.op == "-" else value
+    if isinstance(expr, ast.BinOp) and expr.op in ("and", "or"):
+        # Short-circuit, as in Python: `IN.c == c or ...` reads no more than it needs.
+        left = _need_bool(evaluate(expr.left, env, declared_later=declared_later), expr.left,
+                          env, expr.op)
+        if left == (expr.op == "or"):
+            return left
+        return _need_bool(evaluate(expr.right, env, declared_later=declared_later), expr.right,
+                          env, expr.op)
     if isinstance(expr, ast.BinOp):
         left = evaluate(expr.left, env, join_words=join_words, declared_later=declared_later)
         right = evaluate(expr.right, env, join_words=join_words, declared_later=declared_later)
+        if expr.op in _COMPARISONS:
+            return _compare(expr, left, right, env)
         if join_words and expr.op == "+" and isinstance(left, str) and isinstance(right, str):
             return f"{left}+{right}"
         _need_number(left, expr.left, env, expr.op)
@@ -153,6 +208,47 @@ def evaluate(expr: ast.Expr, env: Mapping, *, join_words: bool = False,
                               hint=_NUMBER_HINT)
         return result
     raise TypeError(f"not an expression: {expr!r}")  # a parser bug, not a user error
+
+
+def _attribute(expr: ast.Attr, env: Mapping, declared_later):
+    value = evaluate(expr.value, env, declared_later=declared_later)
+    if isinstance(value, BlockInput):
+        return value.attribute(expr)
+    if expr.value.id == "IN" and isinstance(value, Word):
+        raise NetdslError(f"'IN.{expr.attr}' is used outside a block", expr.loc,
+                          hint="IN is the input of a block: use it inside 'block name(...) { }'")
+    raise NetdslError(f"'{expr.value.id}' has no sizes to read with '.{expr.attr}'", expr.loc,
+                      hint="only a block's input has them: IN.h, IN.w, IN.c")
+
+
+def _need_bool(value, node: ast.Expr, env: Mapping, op: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Word):
+        raise unbound_error(str(value), value.loc, env)
+    raise NetdslError(f"'{op}' needs true or false, got {shown(value)}", node.loc,
+                      hint="compare numbers to get true or false: c == 64, stride > 1")
+
+
+def _compare(expr: ast.BinOp, left, right, env: Mapping) -> bool:
+    """``==``/``!=`` compare any two values (numbers, booleans, text, dimensions); the order
+    comparisons need two numbers."""
+    for value, side in ((left, expr.left), (right, expr.right)):
+        if isinstance(value, BlockInput):
+            raise NetdslError("IN is a tensor, not a number", side.loc,
+                              hint="compare one of its sizes: IN.c, IN.h, IN.w")
+    if expr.op in ("==", "!="):
+        # A Word against a number is an undeclared parameter, not an unequal value.
+        for value, other in ((left, right), (right, left)):
+            if isinstance(value, Word) and _is_number(other):
+                raise unbound_error(str(value), value.loc, env)
+        same = left == right if type(left) is type(right) or (
+            _is_number(left) and _is_number(right)) or (
+            isinstance(left, str) and isinstance(right, str)) else False
+        return same if expr.op == "==" else not same
+    _need_number(left, expr.left, env, expr.op)
+    _need_number(right, expr.right, env, expr.op)
+    return _COMPARISONS[expr.op](left, right)
 
 
 def _dims(expr: ast.Dims, env: Mapping, declared_later) -> tuple:
@@ -183,6 +279,9 @@ def _need_number(value, node: ast.Expr, env: Mapping, op: str) -> None:
                                f"declare '{value}' with 'param {value} = ...'")
     if isinstance(value, Word):
         raise unbound_error(str(value), value.loc, env)
+    if isinstance(value, BlockInput):
+        raise NetdslError("IN is a tensor, not a number", node.loc,
+                          hint="read one of its sizes: IN.c, IN.h, IN.w")
     raise NetdslError(f"'{op.removesuffix('right')}' needs numbers, got {value!r}", node.loc)
 
 

@@ -295,10 +295,13 @@ def bind_args(spec: LayerSpec, positional: list, keyword: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by several shape rules.
 
-ROUNDING = ("exact", "floor", "ceil")
+ROUNDING = ("cover", "exact", "floor", "ceil")
 """How a windowed layer's output size (I − K_eff + 2P)/S + 1 is rounded when it is not whole:
-``exact`` refuses (the course notes' rule, the language's default), ``floor`` drops the last
-partial window (PyTorch, Caffe convolution), ``ceil`` keeps it (Caffe pooling)."""
+``cover`` (the language's default) floors when the windows still read every real input pixel,
+only padding being left over (ResNet's 7×7/2, pad 3 on 224), and refuses when real pixels would
+be dropped (AlexNet's 11×11/4 on 224); ``exact`` refuses any remainder (the course notes'
+rule), ``floor`` drops the last partial window (PyTorch, Caffe convolution), ``ceil`` keeps it
+(Caffe pooling)."""
 
 
 def _fraction(num: int, den: int) -> str:
@@ -311,12 +314,31 @@ def out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
     """O = (I − K_eff + 2P)/S + 1, rounded as ``rounding`` says (one of ROUNDING; ``ceil=True``
     means "ceil"; anything else, e.g. an unresolved AUTO, means "floor" as in PyTorch).
 
-    A ShapeError showing the arithmetic when the size is not positive, or when it is not whole
-    under "exact" rounding; that error carries ``rounding_error = (size, k_eff, pad, stride)``
-    and a hint with the nearest input sizes that divide."""
+    A ShapeError showing the arithmetic when the size is not positive, when it is not whole
+    under "exact" rounding, or when "cover" rounding would drop real input pixels; that error
+    carries ``rounding_error = (size, k_eff, pad, stride)`` and a hint with the nearest input
+    sizes that divide."""
     mode = "ceil" if ceil else (rounding if rounding in ROUNDING else "floor")
     k_eff = dilation * (kernel - 1) + 1
     span = size - k_eff + 2 * pad
+    if mode == "cover" and span >= 0 and span % stride:
+        # The last window ends at padded position (O−1)·S + K_eff; the real pixels end at P + I.
+        dropped = pad + size - ((span // stride) * stride + k_eff)
+        if dropped <= 0:
+            mode = "floor"            # only padding is left over: nothing real is lost
+        else:
+            below, above = size - span % stride, size + stride - span % stride
+            err = ShapeError(
+                f"{what} k={kernel} stride {stride} drops the last {dropped} input "
+                f"pixel{'s' * (dropped > 1)} of the {size}-wide input",
+                detail=f"({size} − {k_eff} + 2·{pad})/{stride} + 1 = {_fraction(span, stride)}: "
+                       f"the last window ends {dropped} pixel{'s' * (dropped > 1)} before "
+                       "the input does",
+                hint=f"the nearest sizes that fit are {below} and {above}; or pad the input, or "
+                     "round: add round=floor (PyTorch) to this layer, or 'param ROUND = floor' "
+                     "to the file")
+            err.rounding_error = (size, k_eff, pad, stride)
+            raise err
     if mode == "exact" and span >= 0 and span % stride:
         below, above = size - span % stride, size + stride - span % stride
         err = ShapeError(

@@ -353,9 +353,10 @@ register(LayerSpec(
           Arg("groups", "int", 1, doc="channel groups (depthwise when = channels)", minimum=1),
           Arg("bias", "bool", True, doc="add a learned per-filter bias"),
           Arg("init", "str", "he", doc="weight initialiser", choices=("he", "glorot", "lecun")),
-          # AUTO: the file's ROUND (default exact). No framework rounds convolutions up.
-          Arg("round", "str", AUTO, doc="output size not whole: exact (error) or floor",
-              choices=("exact", "floor"))),
+          # AUTO: the file's ROUND (default cover). No framework rounds convolutions up.
+          Arg("round", "str", AUTO, doc="output size not whole: cover (floor unless real "
+              "pixels are dropped, then an error), exact (error) or floor",
+              choices=("cover", "exact", "floor"))),
     infer_shape=_conv_shape, forward=_conv_forward, backward=_conv_backward,
     params=_conv_params, macs=_conv_macs, compact=("kernel", "filters"),
     label=("filters", "kernel", "stride", "dilation", "groups"), style=CONV_STYLE,

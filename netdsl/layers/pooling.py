@@ -185,9 +185,10 @@ def pool_args(kind_default: str):
             Arg("pad", "pair", (0, 0), doc="pixels of padding per side", minimum=0),
             Arg("kind", "str", kind_default, doc="max or avg", choices=("max", "avg")),
             Arg("ceil", "bool", False, doc="round the output size up (Caffe style): round=ceil"),
-            # AUTO: the file's ROUND (default exact).
-            Arg("round", "str", AUTO, doc="output size not whole: exact (error), floor or ceil",
-                choices=("exact", "floor", "ceil")),
+            # AUTO: the file's ROUND (default cover).
+            Arg("round", "str", AUTO, doc="output size not whole: cover (floor unless real "
+                "pixels are dropped, then an error), exact (error), floor or ceil",
+                choices=("cover", "exact", "floor", "ceil")),
             Arg("count_include_pad", "bool", True, doc="avg: padding counts in the divisor "
                 "(PyTorch's default); false: divide by the real pixels only"))
 
