@@ -117,9 +117,12 @@ def _inline_joins(layers, order, consumers) -> dict:
     return out
 
 
-def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, dict]:
-    """(.net text, {layer index: label}) for ``layers`` whose prediction is layer ``output``.
-    Layers the output does not depend on are left out."""
+def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, dict, list]:
+    """(.net text, {layer index: label}, spans) for ``layers`` whose prediction is layer
+    ``output``; spans are (start, end, layer index), the characters each layer's element
+    takes in the text (nested for inline joins), so that an error found in the written text
+    can be told in terms of the layer it came from. Layers the output does not depend on are
+    left out."""
     live, stack = set(), [output]
     while stack:
         i = stack.pop()
@@ -159,7 +162,10 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
     labels = _labels(layers, consumers,
                      lambda i: i in referenced or bool(layers[i].params))
 
-    def element(i):
+    def element(i):   # marked: \x01index\x02 text \x03 (removed by _spans)
+        return f"\x01{i}\x02{bare(i)}\x03"
+
+    def bare(i):
         if i in inline:
             fork, branches = inline[i]
             texts = [_wrap([element(k) for k in b]) if b else f"@{labels[fork]}"
@@ -180,10 +186,34 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         if len(inputs[first]) == 1:   # starts from a labelled layer's output
             elements.insert(0, f"@{labels[inputs[first][0]]}")
         one_line = " -> ".join(elements)
-        statements.append(one_line if len(one_line) <= 60 and "\n" not in one_line else
+        statements.append(one_line if _width(one_line) <= 60 and "\n" not in one_line else
                           elements[0] + "".join(f"\n  -> {e}" for e in elements[1:]))
     text = (header + f"net {name}\n\n" + _round_param() + "\n\n".join(statements) + "\n")
-    return text, labels
+    return _finish(text, labels)
+
+
+def _width(text: str) -> int:
+    """Characters shown: the length without the layer markers."""
+    return len(_MARK.sub("", text))
+
+
+_MARK = re.compile("\x01\\d+\x02|\x03")
+
+
+def _finish(text: str, labels: dict) -> tuple[str, dict, list]:
+    """The text without markers, the labels, and each marked layer's (start, end, index)."""
+    out, spans, stack, pos, at = [], [], [], 0, 0
+    for m in _MARK.finditer(text):
+        out.append(text[pos:m.start()])
+        at += m.start() - pos
+        pos = m.end()
+        if m.group() == "\x03":
+            start, i = stack.pop()
+            spans.append((start, at, i))
+        else:
+            stack.append((at, int(m.group()[1:-1])))
+    out.append(text[pos:])
+    return "".join(out), labels, spans
 
 
 def _round_param() -> str:
@@ -199,7 +229,7 @@ def _wrap(elements: list[str], width: int = 88) -> str:
     """A branch's elements joined by ' -> ', continued on indented lines past ``width``."""
     lines = [elements[0]]
     for e in elements[1:]:
-        if len(lines[-1]) + len(e) + 4 > width - 7:
+        if _width(lines[-1]) + _width(e) + 4 > width - 7:
             lines.append(f"-> {e}")
         else:
             lines[-1] += f" -> {e}"

@@ -13,6 +13,7 @@ pool's N×C×1×1) and ``nhwc`` (a Transpose to channel-last, which a Flatten tu
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,8 @@ import numpy as np
 from ..core.errors import NetdslError
 from ..lang.values import as_identifier, source_comment
 from .onnx_export import require_onnx
-from .onnx_import_ops import HANDLERS, Value
+from .onnx_import_ops import HANDLERS
+from .onnx_import_windows import Value
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Layer:
     inputs: list
     params: dict = field(default_factory=dict)
     hint: str = ""                      # the ONNX node name, for the label
+    where: str = ""                     # "node 3 'name' (Op)", for errors found later
 
 
 class _Importer:
@@ -57,6 +60,7 @@ class _Importer:
                                   "values, not numbers",
                                   hint="weights must be float or integer tensors")
         self.layers: list[Layer] = []
+        self.where = "the graph input"
         self.values: dict[str, Value] = {}
         self.notes: list[str] = []
         try:   # strict: a weight that does not fit its input is the file's error, said here
@@ -84,6 +88,12 @@ class _Importer:
             self.values[inputs[0].name] = Value(self.add("input", {"shape": (h, w, c)}, []),
                                                 "map", (c, h, w))
         self.graph = g
+        # How many nodes (and graph outputs) read each tensor: a bias may join an FC only
+        # when nothing else reads the product without it.
+        self.readers = Counter([n for node in g.node for n in node.input if n] +
+                               [o.name for o in g.output])
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          17)
 
     def error(self, message: str, node=None, index: int = -1, hint: str | None = None):
         where = f"node {index} '{node.name}' ({node.op_type}): " if node is not None else ""
@@ -91,7 +101,7 @@ class _Importer:
                            f"{self.path}: the model {message}", hint=hint)
 
     def add(self, op: str, args: dict, inputs: list, params=None, hint: str = "") -> int:
-        self.layers.append(Layer(op, args, list(inputs), params or {}, hint))
+        self.layers.append(Layer(op, args, list(inputs), params or {}, hint, self.where))
         return len(self.layers) - 1
 
     # -- helpers for node handlers -------------------------------------------------------
@@ -133,7 +143,10 @@ class _Importer:
 
     def run(self) -> None:
         for index, node in enumerate(self.graph.node):
+            if self.fold(node, index):
+                continue
             handler = HANDLERS.get(node.op_type)
+            self.where = f"node {index} '{node.name}' ({node.op_type})"
             if handler is None:
                 raise self.error("has no netdsl layer", node, index,
                                  hint="netdsl imports: " + ", ".join(sorted(HANDLERS)))
@@ -149,6 +162,32 @@ class _Importer:
                 raise self.error(f"its weights or attributes do not fit its input "
                                  f"({type(exc).__name__}: {exc})", node, index) from None
 
+    def fold(self, node, index) -> bool:
+        """Evaluate a node that computes constants, making its outputs constants: exporters
+        write an Identity of an initializer (equal folded biases merged), Constant nodes, and
+        Shape→Gather→Concat chains of sizes that are fixed. True when the node was folded."""
+        ins = [n for n in node.input if n]
+        feeds = {}
+        if node.op_type == "Shape" and ins and ins[0] in self.values:
+            dims = self.shapes.get(ins[0])
+            if not dims or None in dims:
+                return False
+            # Only the shape is read: a zero-strided array of that shape costs nothing.
+            feeds[ins[0]] = np.broadcast_to(np.float32(0), dims)
+        elif not (node.op_type == "Constant" or ins and all(n in self.consts for n in ins)) \
+                or node.op_type.startswith("Random") or node.domain not in ("", "ai.onnx"):
+            return False
+        feeds.update({n: self.consts[n] for n in ins if n in self.consts})
+        from onnx.reference import ReferenceEvaluator
+        try:
+            outs = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+        except Exception as exc:   # whatever the reference evaluator refuses: the file's problem
+            raise self.error(f"computes constants netdsl could not evaluate "
+                             f"({type(exc).__name__}: {str(exc)[:200]})", node, index) from None
+        for name, value in zip(node.output, outs):
+            if name:
+                self.consts[name] = np.asarray(value)
+        return True
 
 _KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",
                "gap": "globally pooled N×C×1×1 map", "nhwc": "channel-last (transposed) map"}
@@ -169,7 +208,8 @@ def read_model(path: str):
 
 
 def import_model(model, path: str, name: str):
-    """(.net text, params {node: {name: array}}, notes, layer count) for an ONNX model."""
+    """(.net text, params {node: {name: array}}, notes, input shape, origin) for an ONNX
+    model; ``origin(error)`` retells an error found in the written text at its ONNX node."""
     from .net_writer import write_net
     imp = _Importer(model, path)
     imp.run()
@@ -190,10 +230,23 @@ def import_model(model, path: str, name: str):
         out = Value(imp.as_flat(outputs[0].name, fake, len(imp.graph.node)), "flat")
     header = (f"# Imported from {source_comment(path)} by netdsl import.\n"
               "# The loss (softmax cross-entropy) is implicit; weights are in the checkpoint.\n")
-    text, labels = write_net(imp.layers, out.layer, name, header)
+    text, labels, spans = write_net(imp.layers, out.layer, name, header)
     params = {labels[i]: layer.params for i, layer in enumerate(imp.layers)
               if layer.params and i in labels}
-    return text, params, imp.notes, imp.layers[0].args["shape"]
+
+    def origin(exc: NetdslError) -> NetdslError:
+        layer = None
+        if exc.loc is not None and exc.loc.line > 0:
+            offset = sum(len(s) + 1 for s in text.split("\n")[:exc.loc.line - 1]) + \
+                max(exc.loc.col - 1, 0)
+            inside = [(e - s, i) for s, e, i in spans if s <= offset < e]
+            layer = imp.layers[min(inside)[1]] if inside else None
+        where = f"{layer.where}: its netdsl layer {layer.op.upper()} is invalid" if layer \
+            else "the network netdsl writes for it does not compile"
+        return NetdslError(f"{path}: {where}: {exc.message}", detail=exc.detail,
+                           hint=exc.hint)
+
+    return text, params, imp.notes, imp.layers[0].args["shape"], origin
 
 
 def import_file(model_path: str, net_path: str, weights_path: str, *, name=None) -> dict:
@@ -206,9 +259,12 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     from .trained import bind_params
     name = as_identifier(name or Path(net_path).stem, "imported")
     model = read_model(model_path)
-    text, params, notes, input_shape = import_model(model, model_path, name)
+    text, params, notes, input_shape, origin = import_model(model, model_path, name)
     # Every width is written out, so num_classes fills nothing; it only spares a data lookup.
-    c = compile_text(text, name=str(net_path), input_shape=input_shape, num_classes=2)
+    try:
+        c = compile_text(text, name=str(net_path), input_shape=input_shape, num_classes=2)
+    except NetdslError as exc:   # told at the ONNX node: the user never saw the .net text
+        raise origin(exc) from None
     bound = bind_params(c.graph, params, model_path)
     from ..core import graph as G
     from ..compile.verify import main_head
