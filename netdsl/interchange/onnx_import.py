@@ -73,13 +73,26 @@ class _Importer:
                        for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
-            raise self.error(f"has {len(inputs)} data inputs; netdsl networks have one")
+            message = f"has {len(inputs)} data inputs; netdsl networks have one"
+            if g.node and not inputs:   # a model of constants: told at its first node
+                raise self.error("the model " + message, g.node[0], 0)
+            raise self.error(message)
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in inputs[0].type.tensor_type.shape.dim]
         if len(dims) not in (2, 4) or None in dims[1:] or 0 in dims[1:]:
-            raise self.error(f"input '{inputs[0].name}' has shape {dims}; netdsl imports "
-                             "models with a fixed N×C×H×W (or N×F) input",
-                             hint="export the model with fixed sizes but the batch")
+            # told at the node that reads it: a 3-D input is that operator's case too
+            index, node = next(((i, n) for i, n in enumerate(g.node)
+                                if inputs[0].name in n.input), (-1, None))
+            raise self.error(f"reads the model input '{inputs[0].name}' of shape {dims}; "
+                             "netdsl imports models with a fixed N×C×H×W (or N×F) input",
+                             node, index, hint="export the model with fixed sizes but the batch")
+        elem = inputs[0].type.tensor_type.elem_type
+        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            index, node = next(((i, n) for i, n in enumerate(g.node)
+                                if inputs[0].name in n.input), (-1, None))
+            raise self.error(f"reads the model input '{inputs[0].name}' of type "
+                             f"{onnx.TensorProto.DataType.Name(elem).lower()}; netdsl computes "
+                             "in float32", node, index)
         if len(dims) == 2:   # a vector input: INPUT(F) (needs a netdsl with flat inputs)
             self.values[inputs[0].name] = Value(self.add("input", {"shape": (dims[1],)}, []),
                                                 "flat")
@@ -225,9 +238,10 @@ def import_model(model, path: str, name: str):
                           "depend on its input (a constant, or an initializer), so it is no "
                           "network netdsl can write",
                           hint="export the network whose output is computed from the input")
-    if out.kind != "flat":
-        fake = type("N", (), {"name": outputs[0].name, "op_type": "output"})()
-        out = Value(imp.as_flat(outputs[0].name, fake, len(imp.graph.node)), "flat")
+    if out.kind != "flat":   # told at the node that makes the output
+        index, node = next((i, n) for i, n in enumerate(imp.graph.node)
+                           if outputs[0].name in n.output)
+        out = Value(imp.as_flat(outputs[0].name, node, index), "flat")
     header = (f"# Imported from {source_comment(path)} by netdsl import.\n"
               "# The loss (softmax cross-entropy) is implicit; weights are in the checkpoint.\n")
     text, labels, spans = write_net(imp.layers, out.layer, name, header)

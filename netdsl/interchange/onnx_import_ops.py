@@ -161,19 +161,25 @@ def _identity(imp, node, index, a):
 
 
 def _softmax(imp, node, index, a):
-    outputs = {o.name for o in imp.graph.output}
-    if node.output[0] not in outputs:
-        v = imp.values[node.input[0]]
-        rank = 4 if v.kind in ("map", "chw") else 2
-        if not has_layer("softmax") or v.kind == "chw" or a.get("axis", -1) % rank != 1:
-            raise imp.error("a softmax inside the network (other than over channels) has no "
-                            "netdsl layer", node, index)
-        layer = imp.add("softmax", {}, [v.layer], hint=node.name)
-        imp.values[node.output[0]] = Value(layer, v.kind)
+    v = imp.values[node.input[0]]
+    dims = imp.shapes.get(node.input[0]) or [None] * (4 if v.kind in ("map", "nhwc") else 2)
+    # Before opset 13, Softmax flattens from its axis (default 1) and normalises all of that.
+    axis = a.get("axis", -1 if imp.opset >= 13 else 1) % len(dims)
+    over_channels = axis == 1 and (
+        v.kind in ("flat", "gap") or v.kind == "chw" and v.chw[1] * v.chw[2] == 1 or
+        v.kind == "map" and (imp.opset >= 13 or dims[2:] == [1, 1]))
+    if not over_channels:
+        raise imp.error(f"normalises over axis {axis} of a {len(dims)}-D tensor (opset "
+                        f"{imp.opset}); netdsl has a softmax over channels only", node, index)
+    if node.output[0] in {o.name for o in imp.graph.output} and v.kind != "map":
+        imp.values[node.output[0]] = v
+        imp.notes.append(f"the final Softmax '{node.name}' was dropped: netdsl's loss applies "
+                         "it, and predict prints probabilities")
         return
-    imp.values[node.output[0]] = imp.values[node.input[0]]
-    imp.notes.append(f"the final Softmax '{node.name}' was dropped: netdsl's loss applies it, "
-                     "and predict prints probabilities")
+    if not has_layer("softmax"):
+        raise imp.error("a softmax inside the network has no netdsl layer", node, index)
+    layer = imp.add("softmax", {}, [v.layer], hint=node.name)
+    imp.values[node.output[0]] = Value(layer, v.kind, v.chw)
 
 
 def _leakyrelu(imp, node, index, a):

@@ -128,6 +128,10 @@ def unsqueeze(imp, node, index, a):
 
 def transpose(imp, node, index, a):
     """Transpose NCHW → NHWC, as written before a Flatten."""
+    v = imp.values[node.input[0]]
+    if v.kind == "gap" and list(a.get("perm", [])) == [0, 2, 3, 1]:
+        imp.values[node.output[0]] = v      # N×C×1×1 → N×1×1×C: the same numbers in order
+        return
     v = imp.as_map(node.input[0], node, index)
     if list(a.get("perm", [])) != [0, 2, 3, 1]:
         raise imp.error(f"transposes with perm {list(a.get('perm', []))}; netdsl imports only "
