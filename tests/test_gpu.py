@@ -90,7 +90,10 @@ def _layer_arrays(spec, bound, shapes, seed=0):
         elif ps.init == "zeros":
             value = 0.5 * rng.normal(size=ps.shape)
         params[name] = value
-    labels = rng.integers(0, shapes[0][-1], size=BATCH) if spec.role == "loss" else None
+    labels = None
+    if spec.role == "loss":   # float targets for mse/l1/smooth_l1/bce (their make_labels)
+        labels = (spec.make_labels(rng, shapes, BATCH) if spec.make_labels is not None
+                  else rng.integers(0, shapes[0][-1], size=BATCH))
     outs = spec.infer_shape(bound, shapes)
     outs = outs if spec.outputs > 1 else (outs,)
     douts = [rng.normal(size=(() if len(s) == 0 else (BATCH,) + tuple(s))) for s in outs]

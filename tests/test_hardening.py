@@ -143,7 +143,6 @@ def test_idx_type_byte_is_named(tmp_path):
     (np.arange(20) * 1_000_000, "label 1000000"),
     (np.full(20, 2**63 - 1, np.uint64), "at most 100,000 classes"),
     (-np.arange(20), "negative"),
-    (np.arange(20) + 0.5, "integer class ids"),
     (np.arange(19), "count mismatch"),
 ])
 def test_npz_labels_out_of_bounds(tmp_path, y, words):
@@ -152,6 +151,16 @@ def test_npz_labels_out_of_bounds(tmp_path, y, words):
     with pytest.raises(NetdslError) as err:
         load_dataset(f"npz:{path}")
     assert words in err.value.message
+
+
+def test_npz_fractional_labels_are_regression_targets(tmp_path):
+    """Not whole numbers: one float target per example (a classifier head then refuses them
+    when `run` starts, tests/test_run_targets.py)."""
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((20, 8, 8)), y=np.arange(20) + 0.5)
+    data = load_dataset(f"npz:{path}")
+    assert data.num_classes == 1 and data.y_train.shape == (16, 1)
+    assert data.y_train.dtype == np.float32 and data.y_train[3, 0] == 3.5
 
 
 def test_npz_header_that_lies_about_its_shape(tmp_path):

@@ -43,8 +43,16 @@ STRIDED_INPUTS_NET = """
 INPUT(24x24x3) -> LOCAL(8, 3) -> RELU -> CROP(size=16x16) -> CONV(8, 3) -> LOCAL(6, 3)
   -> CROP(size=11x11) -> BN -> CROP(size=10x9) -> FC
 """
+# The mobile activations (relu6 keeps its output, silu/hswish/hsigmoid their input) and the
+# squeeze-and-excitation gate (binary mul)
+MOBILE_ACTS_NET = """
+INPUT(12x12x3) -> CONV(8, 3) -> SILU -> CONV(8, 3) -> RELU6 -> CONV(8, 3) -> HSWISH
+  -> mul { IDENTITY | GAP(keep=true) -> CONV(8, 1) -> SIGMOID }
+  -> CONV(8, 3) -> HSIGMOID -> FC
+"""
 # Nets whose oneDNN steps read or get strided views (the kernels copy them)
-TEXT_NETS = {"strided_grads": STRIDES_NET, "strided_inputs": STRIDED_INPUTS_NET}
+TEXT_NETS = {"strided_grads": STRIDES_NET, "strided_inputs": STRIDED_INPUTS_NET,
+             "mobile_acts": MOBILE_ACTS_NET}
 
 
 def _executor(name, mode):

@@ -83,7 +83,9 @@ def cmd_layers(args) -> int:
         sig = ", ".join(f"{a.name}={_as_written(a.default)}" for a in spec.args)
         print(f"{names}\n    {spec.doc}\n    args: {sig or '-'}")
         outputs = getattr(spec, "output_names", ())
-        if spec.outputs > 1:   # read other outputs as @label.name or @label.index
+        if spec.outputs_arg:   # as many outputs as an argument says (split's parts)
+            print(f"    outputs: 0 … {spec.outputs_arg}−1")
+        elif spec.outputs > 1:   # read other outputs as @label.name or @label.index
             print("    outputs: " + ", ".join(f"{i} {n}" if n else str(i) for i, n in
                                               enumerate(list(outputs) + [""] * spec.outputs)
                                               if i < spec.outputs))

@@ -83,9 +83,12 @@ def check_heads(g, num_classes: int, data_name: str, per_position: bool = True) 
     from ..core.graph import node
     from ..compile.verify import losses
     from ..layers import get
+    from ..layers.loss_targets import TARGET_LOSSES
     for head in losses(g):
         src = node(g, head.inputs[0][0])
         width = src.out_shapes[head.inputs[0][1]]
+        if get(head.op).name in TARGET_LOSSES + ("output",):
+            continue  # held against the targets themselves once they are read (check_labels)
         if get(head.op).name == "softmax_xent2d":
             if per_position and len(width) == 3 and width[2] < num_classes:
                 raise NetdslError(

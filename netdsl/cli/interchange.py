@@ -123,6 +123,9 @@ def cmd_eval(args) -> int:
     report = evaluate_file(args.file, args.weights, args.data, sets=sets,
                            input_shape=input_shape, holdout=args.holdout)
     print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
+    if args.plot and "metric" in report:   # a regression or multi-label report
+        raise NetdslError("--plot draws a confusion matrix, which a regression or "
+                          "multi-label net does not have", hint="leave out --plot")
     if args.plot:
         refuse_input_as_output(args.plot, {"network file": args.file,
                                            "checkpoint": args.weights}, "--plot")

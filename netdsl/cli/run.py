@@ -31,6 +31,7 @@ def cmd_run(args) -> int:
         check_data(c)
     finally:
         print_warnings(g)
+    refuse_inference_only(g)
     if args.resume:   # a missing file or another network: refused before any other work
         check_same_network(g, args.resume)
     flat = next(n.out_shape for n in nodes(g) if not n.inputs)
@@ -91,8 +92,23 @@ def cmd_run(args) -> int:
             Pictures(out_dir, data.test_name).filters(ex)
     n_test = len(data.y_test)
     acc = result["accuracy"]
-    print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
+    if trainer.kind == "values":
+        print(f"final {data.test_name} mean absolute error: {acc:.4g} ({n_test} examples)")
+    else:
+        what = "exact-match accuracy" if trainer.kind == "labels" else "accuracy"
+        print(f"final {data.test_name} {what}: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
     return 0
+
+
+def refuse_inference_only(g) -> None:
+    """A located error when the net ends in OUTPUT (no loss): nothing to train."""
+    from ..compile.verify import main_head
+    head = main_head(g)
+    if head.op == "output":
+        raise NetdslError(f"{g.graph['name']} ends in OUTPUT, without a loss: it is for "
+                          f"inference (export, predict), not for training", head.loc,
+                          hint="end the net in a loss to train it: LOSS (softmax "
+                               "cross-entropy), MSE, L1, SMOOTH_L1 or BCE")
 
 
 def cmd_bench(args) -> int:

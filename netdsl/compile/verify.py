@@ -36,11 +36,13 @@ def verify(g: nx.DiGraph, stage: str = "?") -> None:
         if set(src for src, _ in rec.inputs) != set(g.predecessors(name)):
             fail(f"{name}: inputs {rec.inputs} disagree with edges {list(g.predecessors(name))}")
         for src, port in rec.inputs:
-            if not 0 <= port < get(G.node(g, src).op).outputs:
+            producer = G.node(g, src)
+            if not 0 <= port < get(producer.op).output_count(producer.attrs):
                 fail(f"{name}: reads port {port} of {src}")
         if rec.out_shapes is not None:
-            if len(rec.out_shapes) != spec.outputs:
-                fail(f"{name}: {len(rec.out_shapes)} output shapes for {spec.outputs} outputs")
+            if len(rec.out_shapes) != spec.output_count(rec.attrs):
+                fail(f"{name}: {len(rec.out_shapes)} output shapes for "
+                     f"{spec.output_count(rec.attrs)} outputs")
             for (src, port), shape in zip(rec.inputs, rec.in_shapes or ()):
                 if G.node(g, src).out_shapes[port] != shape:
                     fail(f"{name}: input shape {shape} is stale (producer {src} now gives "

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.errors import NetdslError
 from .idx import read_idx
+from .targets import is_targets, read_targets
 
 
 DIGITS_COUNT = 1797      # scikit-learn's bundled digits
@@ -277,7 +278,10 @@ def _npz_array(archive, key: str, path: Path) -> np.ndarray:
 
 
 def _npz_labels(y: np.ndarray, count: int, path: Path) -> tuple[np.ndarray, int]:
-    """Checked int64 labels and the class count (largest label + 1)."""
+    """Checked int64 labels and the class count (largest label + 1); or float32 targets and
+    their column count (targets.py)."""
+    if is_targets(y):
+        return read_targets(y, count, path)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:

@@ -18,6 +18,7 @@ from ..core.errors import NetdslError, did_you_mean
 from .datasets import (DIGITS_COUNT, Splits, cifar_files, mnist_files, npz_info,
                        read_cifar10, read_digits, read_mnist, read_npz)
 from .idx import read_header
+from .targets import as_label_array
 
 KINDS = ("digits", "mnist", "cifar10", "npz")
 _SPEC_FORMS = "digits, mnist:DIR, cifar10:DIR, npz:FILE"
@@ -90,8 +91,8 @@ def load_dataset(spec: str, *, input_shape: tuple[int, int, int] | None = None,
     x_test = apply_normalisation(x_test, mean, std, in_place=True)
     if flat:   # normalised per channel as images, then flattened in H, W, C order
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-    return Dataset(splits.name, x_train, y_train.astype(np.int64), x_test,
-                   y_test.astype(np.int64), splits.num_classes, tuple(splits.native_shape),
+    return Dataset(splits.name, x_train, as_label_array(y_train), x_test,
+                   as_label_array(y_test), splits.num_classes, tuple(splits.native_shape),
                    test_name, tuple(mean), tuple(std))
 
 

@@ -21,6 +21,7 @@ from ..core import graph as G
 from ..core.errors import NetdslError
 from ..core.files import atomic_write
 from ..layers.structure import as_pair
+from .onnx_export_modern import MODERN_EXPORTERS, MULTI_OUTPUT
 from .trained import inference_nodes
 
 OPSET = 17
@@ -125,11 +126,6 @@ def _pool(b, rec, ins, out, params):
                count_include_pad=int(bool(rec.attrs.get("count_include_pad", True))), **common)
 
 
-def _gap(b, rec, ins, out, params):
-    pooled = b.node("GlobalAveragePool", ins, f"{rec.name}.pooled", rec.name)
-    b.node("Flatten", [pooled], out, f"{rec.name}.flatten", axis=1)
-
-
 def _fc(b, rec, ins, out, params):
     w = params["weight"]
     if len(rec.in_shapes[0]) == 3:
@@ -226,12 +222,13 @@ def _crop(b, rec, ins, out, params):
 
 
 EXPORTERS = {
-    "conv": _conv, "pool": _pool, "maxpool": _pool, "avgpool": _pool, "gap": _gap,
+    "conv": _conv, "pool": _pool, "maxpool": _pool, "avgpool": _pool,
     "fc": _fc, "flatten": _flatten, "batchnorm": _batchnorm,
     "relu": _simple("Relu"), "tanh": _simple("Tanh"), "sigmoid": _simple("Sigmoid"),
     "identity": _simple("Identity"), "dropout": _simple("Identity"),
     "concat": _concat, "add": _add, "softmax": _softmax,
     "leakyrelu": _leakyrelu, "lrn": _lrn, "deconv": _deconv, "crop": _crop,
+    **MODERN_EXPORTERS,   # silu, relu6, hswish, hsigmoid, mul, gap(keep), split, slice, shuffle
 }
 
 
@@ -262,6 +259,7 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
                           hint=f"the default, {OPSET}, is read by most runtimes")
     order, (logits_node, logits_port) = inference_nodes(g)
     b = _Builder(onnx)
+    b.opset = opset   # exporters may choose an operator by it (HardSwish needs 14)
     tensor = {}   # netdsl node name -> ONNX tensor name of its output
     source = None
     for rec in order:
@@ -271,9 +269,9 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
             continue
         if rec.op not in EXPORTERS:
             raise _no_exporter(rec)
-        if any(port != 0 for _, port in rec.inputs):
+        if any(port != 0 and G.node(g, s).op not in MULTI_OUTPUT for s, port in rec.inputs):
             raise NetdslError(f"{rec.name} reads a second output of a layer; ONNX export "
-                              "handles single-output layers only", rec.loc)
+                              "handles single-output layers and SPLIT only", rec.loc)
         out = OUTPUT_NAME if rec.name == logits_node else rec.name
         tensor[rec.name] = out
         # A graph from the inference pipeline may carry an activation fused into its producer.
@@ -282,8 +280,9 @@ def to_onnx(g, params: dict, *, name: str | None = None, opset: int = OPSET,
             raise NetdslError(f"{rec.name} has a fused {act} that ONNX export does not know",
                               rec.loc)
         first = f"{rec.name}.pre_{act}" if act else out
-        EXPORTERS[rec.op](b, rec, [tensor[s] for s, _ in rec.inputs], first,
-                          params.get(rec.name, {}))
+        # port p > 0 of a split is the tensor "<port 0's name>.p" (split_outputs)
+        EXPORTERS[rec.op](b, rec, [tensor[s] if p == 0 else f"{tensor[s]}.{p}"
+                                   for s, p in rec.inputs], first, params.get(rec.name, {}))
         if act:
             b.node(FUSED_ACTS[act], [first], out, f"{rec.name}.{act}")
     size = sum(len(t.raw_data) for t in b.inits)

@@ -56,15 +56,16 @@ class RefResolver:
             raise NetdslError(f"{written}: @{ref.name} already names output {port} of {name}",
                               ref.loc, hint=f"write @{ref.name} alone")
         names = [str(n) for n in getattr(spec, "output_names", ())]
-        listed = (f"{spec.name} has {spec.outputs} outputs: "
+        count = spec.output_count(node.attrs)
+        listed = (f"{spec.name} has {count} outputs: "
                   + ", ".join(f"{i} ({n})" if n else str(i)
-                              for i, n in enumerate(names + [""] * (spec.outputs - len(names)))))
+                              for i, n in enumerate(names + [""] * (count - len(names)))))
         if spec.outputs == 1:
             raise NetdslError(f"{written}: {name} ({spec.name}) has only one output", ref.loc,
                               hint=f"write @{ref.name}")
         if ref.port.isdigit():
             index = int(ref.port)
-            if index >= spec.outputs:
+            if index >= count:
                 raise NetdslError(f"{written}: {name} has no output {index}", ref.loc,
                                   hint=listed)
             return (name, index)

@@ -115,7 +115,9 @@ class LayerSpec:
     macs: Callable = _no_macs                   # (attrs, in_shapes, out_shapes) -> int
     aliases: tuple[str, ...] = ()               # other accepted names, e.g. "conv2d"
     inputs: tuple[int, int | None] = (1, 1)     # (min, max) number of inputs; None = unbounded
-    outputs: int = 1
+    outputs: int = 1                            # > 1: several outputs (a tuple); see below
+    outputs_arg: str = ""                       # the argument giving their number (split's
+    #                                             parts), when it is not ``outputs`` itself
     compact: tuple[str, ...] = ()               # args filled by compact notation CONV3-64
     label: tuple[str, ...] = ()                 # args shown in diagram labels
     style: dict = field(default_factory=dict)   # graphviz node attributes
@@ -129,6 +131,8 @@ class LayerSpec:
     random_example: Callable | None = None      # (rng) -> a random valid example, for tests
     reference: Callable | None = None           # (attrs, params, inputs) -> out: naive loops
     make_inputs: Callable | None = None         # (rng, attrs, in_shapes, batch) -> valid inputs
+    make_labels: Callable | None = None         # (rng, in_shapes, batch) -> a loss's labels
+    #                                             (float targets), when not class indices
     footprint: Callable | None = None           # (step, n, itemsize, training, scratch) ->
     #                                             Footprint: what the kernel allocates (footprint.py)
     fused: dict = field(default_factory=dict)   # activation -> (forward, backward) of the layer
@@ -137,6 +141,13 @@ class LayerSpec:
     def all_examples(self) -> tuple[dict, ...]:
         """``example`` followed by ``examples``: what the generic tests run."""
         return (self.example,) + tuple(self.examples) if self.example else tuple(self.examples)
+
+    def output_count(self, attrs: dict) -> int:
+        """How many outputs a node of this layer with ``attrs`` has: ``outputs``, or the value
+        of ``outputs_arg`` (split(parts=3) has 3)."""
+        if self.outputs_arg and isinstance(attrs.get(self.outputs_arg), int):
+            return attrs[self.outputs_arg]
+        return self.outputs
 
     @property
     def multi_input(self) -> bool:

@@ -267,25 +267,30 @@ register(_pool_spec("avgpool", "avg", ("avg_pool", "avgpool2d"),
 def _gap_shape(attrs, in_shapes):
     h, w, c = require_spatial("gap", in_shapes[0], "GAP averages a spatial map; the input is "
                               "already flat")
-    return (c,)
+    return (1, 1, c) if attrs.get("keep") else (c,)
 
 
 def _gap_forward(ctx, attrs, params, inputs):
     x = inputs[0]
     n, h, w, c = x.shape
     # Pairwise over the H·W positions (reduce.py); NumPy's mean sums them one by one.
-    return sum_rows(ctx.xp, x.reshape(n, h * w, c)) / (h * w), x.shape
+    out = sum_rows(ctx.xp, x.reshape(n, h * w, c)) / (h * w)
+    return (out.reshape(n, 1, 1, c) if attrs.get("keep") else out), x.shape
 
 
 def _gap_backward(ctx, attrs, params, x_shape, dout):
     n, h, w, c = x_shape
+    dout = dout.reshape(n, c)     # keep=true: (N, 1, 1, C)
     dx = ctx.xp.broadcast_to((dout * (1.0 / (h * w)))[:, None, None, :], x_shape)
     return [dx.astype(dout.dtype, copy=True)], {}
 
 
 register(LayerSpec(
-    name="gap", doc="Global average pooling: H×W×C → C (one mean per channel).",
-    aliases=("globalavgpool", "global_avg_pool", "globalaveragepool"), args=(),
+    name="gap", doc="Global average pooling: H×W×C → C (one mean per channel); keep=true "
+    "gives a 1×1×C map (squeeze-and-excitation).",
+    aliases=("globalavgpool", "global_avg_pool", "globalaveragepool"),
+    args=(Arg("keep", "bool", False, doc="true: a 1×1×C map instead of a C vector"),),
     infer_shape=_gap_shape, forward=_gap_forward, backward=_gap_backward, style=POOL_STYLE,
     example={"attrs": {}, "in_shapes": [(3, 4, 2)]},
+    examples=({"attrs": {"keep": True}, "in_shapes": [(3, 4, 2)]},),
     footprint=_gap_footprint))

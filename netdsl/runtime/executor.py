@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 
 from ..core.backend import to_numpy
+from ..core.errors import NetdslError
 from ..layers import Ctx
 from ..compile.model import BoundModel
 from ..compile.verify import main_head
@@ -168,9 +169,21 @@ class Executor:
         loss checks only host labels, since a device check waits for the GPU every step), the
         trainer once for its whole dataset."""
         from ..layers.loss import check_label_range
+        from ..layers.loss_targets import TARGET_LOSSES, target_problem
         for i in self.heads:
             st = self.plan[i]
-            if st.spec.name == "softmax_xent":
+            if st.spec.name in TARGET_LOSSES:
+                problem = target_problem(st.spec.name, labels, st.node.in_shapes[0][0])
+                if problem:
+                    raise NetdslError(problem, st.node.loc,
+                                      hint="the last FC needs one unit per target column")
+            elif st.spec.name == "softmax_xent":
+                if np.asarray(labels).dtype.kind == "f" or np.asarray(labels).ndim != 1:
+                    raise NetdslError(
+                        f"{st.node.name}: the data has float or N×k targets, not one class "
+                        f"label per example", st.node.loc,
+                        hint="end the net in MSE, L1 or SMOOTH_L1 (regression) or BCE "
+                             "(multi-label): FC(k) -> MSE")
                 check_label_range(labels, st.node.in_shapes[0][0])
 
     def _logits_index(self) -> int:

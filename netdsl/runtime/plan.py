@@ -194,6 +194,7 @@ def add_input_grads(plan, douts: list, st, dins) -> None:
         if plan[j].spec.outputs == 1:
             douts[j] = d if douts[j] is None else douts[j] + d
         else:
-            slot = list(douts[j]) if douts[j] is not None else [None] * plan[j].spec.outputs
+            slot = list(douts[j]) if douts[j] is not None else \
+                [None] * len(plan[j].node.out_shapes)
             slot[port] = d if slot[port] is None else slot[port] + d
             douts[j] = tuple(slot)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import NetdslError
+from ..train.metrics import head_kind
+from .target_reports import format_target_report, target_report
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:
@@ -63,6 +65,8 @@ def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None
         holdout = int((trained.meta.get("config") or {}).get("holdout", -1))
     x, y, split, classes = eval_split(spec, holdout)
     logits = logits_of(trained, prepare(x, record), batch_size)
+    if head_kind(trained.graph) != "classes":   # regression or multi-label (target_reports)
+        return target_report(trained.graph, logits, y, spec, split)
     if logits.shape[1] < classes:
         raise NetdslError(f"the network gives {logits.shape[1]} logits but {spec} has "
                           f"{classes} classes", hint="evaluate on data with the classes the "
@@ -71,6 +75,8 @@ def evaluate_file(path: str, weights: str, spec: str | None = None, *, sets=None
 
 
 def format_report(r: dict) -> str:
+    if "metric" in r:
+        return format_target_report(r)
     """Accuracy line, per-class table, then the confusion matrix (rows: true, cols: predicted)."""
     lines = [f"{r['data']} ({r['split']}): accuracy {100 * r['accuracy']:.2f}% "
              f"({r['correct']}/{r['examples']})", "", "class  examples  correct  accuracy"]

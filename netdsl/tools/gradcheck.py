@@ -87,9 +87,12 @@ def layer_inputs(spec, attrs: dict, shapes, rng: np.random.Generator, batch: int
 
 def layer_labels(spec, shapes, rng: np.random.Generator, batch: int = BATCH):
     """Labels for a loss: one class index per position of the logits but the class axis
-    ((N,) for (K,) logits, (N, H, W) for H×W×K), else None."""
+    ((N,) for (K,) logits, (N, H, W) for H×W×K), or the spec's ``make_labels`` (float
+    targets of a regression or multi-label loss); None for a layer that is no loss."""
     if spec.role != "loss":
         return None
+    if spec.make_labels is not None:
+        return spec.make_labels(rng, shapes, batch)
     return rng.integers(0, shapes[0][-1], size=(batch,) + tuple(shapes[0][:-1]))
 
 

@@ -68,9 +68,14 @@ def plot_curves(history: list[dict], out_dir, test_name: str = "held-out") -> li
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.2))
     a1.plot(ep, [r["loss"] for r in history], "o-")
     a1.set(title="training loss", xlabel="epoch")
-    a2.plot(ep, [100 * r["train_acc"] for r in history], "o-", label="train")
-    a2.plot(ep, [100 * r["test_acc"] for r in history], "s-", label=test_name)
-    a2.set(title="accuracy (%)", xlabel="epoch")
+    # a regression head's rows hold the mean absolute error (train/metrics.py), not a fraction
+    mae = history and history[-1].get("metric") == "mae"
+    scale = 1 if mae else 100
+    a2.plot(ep, [scale * r["train_acc"] for r in history], "o-", label="train")
+    a2.plot(ep, [scale * r["test_acc"] for r in history], "s-", label=test_name)
+    a2.set(title="mean absolute error" if mae else "exact-match accuracy (%)"
+           if history and history[-1].get("metric") == "exact_match" else "accuracy (%)",
+           xlabel="epoch")
     a2.legend()
     a3.plot(ep, [r["lr"] for r in history], "o-")
     a3.set(title="learning rate (end of epoch)", xlabel="epoch")

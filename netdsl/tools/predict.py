@@ -49,6 +49,11 @@ def predict_files(path: str, weights: str, inputs: list[str], *, top: int = 3, s
     trained = load_trained(path, weights, sets=sets, input_shape=input_shape)
     record = record_for(trained.meta, input_shape_of(trained), weights)
     names, x = load_inputs(inputs, record, invert=invert, ink=ink)
+    from ..train.metrics import head_kind
+    from .target_reports import target_predictions
+    kind = head_kind(trained.graph)
+    if kind != "classes":   # values, per-label probabilities or raw outputs: no classes
+        return target_predictions(kind, names, logits_of(trained, x))
     probs = softmax(logits_of(trained, x))
     return [{"input": name, "top": best} for name, best in zip(names, top_k(probs, top))]
 
@@ -59,6 +64,10 @@ def input_shape_of(trained) -> tuple:
 
 
 def format_predictions(results: list[dict]) -> str:
-    """One line per input: ``digit.png: 3 (97.1%), 8 (1.2%), 5 (0.5%)``."""
+    """One line per input: ``digit.png: 3 (97.1%), 8 (1.2%), 5 (0.5%)``; regression and
+    multi-label nets' lines come from target_reports."""
+    if results and "top" not in results[0]:
+        from .target_reports import format_target_predictions
+        return format_target_predictions(results)
     return "\n".join(f"{r['input']}: " + ", ".join(
         f"{t['class']} ({100 * t['probability']:.1f}%)" for t in r["top"]) for r in results)

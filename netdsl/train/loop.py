@@ -32,6 +32,8 @@ from .checkpoint import (MAX_STEP, check_header, check_history, load_checkpoint,
 from ..lang.train_config import TrainConfig
 from ..data.loader import Dataset
 from .fingerprint import diff_fingerprints, graph_fingerprint, well_formed
+from .metrics import METRIC_NAMES, batch_score, describe, head_kind
+from .metrics import evaluate as evaluate_metric
 from .optim import make_optimizer
 from .progress import EpochBar
 from .schedule import make_schedule
@@ -41,10 +43,8 @@ _SHUFFLE, _AUGMENT = 2, 3   # stream ids for SeedSequence spawn keys (executor: 
 
 
 def evaluate(ex: Executor, x, y, batch_size: int = 256) -> float:
-    """Accuracy of the main head on (x, y)."""
-    if len(x) == 0:
-        return float("nan")
-    return float(np.mean(ex.predict(x, batch_size) == y))
+    """The main head's metric on (x, y): accuracy for a classifier (train/metrics.py)."""
+    return evaluate_metric(ex, x, y, batch_size)
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -112,11 +112,13 @@ class EpochSums:
     correct: int = 0
     batches: int = 0
     seconds: float = 0.0
+    error_sum: float = 0.0     # regression heads: Σ per-example mean absolute error
 
-    def add(self, n: int, loss: float, hits: int) -> None:
+    def add(self, n: int, loss: float, hits: int, error: float = 0.0) -> None:
         self.seen += n
         self.loss_sum += loss * n
         self.correct += hits
+        self.error_sum += error
         self.batches += 1
 
     @classmethod
@@ -131,7 +133,7 @@ class EpochSums:
                 all(isinstance(getattr(sums, k), (int, float)) and
                     not isinstance(getattr(sums, k), bool) and
                     np.isfinite(getattr(sums, k)) and getattr(sums, k) >= 0
-                    for k in ("loss_sum", "seconds")) and sums.correct <= sums.seen
+                    for k in ("loss_sum", "seconds", "error_sum")) and sums.correct <= sums.seen
         except (TypeError, ValueError, OverflowError):   # wrong keys, values, huge ints
             ok = False
         if not ok:
@@ -140,7 +142,8 @@ class EpochSums:
 
     def row(self, epoch: int, lr: float) -> dict:
         seen = max(self.seen, 1)
-        return {"epoch": epoch, "loss": self.loss_sum / seen, "train_acc": self.correct / seen,
+        return {"epoch": epoch, "loss": self.loss_sum / seen,
+                "train_acc": (self.correct + self.error_sum) / seen,   # one of them is 0
                 "images_per_s": self.seen / max(self.seconds, 1e-9), "lr": lr,
                 "seconds": self.seconds}
 
@@ -172,6 +175,7 @@ class Trainer:
         # Labels checked once, here on the host: the loss does not check device labels per step.
         ex.check_labels(data.y_train)
         ex.check_labels(data.y_test)
+        self.kind = head_kind(ex.graph)     # what train_acc/test_acc measure (metrics.py)
         self.optimizer = make_optimizer(cfg)
         self.bounds = batch_bounds(len(data.x_train), cfg.batch_size)
         self.lr_at = make_schedule(cfg, len(self.bounds))
@@ -309,16 +313,19 @@ class Trainer:
                 self.optimizer.step(ex.params, grads, lr=self.lr_at(self.step))
                 self.step += 1
                 self.batch += 1
-                hits = int(to_numpy((ex.xp.argmax(res.logits, axis=1) ==
-                                     yb).sum()))
-                sums.add(len(idx), loss, hits)
-                bar.update(len(idx), loss, hits / len(idx))
+                score = batch_score(ex.xp, self.kind, res.logits, yb)
+                hits = 0 if self.kind == "values" else int(score)
+                sums.add(len(idx), loss, hits, score - hits)
+                bar.update(len(idx), loss, score / len(idx))
         finally:
             sums.seconds += time.perf_counter() - t0
             bar.close(None)
         self.epoch += 1
         self.batch, self.sums = 0, EpochSums()
-        return sums.row(self.epoch, self.lr_at(max(self.step - 1, 0)))
+        row = sums.row(self.epoch, self.lr_at(max(self.step - 1, 0)))
+        if self.kind != "classes":
+            row["metric"] = METRIC_NAMES[self.kind]
+        return row
 
     def _where(self) -> str:
         return f"{self.epoch} complete epoch(s)" + (f" and {self.batch} batch(es)"
@@ -341,8 +348,8 @@ class Trainer:
                     if self.on_epoch:
                         self.on_epoch(self)
                     self.log(f"epoch {row['epoch']}/{self.cfg.epochs}: loss {row['loss']:.4f}, "
-                             f"train acc {100 * row['train_acc']:.2f}%, "
-                             f"{self.data.test_name} acc {100 * row['test_acc']:.2f}%, "
+                             f"train {describe(self.kind, row['train_acc'])}, "
+                             f"{self.data.test_name} {describe(self.kind, row['test_acc'])}, "
                              f"{row['images_per_s']:.0f} img/s")
                     if self._stop.hit:
                         raise _Stopped

@@ -41,8 +41,10 @@ def load() -> bool:
     register_kernel("fc", Kernel("onednn", fc_forward, fc_backward, fc_supports,
                                  fused={"relu": (fc_relu_forward, fc_relu_backward)}))
     from .eltwise import make
-    for name in ("relu", "tanh", "sigmoid"):
+    for name in ("relu", "tanh", "sigmoid", "relu6", "silu", "hswish", "hsigmoid"):
         register_kernel(name, Kernel("onednn", *make(name)))
+    from .binary import mul_backward, mul_forward, mul_supports
+    register_kernel("mul", Kernel("onednn", mul_forward, mul_backward, mul_supports))
     from ....layers import lookup
     if lookup("lrn") is not None:  # the layer comes with the layer zoo
         from .lrn import lrn_backward, lrn_forward, lrn_supports

@@ -28,13 +28,16 @@ FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS =
 CONV_DIRECT = 0x1
 ELTWISE_RELU = 0x20
 ELTWISE_RELU_DST, ELTWISE_TANH_DST, ELTWISE_LOGISTIC_DST = 0x100, 0x101, 0x104  # *_use_dst_for_bwd
+ELTWISE_CLIP_V2_DST = 0x106   # dnnl_eltwise_clip_v2_use_dst_for_bwd
+ELTWISE_HARDSIGMOID, ELTWISE_SWISH, ELTWISE_HARDSWISH = 0x28, 0x2c, 0x34
+BINARY_MUL = 0x1fff1          # dnnl_binary_mul
 POOL_MAX, POOL_AVG_INCLUDE, POOL_AVG_EXCLUDE = 0x1FF, 0x2FF, 0x3FF
 LRN_ACROSS = 0xAFF
 BN_GLOBAL_STATS, BN_SCALE, BN_SHIFT, BN_FUSE_RELU = 0x1, 0x2, 0x4, 0x8
 QUERY_IMPL_INFO_STR = 8  # dnnl_query_impl_info_str
 QUERY_EXEC_ARG_MD = 255
 SCRATCHPAD_MODE_USER = 1  # dnnl_scratchpad_mode_user
-ARG = {"scratchpad": 80, "src": 1, "dst": 17, "weights": 33, "bias": 41, "mean": 49, "variance": 50,
+ARG = {"scratchpad": 80, "src": 1, "src_1": 2, "dst": 17, "weights": 33, "bias": 41, "mean": 49, "variance": 50,
        "scale": 51, "shift": 52, "workspace": 64, "diff_src": 129, "diff_dst": 145,
        "diff_weights": 161, "diff_bias": 169, "diff_scale": 255, "diff_shift": 256}
 

@@ -1,7 +1,10 @@
-"""ReLU, tanh and sigmoid on oneDNN's eltwise primitives (forward and backward).
+"""ReLU, tanh, sigmoid, ReLU6, SiLU, hard swish and hard sigmoid on oneDNN's eltwise
+primitives (forward and backward).
 
 The `*_use_dst_for_bwd` algorithms differentiate from the output, which is what the reference
-caches too; oneDNN runs them vectorised on every thread, where NumPy's ufuncs use one.
+caches too (relu, tanh, sigmoid; relu6 as clip_v2 on [0, 6]); swish, hardswish and hardsigmoid
+have no such variant and differentiate from the input, which their cache keeps. oneDNN runs
+them vectorised on every thread, where NumPy's ufuncs use one.
 """
 from __future__ import annotations
 
@@ -12,7 +15,20 @@ import numpy as np
 from . import capi as L
 from .common import cached, f32, is_f32, lib, plain, primitive, serial
 
-ALG = {"relu": L.ELTWISE_RELU_DST, "tanh": L.ELTWISE_TANH_DST, "sigmoid": L.ELTWISE_LOGISTIC_DST}
+ALG = {"relu": L.ELTWISE_RELU_DST, "tanh": L.ELTWISE_TANH_DST, "sigmoid": L.ELTWISE_LOGISTIC_DST,
+       "relu6": L.ELTWISE_CLIP_V2_DST, "silu": L.ELTWISE_SWISH, "hswish": L.ELTWISE_HARDSWISH,
+       "hsigmoid": L.ELTWISE_HARDSIGMOID}
+# (alpha, beta) of each algorithm: clip_v2 clips to [alpha, beta]; swish is x·σ(alpha·x);
+# hardswish x·clip(alpha·x + beta, 0, 1) and hardsigmoid clip(alpha·x + beta, 0, 1).
+ALPHA_BETA = {"relu6": (0.0, 6.0), "silu": (1.0, 0.0), "hswish": (1 / 6, 0.5),
+              "hsigmoid": (1 / 6, 0.5)}
+FROM_INPUT = ("silu", "hswish", "hsigmoid")
+"""The ops whose backward reads the input (no *_use_dst_for_bwd algorithm in oneDNN)."""
+
+
+def _ab(op):
+    alpha, beta = ALPHA_BETA.get(op, (0.0, 0.0))
+    return ctypes.c_float(alpha), ctypes.c_float(beta)
 
 
 def _flat(shape):
@@ -25,7 +41,7 @@ def _fwd_pd(op, shape):
         d = lib()
         md = plain(shape)
         return d.pd("dnnl_eltwise_forward_primitive_desc_create", d.engine, L.FORWARD_TRAINING,
-                    ALG[op], md, md, ctypes.c_float(0.0), ctypes.c_float(0.0), d.attr())
+                    ALG[op], md, md, *_ab(op), d.attr())
     return cached(("elt_fwd_pd", op, shape), build)
 
 
@@ -38,14 +54,14 @@ def _bwd_pd(op, shape):
         d = lib()
         md = plain(shape)
         return d.pd("dnnl_eltwise_backward_primitive_desc_create", d.engine, ALG[op], md, md,
-                    md, ctypes.c_float(0.0), ctypes.c_float(0.0), _fwd_pd(op, shape),
-                    d.attr())
+                    md, *_ab(op), _fwd_pd(op, shape), d.attr())
     return cached(("elt_bwd_pd", op, shape), build)
 
 
 def _bwd(op, shape):
     return cached(("elt_bwd", op, shape),
-                  lambda: primitive(_bwd_pd(op, shape), ("dst", "diff_dst", "diff_src")))
+                  lambda: primitive(_bwd_pd(op, shape), ("src" if op in FROM_INPUT else "dst",
+                                                         "diff_dst", "diff_src")))
 
 
 def scratch_need(op, shape, forward=True, backward=True) -> int:
@@ -68,12 +84,13 @@ def make(op: str):
         out = np.empty_like(x)
         with serial(op, x.size):
             _fwd(op, _flat(x.shape))(x, out)
-        return out, out
+        return out, (x if op in FROM_INPUT else out)
 
-    def backward(ctx, attrs, params, out, dout):
-        dx = np.empty_like(out)
-        with serial(op, out.size):
-            _bwd(op, _flat(out.shape))(out, f32(dout), dx)
+    def backward(ctx, attrs, params, kept, dout):
+        # kept: the output, or the input for the ops in FROM_INPUT
+        dx = np.empty_like(kept)
+        with serial(op, kept.size):
+            _bwd(op, _flat(kept.shape))(kept, f32(dout), dx)
         return [dx], {}
 
     def supports(attrs, in_shapes, dtype):

@@ -66,8 +66,13 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         ws = _asked(st, n, lambda m: lrn.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     x, per_example=True)
         fp = Footprint(out=out, keep_in=(0,), cache=ws, dx=(x,))
-    elif op in ("relu", "tanh", "sigmoid"):
+    elif op in ("relu", "tanh", "sigmoid", "relu6"):
         fp = Footprint(out=out, keep_out=True, dx=(x,))
+    elif op in eltwise.FROM_INPUT:     # silu, hswish, hsigmoid: backward reads the input
+        fp = Footprint(out=out, keep_in=(0,), dx=(x,))
+    elif op == "mul":   # binary.py: the product; backward is the reference's (both grads)
+        fp = Footprint(out=out, keep_in=(0, 1),
+                       dx=(x, n * numel(st.node.in_shapes[1]) * it))
     else:   # a kernel this module has no rule for yet: conservative, as memory.py's default
         fp = Footprint(out=out, keep_in=tuple(range(len(st.inputs))), keep_out=True,
                        fwd_tmp=out, dx=(x,) * len(st.inputs))
@@ -144,7 +149,7 @@ def _scratch_need(st, n: int, training: bool) -> int:
         need = pool.plan_sizes(a, _shape(st, n), training)[1]
     elif op == "lrn":
         need = lrn.plan_sizes(a, _shape(st, n), training)[1]
-    elif op in ("relu", "tanh", "sigmoid"):
+    elif op in eltwise.ALG:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
     else:
         need = 0
