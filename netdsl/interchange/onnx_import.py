@@ -21,8 +21,9 @@ import numpy as np
 from ..core.errors import NetdslError
 from ..lang.values import as_identifier, source_comment
 from .onnx_export import require_onnx
-from .onnx_import_ops import HANDLERS
-from .onnx_import_windows import Value
+from .onnx_import_fold import prefold, shapes_of
+from .onnx_import_modern import ALL_HANDLERS as HANDLERS
+from .onnx_import_windows import Value, has_arg
 
 
 @dataclass
@@ -61,6 +62,7 @@ class _Importer:
                                   hint="weights must be float or integer tensors")
         self.layers: list[Layer] = []
         self.where = "the graph input"
+        self.kept: dict = {}
         self.values: dict[str, Value] = {}
         self.notes: list[str] = []
         try:   # strict: a weight that does not fit its input is the file's error, said here
@@ -68,9 +70,7 @@ class _Importer:
         except Exception as exc:   # onnx's InferenceError and friends
             raise NetdslError(f"{path}: the model's tensor shapes do not fit together: "
                               f"{str(exc).strip().splitlines()[-1][:300]}") from None
-        self.shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
-                                 for d in vi.type.tensor_type.shape.dim]
-                       for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
+        self.shapes = shapes_of(inferred)
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
             message = f"has {len(inputs)} data inputs; netdsl networks have one"
@@ -107,6 +107,8 @@ class _Importer:
                                [o.name for o in g.output])
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           17)
+        self.folded: set = set()   # indices of the nodes that compute constants
+        prefold(self, model)
 
     def error(self, message: str, node=None, index: int = -1, hint: str | None = None):
         where = f"node {index} '{node.name}' ({node.op_type}): " if node is not None else ""
@@ -125,6 +127,14 @@ class _Importer:
 
     def as_map(self, name: str, node, index) -> Value:
         v = self.values[name]
+        pooled = self.layers[v.layer]
+        if v.kind == "gap" and pooled.op == "gap" and has_arg("gap", "keep"):
+            # A pooled N×C×1×1 read as a map (squeeze-and-excitation's 1×1 convolutions):
+            # the same pooling, keeping the 1×1×C map, once per pooled value.
+            key = ("keep", v.layer)
+            if key not in self.kept:
+                self.kept[key] = self.add("gap", {"keep": True}, pooled.inputs, hint=pooled.hint)
+            return Value(self.kept[key], "map")
         if v.kind != "map":
             raise self.error(f"expects an N×C×H×W map, got a {_KIND_WORDS[v.kind]}", node, index)
         return v
@@ -156,7 +166,7 @@ class _Importer:
 
     def run(self) -> None:
         for index, node in enumerate(self.graph.node):
-            if self.fold(node, index):
+            if index in self.folded:
                 continue
             handler = HANDLERS.get(node.op_type)
             self.where = f"node {index} '{node.name}' ({node.op_type})"
@@ -175,35 +185,11 @@ class _Importer:
                 raise self.error(f"its weights or attributes do not fit its input "
                                  f"({type(exc).__name__}: {exc})", node, index) from None
 
-    def fold(self, node, index) -> bool:
-        """Evaluate a node that computes constants, making its outputs constants: exporters
-        write an Identity of an initializer (equal folded biases merged), Constant nodes, and
-        Shape→Gather→Concat chains of sizes that are fixed. True when the node was folded."""
-        ins = [n for n in node.input if n]
-        feeds = {}
-        if node.op_type == "Shape" and ins and ins[0] in self.values:
-            dims = self.shapes.get(ins[0])
-            if not dims or None in dims:
-                return False
-            # Only the shape is read: a zero-strided array of that shape costs nothing.
-            feeds[ins[0]] = np.broadcast_to(np.float32(0), dims)
-        elif not (node.op_type == "Constant" or ins and all(n in self.consts for n in ins)) \
-                or node.op_type.startswith("Random") or node.domain not in ("", "ai.onnx"):
-            return False
-        feeds.update({n: self.consts[n] for n in ins if n in self.consts})
-        from onnx.reference import ReferenceEvaluator
-        try:
-            outs = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
-        except Exception as exc:   # whatever the reference evaluator refuses: the file's problem
-            raise self.error(f"computes constants netdsl could not evaluate "
-                             f"({type(exc).__name__}: {str(exc)[:200]})", node, index) from None
-        for name, value in zip(node.output, outs):
-            if name:
-                self.consts[name] = np.asarray(value)
-        return True
 
 _KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",
-               "gap": "globally pooled N×C×1×1 map", "nhwc": "channel-last (transposed) map"}
+               "gap": "globally pooled N×C×1×1 map", "nhwc": "channel-last (transposed) map",
+               "grid": "map reshaped to N×g×C/g×H×W",
+               "grid_t": "transposed N×C/g×g×H×W grid (half a channel shuffle)"}
 
 
 def read_model(path: str):

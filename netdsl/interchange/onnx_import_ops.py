@@ -201,7 +201,7 @@ def _lrn(imp, node, index, a):
     imp.values[node.output[0]] = Value(imp.add("lrn", args, [x.layer], hint=node.name), "map")
 
 
-def _slice(imp, node, index, a):
+def crop_slice(imp, node, index, a):
     """A centred crop of H and W (what netdsl's exporter writes for CROP)."""
     needs(imp, node, index, "crop")
     x = imp.as_map(node.input[0], node, index)
@@ -236,5 +236,5 @@ HANDLERS = {
     "Relu": _elementwise("relu"), "Tanh": _elementwise("tanh"),
     "Sigmoid": _elementwise("sigmoid"), "BatchNormalization": _batchnorm,
     "Dropout": _dropout, "Identity": _identity, "Softmax": _softmax,
-    "LeakyRelu": _leakyrelu, "LRN": _lrn, "ConvTranspose": conv_transpose, "Slice": _slice,
+    "LeakyRelu": _leakyrelu, "LRN": _lrn, "ConvTranspose": conv_transpose, "Slice": crop_slice,
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .onnx_import_windows import Value
+from .onnx_import_windows import Value, needs
 
 
 def global_pool(imp, node, index, a):
@@ -85,7 +85,9 @@ def _target(imp, node, index, dims: list, shape: list, allowzero: bool) -> list:
 
 
 def reshape(imp, node, index, a):
-    """Reshape: a flatten to (N, F), N×C×1×1 ↔ (N, C), or no change; anything else refused."""
+    """Reshape: a flatten to (N, F), N×C×1×1 ↔ (N, C), no change, or the two reshapes of a
+    channel shuffle (N, g, C/g, H, W), transposed, back to (N, C, H, W) → SHUFFLE(g);
+    anything else refused."""
     shape = [int(s) for s in imp.const(node.input[1], node, index, "the target shape")]
     dims = imp.shapes.get(node.input[0]) or []
     if not dims or None in dims[1:]:
@@ -99,6 +101,13 @@ def reshape(imp, node, index, a):
         flatten_value(imp, node, index, v)
     elif len(rest) == 3 and rest[1:] == [1, 1] and len(dims) == 2:
         imp.values[node.output[0]] = Value(imp.as_flat(node.input[0], node, index), "gap")
+    elif v.kind == "map" and len(rest) == 4 and rest[2:] == list(dims[2:]) and len(dims) == 4:
+        # a channel shuffle begins: the channels seen as a g × C/g grid
+        imp.values[node.output[0]] = Value(v.layer, "grid", (rest[0],))
+    elif v.kind == "grid_t" and len(rest) == 3 and rest == [dims[1] * dims[2], *dims[3:]]:
+        needs(imp, node, index, "shuffle")   # ... and ends, the grid transposed
+        layer = imp.add("shuffle", {"groups": v.chw[0]}, [v.layer], hint=node.name)
+        imp.values[node.output[0]] = Value(layer, "map")
     else:
         raise imp.error(f"reshapes {dims} to {shape}; netdsl imports only reshapes that "
                         "flatten to (N, -1) or add or remove 1×1 spatial axes", node, index)
@@ -129,6 +138,9 @@ def unsqueeze(imp, node, index, a):
 def transpose(imp, node, index, a):
     """Transpose NCHW → NHWC, as written before a Flatten."""
     v = imp.values[node.input[0]]
+    if v.kind == "grid" and list(a.get("perm", [])) == [0, 2, 1, 3, 4]:
+        imp.values[node.output[0]] = Value(v.layer, "grid_t", v.chw)   # see reshape
+        return
     if v.kind == "gap" and list(a.get("perm", [])) == [0, 2, 3, 1]:
         imp.values[node.output[0]] = v      # N×C×1×1 → N×1×1×C: the same numbers in order
         return
