@@ -36,10 +36,10 @@ def imported_matches(m, tmp_path) -> None:
     onnx.save(m, str(path))
     assert main(["import", str(path), "-o", str(tmp_path / "m.net")]) == 0
     t = load_trained(str(tmp_path / "m.net"), str(tmp_path / "m.npz"))
-    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    shape = [d.dim_value or 2 for d in m.graph.input[0].type.tensor_type.shape.dim]
     x = rand(*shape)
-    want = ort.InferenceSession(m.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {m.graph.input[0].name: x})[0]
     got = t.executor().forward(x.transpose(0, 2, 3, 1) if x.ndim == 4 else x).logits
     assert got.shape == want.shape
     assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)

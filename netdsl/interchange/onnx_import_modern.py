@@ -23,7 +23,7 @@ def clip(imp, node, index, a):
     if imp.opset < 11:
         low, high = a.get("min", -np.inf), a.get("max", np.inf)
     else:
-        low, high = (float(imp.const(node.input[k], node, index, "a bound"))
+        low, high = (float(imp.const(node.input[k], node, index, "a bound").reshape(-1)[0])
                      if len(node.input) > k and node.input[k] else default
                      for k, default in ((1, -np.inf), (2, np.inf)))
     if (low, high) == (0.0, 6.0):

@@ -66,20 +66,22 @@ def _target(imp, node, index, dims: list, shape: list, allowzero: bool) -> list:
     does not stay the first axis of its own (a reshape that mixes samples)."""
     if allowzero and 0 in shape:
         raise imp.error(f"reshapes to {shape} with allowzero=1 (an empty tensor)", node, index)
+    target = shape
     shape = [dims[i] if s == 0 and i < len(dims) else s for i, s in enumerate(shape)]
     features = int(np.prod(dims[1:]))
     rest = shape[1:]
     if shape[0] == -1:
         keeps = -1 not in rest and int(np.prod(rest)) == features
-    else:
-        keeps = shape[0] == dims[0] and dims[0] is not None and rest.count(-1) <= 1
+    else:   # the batch copied (0), or the batch size the model was exported with
+        keeps = (target[:1] == [0] or shape[0] == dims[0] and dims[0] is not None) and \
+            rest.count(-1) <= 1
         if keeps and -1 in rest:
             known = int(np.prod([s for s in rest if s != -1]))
             keeps = known > 0 and features % known == 0
             rest = [features // known if s == -1 else s for s in rest]
         keeps = keeps and int(np.prod(rest)) == features
     if not keeps or not shape:
-        raise imp.error(f"reshapes {dims} to {shape}, which mixes samples of the batch; netdsl "
+        raise imp.error(f"reshapes {dims} to {target}, which mixes samples of the batch; netdsl "
                         "imports only reshapes that keep the batch axis first", node, index)
     return [int(s) for s in rest]
 
