@@ -21,7 +21,7 @@ import numpy as np
 from ..core.errors import NetdslError
 from ..lang.values import as_identifier, source_comment
 from .onnx_export import require_onnx
-from .onnx_import_fold import prefold, shapes_of
+from .onnx_import_fold import infer_light, prefold, shapes_of
 from .onnx_import_modern import ALL_HANDLERS as HANDLERS
 from .onnx_import_windows import Value, has_arg
 
@@ -66,7 +66,7 @@ class _Importer:
         self.values: dict[str, Value] = {}
         self.notes: list[str] = []
         try:   # strict: a weight that does not fit its input is the file's error, said here
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+            inferred = infer_light(model, self.consts)
         except Exception as exc:   # onnx's InferenceError and friends
             raise NetdslError(f"{path}: the model's tensor shapes do not fit together: "
                               f"{str(exc).strip().splitlines()[-1][:300]}") from None
@@ -194,10 +194,14 @@ _KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",
 
 def read_model(path: str):
     """The ONNX ModelProto at ``path``, or a NetdslError saying why it cannot be read."""
+    import os
     onnx = require_onnx()
+    if not os.path.isfile(path):
+        raise NetdslError(f"'{path}' does not exist")
     try:
+        # checked from the file: checking the loaded model would serialise it again
+        onnx.checker.check_model(path)
         model = onnx.load(path)
-        onnx.checker.check_model(model)
     except FileNotFoundError:
         raise NetdslError(f"'{path}' does not exist") from None
     except Exception as exc:   # DecodeError, ValidationError, ...: not a valid ONNX model

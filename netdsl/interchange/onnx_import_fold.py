@@ -61,24 +61,32 @@ def prefold(imp, model) -> None:
 
 
 def _reinfer(imp, model) -> dict:
-    """Shapes inferred for the graph without its folded nodes: their small outputs become
-    initializers (the values shape inference reads), large constants typed inputs (only their
-    shapes matter, and copying the weights would be costly)."""
+    """Shapes inferred for the graph without its folded nodes (their outputs are constants)."""
+    try:
+        return shapes_of(infer_light(model, imp.consts, imp.folded, strict=False))
+    except Exception:   # the first inference's shapes stand; a node needing more says so
+        return {}
+
+
+def infer_light(model, consts: dict, skip=(), strict: bool = True):
+    """ONNX shape inference of ``model`` without its weights' bytes: constants of up to 4096
+    values stay initializers (shape inference reads such values: Reshape targets, axes),
+    larger ones become typed inputs, as only their shapes matter. Serialising a VGG's 500 MB
+    of weights for onnx's checker would take longer than the import itself. The nodes whose
+    indices are in ``skip`` (folded to constants) are left out."""
     import onnx
     h, g = onnx.helper, model.graph
     inits, typed = [], []
-    for name, value in imp.consts.items():
+    for name, value in consts.items():
         if value.size <= 4096:
-            inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
+            inits.append(onnx.numpy_helper.from_array(np.asarray(value, order="C"), name))
         else:
             elem = h.np_dtype_to_tensor_dtype(value.dtype)
             typed.append(h.make_tensor_value_info(name, elem, list(value.shape)))
-    data = [i for i in g.input if i.name not in imp.consts]
-    graph = h.make_graph([n for i, n in enumerate(g.node) if i not in imp.folded], g.name,
-                         data + typed, list(g.output), initializer=inits)
-    trimmed = h.make_model(graph, opset_imports=list(model.opset_import),
-                           ir_version=model.ir_version)
-    try:
-        return shapes_of(onnx.shape_inference.infer_shapes(trimmed).graph)
-    except Exception:   # the first inference's shapes stand; a node needing more says so
-        return {}
+    data = [i for i in g.input if i.name not in consts]
+    graph = h.make_graph([n for i, n in enumerate(g.node) if i not in skip], g.name,
+                         data + typed, list(g.output), initializer=inits,
+                         value_info=list(g.value_info))
+    light = h.make_model(graph, opset_imports=list(model.opset_import),
+                         ir_version=model.ir_version)
+    return onnx.shape_inference.infer_shapes(light, strict_mode=strict).graph
