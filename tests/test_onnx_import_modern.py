@@ -74,3 +74,26 @@ def test_what_has_no_layer_is_refused_at_its_node(tmp_path, capsys):
                      h.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
                      h.make_node("Flatten", ["g"], ["y"], name="f")], {})
     refused(spatial, tmp_path, capsys, "node 0 'mean' (ReduceMean)", "averages over axes [1]")
+
+
+@pytest.mark.parametrize("pool, restore", [
+    ([h.make_node("ReduceMean", ["x"], ["p"], axes=[2, 3], keepdims=0)],
+     [h.make_node("Unsqueeze", ["s", "a23"], ["gate"])]),
+    ([h.make_node("GlobalAveragePool", ["x"], ["g"]), h.make_node("Squeeze", ["g", "a23"], ["p"])],
+     [h.make_node("Reshape", ["s", "c11"], ["gate"])]),
+    ([h.make_node("GlobalAveragePool", ["x"], ["g"]), h.make_node("Flatten", ["g"], ["p"])],
+     [h.make_node("Unsqueeze", ["s", "a23"], ["gate"])]),
+])
+def test_squeeze_and_excitation_with_fc_layers(tmp_path, pool, restore):
+    # PyTorch's SE written with nn.Linear: pool, squeeze, FC, ReLU, FC, sigmoid, back to
+    # N×C×1×1 (unsqueeze or view), times the map.
+    nodes = [*pool, h.make_node("Gemm", ["p", "w1", "b1"], ["f1"], transB=1),
+             h.make_node("Relu", ["f1"], ["r"]), h.make_node("Gemm", ["r", "w2", "b2"], ["f2"]),
+             h.make_node("Sigmoid", ["f2"], ["s"]), *restore,
+             h.make_node("Mul", ["x", "gate"], ["m"], name="scale"),
+             h.make_node("GlobalAveragePool", ["m"], ["o"]), h.make_node("Flatten", ["o"], ["of"]),
+             h.make_node("Gemm", ["of", "w3"], ["y"])]
+    inits = {"w1": rand(2, 6), "b1": rand(2), "w2": rand(2, 6), "b2": rand(6),
+             "w3": rand(6, 3), "a23": np.array([2, 3], np.int64),
+             "c11": np.array([0, 6, 1, 1], np.int64)}
+    imported_matches(model(nodes, inits, in_shape=(1, 6, 5, 5)), tmp_path)

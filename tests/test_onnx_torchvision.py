@@ -27,7 +27,7 @@ def randomise(model, torch, seed: int) -> None:
 
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 uniform(m.running_mean, -0.5, 0.5)
                 uniform(m.running_var, 0.5, 2.0)
                 uniform(m.weight, 0.5, 1.5)
@@ -72,4 +72,5 @@ def compare(name: str, random_stats: bool, tmp_path, batch: int = 2) -> dict:
 @pytest.mark.parametrize("name", MODELS)
 def test_torchvision_model_imports_exactly(name, random_stats, tmp_path):
     result = compare(name, random_stats, tmp_path)
+    print(f"{name} {'random' if random_stats else 'default'}: {result}")   # the docs' table
     assert result["rel"] <= 1e-5, result
