@@ -32,6 +32,9 @@ NETS = [
     # ShuffleNet v2's unit: split, a branch, concat, shuffle
     "INPUT(8x8x4) -> CONV(12, 1) -> s: SPLIT(2) -> concat { IDENTITY | @s.1 -> CONV(6, 3) "
     "-> RELU } -> SHUFFLE(3) -> SLICE(2, 10) -> FC(5)",
+    # every output of a split read (port 2 and 1 by reference: @s.2, @s.1)
+    "INPUT(8x8x4) -> CONV(12, 1) -> s: SPLIT(3) -> concat { @s.2 | @s.1 -> CONV(4, 3, pad=1) "
+    "-> RELU | @s } -> SHUFFLE(3) -> FC(5)",
 ]
 
 

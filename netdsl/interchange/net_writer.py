@@ -5,7 +5,9 @@ that producer has no other reader; otherwise it starts a statement, ``@producer 
 join ``concat { @a | @b } -> ...``. The statement that ends in the network's output is written
 first, because the first statement of a file is the one that gets the implicit loss;
 references may point forward, so the rest follow in graph order. Layers with weights, and
-layers another statement refers to, get labels (so the checkpoint can name them).
+layers another statement refers to, get labels (so the checkpoint can name them). A pseudo-layer
+``port`` (args ``{"port": p}``, reading a layer with several outputs such as SPLIT) stands for
+that layer's output p: it is no element, and is referred to as ``@label.p``.
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def _inline_joins(layers, order, consumers) -> dict:
         branches, forks = [], set()
         for i in ins:
             path = []
-            while len(layers[i].inputs) == 1 and len(consumers[i]) == 1:
+            while len(layers[i].inputs) == 1 and len(consumers[i]) == 1 and \
+                    layers[i].op != "port":
                 path.append(i)
                 i = layers[i].inputs[0]
             forks.add(i)
@@ -110,6 +113,8 @@ def _inline_joins(layers, order, consumers) -> dict:
         if len(forks) != 1 or len(branches) != len(ins):
             continue
         fork = forks.pop()
+        if layers[fork].op == "port":   # a branch from a second output is a reference
+            continue
         starts = {b[0] for b in branches if b}
         readers = set(consumers[fork]) - starts - {j}
         if not readers and all(b or fork in ins for b in branches):
@@ -144,12 +149,20 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
             for j in inputs[i]:
                 readers[j].append(i)
 
-    def continues(i):   # joins its producer's chain
-        return len(inputs[i]) == 1 and len(readers[inputs[i][0]]) == 1
+    def continues(i):   # joins its producer's chain (a port is no element: never)
+        return len(inputs[i]) == 1 and len(readers[inputs[i][0]]) == 1 and \
+            layers[inputs[i][0]].op != "port"
+
+    def owner(j):   # the layer whose label a reference to j uses
+        return layers[j].inputs[0] if layers[j].op == "port" else j
+
+    def ref(j):     # @label, or @label.p for output p of a layer with several
+        return f"@{labels[owner(j)]}" + (f".{layers[j].args['port']}"
+                                         if layers[j].op == "port" else "")
 
     chains, chain_of = [], {}
     for i in order:
-        if i in absorbed:
+        if i in absorbed or layers[i].op == "port":
             continue
         if continues(i):
             chain_of[i] = chain_of[inputs[i][0]]
@@ -157,7 +170,7 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         else:
             chain_of[i] = len(chains)
             chains.append([i])
-    referenced = {j for c in chains for j in inputs[c[0]]} | {
+    referenced = {owner(j) for c in chains for j in inputs[c[0]]} | {
         f for j, (f, branches) in inline.items() if not all(branches)}
     labels = _labels(layers, consumers,
                      lambda i: i in referenced or bool(layers[i].params))
@@ -173,7 +186,7 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
             body = "\n       " + "\n     | ".join(texts) + "\n     }"
             return _labelled(f"{layers[i].op} {{{body}", labels.get(i))
         if len(layers[i].inputs) > 1:
-            refs = " | ".join(f"@{labels[j]}" for j in layers[i].inputs)
+            refs = " | ".join(ref(j) for j in layers[i].inputs)
             return _labelled(f"{layers[i].op} {{ {refs} }}", labels.get(i))
         return _labelled(layer_text(layers[i].op, layers[i].args), labels.get(i))
 
@@ -184,7 +197,7 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         first = chain[0]
         elements = [element(i) for i in chain]
         if len(inputs[first]) == 1:   # starts from a labelled layer's output
-            elements.insert(0, f"@{labels[inputs[first][0]]}")
+            elements.insert(0, ref(inputs[first][0]))
         one_line = " -> ".join(elements)
         statements.append(one_line if _width(one_line) <= 60 and "\n" not in one_line else
                           elements[0] + "".join(f"\n  -> {e}" for e in elements[1:]))

@@ -101,14 +101,24 @@ def _channel_ranges(imp, node, index, a, channels: int) -> list[tuple[int, int]]
 
 
 def split(imp, node, index, a):
-    """Split of channels → one SLICE(start, stop) per output."""
-    needs(imp, node, index, "slice")
+    """Split of channels → SPLIT(parts) when the parts are equal (output p read as
+    ``@label.p``), else one SLICE(start, stop) per output."""
     x = imp.as_map(node.input[0], node, index)
     c = imp.chw_of(node.input[0], node, index)[0]
     if a.get("axis", 0) % 4 != 1:
         raise imp.error(f"splits axis {a.get('axis', 0)}; netdsl splits channels only", node,
                         index)
-    for name, (start, stop) in zip(node.output, _channel_ranges(imp, node, index, a, c)):
+    ranges = _channel_ranges(imp, node, index, a, c)
+    if len({stop - start for start, stop in ranges}) == 1 and has_layer("split") and \
+            ranges[-1][1] == c:
+        layer = imp.add("split", {"parts": len(ranges)}, [x.layer], hint=node.name)
+        for p, name in enumerate(node.output):
+            if name:
+                imp.values[name] = Value(layer if p == 0 else
+                                         imp.add("port", {"port": p}, [layer]), "map")
+        return
+    needs(imp, node, index, "slice")
+    for name, (start, stop) in zip(node.output, ranges):
         if name:
             layer = imp.add("slice", {"start": start, "stop": stop}, [x.layer], hint=name)
             imp.values[name] = Value(layer, "map")
