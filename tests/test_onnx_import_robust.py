@@ -112,6 +112,10 @@ def test_gemm_bias_per_sample_is_refused(tmp_path, capsys):
     m = model([h.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc")],
               {"w": rand(6, 5), "c": np.array([[1.0], [2.0]], np.float32)}, in_shape=(2, 6))
     refused(m, tmp_path, capsys, "node 0 'fc' (Gemm)", "differs between the rows")
+    # (M, 1) with M equal to the units too: once added per column, silently
+    m = model([h.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc")],
+              {"w": rand(6, 5), "c": rand(5, 1)}, in_shape=(5, 6))
+    refused(m, tmp_path, capsys, "node 0 'fc' (Gemm)", "differs between the rows")
 
 
 def test_matmul_add_bias(tmp_path, capsys):
