@@ -5,7 +5,9 @@ that producer has no other reader; otherwise it starts a statement, ``@producer 
 join ``concat { @a | @b } -> ...``. The statement that ends in the network's output is written
 first, because the first statement of a file is the one that gets the implicit loss;
 references may point forward, so the rest follow in graph order. Layers with weights, and
-layers another statement refers to, get labels (so the checkpoint can name them).
+layers another statement refers to, get labels (so the checkpoint can name them). A pseudo-layer
+``port`` (args ``{"port": p}``, reading a layer with several outputs such as SPLIT) stands for
+that layer's output p: it is no element, and is referred to as ``@label.p``.
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def _inline_joins(layers, order, consumers) -> dict:
         branches, forks = [], set()
         for i in ins:
             path = []
-            while len(layers[i].inputs) == 1 and len(consumers[i]) == 1:
+            while len(layers[i].inputs) == 1 and len(consumers[i]) == 1 and \
+                    layers[i].op != "port":
                 path.append(i)
                 i = layers[i].inputs[0]
             forks.add(i)
@@ -110,6 +113,8 @@ def _inline_joins(layers, order, consumers) -> dict:
         if len(forks) != 1 or len(branches) != len(ins):
             continue
         fork = forks.pop()
+        if layers[fork].op == "port":   # a branch from a second output is a reference
+            continue
         starts = {b[0] for b in branches if b}
         readers = set(consumers[fork]) - starts - {j}
         if not readers and all(b or fork in ins for b in branches):
@@ -117,9 +122,12 @@ def _inline_joins(layers, order, consumers) -> dict:
     return out
 
 
-def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, dict]:
-    """(.net text, {layer index: label}) for ``layers`` whose prediction is layer ``output``.
-    Layers the output does not depend on are left out."""
+def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, dict, list]:
+    """(.net text, {layer index: label}, spans) for ``layers`` whose prediction is layer
+    ``output``; spans are (start, end, layer index), the characters each layer's element
+    takes in the text (nested for inline joins), so that an error found in the written text
+    can be told in terms of the layer it came from. Layers the output does not depend on are
+    left out."""
     live, stack = set(), [output]
     while stack:
         i = stack.pop()
@@ -141,12 +149,20 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
             for j in inputs[i]:
                 readers[j].append(i)
 
-    def continues(i):   # joins its producer's chain
-        return len(inputs[i]) == 1 and len(readers[inputs[i][0]]) == 1
+    def continues(i):   # joins its producer's chain (a port is no element: never)
+        return len(inputs[i]) == 1 and len(readers[inputs[i][0]]) == 1 and \
+            layers[inputs[i][0]].op != "port"
+
+    def owner(j):   # the layer whose label a reference to j uses
+        return layers[j].inputs[0] if layers[j].op == "port" else j
+
+    def ref(j):     # @label, or @label.p for output p of a layer with several
+        return f"@{labels[owner(j)]}" + (f".{layers[j].args['port']}"
+                                         if layers[j].op == "port" else "")
 
     chains, chain_of = [], {}
     for i in order:
-        if i in absorbed:
+        if i in absorbed or layers[i].op == "port":
             continue
         if continues(i):
             chain_of[i] = chain_of[inputs[i][0]]
@@ -154,12 +170,15 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         else:
             chain_of[i] = len(chains)
             chains.append([i])
-    referenced = {j for c in chains for j in inputs[c[0]]} | {
+    referenced = {owner(j) for c in chains for j in inputs[c[0]]} | {
         f for j, (f, branches) in inline.items() if not all(branches)}
     labels = _labels(layers, consumers,
                      lambda i: i in referenced or bool(layers[i].params))
 
-    def element(i):
+    def element(i):   # marked: \x01index\x02 text \x03 (removed by _spans)
+        return f"\x01{i}\x02{bare(i)}\x03"
+
+    def bare(i):
         if i in inline:
             fork, branches = inline[i]
             texts = [_wrap([element(k) for k in b]) if b else f"@{labels[fork]}"
@@ -167,7 +186,7 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
             body = "\n       " + "\n     | ".join(texts) + "\n     }"
             return _labelled(f"{layers[i].op} {{{body}", labels.get(i))
         if len(layers[i].inputs) > 1:
-            refs = " | ".join(f"@{labels[j]}" for j in layers[i].inputs)
+            refs = " | ".join(ref(j) for j in layers[i].inputs)
             return _labelled(f"{layers[i].op} {{ {refs} }}", labels.get(i))
         return _labelled(layer_text(layers[i].op, layers[i].args), labels.get(i))
 
@@ -178,12 +197,36 @@ def write_net(layers, output: int, name: str, header: str = "") -> tuple[str, di
         first = chain[0]
         elements = [element(i) for i in chain]
         if len(inputs[first]) == 1:   # starts from a labelled layer's output
-            elements.insert(0, f"@{labels[inputs[first][0]]}")
+            elements.insert(0, ref(inputs[first][0]))
         one_line = " -> ".join(elements)
-        statements.append(one_line if len(one_line) <= 60 and "\n" not in one_line else
+        statements.append(one_line if _width(one_line) <= 60 and "\n" not in one_line else
                           elements[0] + "".join(f"\n  -> {e}" for e in elements[1:]))
     text = (header + f"net {name}\n\n" + _round_param() + "\n\n".join(statements) + "\n")
-    return text, labels
+    return _finish(text, labels)
+
+
+def _width(text: str) -> int:
+    """Characters shown: the length without the layer markers."""
+    return len(_MARK.sub("", text))
+
+
+_MARK = re.compile("\x01\\d+\x02|\x03")
+
+
+def _finish(text: str, labels: dict) -> tuple[str, dict, list]:
+    """The text without markers, the labels, and each marked layer's (start, end, index)."""
+    out, spans, stack, pos, at = [], [], [], 0, 0
+    for m in _MARK.finditer(text):
+        out.append(text[pos:m.start()])
+        at += m.start() - pos
+        pos = m.end()
+        if m.group() == "\x03":
+            start, i = stack.pop()
+            spans.append((start, at, i))
+        else:
+            stack.append((at, int(m.group()[1:-1])))
+    out.append(text[pos:])
+    return "".join(out), labels, spans
 
 
 def _round_param() -> str:
@@ -199,7 +242,7 @@ def _wrap(elements: list[str], width: int = 88) -> str:
     """A branch's elements joined by ' -> ', continued on indented lines past ``width``."""
     lines = [elements[0]]
     for e in elements[1:]:
-        if len(lines[-1]) + len(e) + 4 > width - 7:
+        if _width(lines[-1]) + _width(e) + 4 > width - 7:
             lines.append(f"-> {e}")
         else:
             lines[-1] += f" -> {e}"

@@ -13,6 +13,7 @@ pool's N×C×1×1) and ``nhwc`` (a Transpose to channel-last, which a Flatten tu
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,9 @@ import numpy as np
 from ..core.errors import NetdslError
 from ..lang.values import as_identifier, source_comment
 from .onnx_export import require_onnx
-from .onnx_import_ops import HANDLERS, Value
+from .onnx_import_fold import infer_light, prefold, shapes_of
+from .onnx_import_modern import ALL_HANDLERS as HANDLERS
+from .onnx_import_windows import Value, has_arg
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Layer:
     inputs: list
     params: dict = field(default_factory=dict)
     hint: str = ""                      # the ONNX node name, for the label
+    where: str = ""                     # "node 3 'name' (Op)", for errors found later
 
 
 class _Importer:
@@ -57,25 +61,38 @@ class _Importer:
                                   "values, not numbers",
                                   hint="weights must be float or integer tensors")
         self.layers: list[Layer] = []
+        self.where = "the graph input"
+        self.kept: dict = {}
         self.values: dict[str, Value] = {}
         self.notes: list[str] = []
         try:   # strict: a weight that does not fit its input is the file's error, said here
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+            inferred = infer_light(model, self.consts)
         except Exception as exc:   # onnx's InferenceError and friends
             raise NetdslError(f"{path}: the model's tensor shapes do not fit together: "
                               f"{str(exc).strip().splitlines()[-1][:300]}") from None
-        self.shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
-                                 for d in vi.type.tensor_type.shape.dim]
-                       for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
+        self.shapes = shapes_of(inferred)
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
-            raise self.error(f"has {len(inputs)} data inputs; netdsl networks have one")
+            message = f"has {len(inputs)} data inputs; netdsl networks have one"
+            if g.node and not inputs:   # a model of constants: told at its first node
+                raise self.error("the model " + message, g.node[0], 0)
+            raise self.error(message)
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in inputs[0].type.tensor_type.shape.dim]
         if len(dims) not in (2, 4) or None in dims[1:] or 0 in dims[1:]:
-            raise self.error(f"input '{inputs[0].name}' has shape {dims}; netdsl imports "
-                             "models with a fixed N×C×H×W (or N×F) input",
-                             hint="export the model with fixed sizes but the batch")
+            # told at the node that reads it: a 3-D input is that operator's case too
+            index, node = next(((i, n) for i, n in enumerate(g.node)
+                                if inputs[0].name in n.input), (-1, None))
+            raise self.error(f"reads the model input '{inputs[0].name}' of shape {dims}; "
+                             "netdsl imports models with a fixed N×C×H×W (or N×F) input",
+                             node, index, hint="export the model with fixed sizes but the batch")
+        elem = inputs[0].type.tensor_type.elem_type
+        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            index, node = next(((i, n) for i, n in enumerate(g.node)
+                                if inputs[0].name in n.input), (-1, None))
+            raise self.error(f"reads the model input '{inputs[0].name}' of type "
+                             f"{onnx.TensorProto.DataType.Name(elem).lower()}; netdsl computes "
+                             "in float32", node, index)
         if len(dims) == 2:   # a vector input: INPUT(F) (needs a netdsl with flat inputs)
             self.values[inputs[0].name] = Value(self.add("input", {"shape": (dims[1],)}, []),
                                                 "flat")
@@ -84,6 +101,14 @@ class _Importer:
             self.values[inputs[0].name] = Value(self.add("input", {"shape": (h, w, c)}, []),
                                                 "map", (c, h, w))
         self.graph = g
+        # How many nodes (and graph outputs) read each tensor: a bias may join an FC only
+        # when nothing else reads the product without it.
+        self.readers = Counter([n for node in g.node for n in node.input if n] +
+                               [o.name for o in g.output])
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          17)
+        self.folded: set = set()   # indices of the nodes that compute constants
+        prefold(self, model)
 
     def error(self, message: str, node=None, index: int = -1, hint: str | None = None):
         where = f"node {index} '{node.name}' ({node.op_type}): " if node is not None else ""
@@ -91,7 +116,7 @@ class _Importer:
                            f"{self.path}: the model {message}", hint=hint)
 
     def add(self, op: str, args: dict, inputs: list, params=None, hint: str = "") -> int:
-        self.layers.append(Layer(op, args, list(inputs), params or {}, hint))
+        self.layers.append(Layer(op, args, list(inputs), params or {}, hint, self.where))
         return len(self.layers) - 1
 
     # -- helpers for node handlers -------------------------------------------------------
@@ -102,6 +127,14 @@ class _Importer:
 
     def as_map(self, name: str, node, index) -> Value:
         v = self.values[name]
+        pooled = self.layers[v.layer]
+        if v.kind == "gap" and pooled.op == "gap" and has_arg("gap", "keep"):
+            # A pooled N×C×1×1 read as a map (squeeze-and-excitation's 1×1 convolutions):
+            # the same pooling, keeping the 1×1×C map, once per pooled value.
+            key = ("keep", v.layer)
+            if key not in self.kept:
+                self.kept[key] = self.add("gap", {"keep": True}, pooled.inputs, hint=pooled.hint)
+            return Value(self.kept[key], "map")
         if v.kind != "map":
             raise self.error(f"expects an N×C×H×W map, got a {_KIND_WORDS[v.kind]}", node, index)
         return v
@@ -133,7 +166,10 @@ class _Importer:
 
     def run(self) -> None:
         for index, node in enumerate(self.graph.node):
+            if index in self.folded:
+                continue
             handler = HANDLERS.get(node.op_type)
+            self.where = f"node {index} '{node.name}' ({node.op_type})"
             if handler is None:
                 raise self.error("has no netdsl layer", node, index,
                                  hint="netdsl imports: " + ", ".join(sorted(HANDLERS)))
@@ -151,15 +187,21 @@ class _Importer:
 
 
 _KIND_WORDS = {"map": "map", "flat": "vector", "chw": "flattened map",
-               "gap": "globally pooled N×C×1×1 map", "nhwc": "channel-last (transposed) map"}
+               "gap": "globally pooled N×C×1×1 map", "nhwc": "channel-last (transposed) map",
+               "grid": "map reshaped to N×g×C/g×H×W",
+               "grid_t": "transposed N×C/g×g×H×W grid (half a channel shuffle)"}
 
 
 def read_model(path: str):
     """The ONNX ModelProto at ``path``, or a NetdslError saying why it cannot be read."""
+    import os
     onnx = require_onnx()
+    if not os.path.isfile(path):
+        raise NetdslError(f"'{path}' does not exist")
     try:
+        # checked from the file: checking the loaded model would serialise it again
+        onnx.checker.check_model(path)
         model = onnx.load(path)
-        onnx.checker.check_model(model)
     except FileNotFoundError:
         raise NetdslError(f"'{path}' does not exist") from None
     except Exception as exc:   # DecodeError, ValidationError, ...: not a valid ONNX model
@@ -169,7 +211,8 @@ def read_model(path: str):
 
 
 def import_model(model, path: str, name: str):
-    """(.net text, params {node: {name: array}}, notes, layer count) for an ONNX model."""
+    """(.net text, params {node: {name: array}}, notes, input shape, origin) for an ONNX
+    model; ``origin(error)`` retells an error found in the written text at its ONNX node."""
     from .net_writer import write_net
     imp = _Importer(model, path)
     imp.run()
@@ -185,15 +228,29 @@ def import_model(model, path: str, name: str):
                           "depend on its input (a constant, or an initializer), so it is no "
                           "network netdsl can write",
                           hint="export the network whose output is computed from the input")
-    if out.kind != "flat":
-        fake = type("N", (), {"name": outputs[0].name, "op_type": "output"})()
-        out = Value(imp.as_flat(outputs[0].name, fake, len(imp.graph.node)), "flat")
+    if out.kind != "flat":   # told at the node that makes the output
+        index, node = next((i, n) for i, n in enumerate(imp.graph.node)
+                           if outputs[0].name in n.output)
+        out = Value(imp.as_flat(outputs[0].name, node, index), "flat")
     header = (f"# Imported from {source_comment(path)} by netdsl import.\n"
               "# The loss (softmax cross-entropy) is implicit; weights are in the checkpoint.\n")
-    text, labels = write_net(imp.layers, out.layer, name, header)
+    text, labels, spans = write_net(imp.layers, out.layer, name, header)
     params = {labels[i]: layer.params for i, layer in enumerate(imp.layers)
               if layer.params and i in labels}
-    return text, params, imp.notes, imp.layers[0].args["shape"]
+
+    def origin(exc: NetdslError) -> NetdslError:
+        layer = None
+        if exc.loc is not None and exc.loc.line > 0:
+            offset = sum(len(s) + 1 for s in text.split("\n")[:exc.loc.line - 1]) + \
+                max(exc.loc.col - 1, 0)
+            inside = [(e - s, i) for s, e, i in spans if s <= offset < e]
+            layer = imp.layers[min(inside)[1]] if inside else None
+        where = f"{layer.where}: its netdsl layer {layer.op.upper()} is invalid" if layer \
+            else "the network netdsl writes for it does not compile"
+        return NetdslError(f"{path}: {where}: {exc.message}", detail=exc.detail,
+                           hint=exc.hint)
+
+    return text, params, imp.notes, imp.layers[0].args["shape"], origin
 
 
 def import_file(model_path: str, net_path: str, weights_path: str, *, name=None) -> dict:
@@ -206,9 +263,12 @@ def import_file(model_path: str, net_path: str, weights_path: str, *, name=None)
     from .trained import bind_params
     name = as_identifier(name or Path(net_path).stem, "imported")
     model = read_model(model_path)
-    text, params, notes, input_shape = import_model(model, model_path, name)
+    text, params, notes, input_shape, origin = import_model(model, model_path, name)
     # Every width is written out, so num_classes fills nothing; it only spares a data lookup.
-    c = compile_text(text, name=str(net_path), input_shape=input_shape, num_classes=2)
+    try:
+        c = compile_text(text, name=str(net_path), input_shape=input_shape, num_classes=2)
+    except NetdslError as exc:   # told at the ONNX node: the user never saw the .net text
+        raise origin(exc) from None
     bound = bind_params(c.graph, params, model_path)
     from ..core import graph as G
     from ..compile.verify import main_head
