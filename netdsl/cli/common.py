@@ -25,6 +25,7 @@ INT_FLAGS = {
     "rounds": (1, 10_000, "rounds"),
     "top": (1, 1_000_000, "classes shown per input"),   # predict
     "limit": (1, 10**9, "training examples"),
+    "workers": (1, 1024, "MPI ranks"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 

@@ -23,6 +23,13 @@ def cmd_run(args) -> int:
     from ..train.fingerprint import graph_fingerprint
     from ..train.loop import Interrupted, Trainer, check_same_network, default_out_dir
     from ..train.rundir import open_run_dir
+    from ..train.distributed import launched_by_mpi, world
+    from .workers import setup_rank, spawn
+    if args.workers and not launched_by_mpi():   # start the ranks, each running this command
+        return spawn(args.argv, args.workers)
+    comm = world()
+    if comm is not None:
+        setup_rank(args, comm)
     cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed}
     c = compile_args(args, cli_train=cli_train, need_data=True)
@@ -40,7 +47,9 @@ def cmd_run(args) -> int:
                           hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
     # Checked and locked before any data is read or weight made: a bad --out costs nothing.
     out_dir = args.out or default_out_dir(g.graph["name"])
-    with open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite) as run_dir:
+    # Rank 0 alone locks and writes the run directory; the other ranks write nothing.
+    with (open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite)
+          if comm is None or comm.rank == 0 else _NoRunDir()) as run_dir:
         for name in run_dir.removed_temps:
             print(f"netdsl: removed {os.path.join(out_dir, name)}, left by an interrupted save",
                   file=sys.stderr)
@@ -72,7 +81,15 @@ def cmd_run(args) -> int:
               f"checkpoints in {out_dir}/")
         # The fingerprint of the network as compiled, not as the training passes rewrote it:
         # --passes/-O0 change how it runs, not what it is.
+        parallel = None
+        if comm is not None:
+            from ..train.parallel import DataParallel
+            parallel = DataParallel(comm, ex, args.bucket_mb, overlap=not args.no_overlap)
+            print(f"data parallel: {comm.size} ranks × {args.threads} thread(s), "
+                  f"{len(parallel.sync.buckets)} gradient bucket(s) of ≤{args.bucket_mb:g} MB, "
+                  f"overlap {'off' if args.no_overlap else 'on'}")
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
+                          parallel=parallel,
                           on_epoch=None if args.no_plots else Pictures(out_dir, data.test_name),
                           meta={"network": g.graph["name"], "source": g.graph["source"].text,
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
@@ -93,6 +110,17 @@ def cmd_run(args) -> int:
     acc = result["accuracy"]
     print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")
     return 0
+
+
+class _NoRunDir:
+    """What a rank other than 0 opens instead of the run directory: nothing."""
+    removed_temps: list = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def cmd_bench(args) -> int:
@@ -133,6 +161,13 @@ def add_run(sub, common) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-plots", action="store_true",
                    help="do not draw curves.png/svg and filters.png into --out")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="train data-parallel on N MPI ranks on this machine (starts mpiexec; "
+                        "needs the mpi extra); the same run as one process")
+    r.add_argument("--bucket-mb", type=float, default=25.0, metavar="MB",
+                   help="under MPI: gradient all-reduce bucket size (default 25)")
+    r.add_argument("--no-overlap", action="store_true",
+                   help="under MPI: all-reduce the gradients after backward, not during it")
     pass_flags(r)
     kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)

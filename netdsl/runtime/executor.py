@@ -176,18 +176,20 @@ class Executor:
     def _logits_index(self) -> int:
         return self.plan[self.main_head].inputs[0][0]
 
-    def backward(self) -> dict:
+    def backward(self, on_grads=None) -> dict:
         """Gradients of the summed loss w.r.t. every trainable parameter, after a training
-        forward with labels. Returns (and stores in ``self.grads``) ``{node: {name: grad}}``."""
+        forward with labels. Returns (and stores in ``self.grads``) ``{node: {name: grad}}``.
+        ``on_grads(node, dparams)`` is called as soon as a layer's gradients are ready (data
+        parallel training starts their all-reduce while the earlier layers' backward runs)."""
         if self._caches is None:
             raise RuntimeError("backward() needs a forward(..., labels, training=True) first")
         try:
             with single_threaded_blas() if self.xp is np else _nothing():
-                return self._backward()
+                return self._backward(on_grads)
         finally:
             self._settle_scratch()
 
-    def _backward(self) -> dict:
+    def _backward(self, on_grads=None) -> dict:
         xp, plan, caches = self.xp, self.plan, self._caches
         self._caches = None
         ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch)
@@ -211,6 +213,8 @@ class Executor:
                                          self.params.get(st.node.name, {}), held)
             if dparams:
                 grads[st.node.name] = dparams
+                if on_grads is not None:
+                    on_grads(st.node.name, dparams)
             add_input_grads(plan, douts, st, dins)
             dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads

@@ -33,6 +33,7 @@ from ..lang.train_config import TrainConfig
 from ..data.loader import Dataset
 from .fingerprint import diff_fingerprints, graph_fingerprint, well_formed
 from .optim import make_optimizer
+from .parallel import Single
 from .progress import EpochBar
 from .schedule import make_schedule
 from .signals import Interrupted, StopFlag
@@ -158,8 +159,9 @@ class Trainer:
 
     def __init__(self, ex: Executor, cfg: TrainConfig, data: Dataset, *, out_dir: str | None,
                  meta: dict | None = None, show_progress: bool = True, log=print, warn=_warn,
-                 on_epoch=None):
+                 on_epoch=None, parallel=None):
         self.ex, self.cfg, self.data = ex, cfg, data
+        self.par = parallel or Single()   # parallel.py: alone, or one of N MPI ranks
         self.out_dir = Path(out_dir) if out_dir else None
         # meta["graph"]: the caller's fingerprint of the compiled graph (the CLI's), else the
         # executor's graph, as its passes rewrote it.
@@ -182,7 +184,7 @@ class Trainer:
         self.history: list[dict] = []
         self.changes: list[dict] = []   # settings changed on resume, with where
         self.on_epoch = on_epoch   # called with the trainer after each epoch's checkpoint
-        self._stop = StopFlag()
+        self._stop = self.par.stop_flag(StopFlag())
         self._loss_watch = LossWatch(log)   # warns once on a finite blow-up
 
     # -- persistence ---------------------------------------------------------------------
@@ -266,6 +268,8 @@ class Trainer:
     def save(self, interrupted: bool = False) -> str | None:
         if self.out_dir is None:
             return None
+        if not self.par.writes:   # rank 0 alone writes; the state is the same on every rank
+            return str(self.out_dir / "checkpoint.npz")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "checkpoint.npz"
         meta = dict(self.meta, batch_in_epoch=self.batch, interrupted=interrupted,
@@ -296,21 +300,20 @@ class Trainer:
                 if self._stop.hit:
                     raise _Stopped
                 idx = order[start:stop]
+                lo, hi = self.par.part(len(idx))   # this rank's rows of the global batch
                 # Uploaded once (a no-op on the CPU): the loss and the hit count share it.
-                xb, yb = data.x_train[idx], ex.xp.asarray(data.y_train[idx])
+                xb, yb = data.x_train[idx[lo:hi]], ex.xp.asarray(data.y_train[idx[lo:hi]])
                 if cfg.augment != "none":
-                    xb = augment_batch(xb, cfg.augment, _rng(cfg.seed, _AUGMENT, self.step))
+                    xb = augment_batch(xb, cfg.augment, _rng(cfg.seed, _AUGMENT, self.step),
+                                       part=(lo, len(idx)))
                 ex.reseed(self.step)
-                res = ex.forward(xb, yb, training=True)
-                grads, loss = ex.backward(), float(res.loss)
+                grads, loss, hits = self.par.train_step(ex, xb, yb, lo, hi, len(idx))
                 if not np.isfinite(loss):   # before the update: name the layer (numerics.py)
                     raise locate_nonfinite(ex, xb, yb, step=self.step, loss=loss)
                 self._loss_watch.update(loss, self.step + 1)
                 self.optimizer.step(ex.params, grads, lr=self.lr_at(self.step))
                 self.step += 1
                 self.batch += 1
-                hits = int(to_numpy((ex.xp.argmax(res.logits, axis=1) ==
-                                     yb).sum()))
                 sums.add(len(idx), loss, hits)
                 bar.update(len(idx), loss, hits / len(idx))
         finally:
@@ -331,6 +334,7 @@ class Trainer:
         if self.epoch >= self.cfg.epochs:
             self.log(f"nothing to train: {self.epoch} epoch(s) already done, --epochs is "
                      f"{self.cfg.epochs}; raise --epochs to continue")
+        self.par.start(self.ex)
         try:
             with self._stop:
                 while self.epoch < self.cfg.epochs:
@@ -349,6 +353,7 @@ class Trainer:
         except _Stopped:
             signum = self._stop.signum
             path = self.save(interrupted=True)
+            self.par.barrier("the interrupted run's checkpoint")   # no rank exits before it
             name = signal.Signals(signum).name if signum else "a signal"
             try:   # after SIGHUP the terminal may be gone; the checkpoint is what matters
                 self.log(f"\ninterrupted by {name} after {self._where()}; checkpoint saved to "
