@@ -1,0 +1,215 @@
+"""Data-parallel training over MPI (docs/distributed.md): N ranks compute what one process
+computes. The pure parts (shares, sliced random draws, buckets) are checked without MPI; the
+rest runs `mpiexec -n 2` and skips cleanly where mpi4py or mpiexec is missing."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netdsl.compile.compiler import compile_text
+from netdsl.data.augment import augment_batch
+from netdsl.runtime.executor import Executor
+from netdsl.train.allreduce import plan_buckets
+from netdsl.train.distributed import SlicedRng, share
+from netdsl.cli.workers import strip_workers
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import mpi_train_worker as worker  # noqa: E402
+
+
+def test_shares_cover_the_batch_in_order():
+    for n in (1, 7, 16, 33):
+        for size in (1, 2, 3, 5):
+            parts = share(n, size)
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [hi - lo for lo, hi in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_augmenting_a_part_equals_that_part_of_the_whole_batch():
+    x = np.random.default_rng(1).standard_normal((9, 8, 8, 2)).astype(np.float32)
+    whole = augment_batch(x, "affine+crop+flip", np.random.default_rng(5))
+    for lo, hi in share(9, 2):
+        part = augment_batch(x[lo:hi], "affine+crop+flip", np.random.default_rng(5), part=(lo, 9))
+        np.testing.assert_array_equal(part, whole[lo:hi])
+
+
+def test_sliced_rng_gives_each_row_its_whole_batch_mask():
+    whole = np.random.default_rng(7).random((6, 4, 3), dtype=np.float32)
+    rows = SlicedRng(np.random.default_rng(7), 6, 2, 5).random((3, 4, 3), dtype=np.float32)
+    np.testing.assert_array_equal(rows, whole[2:5])
+
+
+def test_buckets_hold_every_trainable_tensor_once_in_backward_order():
+    g = compile_text(worker.NETS["nobn"], num_classes=3).graph
+    ex = Executor(g, seed=0)
+    for mb in (1e-4, 1e-3, 25.0):
+        buckets = plan_buckets(ex, mb)
+        keys = [(n, k) for b in buckets for n, k, *_ in b.entries]
+        assert sorted(keys) == sorted(ex.trainable()) and len(set(keys)) == len(keys)
+        order = [st.node.name for st in reversed(ex.plan)]
+        assert [order.index(n) for n, _ in keys] == sorted(order.index(n) for n, _ in keys)
+        for b in buckets[:-1]:   # each but the last reaches the size
+            assert b.buf.nbytes >= mb * 1e6
+    assert len(plan_buckets(ex, 25.0)) == 1 and len(plan_buckets(ex, 1e-4)) > 2
+
+
+def test_strip_workers():
+    assert strip_workers(["run", "a.net", "--workers", "2", "--quiet"]) == ["run", "a.net",
+                                                                           "--quiet"]
+    assert strip_workers(["sweep", "--workers=3", "x"]) == ["sweep", "x"]
+
+
+# -- under mpiexec --------------------------------------------------------------------------
+def _mpiexec():
+    pytest.importorskip("mpi4py")
+    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
+                       os.environ.get("PATH", ""))
+    if exe is None:
+        pytest.skip("no mpiexec")
+    return exe
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_two_ranks_equal_one_process(tmp_path, dtype, rtol):
+    """20 steps with dropout, augmentation, weight decay and an uneven last batch (7 = 4 + 3):
+    the parameters and the metrics history of 2 ranks are those of one process."""
+    out = tmp_path / "ranks.npz"
+    subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(HERE / "mpi_train_worker.py"),
+                    "nobn", dtype, str(out)], check=True, env=_env(), timeout=300)
+    ranks = np.load(out)
+    single, _ = worker.train("nobn", dtype)
+    ref = worker.flat(single)
+    assert int(ranks["step"]) == int(ref["step"]) == 20
+    assert set(ranks.files) == set(ref)
+    for key in ref:
+        if key.startswith("p/"):
+            scale = max(np.abs(ref[key]).max(), 1e-30)
+            assert np.abs(ranks[key] - ref[key]).max() / scale < rtol, key
+    for key in ("h/train_acc", "h/test_acc"):
+        np.testing.assert_array_equal(ranks[key], ref[key])
+    np.testing.assert_allclose(ranks["h/loss"], ref["h/loss"], rtol=rtol)
+
+
+TINY = """net tiny
+INPUT(8x8x1) -> CONV(8, 3) -> RELU -> POOL -> FC(32) -> RELU -> FC
+train {
+  batch_size = 32
+  epochs = 400
+}
+"""
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "netdsl", "run", *args, "--quiet",
+                             "--no-plots"], env=_env(), cwd=ROOT, **kw)
+
+
+def _rank_pid(root: int, rank: int) -> int:
+    """The process of MPI rank ``rank`` among ``root``'s descendants (by its PMI_RANK)."""
+    children: dict = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(p))
+        except OSError:
+            pass
+    todo, found = [root], []
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    for p in found:
+        try:
+            env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in env:
+            return p
+    raise AssertionError(f"no rank {rank} under {root}")
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.1)
+    time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_one_rank(tmp_path, sig):
+    """SIGTERM to rank 1: every rank stops at the same step, rank 0 saves once, exit 143 within
+    10 s. kill -9 of rank 1: the others are stopped with a clear message, non-zero, within 30 s,
+    and the last checkpoint is intact."""
+    from netdsl.train.checkpoint import load_checkpoint
+    _mpiexec()
+    net = tmp_path / "tiny.net"
+    net.write_text(TINY)
+    out = tmp_path / "run"
+    proc = _run([str(net), "--out", str(out), "--workers", "2"], stderr=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out / "checkpoint.npz", proc)
+        os.kill(_rank_pid(proc.pid, 1), sig)
+        t0 = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ck = load_checkpoint(str(out / "checkpoint.npz"))   # loads: intact
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and took < 10, (proc.returncode, took, stderr)
+        assert ck["meta"]["interrupted"] and "interrupted by SIGTERM" in stdout
+        assert stdout.count("checkpoint saved") == 1   # rank 0 alone
+    else:
+        assert proc.returncode not in (0, 143) and took < 30, (proc.returncode, took)
+        assert "ended abnormally" in stderr and not ck["meta"]["interrupted"]
+
+
+@pytest.mark.slow
+def test_resume_two_rank_checkpoint_on_one_process(tmp_path):
+    """Continue a 2-rank checkpoint with 1 process and with 2 ranks: the same weights."""
+    from netdsl.train.checkpoint import load_checkpoint
+    _mpiexec()
+    net = tmp_path / "tiny.net"
+    net.write_text(TINY)
+    first = tmp_path / "first"
+    assert _run([str(net), "--out", str(first), "--epochs", "1", "--workers", "2"]).wait() == 0
+    results = {}
+    for workers in (["--workers", "2"], []):
+        out = tmp_path / f"cont{len(workers)}"
+        shutil.copytree(first, out)
+        ck = str(out / "checkpoint.npz")
+        assert _run([str(net), "--out", str(out), "--epochs", "2", "--resume", ck,
+                     *workers]).wait() == 0
+        results[len(workers)] = load_checkpoint(ck)
+    two, one = results[2], results[0]
+    assert two["step"] == one["step"] > 0
+    for name, tensors in one["params"].items():
+        for key, ref in tensors.items():
+            got = two["params"][name][key]
+            assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), (name, key)
+    assert [r["test_acc"] for r in two["metrics"]["history"]] == \
+        [r["test_acc"] for r in one["metrics"]["history"]]
