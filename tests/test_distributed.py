@@ -213,3 +213,21 @@ def test_resume_two_rank_checkpoint_on_one_process(tmp_path):
             assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), (name, key)
     assert [r["test_acc"] for r in two["metrics"]["history"]] == \
         [r["test_acc"] for r in one["metrics"]["history"]]
+
+
+@pytest.mark.slow
+def test_sweep_on_two_ranks_prints_the_serial_table(tmp_path):
+    """Instances trained on 2 ranks (1 thread each): the table and CSV of a serial sweep with
+    1 thread per instance (float sums, so accuracies, depend on the thread count)."""
+    _mpiexec()
+    tables = {}
+    for name, extra in (("serial", ["--threads", "1"]), ("ranks", ["--workers", "2"])):
+        out = tmp_path / name
+        res = subprocess.run([sys.executable, "-m", "netdsl", "sweep", "nets/cs231n.net",
+                              "--set", "N=1..2", "--set", "M=2", "--epochs", "1", "--limit",
+                              "300", "--quiet", "--out", str(out), *extra], cwd=ROOT,
+                             env=_env(), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        tables[name] = (res.stdout.split("wrote")[0], (out / "sweep.csv").read_text())
+    assert tables["serial"] == tables["ranks"]
+    assert tables["serial"][0].count("%") == 2
