@@ -1,7 +1,7 @@
 """Trains a toy net for 20 steps, alone or as one MPI rank (tests/test_distributed.py runs it
 under mpiexec); rank 0 (or the single process) saves the parameters and the history to OUT.
 
-    python tests/mpi_train_worker.py nobn|bn float32|float64 OUT.npz [--no-overlap]
+    python tests/mpi_train_worker.py nobn|bn float32|float64 OUT.npz [--no-overlap] [--sync-bn]
 """
 import sys
 
@@ -33,14 +33,15 @@ def dataset():
                    "held-out last 20")
 
 
-def train(kind: str, dtype: str, overlap: bool = True, bucket_mb: float = 1e-3):
+def train(kind: str, dtype: str, overlap: bool = True, bucket_mb: float = 1e-3,
+          sync_bn: bool = False):
     """The trainer after 20 steps (a tiny bucket size: several buckets even for this net)."""
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                      augment="affine+crop+flip", seed=3)
+                      augment="affine+crop+flip", seed=3, sync_bn=sync_bn)
     g = compile_text(NETS[kind], num_classes=3).graph
     ex = Executor(g, seed=cfg.seed, dtype=np.dtype(dtype))
     comm = world()
-    par = DataParallel(comm, ex, bucket_mb, overlap) if comm is not None else None
+    par = DataParallel(comm, ex, bucket_mb, overlap, sync_bn) if comm is not None else None
     t = Trainer(ex, cfg, dataset(), out_dir=None, show_progress=False, log=lambda *a: None,
                 parallel=par)
     t.run()
@@ -58,6 +59,7 @@ def flat(t) -> dict:
 
 if __name__ == "__main__":
     kind, dtype, path = sys.argv[1:4]
-    trainer, rank = train(kind, dtype, overlap="--no-overlap" not in sys.argv)
+    trainer, rank = train(kind, dtype, overlap="--no-overlap" not in sys.argv,
+                          sync_bn="--sync-bn" in sys.argv)
     if rank == 0:
         np.savez(path, **flat(trainer))

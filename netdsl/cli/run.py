@@ -84,10 +84,12 @@ def cmd_run(args) -> int:
         parallel = None
         if comm is not None:
             from ..train.parallel import DataParallel
-            parallel = DataParallel(comm, ex, args.bucket_mb, overlap=not args.no_overlap)
+            parallel = DataParallel(comm, ex, args.bucket_mb, overlap=not args.no_overlap,
+                                    sync_bn=cfg.sync_bn)
             print(f"data parallel: {comm.size} ranks × {args.threads} thread(s), "
                   f"{len(parallel.sync.buckets)} gradient bucket(s) of ≤{args.bucket_mb:g} MB, "
-                  f"overlap {'off' if args.no_overlap else 'on'}")
+                  f"overlap {'off' if args.no_overlap else 'on'}, batch norm "
+                  f"{'synchronised (sync_bn)' if cfg.sync_bn else 'per rank'}")
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
                           parallel=parallel,
                           on_epoch=None if args.no_plots else Pictures(out_dir, data.test_name),

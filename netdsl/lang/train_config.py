@@ -29,6 +29,7 @@ class TrainConfig:
     augment: str = "none"         # none, or crop / flip / affine joined by '+'; never flip digits
     holdout: int = -1             # examples kept out when the data has no test split; -1 = 20%
     seed: int = 0
+    sync_bn: bool = False         # data-parallel ranks: batch norm over the global batch
 
     def __post_init__(self):
         from ..data.augment import parse_mode

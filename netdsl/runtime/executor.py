@@ -68,6 +68,7 @@ class Executor:
         # stream the trainer re-seeds per step (reseed), so a resumed run replays them exactly.
         self.seed = seed
         self.xp_rng = None
+        self.bn_sync = None   # sync_bn under data parallelism: batch sums over ranks (Ctx.sync)
         self.reseed(0)
         self.grads: dict = {}
         self._caches = None
@@ -115,7 +116,7 @@ class Executor:
             self.check_labels(labels)   # on the host now: on the device it would sync
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
                   labels=None if labels is None else xp.asarray(labels), dtype=self.dtype,
-                  scratch=self.scratch)
+                  scratch=self.scratch, sync=self.bn_sync if training else None)
         try:
             with single_threaded_blas() if xp is np else _nothing():
                 return self._forward(ctx, x, labels, keep)
@@ -192,10 +193,11 @@ class Executor:
     def _backward(self, on_grads=None) -> dict:
         xp, plan, caches = self.xp, self.plan, self._caches
         self._caches = None
-        ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch)
+        ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch,
+                  sync=self.bn_sync)
         # Layers that read only the data (the first conv) need not compute d(input).
         data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False,
-                       scratch=self.scratch)
+                       scratch=self.scratch, sync=self.bn_sync)
         douts: list = [None] * len(plan)
         for i in self.heads:
             douts[i] = xp.asarray(1.0, dtype=self.dtype)

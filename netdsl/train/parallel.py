@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.backend import to_numpy
+from ..core.errors import NetdslError
 from .allreduce import GradSync
 from .distributed import DEFAULT_BUCKET_MB, AgreedStop, Comm, SlicedRng, share
 
@@ -41,14 +42,52 @@ class Single:
         return grads, loss, _hits(ex, res.logits, yb)
 
 
+class BatchSync:
+    """``Ctx.sync`` for ``sync_bn``: a batch norm layer's per-channel sums over all ranks.
+
+    Each rank's loss is the mean over its own n_r examples, so its gradients are n / n_r times
+    those of the global mean; ``grads=True`` sums them weighted by n_r / n (the global batch's
+    units) and hands them back in this rank's units, which the layer's formulas expect."""
+
+    def __init__(self, comm: Comm):
+        self.comm, self.weight = comm, 1.0
+
+    def batch_sums(self, arrays: list, count: int, grads: bool = False):
+        """(the arrays summed over ranks, the global batch's count per channel)."""
+        xp = type(arrays[0]) if not isinstance(arrays[0], np.ndarray) else np
+        w = self.weight if grads else 1.0
+        host = [np.asarray(to_numpy(a), dtype=np.float64).reshape(-1) * w for a in arrays]
+        buf = np.concatenate(host + [np.array([count], dtype=np.float64)])
+        self.comm.allreduce(buf, "the sync_bn sums")
+        out, at = [], 0
+        for a, h in zip(arrays, host):
+            summed = (buf[at:at + h.size] / w).reshape(a.shape).astype(a.dtype)
+            out.append(summed if xp is np else xp.asarray(summed))
+            at += h.size
+        return out, int(round(buf[-1]))
+
+
+def reference_batchnorm(ex) -> None:
+    """Batch norm steps on the registry's NumPy kernel (a ReLU fused into a oneDNN kernel
+    becomes the plan's in-place activation again): only it sums over ranks (``Ctx.sync``)."""
+    for st in ex.plan:
+        if st.node.op == "batchnorm" and st.provider != "numpy":
+            st.forward, st.backward, st.provider = st.spec.forward, st.spec.backward, "numpy"
+            st.act = st.node.meta.get("act")
+
+
 class DataParallel(Single):
     """One of N ranks: its share of each global batch, gradients summed in buckets."""
 
     def __init__(self, comm: Comm, ex, bucket_mb: float = DEFAULT_BUCKET_MB,
-                 overlap: bool = True):
+                 overlap: bool = True, sync_bn: bool = False):
         self.comm, self.rank, self.size = comm, comm.rank, comm.size
         self.writes = comm.rank == 0
         self.sync = GradSync(ex, comm, bucket_mb, overlap)
+        self.bn = BatchSync(comm) if sync_bn else None
+        ex.bn_sync = self.bn
+        if sync_bn:
+            reference_batchnorm(ex)
 
     def part(self, n: int) -> tuple[int, int]:
         """Rank r's contiguous rows of the global batch (distributed.share)."""
@@ -69,6 +108,13 @@ class DataParallel(Single):
     def train_step(self, ex, xb, yb, lo: int, hi: int, n: int):
         """This rank's rows, then the global gradients, mean loss and hit count."""
         self.sync.begin((hi - lo) / n)
+        if self.bn is not None:
+            if n < self.size:   # every rank must take part in each layer's sums
+                raise NetdslError(f"sync_bn: a batch of {n} example(s) leaves some of the "
+                                  f"{self.size} ranks without examples",
+                                  hint="use a batch size (and data size) so that every batch "
+                                       "has at least one example per rank")
+            self.bn.weight = (hi - lo) / n
         grads, loss_sum, hits = {}, 0.0, 0
         if hi > lo:   # a batch smaller than the ranks leaves some ranks without examples
             ex.xp_rng = SlicedRng(ex.xp_rng, n, lo, hi)
