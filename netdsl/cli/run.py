@@ -108,6 +108,8 @@ def cmd_run(args) -> int:
             return EXIT_INTERRUPTED
         if not args.no_plots:
             Pictures(out_dir, data.test_name).filters(ex)
+        if parallel is not None:
+            print(parallel.report(sum(r["seconds"] for r in result["history"])))
     n_test = len(data.y_test)
     acc = result["accuracy"]
     print(f"final {data.test_name} accuracy: {100 * acc:.2f}% ({round(acc * n_test)}/{n_test})")

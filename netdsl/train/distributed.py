@@ -27,7 +27,7 @@ import numpy as np
 # Environment variables that MPI launchers set in the processes they start (MPICH/Hydra and
 # Slurm's PMI, Open MPI, PMIx). Without one of them this process was not started by mpiexec.
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-DEFAULT_TIMEOUT_S = 20.0
+DEFAULT_TIMEOUT_S = 60.0   # > a slow checkpoint save and plot on rank 0, which the others wait for
 DEFAULT_BUCKET_MB = 25.0
 
 

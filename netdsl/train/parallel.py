@@ -105,6 +105,17 @@ class DataParallel(Single):
         """Wait for every rank (bounded by the collective timeout)."""
         self.comm.barrier(what)
 
+    def report(self, train_seconds: float) -> str:
+        """How long this rank waited for the gradients after backward, per step and as a share
+        of the training time (with overlap on, what the overlap did not hide)."""
+        s = self.sync
+        per_step = 1e3 * s.seconds / max(s.steps, 1)
+        share = 100 * s.seconds / max(train_seconds, 1e-9)
+        return (f"gradient all-reduce: {s.steps} steps, {per_step:.2f} ms a step waited after "
+                f"backward ({share:.1f}% of the training time), "
+                f"{sum(b.buf.nbytes for b in s.buckets) / 1e6:.2f} MB in "
+                f"{len(s.buckets)} bucket(s), overlap {'on' if s.overlap else 'off'}")
+
     def train_step(self, ex, xb, yb, lo: int, hi: int, n: int):
         """This rank's rows, then the global gradients, mean loss and hit count."""
         self.sync.begin((hi - lo) / n)
