@@ -53,8 +53,13 @@ def cmd_run(args) -> int:
         for name in run_dir.removed_temps:
             print(f"netdsl: removed {os.path.join(out_dir, name)}, left by an interrupted save",
                   file=sys.stderr)
-        xp = get_xp(args.device)
+        # Ranks run on the CPU (GPU ranks are not built): auto means cpu under MPI.
+        xp = get_xp("cpu" if comm is not None and args.device == "auto" else args.device)
         on_gpu = xp.__name__ == "cupy"
+        if on_gpu and comm is not None:
+            raise NetdslError("data-parallel training on GPUs (one rank per GPU, NCCL) is not "
+                              "built yet", hint="run the ranks with --device cpu, or one "
+                              "process on the GPU; docs/distributed.md says what remains")
         from ..runtime import kernels
         kernels.set_threads(args.threads)
         size = dict(optimizer=cfg.optimizer, momentum=cfg.momentum, passes=args.passes,

@@ -18,11 +18,12 @@ or hangs) prints why and calls ``MPI_Abort``, so no rank waits for ever.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
 import numpy as np
+
+from ..core.errors import NetdslError
 
 # Environment variables that MPI launchers set in the processes they start (MPICH/Hydra and
 # Slurm's PMI, Open MPI, PMIx). Without one of them this process was not started by mpiexec.
@@ -45,6 +46,11 @@ def world():
     try:
         from mpi4py import MPI
     except ImportError:
+        # N copies of a single-process run would fight over one run directory: refuse.
+        size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "1"
+        if size.isdigit() and int(size) > 1:
+            raise NetdslError(f"started as one of {size} MPI ranks, but mpi4py is not "
+                              f"installed", hint="pip install 'netdsl[mpi]'") from None
         return None
     comm = MPI.COMM_WORLD
     return Comm(comm, MPI) if comm.Get_size() > 1 else None
@@ -155,11 +161,3 @@ class SlicedRng:
         full = (self.total,) + tuple(shape[1:])
         out = self.rng.random(full) if dtype is None else self.rng.random(full, dtype=dtype)
         return out[self.lo:self.hi]
-
-
-def stop_signal_name(signum) -> str:
-    """SIGTERM for 15, etc.; 'a signal' when unknown."""
-    try:
-        return signal.Signals(signum).name
-    except (TypeError, ValueError):
-        return "a signal"
