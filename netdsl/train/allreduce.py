@@ -69,6 +69,7 @@ class GradSync:
         self.where = {e[:2]: (b, e[2], e[3]) for b in self.buckets for e in b.entries}
         self.scale = 1.0
         self.seconds, self.steps = 0.0, 0   # time finish() waited: the exposed communication
+        self.imbalance = 0.0   # overlap off: waiting for the slowest rank's backward, apart
 
     def begin(self, scale: float) -> None:
         """A new step whose local gradients are multiplied by ``scale`` (n_r / n)."""
@@ -103,6 +104,10 @@ class GradSync:
     def finish(self, grads: dict) -> dict:
         """Wait for every bucket and put the global gradients into ``grads`` (returned).
         Tensors that got no gradient this step (or a rank with no examples) count as zeros."""
+        if not self.overlap:   # the control: time the slowest rank apart from the all-reduce
+            t0 = time.perf_counter()
+            self.comm.barrier("the end of backward")
+            self.imbalance += time.perf_counter() - t0
         t0 = time.perf_counter()
         for b in self.buckets:
             for node, key, offset, shape in b.entries:

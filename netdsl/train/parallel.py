@@ -109,11 +109,13 @@ class DataParallel(Single):
         """How long this rank waited for the gradients after backward, per step and as a share
         of the training time (with overlap on, what the overlap did not hide)."""
         s = self.sync
-        per_step = 1e3 * s.seconds / max(s.steps, 1)
-        share = 100 * s.seconds / max(train_seconds, 1e-9)
-        return (f"gradient all-reduce: {s.steps} steps, {per_step:.2f} ms a step waited after "
-                f"backward ({share:.1f}% of the training time), "
-                f"{sum(b.buf.nbytes for b in s.buckets) / 1e6:.2f} MB in "
+        steps, seconds = max(s.steps, 1), max(train_seconds, 1e-9)
+        ahead = "" if s.overlap else \
+            (f" after {1e3 * s.imbalance / steps:.2f} ms waiting for the slowest rank's backward "
+             f"({100 * s.imbalance / seconds:.1f}%)")
+        return (f"gradient all-reduce: {s.steps} steps, {1e3 * s.seconds / steps:.2f} ms a step "
+                f"waited after backward ({100 * s.seconds / seconds:.1f}% of the training "
+                f"time){ahead}, {sum(b.buf.nbytes for b in s.buckets) / 1e6:.2f} MB in "
                 f"{len(s.buckets)} bucket(s), overlap {'on' if s.overlap else 'off'}")
 
     def train_step(self, ex, xb, yb, lo: int, hi: int, n: int):
