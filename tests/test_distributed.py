@@ -69,6 +69,23 @@ def test_strip_workers():
     assert strip_workers(["sweep", "--workers=3", "x"]) == ["sweep", "x"]
 
 
+def test_without_mpi_workers_and_ranks_are_refused_clearly(monkeypatch):
+    from netdsl.cli import workers
+    from netdsl.core.errors import NetdslError
+    from netdsl.train import distributed
+    monkeypatch.setattr(workers.shutil, "which", lambda *a, **k: None)
+    with pytest.raises(NetdslError, match="--workers needs MPI"):
+        workers.spawn(["run", "x.net", "--workers", "2"], 2)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)     # import mpi4py fails
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(NetdslError, match="mpi4py is not installed"):
+        distributed.world()
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert distributed.world() is None
+    monkeypatch.delenv("PMI_SIZE")
+    assert not distributed.launched_by_mpi({}) and distributed.world() is None
+
+
 # -- under mpiexec --------------------------------------------------------------------------
 def _mpiexec():
     pytest.importorskip("mpi4py")
@@ -197,7 +214,8 @@ def test_a_signal_to_one_rank(tmp_path, sig, monkeypatch):
 
 @pytest.mark.slow
 def test_resume_two_rank_checkpoint_on_one_process(tmp_path):
-    """Continue a 2-rank checkpoint with 1 process and with 2 ranks: the same weights."""
+    """Continue a 2-rank checkpoint (`--workers 2`) with 1 process and with 2 ranks (under
+    `mpiexec -n 2`): the same weights and history."""
     from netdsl.train.checkpoint import load_checkpoint
     _mpiexec()
     net = tmp_path / "tiny.net"
@@ -205,14 +223,17 @@ def test_resume_two_rank_checkpoint_on_one_process(tmp_path):
     first = tmp_path / "first"
     assert _run([str(net), "--out", str(first), "--epochs", "1", "--workers", "2"]).wait() == 0
     results = {}
-    for workers in (["--workers", "2"], []):
-        out = tmp_path / f"cont{len(workers)}"
+    for ranks in (2, 1):   # 2: under an external mpiexec, as on a cluster
+        out = tmp_path / f"cont{ranks}"
         shutil.copytree(first, out)
         ck = str(out / "checkpoint.npz")
-        assert _run([str(net), "--out", str(out), "--epochs", "2", "--resume", ck,
-                     *workers]).wait() == 0
-        results[len(workers)] = load_checkpoint(ck)
-    two, one = results[2], results[0]
+        args = ["run", str(net), "--out", str(out), "--epochs", "2", "--resume", ck, "--quiet",
+                "--no-plots"]
+        launcher = [_mpiexec(), "-n", "2"] if ranks == 2 else []
+        subprocess.run([*launcher, sys.executable, "-m", "netdsl", *args], env=_env(), cwd=ROOT,
+                       check=True, timeout=300)
+        results[ranks] = load_checkpoint(ck)
+    two, one = results[2], results[1]
     assert two["step"] == one["step"] > 0
     for name, tensors in one["params"].items():
         for key, ref in tensors.items():
