@@ -177,7 +177,8 @@ def _wait_for(path: Path, proc, timeout=120):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP],
+                         ids=["SIGTERM", "SIGKILL", "SIGSTOP"])
 def test_a_signal_to_one_rank(tmp_path, sig, monkeypatch):
     """SIGTERM to rank 1: every rank stops at the same step, rank 0 saves once, exit 143 within
     10 s. kill -9 of rank 1: the others are stopped with a clear message, non-zero, within 30 s,
