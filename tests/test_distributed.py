@@ -111,16 +111,18 @@ def test_two_ranks_equal_one_process(tmp_path, kind, dtype, rtol):
     without batch norm or with sync_bn: the parameters (running statistics included) and the
     metrics history of 2 ranks are those of one process. Relative to the largest parameter:
     the bias of a conv before batch norm has gradient 0 and holds only rounding noise."""
-    out = tmp_path / "ranks.npz"
-    subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(HERE / "mpi_train_worker.py"),
-                    kind, dtype, str(out), "--sync-bn"], check=True, env=_env(), timeout=300)
-    ranks = np.load(out)
-    single, _ = worker.train(kind, dtype)
-    ref = worker.flat(single)
+    # Both in fresh processes with the same environment: this one's thread limits, set by
+    # other tests, stay out of it.
+    run = [sys.executable, str(HERE / "mpi_train_worker.py"), kind, dtype]
+    env = dict(_env(), OMP_NUM_THREADS="1")
+    subprocess.run([_mpiexec(), "-n", "2", *run, str(tmp_path / "ranks.npz"), "--sync-bn"],
+                   check=True, env=env, timeout=300)
+    subprocess.run([*run, str(tmp_path / "single.npz")], check=True, env=env, timeout=300)
+    ranks, ref = np.load(tmp_path / "ranks.npz"), np.load(tmp_path / "single.npz")
     assert int(ranks["step"]) == int(ref["step"]) == 20
-    assert set(ranks.files) == set(ref)
-    scale = max(np.abs(ref[k]).max() for k in ref if k.startswith("p/"))
-    for key in ref:
+    assert set(ranks.files) == set(ref.files)
+    scale = max(np.abs(ref[k]).max() for k in ref.files if k.startswith("p/"))
+    for key in ref.files:
         if key.startswith("p/"):
             assert np.abs(ranks[key] - ref[key]).max() <= rtol * scale, key
     for key in ("h/train_acc", "h/test_acc"):
