@@ -62,6 +62,7 @@ def spawn(argv: list[str], workers: int, threads: bool = True) -> int:
                              *cmd])
 
     def forward(signum, frame):
+        """Pass a signal to mpiexec, which passes it to every rank."""
         proc.send_signal(signum)
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)
            if signal.getsignal(s) is not signal.SIG_IGN}

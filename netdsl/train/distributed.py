@@ -137,6 +137,8 @@ class AgreedStop:
 
     @property
     def hit(self) -> bool:
+        """Whether any rank got a signal (a collective: every rank reads it at the same step);
+        ``signum`` becomes the largest signal number any rank got."""
         local = np.array([self.flag.signum or 0], dtype=np.int64)
         agreed = int(self.comm.allreduce(local, "the stop check", self.comm.MPI.MAX)[0])
         self.signum = agreed or None
@@ -144,6 +146,7 @@ class AgreedStop:
 
     @hit.setter
     def hit(self, value: bool) -> None:
+        """Stop this rank by hand (tests; what a signal does)."""
         self.flag.hit = value
 
     def __enter__(self):
