@@ -49,13 +49,12 @@ class BatchSync:
     those of the global mean; ``grads=True`` sums them weighted by n_r / n (the global batch's
     units) and hands them back in this rank's units, which the layer's formulas expect."""
 
-    def __init__(self, comm: Comm):
-        self.comm, self.weight = comm, 1.0
+    def __init__(self, comm: Comm, xp=np):
+        self.comm, self.xp, self.weight = comm, xp, 1.0
 
     def batch_sums(self, arrays: list, count: int, grads: bool = False):
         """(the arrays summed over ranks, the global batch's count per channel)."""
-        xp = type(arrays[0]) if not isinstance(arrays[0], np.ndarray) else np
-        w = self.weight if grads else 1.0
+        xp, w = self.xp, self.weight if grads else 1.0
         host = [np.asarray(to_numpy(a), dtype=np.float64).reshape(-1) * w for a in arrays]
         buf = np.concatenate(host + [np.array([count], dtype=np.float64)])
         self.comm.allreduce(buf, "the sync_bn sums")
@@ -84,7 +83,7 @@ class DataParallel(Single):
         self.comm, self.rank, self.size = comm, comm.rank, comm.size
         self.writes = comm.rank == 0
         self.sync = GradSync(ex, comm, bucket_mb, overlap)
-        self.bn = BatchSync(comm) if sync_bn else None
+        self.bn = BatchSync(comm, ex.xp) if sync_bn else None
         ex.bn_sync = self.bn
         if sync_bn:
             reference_batchnorm(ex)
