@@ -172,7 +172,8 @@ def add_run(sub, common) -> None:
                    help="do not draw curves.png/svg and filters.png into --out")
     r.add_argument("--workers", type=int, metavar="N",
                    help="train data-parallel on N MPI ranks on this machine (starts mpiexec; "
-                        "needs the mpi extra); the same run as one process")
+                        "needs the mpi extra); the same run as one process (batch norm: with "
+                        "sync_bn = true)")
     r.add_argument("--bucket-mb", type=float, default=25.0, metavar="MB",
                    help="under MPI: gradient all-reduce bucket size (default 25)")
     r.add_argument("--no-overlap", action="store_true",
