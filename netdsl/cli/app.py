@@ -187,6 +187,7 @@ def main(argv=None) -> int:
 def _dispatch(argv) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # --workers reruns it under MPI
     # `show FILE --weights CKPT IMAGE`: argparse gives out positionals at their first run, so an
     # IMAGE after an option comes back unparsed; it is the optional positional.
     if extra and getattr(args, "command", None) == "show" and args.image is None \

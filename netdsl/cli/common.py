@@ -27,6 +27,7 @@ INT_FLAGS = {
     "limit": (1, 10**9, "training examples"),
     "early_stop": (0, 1_000_000, "epochs of patience (0 = off)"),
     "warmup": (0, 1_000_000, "warm-up epochs"),
+    "workers": (1, 1024, "MPI ranks"),
 }
 INT_FLAGS_BY_COMMAND = {"bench": {"batch": (1, 65_536, "examples per step")}}
 

@@ -145,6 +145,15 @@ def check_at(checks, size):
 
 def cmd_sweep(args) -> int:
     from ..tools.sweep import cost, format_table, instances, parse_sweep_sets, plot, write_csv
+    from ..train.distributed import launched_by_mpi, world
+    from .workers import cores, spawn
+    if args.workers and not launched_by_mpi():   # the same command on N MPI ranks
+        return spawn(args.argv, args.workers, threads=False)
+    comm = world()   # under MPI: rank r trains every size-th instance, rank 0 prints the table
+    threads = args.threads or (max(1, cores() // comm.local_size()) if comm else None)
+    if threads:   # float sums, hence accuracies, depend on it: equal threads, equal tables
+        from ..runtime import kernels
+        kernels.set_threads(threads)
     axes = parse_sweep_sets(args.set)
     shape = parse_dims(args.input) if args.input else None
     cli_train = {"data": args.data, "epochs": args.epochs, "seed": args.seed}
@@ -155,22 +164,39 @@ def cmd_sweep(args) -> int:
     except OSError as exc:
         raise NetdslError(f"--out '{out}' cannot be made a directory: {exc.strerror or exc}",
                           hint="choose a directory path that is not under a file") from None
+    todo = [i for i, row in enumerate(rows) if args.epochs and row["valid"]]
     try:
-        for i, row in enumerate(rows):
-            if args.epochs and row["valid"]:
-                if not args.quiet:
-                    print(f"training {i + 1}/{len(rows)}: {row['instance'] or '(as written)'}",
-                          file=sys.stderr)
-                _train_row(row, args)
+        for i in todo if comm is None else todo[comm.rank::comm.size]:
+            if not args.quiet:
+                print(f"training {i + 1}/{len(rows)}: {rows[i]['instance'] or '(as written)'}",
+                      file=sys.stderr)
+            _train_row(rows[i], args)
+        if comm is not None:
+            _gather_rows(comm, rows, todo)
     finally:   # what was trained is kept even when a later instance fails or Ctrl-C comes
-        print(format_table(rows))
-        print(f"wrote {write_csv(rows, os.path.join(out, 'sweep.csv'))}")
+        if comm is None or comm.rank == 0:   # under MPI rank 0 alone prints and writes
+            print(format_table(rows))
+            print(f"wrote {write_csv(rows, os.path.join(out, 'sweep.csv'))}")
+    if comm is not None and comm.rank != 0:
+        return 0
     if any(r["valid"] for r in rows):
         try:
             print("wrote " + ", ".join(plot(rows, os.path.join(out, "sweep.png"))))
         except NetdslError as err:     # matplotlib missing: the table and CSV still stand
             print(f"netdsl: warning: no plot: {err.message}", file=sys.stderr)
     return 0 if any(r["valid"] for r in rows) else EXIT_USER_ERROR
+
+
+def _gather_rows(comm, rows: list, todo: list) -> None:
+    """Rank 0 gets every rank's trained rows into ``rows``; the other ranks send theirs.
+    A plain gather, no timeout: instances take different times, and a dead rank ends the job
+    through mpiexec."""
+    keys = ("accuracy", "valid", "untrained", "error")
+    mine = {i: {k: rows[i][k] for k in keys if k in rows[i]}
+            for i in todo[comm.rank::comm.size]}
+    for part in comm.comm.gather(mine, root=0) or []:   # None on the other ranks
+        for i, fields in part.items():
+            rows[i].update(fields)
 
 
 def _train_row(row: dict, args) -> None:
@@ -259,6 +285,12 @@ def add_parsers(sub, common) -> None:
     sw.add_argument("--seed", type=int)
     sw.add_argument("--out", metavar="DIR", help="where sweep.csv and the plot go")
     sw.add_argument("--quiet", action="store_true", help="no per-instance progress lines")
+    sw.add_argument("--workers", type=int, metavar="N",
+                    help="train the instances on N MPI ranks (starts mpiexec; needs the mpi "
+                         "extra); the same table as one process with the same --threads")
+    sw.add_argument("--threads", type=int, metavar="N",
+                    help="threads per instance (default: the libraries' own; under MPI "
+                         "cores / ranks)")
     sw.set_defaults(func=cmd_sweep)
 
     cv = sub.add_parser("convert", help="rewrite a network (FC layers as convolutions)",

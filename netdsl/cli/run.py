@@ -24,6 +24,13 @@ def cmd_run(args) -> int:
     from ..train.loop import Interrupted, Trainer, check_same_network, default_out_dir
     from ..train.rundir import open_run_dir
     from ..train.logs import RunLog
+    from ..train.distributed import launched_by_mpi, world
+    from .workers import setup_rank, spawn
+    if args.workers and not launched_by_mpi():   # start the ranks, each running this command
+        return spawn(args.argv, args.workers)
+    comm = world()
+    if comm is not None:
+        setup_rank(args, comm)
     cli_train = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "holdout": args.holdout, "seed": args.seed, "keep": args.keep,
                  "early_stop": args.early_stop, "monitor": args.monitor,
@@ -45,13 +52,21 @@ def cmd_run(args) -> int:
                           hint="use augment = none, or INPUT(HxWxC) -> ... -> FLATTEN")
     # Checked and locked before any data is read or weight made: a bad --out costs nothing.
     out_dir = args.out or default_out_dir(g.graph["name"])
-    run_log = RunLog(out_dir, args.log)   # --log tensorboard without tensorboardX: refused now
-    with open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite) as run_dir:
+    # Rank 0 alone locks and writes the run directory and its log; the other ranks write nothing.
+    writes = comm is None or comm.rank == 0
+    run_log = RunLog(out_dir, args.log if writes else "none")   # no tensorboardX: refused now
+    with (open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite)
+          if writes else _NoRunDir()) as run_dir:
         for name in run_dir.removed_temps:
             print(f"netdsl: removed {os.path.join(out_dir, name)}, left by an interrupted save",
                   file=sys.stderr)
-        xp = get_xp(args.device)
+        # Ranks run on the CPU (GPU ranks are not built): auto means cpu under MPI.
+        xp = get_xp("cpu" if comm is not None and args.device == "auto" else args.device)
         on_gpu = xp.__name__ == "cupy"
+        if on_gpu and comm is not None:
+            raise NetdslError("data-parallel training on GPUs (one rank per GPU, NCCL) is not "
+                              "built yet", hint="run the ranks with --device cpu, or one "
+                              "process on the GPU; docs/distributed.md says what remains")
         from ..runtime import kernels
         kernels.set_threads(args.threads)
         size = dict(optimizer=cfg.optimizer, momentum=cfg.momentum, passes=args.passes,
@@ -78,7 +93,17 @@ def cmd_run(args) -> int:
               f"checkpoints in {out_dir}/")
         # The fingerprint of the network as compiled, not as the training passes rewrote it:
         # --passes/-O0 change how it runs, not what it is.
+        parallel = None
+        if comm is not None:
+            from ..train.parallel import DataParallel
+            parallel = DataParallel(comm, ex, args.bucket_mb, overlap=not args.no_overlap,
+                                    sync_bn=cfg.sync_bn)
+            print(f"data parallel: {comm.size} ranks × {args.threads} thread(s), "
+                  f"{len(parallel.sync.buckets)} gradient bucket(s) of ≤{args.bucket_mb:g} MB, "
+                  f"overlap {'off' if args.no_overlap else 'on'}, batch norm "
+                  f"{'synchronised (sync_bn)' if cfg.sync_bn else 'per rank'}")
         trainer = Trainer(ex, cfg, data, out_dir=out_dir, show_progress=not args.quiet,
+                          parallel=parallel,
                           on_epoch=None if args.no_plots else Pictures(out_dir, data.test_name),
                           meta={"network": g.graph["name"], "source": g.graph["source"].text,
                                 "params": {k: str(v) for k, v in g.graph["params"].items()},
@@ -96,6 +121,8 @@ def cmd_run(args) -> int:
             return EXIT_INTERRUPTED
         if not args.no_plots:
             Pictures(out_dir, data.test_name).filters(ex)
+        if parallel is not None:
+            print(parallel.report(sum(r["seconds"] for r in result["history"])))
     n_test = len(data.y_test)
     acc = result["accuracy"]
     if trainer.kind == "values":
@@ -115,6 +142,17 @@ def refuse_inference_only(g) -> None:
                           f"inference (export, predict), not for training", head.loc,
                           hint="end the net in a loss to train it: LOSS (softmax "
                                "cross-entropy), MSE, L1, SMOOTH_L1 or BCE")
+
+
+class _NoRunDir:
+    """What a rank other than 0 opens instead of the run directory: nothing."""
+    removed_temps: list = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def cmd_bench(args) -> int:
@@ -163,6 +201,14 @@ def add_run(sub, common) -> None:
     r.add_argument("--no-plots", action="store_true",
                    help="do not draw curves.png/svg and filters.png into --out")
     add_control_flags(r)
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="train data-parallel on N MPI ranks on this machine (starts mpiexec; "
+                        "needs the mpi extra); the same run as one process (batch norm: with "
+                        "sync_bn = true)")
+    r.add_argument("--bucket-mb", type=float, default=25.0, metavar="MB",
+                   help="under MPI: gradient all-reduce bucket size (default 25)")
+    r.add_argument("--no-overlap", action="store_true",
+                   help="under MPI: all-reduce the gradients after backward, not during it")
     pass_flags(r)
     kernel_flags(r, threads_default=None)
     r.set_defaults(func=cmd_run)

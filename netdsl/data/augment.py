@@ -32,27 +32,32 @@ def crop_padding(size: int) -> int:
     return max(1, size // 8)
 
 
-def augment_batch(x: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
+def augment_batch(x: np.ndarray, mode: str, rng: np.random.Generator,
+                  part: tuple[int, int] | None = None) -> np.ndarray:
     """A new, augmented copy of the NHWC batch ``x``; ``x`` itself is not modified.
 
     ``mode`` is one of none, crop, flip, crop+flip, flip+crop (the last two are the same: a
-    crop then a flip, which commute in distribution).
+    crop then a flip, which commute in distribution). With ``part = (lo, total)``, ``x`` is rows
+    lo:lo+len(x) of a batch of ``total``: the draws are made for the whole batch and these rows
+    taken, so each example gets the warp it gets in the whole batch (data-parallel ranks).
     """
+    lo, total = part if part is not None else (0, len(x))
+    rows = slice(lo, lo + len(x))
     kinds = parse_mode(mode)
     if x.ndim != 4:
         raise NetdslError(f"augmentation needs NHWC image batches, got an array of shape "
                           f"{x.shape}", hint="use augment = none for flat inputs")
     if "affine" in kinds:
-        x = affine_warp(x, *random_affine(len(x), x.shape[1], x.shape[2], rng))
+        x = affine_warp(x, *(a[rows] for a in random_affine(total, x.shape[1], x.shape[2], rng)))
     if "crop" in kinds:
         pad_h, pad_w = crop_padding(x.shape[1]), crop_padding(x.shape[2])
-        dy = rng.integers(0, 2 * pad_h + 1, size=len(x))
-        dx = rng.integers(0, 2 * pad_w + 1, size=len(x))
+        dy = rng.integers(0, 2 * pad_h + 1, size=total)[rows]
+        dx = rng.integers(0, 2 * pad_w + 1, size=total)[rows]
         out = crop_at(x, dy, dx, pad_h, pad_w)    # fancy indexing: already a new array
     else:
         out = x.copy() if "affine" not in kinds else x
     if "flip" in kinds:
-        flip = rng.random(len(x)) < 0.5
+        flip = rng.random(total)[rows] < 0.5
         out[flip] = out[flip, :, ::-1]
     return out
 

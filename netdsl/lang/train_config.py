@@ -34,6 +34,7 @@ class TrainConfig:
     monitor: str = "acc"          # acc | loss: the held-out metric of keep = best and early_stop
     clip_grad_norm: float = 0.0   # rescale the gradients to this global L2 norm at most; 0 = off
     label_smoothing: float = 0.0  # softmax_xent targets (1 - e) one-hot + e / K; 0 = off
+    sync_bn: bool = False         # data-parallel ranks: batch norm over the global batch
 
     def __post_init__(self):
         from ..data.augment import parse_mode

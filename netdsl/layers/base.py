@@ -83,6 +83,7 @@ class Ctx:
     dtype: Any = None
     input_grad: bool = True      # False: no one needs d(input); a layer may return [None]
     scratch: Any = None          # a workspace.Scratch for temporaries, or None: fresh arrays
+    sync: Any = None             # sync_bn: batch sums over data-parallel ranks (train/parallel.py)
 
 
 def temp(ctx: Ctx, shape, dtype, zero: bool = False):

@@ -56,13 +56,19 @@ def _bn_forward(ctx, attrs, params, inputs):
         # Two passes (mean, then the variance of the centred values) with pairwise sums: a
         # one-pass E[x²] − E[x]² cancels catastrophically in float32 when |mean| ≫ std.
         count = x.size // x.shape[-1]
-        mean = _sums(ctx, x) / count
+        sums = _sums(ctx, x)
+        if ctx.sync is not None:   # sync_bn: the global batch's statistics, on every rank
+            (sums,), count = ctx.sync.batch_sums([sums], count)
+        mean = sums / count
 
         def centre(a, b):
             xp.subtract(x[a:b], mean, out=centred[a:b])
             xp.multiply(centred[a:b], centred[a:b], out=out[a:b])   # scratch, then the output
         _rows(ctx, x, centre)
-        var = _sums(ctx, out, overwrite=True) / count  # biased, as normalised
+        squares = _sums(ctx, out, overwrite=True)
+        if ctx.sync is not None:
+            (squares,), _ = ctx.sync.batch_sums([squares], count)
+        var = squares / count  # biased, as normalised
         m = attrs["momentum"]
         # PyTorch convention: the running variance tracks the unbiased estimate.
         unbiased = var * (count / (count - 1)) if count > 1 else var
@@ -100,6 +106,9 @@ def _bn_backward(ctx, attrs, params, cache, dout):
     #   dx = (dxhat − mean(dxhat) − xhat·mean(dxhat·xhat))·σ⁻¹
     #      = γσ⁻¹·(dout − Σdout/M − xhat·Σ(dout·xhat)/M), in one scratch buffer.
     count = dout.size // dout.shape[-1]
+    if ctx.sync is not None:   # sync_bn: through the global batch's mean and variance
+        (sum_dout_xhat, sum_dout), count = ctx.sync.batch_sums([sum_dout_xhat, sum_dout], count,
+                                                               grads=True)
     k_xhat, k_mean, k_out = sum_dout_xhat / count, sum_dout / count, gamma * inv_std
     dx = scratch
 

@@ -69,6 +69,7 @@ class Executor:
         # stream the trainer re-seeds per step (reseed), so a resumed run replays them exactly.
         self.seed = seed
         self.xp_rng = None
+        self.bn_sync = None   # sync_bn under data parallelism: batch sums over ranks (Ctx.sync)
         self.reseed(0)
         self.grads: dict = {}
         self._caches = None
@@ -116,7 +117,7 @@ class Executor:
             self.check_labels(labels)   # on the host now: on the device it would sync
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
                   labels=None if labels is None else xp.asarray(labels), dtype=self.dtype,
-                  scratch=self.scratch)
+                  scratch=self.scratch, sync=self.bn_sync if training else None)
         try:
             with single_threaded_blas() if xp is np else _nothing():
                 return self._forward(ctx, x, labels, keep)
@@ -190,24 +191,27 @@ class Executor:
     def _logits_index(self) -> int:
         return self.plan[self.main_head].inputs[0][0]
 
-    def backward(self) -> dict:
+    def backward(self, on_grads=None) -> dict:
         """Gradients of the summed loss w.r.t. every trainable parameter, after a training
-        forward with labels. Returns (and stores in ``self.grads``) ``{node: {name: grad}}``."""
+        forward with labels. Returns (and stores in ``self.grads``) ``{node: {name: grad}}``.
+        ``on_grads(node, dparams)`` is called as soon as a layer's gradients are ready (data
+        parallel training starts their all-reduce while the earlier layers' backward runs)."""
         if self._caches is None:
             raise RuntimeError("backward() needs a forward(..., labels, training=True) first")
         try:
             with single_threaded_blas() if self.xp is np else _nothing():
-                return self._backward()
+                return self._backward(on_grads)
         finally:
             self._settle_scratch()
 
-    def _backward(self) -> dict:
+    def _backward(self, on_grads=None) -> dict:
         xp, plan, caches = self.xp, self.plan, self._caches
         self._caches = None
-        ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch)
+        ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch,
+                  sync=self.bn_sync)
         # Layers that read only the data (the first conv) need not compute d(input).
         data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False,
-                       scratch=self.scratch)
+                       scratch=self.scratch, sync=self.bn_sync)
         douts: list = [None] * len(plan)
         for i in self.heads:
             douts[i] = xp.asarray(1.0, dtype=self.dtype)
@@ -225,6 +229,8 @@ class Executor:
                                          self.params.get(st.node.name, {}), held)
             if dparams:
                 grads[st.node.name] = dparams
+                if on_grads is not None:
+                    on_grads(st.node.name, dparams)
             add_input_grads(plan, douts, st, dins)
             dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads

@@ -37,7 +37,7 @@ class Keeper:
     def after_epoch(self, trainer) -> None:
         """Called after each epoch's checkpoint: save best.npz when this epoch is the best."""
         history = trainer.history
-        if len(history) == 1 and trainer.out_dir is not None:
+        if len(history) == 1 and trainer.out_dir is not None and trainer.par.writes:
             # a best.npz there now is another run's (--overwrite): replaced or removed, as the
             # first save replaces that run's checkpoint
             (trainer.out_dir / "best.npz").unlink(missing_ok=True)

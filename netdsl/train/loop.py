@@ -41,6 +41,7 @@ from .keeper import Keeper
 from .logs import RunLog
 from .progress import EpochBar, RunProgress
 from .schedule import check_plan, extend_plan, fresh_plan, planned_schedule
+from .parallel import Single
 from .signals import Interrupted, StopFlag
 
 _SHUFFLE, _AUGMENT = 2, 3   # stream ids for SeedSequence spawn keys (executor: 1 = dropout)
@@ -130,8 +131,9 @@ class Trainer:
 
     def __init__(self, ex: Executor, cfg: TrainConfig, data: Dataset, *, out_dir: str | None,
                  meta: dict | None = None, show_progress: bool = True, log=print, warn=_warn,
-                 on_epoch=None, run_log: RunLog | None = None):
+                 on_epoch=None, run_log: RunLog | None = None, parallel=None):
         self.ex, self.cfg, self.data = ex, cfg, data
+        self.par = parallel or Single()   # parallel.py: alone, or one of N MPI ranks
         self.out_dir = Path(out_dir) if out_dir else None
         # meta["graph"]: the caller's fingerprint of the compiled graph (the CLI's), else the
         # executor's graph, as its passes rewrote it.
@@ -160,7 +162,7 @@ class Trainer:
         self.history: list[dict] = []
         self.changes: list[dict] = []   # settings changed on resume, with where
         self.on_epoch = on_epoch   # called with the trainer after each epoch's checkpoint
-        self._stop = StopFlag()
+        self._stop = self.par.stop_flag(StopFlag())
         self._loss_watch = LossWatch(log)   # warns once on a finite blow-up
 
     # -- persistence ---------------------------------------------------------------------
@@ -257,6 +259,8 @@ class Trainer:
         """Write ``DIR/name`` (the run's state) and metrics.json; None without a directory."""
         if self.out_dir is None:
             return None
+        if not self.par.writes:   # rank 0 alone writes; the state is the same on every rank
+            return str(self.out_dir / "checkpoint.npz")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / name
         meta = dict(self.meta, batch_in_epoch=self.batch, interrupted=interrupted,
@@ -289,13 +293,15 @@ class Trainer:
                 if self._stop.hit:
                     raise _Stopped
                 idx = order[start:stop]
+                lo, hi = self.par.part(len(idx))   # this rank's rows of the global batch
                 # Uploaded once (a no-op on the CPU): the loss and the hit count share it.
-                xb, yb = data.x_train[idx], ex.xp.asarray(data.y_train[idx])
+                xb, yb = data.x_train[idx[lo:hi]], ex.xp.asarray(data.y_train[idx[lo:hi]])
                 if cfg.augment != "none":
-                    xb = augment_batch(xb, cfg.augment, _rng(cfg.seed, _AUGMENT, self.step))
+                    xb = augment_batch(xb, cfg.augment, _rng(cfg.seed, _AUGMENT, self.step),
+                                       part=(lo, len(idx)))
                 ex.reseed(self.step)
-                res = ex.forward(xb, yb, training=True)
-                grads, loss = ex.backward(), float(res.loss)
+                grads, loss, score = self.par.train_step(ex, xb, yb, lo, hi, len(idx),
+                                                          self.kind)
                 if not np.isfinite(loss):   # before the update: name the layer (numerics.py)
                     raise locate_nonfinite(ex, xb, yb, step=self.step, loss=loss)
                 if cfg.clip_grad_norm:
@@ -304,8 +310,7 @@ class Trainer:
                 self.optimizer.step(ex.params, grads, lr=self.lr_at(self.step))
                 self.step += 1
                 self.batch += 1
-                score = batch_score(ex.xp, self.kind, res.logits, yb)
-                hits = 0 if self.kind == "values" else int(score)
+                hits = 0 if self.kind == "values" else int(round(score))
                 sums.add(len(idx), loss, hits, score - hits)
                 bar.update(len(idx), loss, score / len(idx))
         finally:
@@ -333,6 +338,7 @@ class Trainer:
                      ("stopped early (early_stop)" if stopped else
                       f"--epochs is {cfg.epochs}; raise --epochs to continue"))
         self.progress = RunProgress(self.step, cfg.epochs * len(self.bounds), cfg.monitor)
+        self.par.start(self.ex)
         try:
             with self._stop:
                 while self.epoch < cfg.epochs and not stopped:
@@ -357,6 +363,7 @@ class Trainer:
         except _Stopped:
             signum = self._stop.signum
             path = self.save(interrupted=True)
+            self.par.barrier("the interrupted run's checkpoint")   # no rank exits before it
             name = signal.Signals(signum).name if signum else "a signal"
             try:   # after SIGHUP the terminal may be gone; the checkpoint is what matters
                 self.log(f"\ninterrupted by {name} after {self._where()}; checkpoint saved to "
