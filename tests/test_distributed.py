@@ -248,11 +248,14 @@ def test_resume_two_rank_checkpoint_on_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_on_two_ranks_prints_the_serial_table(tmp_path):
-    """Instances trained on 2 ranks (1 thread each): the table and CSV of a serial sweep with
-    1 thread per instance (float sums, so accuracies, depend on the thread count)."""
+    """Instances trained on 2 ranks: the table and CSV of the serial sweep, with the default
+    thread count and with --threads 1 on both sides (float sums, so accuracies, depend on the
+    thread count: a sweep uses the same count either way)."""
     _mpiexec()
     tables = {}
-    for name, extra in (("serial", ["--threads", "1"]), ("ranks", ["--workers", "2"])):
+    for name, extra in (("serial", []), ("ranks", ["--workers", "2"]),
+                        ("serial1", ["--threads", "1"]),
+                        ("ranks1", ["--workers", "2", "--threads", "1"])):
         out = tmp_path / name
         res = subprocess.run([sys.executable, "-m", "netdsl", "sweep", "nets/cs231n.net",
                               "--set", "N=1..2", "--set", "M=2", "--epochs", "1", "--limit",
@@ -261,4 +264,5 @@ def test_sweep_on_two_ranks_prints_the_serial_table(tmp_path):
         assert res.returncode == 0, res.stderr
         tables[name] = (res.stdout.split("wrote")[0], (out / "sweep.csv").read_text())
     assert tables["serial"] == tables["ranks"]
+    assert tables["serial1"] == tables["ranks1"]
     assert tables["serial"][0].count("%") == 2

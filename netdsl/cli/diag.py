@@ -150,10 +150,11 @@ def cmd_sweep(args) -> int:
     if args.workers and not launched_by_mpi():   # the same command on N MPI ranks
         return spawn(args.argv, args.workers, threads=False)
     comm = world()   # under MPI: rank r trains every size-th instance, rank 0 prints the table
-    threads = args.threads or (max(1, cores() // comm.local_size()) if comm else None)
-    if threads:   # float sums, hence accuracies, depend on it: equal threads, equal tables
-        from ..runtime import kernels
-        kernels.set_threads(threads)
+    # Float sums, hence accuracies, depend on the thread count: every instance trains with
+    # the same count whether the sweep runs serially or on MPI ranks (--threads, else all
+    # cores), so both print the same table. Ranks on one machine then share the cores.
+    from ..runtime import kernels
+    kernels.set_threads(args.threads or cores())
     axes = parse_sweep_sets(args.set)
     shape = parse_dims(args.input) if args.input else None
     cli_train = {"data": args.data, "epochs": args.epochs, "seed": args.seed}
@@ -289,8 +290,9 @@ def add_parsers(sub, common) -> None:
                     help="train the instances on N MPI ranks (starts mpiexec; needs the mpi "
                          "extra); the same table as one process with the same --threads")
     sw.add_argument("--threads", type=int, metavar="N",
-                    help="threads per instance (default: the libraries' own; under MPI "
-                         "cores / ranks)")
+                    help="threads per instance (default: all cores, serially and on MPI "
+                         "ranks alike: the thread count changes float sums, so the same "
+                         "count gives the same table)")
     sw.set_defaults(func=cmd_sweep)
 
     cv = sub.add_parser("convert", help="rewrite a network (FC layers as convolutions)",
