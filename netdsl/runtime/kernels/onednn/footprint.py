@@ -155,10 +155,11 @@ def _scratch_need(st, n: int, training: bool) -> int:
 
 
 def held_bytes(plan, n: int, training: bool) -> int:
-    """Bytes the shared scratchpad region holds once the oneDNN steps of ``plan`` have run on
-    a batch of ``n`` (the most any step needs, aligned): what ``workspace.held_bytes()``
-    then counts for it."""
-    need, asked = 0, {}
+    """Bytes the provider holds across steps once the oneDNN steps of ``plan`` have run on a
+    batch of ``n``: the shared scratchpad region (the most any step needs, aligned) and the
+    blocked weight copies of its convolutions (packs.py, one per layer): what
+    ``workspace.held_bytes()`` then counts for them."""
+    need, packed, asked = 0, 0, {}
     for st in plan:
         if st.provider != "onednn":
             continue
@@ -167,9 +168,20 @@ def held_bytes(plan, n: int, training: bool) -> int:
         key = (st.node.op, repr(sorted(st.node.attrs.items())), repr(st.node.in_shapes),
                repr(st.node.out_shapes), _fused_relu(st), st.data_only)
         if key not in asked:
-            asked[key] = scratch_need(st, n, training)
-        need = max(need, asked[key])
-    return Scratchpad.held_bytes(need)
+            asked[key] = (scratch_need(st, n, training), pack_bytes(st, n, training))
+        need = max(need, asked[key][0])
+        packed += asked[key][1]
+    return Scratchpad.held_bytes(need) + packed
+
+
+def pack_bytes(st, n: int, training: bool) -> int:
+    """Bytes of the blocked weight copy plan step ``st`` holds (0: none, or oneDNN cannot
+    make the descriptor)."""
+    if st.node.op != "conv":
+        return 0
+    return _asked(st, n, lambda m: conv.pack_bytes(
+        st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st), _fused_relu(st),
+        training), 0)
 
 
 STRIDED = "onednn_strided_dout"
