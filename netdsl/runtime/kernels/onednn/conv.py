@@ -3,8 +3,8 @@
 Activations are NHWC. Weights stay in netdsl's (KH, KW, C/groups, F) layout for the optimizer,
 export and checkpoints; the primitives are created with ``format any`` weights, so that oneDNN
 picks its direct kernels (brgconv/jit) on every ISA, and read a blocked copy (packs.py):
-packed once per weight version at inference, once per step in training, where the
-backward-data convolution reuses the forward's copy.
+packed once per weight version at inference, once per step in training. Backward-data reads
+the forward's copy where it wants that layout, else reorders its own once per step.
 """
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ and primitive, one blocked copy beside it:
   change (:func:`weights_changed`, which the executor calls after each backward, i.e. before
   the optimizer updates them, and when its parameters are replaced);
 * training: refreshed once per step by the forward convolution (the optimizer has just
-  updated the weights), and reused by the backward-data convolution of the same step.
+  updated the weights). The backward-data convolution reads it where it wants the same layout;
+  oneDNN 3.2's brgconv kernels want another one (given the forward's, backward-data falls to
+  ``ref:any``), so there it reorders the weights once per step into the scratchpad region.
 
 The copies are held across steps on purpose: :data:`PACKS` is registered with
 :mod:`netdsl.core.workspace` (``held_bytes`` counts it) and the memory planner plans it
