@@ -8,12 +8,14 @@ the forward's copy where it wants that layout, else reorders its own once per st
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ....layers.geometry import PAIR_ARGS, conv_padding
 from ....layers.structure import pair_attrs
 from . import capi as L
-from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
+from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
 from .packs import PACKS
 from .packs import held_bytes as pack_held_bytes
 
@@ -51,25 +53,39 @@ def _key(geo, bias):
     return tuple(sorted(geo.items())), bias
 
 
-def _fwd_pd(geo, bias, relu=False, training=True):
+def _fwd_pd(geo, bias, relu=False, training=True, plain_weights=False):
     def build():
-        src, _, b, dst, st, dl, pl, pr, d = _descs(geo)
+        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         prop = L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine, prop,
-                    L.CONV_DIRECT, src, d.md_any(d_dims(geo)), b if bias else None, dst,
-                    st, dl, pl, pr, d.attr(relu))
-    return cached(("conv_fwd_pd", relu, training) + _key(geo, bias), build)
+                    L.CONV_DIRECT, src, wei if plain_weights else d.md_any(d_dims(geo)),
+                    b if bias else None, dst, st, dl, pl, pr, d.attr(relu))
+    return cached(("conv_fwd_pd", relu, training, plain_weights) + _key(geo, bias), build)
+
+
+PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
+"""When the forward convolution reads a blocked copy of the weights: ``auto``, only where
+oneDNN has no direct kernel for netdsl's own layout (AVX2 hosts: it would run im2col + GEMM;
+AVX-512 hosts run brgconv on it, and a copy would only double the weights' memory);
+``always``, everywhere (docs/performance.md compares the two)."""
 
 
 class _Forward:
-    """A forward convolution on ``format any`` weights: its primitive descriptor, the layout
-    it chose (:attr:`md`), and the reorder that packs netdsl's weights into it (None when
-    oneDNN chose netdsl's own layout)."""
+    """A forward convolution: its primitive descriptor, on netdsl's weight layout where that
+    runs a direct kernel (:data:`PACK`), else on ``format any`` weights; the layout it reads
+    (:attr:`md`), and the reorder that packs netdsl's weights into it (None when it reads
+    netdsl's own layout)."""
 
     def __init__(self, geo, bias, relu, training):
         d = lib()
         self.key = ("conv_fwd", relu, training) + _key(geo, bias)
-        self.pd = _fwd_pd(geo, bias, relu, training)
+        self.pd = None
+        if PACK != "always":      # netdsl's layout where oneDNN runs a direct kernel on it
+            pd = _fwd_pd(geo, bias, relu, training, plain_weights=True)
+            if not slow_impl(d.impl_name(pd)):
+                self.pd = pd
+        if self.pd is None:
+            self.pd = _fwd_pd(geo, bias, relu, training)
         self.args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
         plain_md = _weights_md(geo)
         self.md = d.pd_md(self.pd, "weights")

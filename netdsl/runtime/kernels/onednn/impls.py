@@ -5,6 +5,7 @@ falls back to im2col + GEMM (``gemm``) or the reference loops (``ref``) on this 
 from __future__ import annotations
 
 from . import conv
+from .common import slow_impl
 from .footprint import fused_relu
 
 
@@ -27,4 +28,4 @@ def conv_impls(plan, n: int, training: bool) -> dict:
 
 def slow(name: str) -> bool:
     """Whether an implementation name is a slow fallback: im2col + GEMM or reference loops."""
-    return "gemm" in name or "ref" in name
+    return slow_impl(name)
