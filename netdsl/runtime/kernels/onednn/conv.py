@@ -64,10 +64,17 @@ def _fwd_pd(geo, bias, relu=False, training=True, plain_weights=False):
 
 
 PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
-"""When the forward convolution reads a blocked copy of the weights: ``auto``, only where
-oneDNN has no direct kernel for netdsl's own layout (AVX2 hosts: it would run im2col + GEMM;
-AVX-512 hosts run brgconv on it, and a copy would only double the weights' memory);
-``always``, everywhere (docs/performance.md compares the two)."""
+"""When a forward convolution reads a blocked copy of the weights (``format any``) instead of
+netdsl's own layout. ``needed``: only where oneDNN has no direct kernel for netdsl's layout
+(AVX2 hosts: im2col + GEMM, 2–3× slower; AVX-512 hosts run brgconv on it). ``auto`` (the
+default): that in training, and always at inference, where the copy is made once and the
+blocked kernels were ~5% faster on AVX-512 too. ``always``: everywhere. Measured in
+docs/performance.md (issue 14)."""
+
+
+def _packs(training: bool) -> bool | None:
+    """True: pack; None: pack only where netdsl's layout would run a slow kernel."""
+    return True if PACK == "always" or (PACK == "auto" and not training) else None
 
 
 class _Forward:
@@ -80,7 +87,7 @@ class _Forward:
         d = lib()
         self.key = ("conv_fwd", relu, training) + _key(geo, bias)
         self.pd = None
-        if PACK != "always":      # netdsl's layout where oneDNN runs a direct kernel on it
+        if not _packs(training):    # netdsl's layout where oneDNN runs a direct kernel on it
             pd = _fwd_pd(geo, bias, relu, training, plain_weights=True)
             if not slow_impl(d.impl_name(pd)):
                 self.pd = pd
