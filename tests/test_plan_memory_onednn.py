@@ -95,14 +95,17 @@ def test_planned_peak_within_10_percent_of_measured(name, mode):
 
 def test_scratchpad_is_user_memory_counted_and_planned():
     """The primitives run on the provider's NumPy scratchpad: after a training step it has
-    grown to exactly the region the planner plans, held_bytes() counts it, and the measured
+    grown to exactly the region the planner plans (beside the prepacked weights),
+    held_bytes() counts it, and the measured
     peak includes it (without user mode oneDNN would malloc it unseen and nbytes stay 0)."""
     ex = _executor("cs231n", "train")
     pad = lib().scratchpad
     measured = _measured(ex, "train", 8)
     plan = plan_memory(ex.plan, 8, itemsize=4, training=True)
     assert pad.nbytes > 0
-    assert plan.held == pad.nbytes
+    # held across steps: the region and the blocked weight copies this net's convs read
+    from netdsl.runtime.kernels.onednn.packs import PACKS
+    assert plan.held == pad.nbytes + PACKS.used_bytes(workspace.current_window())
     assert workspace.held_bytes() >= pad.nbytes
     assert measured >= pad.nbytes
     # Every primitive with a scratchpad binds one (an execute argument), none owns memory.
@@ -268,3 +271,24 @@ def test_strided_inputs_are_the_ones_marked():
     for i, flag in contiguous.items():
         assert ex.plan[i].meta[STRIDED_X] == (not flag), (ex.plan[i].node.name, flag)
     assert sum(not flag for flag in contiguous.values()) >= 3
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_blocked_weight_copies_are_planned(mode, monkeypatch):
+    """With the forward convolutions on prepacked blocked weights (what an AVX2 host runs;
+    forced here so that every host checks it), the copies are held memory the planner plans:
+    peaks within 10%, and the held bytes exactly the region plus the copies."""
+    from netdsl.runtime.kernels.onednn import common, conv
+    from netdsl.runtime.kernels.onednn.packs import PACKS
+    monkeypatch.setattr(conv, "PACK", "always")
+    common.clear_cache()
+    try:
+        ex = _executor("resnet20", mode)
+        measured = _measured(ex, mode, 8)
+        plan = plan_memory(ex.plan, 8, itemsize=4, training=mode == "train")
+        packed = PACKS.used_bytes(workspace.current_window())
+        assert packed > 0
+        assert plan.held == lib().scratchpad.used_bytes(workspace.current_window()) + packed
+        assert abs(plan.peak - measured) <= 0.10 * measured, (plan.peak, measured)
+    finally:
+        common.clear_cache()

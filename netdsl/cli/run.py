@@ -250,9 +250,12 @@ def add_bench(sub) -> None:
     b.add_argument("--mode", choices=["train", "infer"], default="train")
     b.add_argument("--steps", type=int, default=20, help="timed steps per framework")
     b.add_argument("--rounds", type=int, default=5, help="rounds the steps are split into")
-    b.add_argument("--compare", choices=["torch", "none"],
-                   help="also time the same network in PyTorch (default without FILE: torch "
-                        "when installed)")
+    b.add_argument("--compare", choices=["torch", "onnxruntime", "openvino", "torch.compile",
+                                         "none"],
+                   help="also time the same network in PyTorch eager (torch), onnxruntime or "
+                        "OpenVINO (inference, on the ONNX file `export --optimize` writes) or "
+                        "torch.compile; skipped with a note when not installed (default "
+                        "without FILE: torch when installed)")
     b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     b.add_argument("--format", choices=["table", "json"], default="table")
     b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])

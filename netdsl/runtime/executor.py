@@ -21,6 +21,7 @@ from ..layers import Ctx
 from ..compile.model import BoundModel
 from ..compile.verify import main_head
 from ..core.workspace import Scratch, keep_freed_memory, single_threaded_blas
+from .kernels import weights_changed
 from .plan import Step, add_input_grads, build_plan, run_backward, run_forward  # noqa: F401  (Step: public)
 
 
@@ -91,6 +92,7 @@ class Executor:
     @params.setter
     def params(self, value: dict) -> None:
         self.model.params = value
+        weights_changed()
 
     def reseed(self, step: int) -> None:
         """Make the dropout masks of the next forward a function of (seed, step) alone."""
@@ -234,6 +236,7 @@ class Executor:
             add_input_grads(plan, douts, st, dins)
             dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads
+        weights_changed()   # the optimizer updates the weights next: prepacked copies are stale
         return grads
 
     def for_inference(self) -> "Executor":

@@ -266,6 +266,16 @@ def run(args) -> dict:
     steps = {"netdsl": step}
     compare = args.compare
     version = None
+    from . import bench_peers
+    peers, notes = {}, {}
+    if compare not in (None, "torch"):
+        try:
+            steps[compare], peers[compare] = bench_peers.setup(
+                compare, c, ex, x, batch, args.mode, args.threads,
+                (classes(c.graph), label_shape(c.graph, batch)))
+        except bench_peers.Skipped as e:
+            notes[compare] = str(e)
+            print(f"note: {compare} skipped: {e}", file=sys.stderr)
     if compare == "torch":
         try:
             steps["torch"], version = torch_setup(c, batch, args.mode, args.threads)
@@ -284,7 +294,7 @@ def run(args) -> dict:
                                                 f"{platform.processor() or 'cpu'}",
               "netdsl_ms": 1000 * t, "netdsl_img_s": batch / t,
               "netdsl_ms_rounds": [1000 * r for r in rounds["netdsl"]],
-              "gflops": flops / t / 1e9}
+              "gflops": flops / t / 1e9, "host_isa": bench_peers.host_isa()}
     if not args.no_layers:
         result["layers"] = per_layer(ex, x, y, args.mode)
     if xp is np:
@@ -307,6 +317,14 @@ def run(args) -> dict:
         result.update(torch_version=version, torch_ms=1000 * tt, torch_img_s=batch / tt,
                       torch_ms_rounds=[1000 * r for r in rounds["torch"]], ratio=tt / t,
                       ratio_rounds=spread(ratios))
+    for name, peer_version in peers.items():   # ratio: netdsl's throughput / the peer's
+        tp = float(np.median(rounds[name]))
+        result.setdefault("peers", {})[name] = {
+            "version": peer_version, "ms": 1000 * tp, "img_s": batch / tp,
+            "ms_rounds": [1000 * r for r in rounds[name]], "ratio": tp / t,
+            "ratio_rounds": spread([a / b for a, b in zip(rounds[name], rounds["netdsl"])])}
+    if notes:
+        result["skipped"] = notes
     return result
 
 
@@ -333,6 +351,16 @@ def format_report(r: dict) -> str:
                      f"{r['torch_img_s']:.0f} images/s, peak {r['torch_peak_mb']:.1f} MB")
         lines.append(f"netdsl throughput / pytorch throughput = {r['ratio']:.2f} "
                      f"(rounds {s['min']:.2f}–{s['max']:.2f})")
+    for name, p in r.get("peers", {}).items():
+        s = p["ratio_rounds"]
+        lines.append(f"{name} {p['version']}: {p['ms']:.1f} ms/step, {p['img_s']:.0f} images/s;"
+                     f" netdsl / {name} = {p['ratio']:.2f} (rounds {s['min']:.2f}–{s['max']:.2f})")
+    for name, why in r.get("skipped", {}).items():
+        lines.append(f"{name}: skipped ({why})")
+    isa = r.get("host_isa")
+    if isa:
+        cap = isa["onednn_max_cpu_isa"]
+        lines.append(f"host ISA: {isa['widest']}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
     return "\n".join(lines)
 
 

@@ -66,6 +66,13 @@ def resolve(provider: str, xp=None, dtype=None, note=True) -> str:
     return "numpy"
 
 
+def weights_changed() -> None:
+    """Tell the providers that weights may have changed in place (the optimizer is about to
+    step, parameters were replaced): oneDNN's prepacked copies are refreshed at next use."""
+    from .onednn.packs import weights_changed as changed
+    changed()
+
+
 def set_threads(n: int | None) -> None:
     """One thread count for BLAS (threadpoolctl), OpenMP and oneDNN (omp_set_num_threads).
 

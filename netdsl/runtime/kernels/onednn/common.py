@@ -65,6 +65,12 @@ def is_f32(dtype) -> bool:
     return np.dtype(dtype) == np.float32
 
 
+def slow_impl(name: str) -> bool:
+    """Whether a oneDNN implementation name is a slow fallback: im2col + GEMM (``gemm``) or
+    the reference loops (``ref``), rather than a direct brgconv/jit kernel."""
+    return "gemm" in name or "ref" in name
+
+
 # --- serial kernels ---------------------------------------------------------------------------
 # oneDNN fixes a primitive's thread count when its descriptor is created. On a loaded machine
 # every OpenMP fork/join or barrier can cost a scheduler time slice: one 4 MB batch-norm

@@ -1,17 +1,23 @@
 """Convolution on oneDNN: forward (with bias), backward-data and backward-weights (+bias).
 
-Activations are NHWC, weights stay in netdsl's (KH, KW, C/groups, F) layout, described to
-oneDNN by strides (`hwio`, or `g`-split for groups): the brgconv kernels take it directly, so
-no weight reorder happens per step and the optimizer keeps updating the same arrays.
+Activations are NHWC. Weights stay in netdsl's (KH, KW, C/groups, F) layout for the optimizer,
+export and checkpoints; the primitives are created with ``format any`` weights, so that oneDNN
+picks its direct kernels (brgconv/jit) on every ISA, and read a blocked copy (packs.py):
+packed once per weight version at inference, once per step in training. Backward-data reads
+the forward's copy where it wants that layout, else reorders its own once per step.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from ....layers.geometry import PAIR_ARGS, conv_padding
 from ....layers.structure import pair_attrs
 from . import capi as L
-from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
+from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
+from .packs import PACKS
+from .packs import held_bytes as pack_held_bytes
 
 
 def _geometry(attrs, x_shape, filters):
@@ -47,19 +53,75 @@ def _key(geo, bias):
     return tuple(sorted(geo.items())), bias
 
 
-def _fwd_pd(geo, bias, relu=False):
+def _fwd_pd(geo, bias, relu=False, training=True, plain_weights=False):
     def build():
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
-        return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
-                    L.FORWARD_TRAINING, L.CONV_DIRECT, src, wei, b if bias else None, dst,
-                    st, dl, pl, pr, d.attr(relu))
-    return cached(("conv_fwd_pd", relu) + _key(geo, bias), build)
+        prop = L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE
+        return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine, prop,
+                    L.CONV_DIRECT, src, wei if plain_weights else d.md_any(d_dims(geo)),
+                    b if bias else None, dst, st, dl, pl, pr, d.attr(relu))
+    return cached(("conv_fwd_pd", relu, training, plain_weights) + _key(geo, bias), build)
 
 
-def _fwd(geo, bias, relu=False):
-    args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
-    return cached(("conv_fwd", relu) + _key(geo, bias),
-                  lambda: primitive(_fwd_pd(geo, bias, relu), args))
+PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
+"""When a forward convolution reads a blocked copy of the weights (``format any``) instead of
+netdsl's own layout. ``needed``: only where oneDNN has no direct kernel for netdsl's layout
+(AVX2 hosts: im2col + GEMM, 2–3× slower; AVX-512 hosts run brgconv on it). ``auto`` (the
+default): that in training, and always at inference, where the copy is made once and the
+blocked kernels were ~5% faster on AVX-512 too. ``always``: everywhere. Measured in
+docs/performance.md (issue 14)."""
+
+
+def _packs(training: bool) -> bool | None:
+    """True: pack; None: pack only where netdsl's layout would run a slow kernel."""
+    return True if PACK == "always" or (PACK == "auto" and not training) else None
+
+
+class _Forward:
+    """A forward convolution: its primitive descriptor, on netdsl's weight layout where that
+    runs a direct kernel (:data:`PACK`), else on ``format any`` weights; the layout it reads
+    (:attr:`md`), and the reorder that packs netdsl's weights into it (None when it reads
+    netdsl's own layout)."""
+
+    def __init__(self, geo, bias, relu, training):
+        d = lib()
+        self.key = ("conv_fwd", relu, training) + _key(geo, bias)
+        self.pd = None
+        if not _packs(training):    # netdsl's layout where oneDNN runs a direct kernel on it
+            pd = _fwd_pd(geo, bias, relu, training, plain_weights=True)
+            if not slow_impl(d.impl_name(pd)):
+                self.pd = pd
+        if self.pd is None:
+            self.pd = _fwd_pd(geo, bias, relu, training)
+        self.args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
+        plain_md = _weights_md(geo)
+        self.md = d.pd_md(self.pd, "weights")
+        self.nbytes = 0 if d.md_equal(self.md, plain_md) else d.md_size(self.md)
+        self.reorder_pd = d.reorder_pd(plain_md, self.md) if self.nbytes else None
+        self.scratch = max(d.scratch_size(self.pd),
+                           d.scratch_size(self.reorder_pd) if self.nbytes else 0)
+        self._prims = None
+
+    def prims(self):
+        """(primitive, weight reorder primitive or None), created on first use."""
+        if self._prims is None:
+            self._prims = (primitive(self.pd, self.args),
+                           self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
+        return self._prims
+
+    def weights(self, weight, refresh: bool):
+        """The weights the primitive reads: ``weight`` itself, or its pack (refreshed when
+        ``refresh`` or when the weights changed since it was made)."""
+        _, reorder = self.prims()
+        if reorder is None:
+            return f32(weight)
+        return PACKS.get(weight, self.key, self.nbytes,
+                         lambda buf: reorder(f32(weight), buf), refresh)
+
+
+def _fwd(geo, bias, relu=False, training=True) -> _Forward:
+    return cached(("conv_fwd", relu, training) + _key(geo, bias),
+                  lambda: _Forward(geo, bias, relu, training))
 
 
 class _Blocked:
@@ -76,10 +138,10 @@ class _Blocked:
     def __init__(self, pd, args, arg, plain_md):
         d = lib()
         self.pd, self.args = pd, args
-        chosen = d.pd_md(pd, arg)
+        self.chosen = chosen = d.pd_md(pd, arg)
         self.reorder_pd = None
         self.nbytes = 0            # bytes of the blocked buffer (0: no reorder)
-        scratch = d.scratch_size(pd)
+        self.own_scratch = scratch = d.scratch_size(pd)
         if not d.md_equal(chosen, plain_md):
             self.nbytes = d.md_size(chosen)
             src, dst = (plain_md, chosen) if arg == "weights" else (chosen, plain_md)
@@ -95,6 +157,14 @@ class _Blocked:
             self._prims = (primitive(self.pd, self.args),
                            self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
         return self._prims
+
+    def reads(self, fwd: _Forward) -> bool:
+        """Whether it can read the forward's pack as it is (the same blocked layout)."""
+        return bool(self.reorder_pd) and bool(fwd.nbytes) and lib().md_equal(self.chosen, fwd.md)
+
+    def need_after(self, fwd: _Forward) -> int:
+        """Bytes of the shared region a call needs when the forward ran before it."""
+        return self.own_scratch if self.reads(fwd) else self.need
 
     def buffer(self) -> np.ndarray:
         """The blocked buffer (the region reserved for the whole call first, so that the
@@ -133,12 +203,35 @@ def scratch_need(attrs, x_shape, filters, bias, relu, training, input_grad=True)
     geo = _geometry(attrs, x_shape, filters)
     d = lib()
     with serial("conv", _flops(geo)):
-        need = d.scratch_size(_fwd_pd(geo, bias, relu))
+        fwd = _fwd(geo, bias, relu, training)
+        need = fwd.scratch
         if training:
             need = max(need, _bwd_weights(geo, bias).need)
             if input_grad:
-                need = max(need, _bwd_data(geo, bias).need)
+                need = max(need, _bwd_data(geo, bias).need_after(fwd))
     return need
+
+
+def pack_bytes(attrs, x_shape, filters, bias, relu, training) -> int:
+    """Bytes the blocked copy of one conv layer's weights holds across steps (packs.py; 0
+    when oneDNN reads netdsl's layout): what the memory planner adds for it."""
+    geo = _geometry(attrs, x_shape, filters)
+    with serial("conv", _flops(geo)):
+        fwd = _fwd(geo, bias, relu, training)
+    return pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
+
+
+def impl_names(attrs, x_shape, filters, bias, relu, training) -> dict:
+    """The implementation oneDNN chose for each primitive of one conv layer (the primitive
+    descriptors' ``impl_info_str``, e.g. ``brg:avx2`` or ``jit:avx512_core``), by pass."""
+    geo = _geometry(attrs, x_shape, filters)
+    d = lib()
+    with serial("conv", _flops(geo)):
+        names = {"forward": d.impl_name(_fwd(geo, bias, relu, training).pd)}
+        if training:
+            names["backward_data"] = d.impl_name(_bwd_data(geo, bias).pd)
+            names["backward_weights"] = d.impl_name(_bwd_weights(geo, bias).pd)
+    return names
 
 
 def d_dims(geo):
@@ -154,43 +247,49 @@ def _flops(geo) -> int:
 
 
 def conv_forward(ctx, attrs, params, inputs, relu=False):
-    """Same contract as the registry's conv forward; the cache is (x, geometry).
-    ``relu``: apply ReLU to the output as a oneDNN post-op (see :func:`conv_relu_forward`)."""
+    """Same contract as the registry's conv forward; the cache is (x, geometry, the forward
+    that ran, the weights it read). ``relu``: apply ReLU to the output as a oneDNN post-op
+    (see :func:`conv_relu_forward`)."""
     x = f32(inputs[0])
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
     bias = "bias" in params
     out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
+    training = bool(ctx.training)
     with serial("conv", _flops(geo)):
+        fwd = _fwd(geo, bias, relu, training)
+        prim, _ = fwd.prims()
+        # Training: the optimizer updated the weights since the last step: repack once here
+        # (backward-data reuses it). Inference: the pack made at the first batch.
+        w = fwd.weights(weight, refresh=training)
         if bias:
-            _fwd(geo, True, relu)(x, f32(weight), f32(params["bias"]), out)
+            prim(x, w, f32(params["bias"]), out)
         else:
-            _fwd(geo, False, relu)(x, f32(weight), out)
-    return out, (x, geo)
+            prim(x, w, out)
+    return out, (x, geo, fwd, w)
 
 
 def conv_relu_forward(ctx, attrs, params, inputs):
     """conv followed by ReLU in one oneDNN call (bias and ReLU as post-ops); the cache also
     holds the output, from which the backward masks the incoming gradient."""
-    out, (x, geo) = conv_forward(ctx, attrs, params, inputs, relu=True)
-    return out, (x, geo, out)
+    out, cache = conv_forward(ctx, attrs, params, inputs, relu=True)
+    return out, cache + (out,)
 
 
 def conv_relu_backward(ctx, attrs, params, cache, dout):
     """Backward of :func:`conv_relu_forward`: ReLU's mask (from the output), then conv's."""
     from .eltwise import relu_backward
-    x, geo, out = cache
-    return conv_backward(ctx, attrs, params, (x, geo), relu_backward(out, dout))
+    return conv_backward(ctx, attrs, params, cache[:4], relu_backward(cache[4], dout))
 
 
 def conv_backward(ctx, attrs, params, cache, dout):
     """Same contract as the registry's conv backward."""
-    x, geo = cache
+    x, geo, fwd, w = cache
     with serial("conv", _flops(geo)):
-        return _conv_backward(ctx, params, x, geo, dout)
+        return _conv_backward(ctx, params, x, geo, fwd, w, dout)
 
 
-def _conv_backward(ctx, params, x, geo, dout):
+def _conv_backward(ctx, params, x, geo, fwd, packed, dout):
     dout = f32(dout)
     weight = params["weight"]
     bias = "bias" in params
@@ -211,6 +310,9 @@ def _conv_backward(ctx, params, x, geo, dout):
     dx = np.empty(x.shape, dtype=np.float32)
     bd = _bwd_data(geo, bias)
     prim, reorder = bd.prims()
+    if bd.reads(fwd):        # the forward's blocked copy of this step's weights
+        prim(dout, packed, dx, at=0)
+        return [dx], grads
     w = f32(weight)
     if reorder:
         buf = bd.buffer()

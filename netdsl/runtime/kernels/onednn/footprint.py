@@ -20,7 +20,7 @@ from . import conv, dense, eltwise, lrn, norm, pool
 from .capi import DnnlError, Scratchpad
 
 
-def _fused_relu(st) -> bool:
+def fused_relu(st) -> bool:
     """The step runs its kernel's fused ReLU form (build_plan then leaves ``st.act`` None)."""
     return st.act is None and st.node.meta.get("act") == "relu"
 
@@ -43,7 +43,7 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     x = n * numel(st.node.in_shapes[0]) * it
     out = n * numel(st.node.out_shapes[0]) * it
     dx = (0,) if st.data_only else (x,)      # a layer reading only the data: no d(input)
-    relu = _fused_relu(st)
+    relu = fused_relu(st)
     if op in ("conv", "fc"):
         # Forward: the output; the cache keeps the input (and the output, the ReLU's mask).
         # Backward: the fused ReLU's masked gradient (eltwise.relu_backward) lives through the
@@ -134,7 +134,7 @@ def scratch_need(st, n: int, training: bool) -> int:
 
 def _scratch_need(st, n: int, training: bool) -> int:
     op, a = st.node.op, st.node.attrs
-    relu = _fused_relu(st)
+    relu = fused_relu(st)
     grad_in = not st.data_only
     if op == "conv":
         need = conv.scratch_need(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st), relu,
@@ -160,21 +160,33 @@ def _scratch_need(st, n: int, training: bool) -> int:
 
 
 def held_bytes(plan, n: int, training: bool) -> int:
-    """Bytes the shared scratchpad region holds once the oneDNN steps of ``plan`` have run on
-    a batch of ``n`` (the most any step needs, aligned): what ``workspace.held_bytes()``
-    then counts for it."""
-    need, asked = 0, {}
+    """Bytes the provider holds across steps once the oneDNN steps of ``plan`` have run on a
+    batch of ``n``: the shared scratchpad region (the most any step needs, aligned) and the
+    blocked weight copies of its convolutions (packs.py, one per layer): what
+    ``workspace.held_bytes()`` then counts for them."""
+    need, packed, asked = 0, 0, {}
     for st in plan:
         if st.provider != "onednn":
             continue
         # steps alike ask alike: one descriptor query per kind of step (a chain of 100,000
         # equal layers asked 100,000 times, 2 s)
         key = (st.node.op, repr(sorted(st.node.attrs.items())), repr(st.node.in_shapes),
-               repr(st.node.out_shapes), _fused_relu(st), st.data_only)
+               repr(st.node.out_shapes), fused_relu(st), st.data_only)
         if key not in asked:
-            asked[key] = scratch_need(st, n, training)
-        need = max(need, asked[key])
-    return Scratchpad.held_bytes(need)
+            asked[key] = (scratch_need(st, n, training), pack_bytes(st, n, training))
+        need = max(need, asked[key][0])
+        packed += asked[key][1]
+    return Scratchpad.held_bytes(need) + packed
+
+
+def pack_bytes(st, n: int, training: bool) -> int:
+    """Bytes of the blocked weight copy plan step ``st`` holds (0: none, or oneDNN cannot
+    make the descriptor)."""
+    if st.node.op != "conv":
+        return 0
+    return _asked(st, n, lambda m: conv.pack_bytes(
+        st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st), fused_relu(st),
+        training), 0)
 
 
 STRIDED = "onednn_strided_dout"

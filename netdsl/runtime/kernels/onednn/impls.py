@@ -1,0 +1,31 @@
+"""Which oneDNN implementation each convolution of a plan runs: the name its primitive
+descriptor reports (``impl_info_str``), for `ONEDNN_VERBOSE`-free checks that no convolution
+falls back to im2col + GEMM (``gemm``) or the reference loops (``ref``) on this host's ISA
+(tests/test_onednn_impls.py runs it natively and capped with ONEDNN_MAX_CPU_ISA=AVX2)."""
+from __future__ import annotations
+
+from . import conv
+from .common import slow_impl
+from .footprint import fused_relu
+
+
+def conv_impls(plan, n: int, training: bool) -> dict:
+    """``{node name: {pass: implementation}}`` for the oneDNN conv steps of ``plan`` on a
+    batch of ``n`` (passes: forward, and in training backward_data and backward_weights).
+    Creates primitive descriptors only (the same, cached, that the kernels run)."""
+    out = {}
+    for st in plan:
+        if st.provider != "onednn" or st.node.op != "conv":
+            continue
+        names = conv.impl_names(st.node.attrs, (n,) + tuple(st.node.in_shapes[0]),
+                                st.node.out_shapes[0][-1], bool(st.node.attrs.get("bias")),
+                                fused_relu(st), training)
+        if st.data_only:       # the first conv computes no d(input)
+            names.pop("backward_data", None)
+        out[st.node.name] = names
+    return out
+
+
+def slow(name: str) -> bool:
+    """Whether an implementation name is a slow fallback: im2col + GEMM or reference loops."""
+    return slow_impl(name)
