@@ -33,7 +33,7 @@ from ..lang.train_config import TrainConfig
 from ..data.loader import Dataset
 from .compat import check_compatible, check_same_graph, check_same_network  # noqa: F401
 from .fingerprint import graph_fingerprint
-from .metrics import METRIC_NAMES, batch_score, describe, head_kind
+from .metrics import METRIC_NAMES, describe, head_kind
 from .metrics import evaluate as evaluate_metric
 from .optim import make_optimizer
 from .controls import clip_gradients, early_stopped, held_out, set_label_smoothing
