@@ -275,6 +275,9 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
     reads the destination, so the output starts as the shortcut: with ``inplace`` (the plan
     found no later reader of it) the shortcut's own buffer, else a copy. Inference only
     (the cache is None)."""
+    if ctx.training:
+        raise RuntimeError("a fused inference plan (Executor.for_inference) cannot train: "
+                           "use the training executor")
     x, short = f32(inputs[0]), inputs[1]
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
