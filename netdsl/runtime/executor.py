@@ -22,6 +22,7 @@ from ..compile.model import BoundModel
 from ..compile.verify import main_head
 from ..core.workspace import Scratch, keep_freed_memory, single_threaded_blas
 from .kernels import weights_changed
+from .residual import FUSE_RESIDUAL, fuse_residual
 from .plan import Step, add_input_grads, build_plan, run_backward, run_forward  # noqa: F401  (Step: public)
 
 
@@ -242,8 +243,11 @@ class Executor:
     def for_inference(self) -> "Executor":
         """An executor of the inference pipeline (dropout and auxiliary heads removed, batch
         norm folded into the current weights, activations fused) sharing the other weights."""
-        return Executor(self.model.for_inference(self.passes), passes=(), kernels=self.kernels,
-                        seed=self.seed)
+        ex = Executor(self.model.for_inference(self.passes), passes=(), kernels=self.kernels,
+                      seed=self.seed)
+        if FUSE_RESIDUAL:   # conv → add → relu as one oneDNN call (no backward needed here)
+            fuse_residual(ex.plan)
+        return ex
 
     def predict(self, x, batch_size: int = 256):
         """Class predictions of the main head for a whole array, batch by batch (NumPy out),

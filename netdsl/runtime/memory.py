@@ -31,6 +31,7 @@ from ..core.graph import nodes, records
 from ..layers import numel
 from ..layers.footprint import Footprint, aligned
 from .arena import layout_arena
+from .plan import ALIAS
 
 
 def footprint(st, n: int, it: int, training: bool, scratch: bool = True) -> Footprint:
@@ -38,6 +39,8 @@ def footprint(st, n: int, it: int, training: bool, scratch: bool = True) -> Foot
     ``scratch``: the executor gives its kernels a Scratch region (NumPy executors do). A
     NumPy step follows its layer's own ``footprint`` hook (its registry entry); a oneDNN step
     its provider's rules."""
+    if st.meta.get(ALIAS):           # fused into its producer: a view of it
+        return Footprint(out_alias=0, dx=(None,))
     if st.provider == "onednn":     # the provider's own rules, next to its kernels
         from .kernels.onednn.footprint import footprint as onednn_footprint
         return onednn_footprint(st, n, it, training)
@@ -296,8 +299,11 @@ def memory_table(g, batch: int, *, dtype=np.float32, passes=None, kernels: str =
     # what for_inference does, in place: the training model is not needed again (a second
     # copy of a 100,000-node graph costs seconds)
     model.optimize("infer", passes)
-    infer = plan_memory(build_plan(model.graph, dtype=dtype, kernels=kernels), batch,
-                        itemsize=it, training=False)
+    plan = build_plan(model.graph, dtype=dtype, kernels=kernels)
+    from .residual import FUSE_RESIDUAL, fuse_residual
+    if FUSE_RESIDUAL:   # as Executor.for_inference
+        fuse_residual(plan)
+    infer = plan_memory(plan, batch, itemsize=it, training=False)
     return {"batch": batch, "dtype": np.dtype(dtype).name,
             "train_peak_bytes": train.peak, "train_peak_at": train.at,
             "train_gradient_bytes": train.gradients, "train_arena_bytes": train.arena,

@@ -34,6 +34,11 @@ from ..layers.conv import dx_method
 from ..layers.geometry import conv_is_pointwise
 
 
+ALIAS = "alias_of_input"
+"""``Step.meta`` key: the step's output is its first input itself (its work was fused into
+the producer: netdsl/runtime/residual.py); it runs no kernel and owns no buffer."""
+
+
 @dataclass
 class Step:
     node: G.Node

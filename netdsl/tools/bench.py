@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import NetdslError
+from ..runtime.kernels.onednn.footprint import RESIDUAL
+from ..runtime.plan import ALIAS
 
 NET = Path(__file__).resolve().parents[2] / "nets" / "cs231n.net"
 SETS = {"N": 2, "M": 3, "K": 2, "WIDTH": 32, "HIDDEN": 256, "POOL": True}
@@ -196,7 +198,13 @@ def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:
         if not t["fwd"]:
             continue
         act = (getattr(st.node, "meta", None) or {}).get("act")  # a fused activation
-        rows.append({"layer": st.node.name, "op": st.node.op + (f"+{act}" if act else ""),
+        op = st.node.op + (f"+{act}" if act else "")
+        meta = getattr(st, "meta", None) or {}
+        if meta.get(RESIDUAL):     # the residual add (+ ReLU) it took over
+            op += "+add" + ("+relu" if meta[RESIDUAL]["relu"] else "")
+        elif meta.get(ALIAS):
+            op += " (fused)"
+        rows.append({"layer": st.node.name, "op": op,
                      "provider": st.provider, "dx": (getattr(st, "meta", None) or {}).get("dx"),
                      "forward_ms": 1000 * float(np.median(t["fwd"])),
                      "backward_ms": 1000 * float(np.median(t["bwd"])) if t["bwd"] else 0.0})

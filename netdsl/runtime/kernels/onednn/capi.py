@@ -22,6 +22,7 @@ from ....core import workspace
 # --- enum values (oneDNN 3.2 headers) ----------------------------------------------------------
 F32 = 3
 FORMAT_ANY = 1
+DATA_TYPE_UNDEF = 0   # dnnl_data_type_undef: a sum post-op then uses the destination's type
 CPU = 1
 STREAM_IN_ORDER = 1
 FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 64, 96, 128, 160, 192
@@ -166,8 +167,10 @@ class Lib:
         self.call("dnnl_primitive_desc_query", pd, QUERY_IMPL_INFO_STR, 0, ctypes.byref(out))
         return out.value.decode()
 
-    def attr(self, relu: bool = False) -> VP:
-        """Primitive attributes: the user scratchpad mode, and one ReLU post-op if ``relu``.
+    def attr(self, relu: bool = False, add: bool = False) -> VP:
+        """Primitive attributes: the user scratchpad mode, a ``sum`` post-op if ``add`` (the
+        result is added to what the destination holds: a residual join), then one ReLU
+        post-op if ``relu``.
 
         Every primitive is created with these. Why the user mode: oneDNN's own scratchpad is
         malloc'ed inside the library, invisible to tracemalloc and to the memory planner; in
@@ -175,15 +178,19 @@ class Lib:
         on the one :class:`Scratchpad` region the provider owns. (A primitive descriptor
         copies its attributes, so one object of each kind serves every primitive.)
         """
-        key = "relu" if relu else "plain"
+        key = ("sum+" if add else "") + ("relu" if relu else "plain")
         if key not in self._attrs:
             attr = VP()
             self.call("dnnl_primitive_attr_create", ctypes.byref(attr))
             self.call("dnnl_primitive_attr_set_scratchpad_mode", attr, SCRATCHPAD_MODE_USER)
-            if relu:
+            if relu or add:
                 post = VP()
                 self.call("dnnl_post_ops_create", ctypes.byref(post))
-                self.call("dnnl_post_ops_append_eltwise", post, ELTWISE_RELU, 0.0, 0.0)
+                if add:   # scale 1, zero point 0, the destination's own data type
+                    self.call("dnnl_post_ops_append_sum", post, ctypes.c_float(1.0),
+                              ctypes.c_int32(0), DATA_TYPE_UNDEF)
+                if relu:
+                    self.call("dnnl_post_ops_append_eltwise", post, ELTWISE_RELU, 0.0, 0.0)
                 self.call("dnnl_primitive_attr_set_post_ops", attr, post)
             self._attrs[key] = attr
         return self._attrs[key]

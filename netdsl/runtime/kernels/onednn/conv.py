@@ -53,14 +53,14 @@ def _key(geo, bias):
     return tuple(sorted(geo.items())), bias
 
 
-def _fwd_pd(geo, bias, relu=False, training=True, plain_weights=False):
+def _fwd_pd(geo, bias, relu=False, training=True, plain_weights=False, add=False):
     def build():
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         prop = L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine, prop,
                     L.CONV_DIRECT, src, wei if plain_weights else d.md_any(d_dims(geo)),
-                    b if bias else None, dst, st, dl, pl, pr, d.attr(relu))
-    return cached(("conv_fwd_pd", relu, training, plain_weights) + _key(geo, bias), build)
+                    b if bias else None, dst, st, dl, pl, pr, d.attr(relu, add))
+    return cached(("conv_fwd_pd", relu, training, plain_weights, add) + _key(geo, bias), build)
 
 
 PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
@@ -83,16 +83,16 @@ class _Forward:
     (:attr:`md`), and the reorder that packs netdsl's weights into it (None when it reads
     netdsl's own layout)."""
 
-    def __init__(self, geo, bias, relu, training):
+    def __init__(self, geo, bias, relu, training, add=False):
         d = lib()
-        self.key = ("conv_fwd", relu, training) + _key(geo, bias)
+        self.key = ("conv_fwd", relu, training, add) + _key(geo, bias)
         self.pd = None
         if not _packs(training):    # netdsl's layout where oneDNN runs a direct kernel on it
-            pd = _fwd_pd(geo, bias, relu, training, plain_weights=True)
+            pd = _fwd_pd(geo, bias, relu, training, plain_weights=True, add=add)
             if not slow_impl(d.impl_name(pd)):
                 self.pd = pd
         if self.pd is None:
-            self.pd = _fwd_pd(geo, bias, relu, training)
+            self.pd = _fwd_pd(geo, bias, relu, training, add=add)
         self.args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
         plain_md = _weights_md(geo)
         self.md = d.pd_md(self.pd, "weights")
@@ -119,9 +119,9 @@ class _Forward:
                          lambda buf: reorder(f32(weight), buf), refresh)
 
 
-def _fwd(geo, bias, relu=False, training=True) -> _Forward:
-    return cached(("conv_fwd", relu, training) + _key(geo, bias),
-                  lambda: _Forward(geo, bias, relu, training))
+def _fwd(geo, bias, relu=False, training=True, add=False) -> _Forward:
+    return cached(("conv_fwd", relu, training, add) + _key(geo, bias),
+                  lambda: _Forward(geo, bias, relu, training, add))
 
 
 class _Blocked:
@@ -267,6 +267,58 @@ def conv_forward(ctx, attrs, params, inputs, relu=False):
         else:
             prim(x, w, out)
     return out, (x, geo, fwd, w)
+
+
+def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
+    """conv(inputs[0]) + inputs[1] (then ReLU if ``relu``) in one oneDNN call: the residual
+    join as a ``sum`` post-op (netdsl/runtime/residual.py fuses it at inference). The sum
+    reads the destination, so the output starts as the shortcut: with ``inplace`` (the plan
+    found no later reader of it) the shortcut's own buffer, else a copy. Inference only
+    (the cache is None)."""
+    if ctx.training:
+        raise RuntimeError("a fused inference plan (Executor.for_inference) cannot train: "
+                           "use the training executor")
+    x, short = f32(inputs[0]), inputs[1]
+    weight = params["weight"]
+    geo = _geometry(attrs, x.shape, weight.shape[3])
+    shape = (geo["n"], geo["ho"], geo["wo"], geo["f"])
+    if inplace and _writable_f32(short, shape):
+        out = short
+    else:   # the plan's in-place decision does not hold for this array: a fresh copy
+        out = np.empty(shape, dtype=np.float32)
+        np.copyto(out, short)
+    bias = "bias" in params
+    with serial("conv", _flops(geo)):
+        fwd = _fwd(geo, bias, relu, False, add=True)
+        prim, _ = fwd.prims()
+        w = fwd.weights(weight, refresh=False)
+        if bias:
+            prim(x, w, f32(params["bias"]), out)
+        else:
+            prim(x, w, out)
+    return out, None
+
+
+def _writable_f32(a, shape) -> bool:
+    return (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == shape
+            and a.flags.c_contiguous and a.flags.writeable)
+
+
+def conv_add_impl(attrs, x_shape, filters, bias, relu) -> str:
+    """The implementation oneDNN chose for the fused conv + residual add (+ ReLU) of
+    :func:`conv_add_forward` (``impl_info_str``)."""
+    geo = _geometry(attrs, x_shape, filters)
+    with serial("conv", _flops(geo)):
+        return lib().impl_name(_fwd(geo, bias, relu, False, add=True).pd)
+
+
+def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
+    """(scratchpad bytes, blocked weight copy bytes) of the fused conv + add: what the memory
+    planner plans for it (as :func:`scratch_need` and :func:`pack_bytes` for a plain conv)."""
+    geo = _geometry(attrs, x_shape, filters)
+    with serial("conv", _flops(geo)):
+        fwd = _fwd(geo, bias, relu, False, add=True)
+    return fwd.scratch, pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
 
 
 def conv_relu_forward(ctx, attrs, params, inputs):

@@ -44,6 +44,9 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     out = n * numel(st.node.out_shapes[0]) * it
     dx = (0,) if st.data_only else (x,)      # a layer reading only the data: no d(input)
     relu = fused_relu(st)
+    if st.meta.get(RESIDUAL):   # inference: the output is the shortcut's buffer, or a copy
+        inplace = st.meta[RESIDUAL]["inplace"]
+        return Footprint(out=0 if inplace else out, out_alias=1 if inplace else None)
     if op in ("conv", "fc"):
         # Forward: the output; the cache keeps the input (and the output, the ReLU's mask).
         # Backward: the fused ReLU's masked gradient (eltwise.relu_backward) lives through the
@@ -136,7 +139,10 @@ def _scratch_need(st, n: int, training: bool) -> int:
     op, a = st.node.op, st.node.attrs
     relu = fused_relu(st)
     grad_in = not st.data_only
-    if op == "conv":
+    if op == "conv" and st.meta.get(RESIDUAL):
+        need = conv.conv_add_scratch(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st),
+                                     st.meta[RESIDUAL]["relu"])[0]
+    elif op == "conv":
         need = conv.scratch_need(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st), relu,
                                  training, grad_in)
     elif op == "fc":
@@ -171,7 +177,8 @@ def held_bytes(plan, n: int, training: bool) -> int:
         # steps alike ask alike: one descriptor query per kind of step (a chain of 100,000
         # equal layers asked 100,000 times, 2 s)
         key = (st.node.op, repr(sorted(st.node.attrs.items())), repr(st.node.in_shapes),
-               repr(st.node.out_shapes), fused_relu(st), st.data_only)
+               repr(st.node.out_shapes), fused_relu(st), st.data_only,
+               repr(st.meta.get(RESIDUAL)))
         if key not in asked:
             asked[key] = (scratch_need(st, n, training), pack_bytes(st, n, training))
         need = max(need, asked[key][0])
@@ -184,6 +191,10 @@ def pack_bytes(st, n: int, training: bool) -> int:
     make the descriptor)."""
     if st.node.op != "conv":
         return 0
+    if st.meta.get(RESIDUAL):
+        return _asked(st, n, lambda m: conv.conv_add_scratch(
+            st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st),
+            st.meta[RESIDUAL]["relu"])[1], 0)
     return _asked(st, n, lambda m: conv.pack_bytes(
         st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st), fused_relu(st),
         training), 0)
@@ -268,3 +279,9 @@ def prepare(plan, n: int, training: bool) -> int:
             st.meta[STRIDED] = strided[i]
             st.meta[STRIDED_X] = bool(st.inputs) and _strided_output(plan[st.inputs[0][0]], n)
     return held_bytes(plan, n, training)
+
+
+RESIDUAL = "onednn_residual"
+"""``Step.meta`` key: the conv also adds the shortcut (its second input) and maybe applies
+ReLU, as oneDNN post-ops (netdsl/runtime/residual.py): ``{"relu": bool, "inplace": bool}``;
+in place, its output is the shortcut's buffer."""
