@@ -201,7 +201,7 @@ def scratch_need(attrs, x_shape, filters, bias, relu, training, input_grad=True)
     descriptors as the kernels, in the same thread setting, so the sizes are the ones that
     run; creates no primitive."""
     geo = _geometry(attrs, x_shape, filters)
-    d = lib()
+    lib()   # the library loaded (or a clear error) before any descriptor is asked
     with serial("conv", _flops(geo)):
         fwd = _fwd(geo, bias, relu, training)
         need = fwd.scratch
