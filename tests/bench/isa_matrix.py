@@ -22,12 +22,13 @@ Usage: PYTHONPATH=. python tests/bench/isa_matrix.py [--outer 3] [--steps 10] [-
        > matrix.jsonl
 Smoke run (proves every case runs; numbers meaningless): --outer 1 --steps 1 --rounds 1.
 
-Time (2-core AVX-512/AMX host, under load, 2026-12-06): the smoke run (--steps 1 --rounds 1,
-every case, peer and ISA once) took ~SMOKE_MIN min, most of it fixed per-process cost
-(compiling, ONNX export, torch.compile, bench's 3 warm-up steps and its memory measurements,
-~6 untimed steps per framework). The full matrix at the defaults (--outer 3 --steps 10
---rounds 5) adds ~10 timed steps per framework per process: estimate ~FULL_H h on a quiet
-2-core host (ResNet-50 training and VGG-16 take most of it); --outer 1 takes a third.
+Time (2-core AVX-512/AMX host, load average 5-11, 2026-12-06): the smoke run (--outer 1
+--steps 1 --rounds 1: 72 processes, every case x peer x ISA once) took 23 min, two thirds of
+it ResNet-50, VGG-16 and AlexNet; most of a process is fixed cost (compiling, ONNX export,
+torch.compile, bench's 3 warm-up steps and its memory measurements). The full matrix at the
+defaults (--outer 3 --steps 10 --rounds 5) adds 9 timed steps per framework per process:
+~41 min per outer round from the smoke's step times, ~2 h in all at that load (less on a
+quiet host); --outer 1 takes a third, --cases/--peers/--isa cut it further.
 """
 import argparse
 import json
