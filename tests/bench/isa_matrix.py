@@ -27,8 +27,8 @@ Time (2-core AVX-512/AMX host, load average 5-11, 2026-12-06): the smoke run (--
 it ResNet-50, VGG-16 and AlexNet; most of a process is fixed cost (compiling, ONNX export,
 torch.compile, bench's 3 warm-up steps and its memory measurements). The full matrix at the
 defaults (--outer 3 --steps 10 --rounds 5) adds 9 timed steps per framework per process:
-~41 min per outer round from the smoke's step times, ~2 h in all at that load (less on a
-quiet host); --outer 1 takes a third, --cases/--peers/--isa cut it further.
+~41 min per outer round from the smoke's step times, ~2 h in all at that load, ~1.5 h
+quiet (a quiet rerun of the ResNet-50 training process took 29 s against the smoke's 36 s); --outer 1 takes a third, --cases/--peers/--isa cut it further.
 """
 import argparse
 import json
