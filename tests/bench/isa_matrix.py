@@ -79,7 +79,7 @@ def run_one(cmd, isa, timeout):
     wall = time.perf_counter() - t0
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
-        return {"error": (p.stderr or p.stdout)[-800:]}, wall
+        return {"error": (p.stderr or p.stdout)[-800:] or f"exit status {p.returncode}"}, wall
     return json.loads(lines[-1]), wall
 
 
@@ -118,6 +118,10 @@ def main(argv=None):
                     res, wall = run_one(cmd, isa, a.timeout)
                     ratio, spread = peer_ratio(res, peer)
                     res.pop("layers", None)
+                    if "host_isa" not in res:   # a failed run: the ISA still goes on the line
+                        from netdsl.tools.bench_peers import host_isa
+                        res["host_isa"] = dict(host_isa(), onednn_max_cpu_isa=ISAS[isa].get(
+                            "ONEDNN_MAX_CPU_ISA"))
                     print(json.dumps({"case": case, "peer": peer, "isa": isa, "outer": r,
                                       "wall_s": round(wall, 1), "peer_ratio": ratio,
                                       "peer_ratio_rounds": spread, **res}), flush=True)
