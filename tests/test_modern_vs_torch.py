@@ -142,3 +142,16 @@ def test_bench_compare_torch_builds_the_new_layers_alike():
     """
     g = compile_text(text).graph
     assert _rel_l2(g, build(g), 16) <= 1e-5
+
+
+@pytest.mark.parametrize("over_n", ["true", "false"])
+def test_bench_compare_torch_maps_lrn(over_n):
+    """AlexNet's LRN in `bench --compare torch`'s twin (an even and an odd window, Caffe's and
+    the paper's alpha) computes netdsl's logits."""
+    from netdsl.tools.bench_torch import build
+    text = f"""
+    INPUT(12x12x3) -> CONV(8, 3) -> RELU -> LRN(5, alpha=1e-2, beta=0.75, k=2, alpha_over_n={over_n})
+      -> CONV(6, 3) -> RELU -> LRN(4, alpha=0.5, beta=0.6, alpha_over_n={over_n}) -> GAP -> FC(10)
+    """
+    g = compile_text(text).graph
+    assert _rel_l2(g, build(g), 12) <= 1e-5

@@ -21,7 +21,7 @@ from ..layers.structure import pair_attrs
 
 MAPPED = ("input", "conv", "pool", "maxpool", "avgpool", "batchnorm", "relu", "tanh", "sigmoid",
           "fc", "flatten", "gap", "dropout", "concat", "add", "identity", "softmax_xent",
-          "silu", "relu6", "hswish", "hsigmoid", "mul", "slice", "shuffle")
+          "silu", "relu6", "hswish", "hsigmoid", "mul", "slice", "shuffle", "lrn")
 
 
 def _module(nn, rec):
@@ -52,6 +52,9 @@ def _module(nn, rec):
         return simple[op]()
     if op == "shuffle":
         return nn.ChannelShuffle(a["groups"])
+    if op == "lrn":   # PyTorch divides alpha by the size, as netdsl's alpha_over_n=true does
+        alpha = a["alpha"] if a["alpha_over_n"] else a["alpha"] * a["size"]
+        return nn.LocalResponseNorm(a["size"], alpha=alpha, beta=a["beta"], k=a["k"])
     return None
 
 

@@ -2,6 +2,8 @@
 # The docs/performance.md table: four nets × (train b=64, infer b=256) × (onednn, numpy), each
 # interleaved with PyTorch in one process, 2 threads. One JSON line per run on stdout.
 # Usage: [KERNELS="onednn numpy"] tests/bench/bench_matrix.sh [STEPS] [RESNET20_FILE] > results.jsonl
+# The issue-14 matrix (native and AVX2-capped, every peer, ResNet-50/VGG-16/AlexNet at their real
+# size, each framework pair in its own process) is tests/bench/isa_matrix.py.
 STEPS=${1:-10}
 RESNET=${2:-nets/resnet20.net}
 PY=${PYTHON:-python}

@@ -110,8 +110,13 @@ class Lib:
         d.dnnl_version.restype = ctypes.POINTER(Version)
         v = d.dnnl_version().contents
         self.version = (v.major, v.minor, v.patch)
-        if (v.major, v.minor) != (3, 2):
-            raise OSError(f"oneDNN {v.major}.{v.minor} found; netdsl's binding is for 3.2")
+        if (v.major, v.minor) != (3, 2) and not (os.environ.get("NETDSL_DNNL_LIB")
+                                                 and v.major == 3 and v.minor > 2):
+            # A later 3.x only when chosen explicitly: oneDNN keeps the ABI within a major
+            # version, and 3.13's headers give every enum value and prototype used here
+            # unchanged (docs/performance.md, "The oneDNN build"), but only 3.2 is tested.
+            raise OSError(f"oneDNN {v.major}.{v.minor} found; netdsl's binding is for 3.2 "
+                          "(a later 3.x can be named with NETDSL_DNNL_LIB)")
         d.dnnl_primitive_desc_query_md.restype = VP
         d.dnnl_primitive_desc_query_md.argtypes = [VP, ctypes.c_int, ctypes.c_int]
         d.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
