@@ -77,7 +77,19 @@ def _packs(training: bool) -> bool | None:
     return True if PACK == "always" or (PACK == "auto" and not training) else None
 
 
-class _Forward:
+class _WithReorder:
+    """A convolution descriptor ``pd`` (run with ``args``) and the reorder ``reorder_pd`` (or
+    None) between netdsl's layout and the one oneDNN chose for it."""
+
+    def prims(self):
+        """(primitive, reorder primitive or None), created on first use."""
+        if self._prims is None:
+            self._prims = (primitive(self.pd, self.args),
+                           self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
+        return self._prims
+
+
+class _Forward(_WithReorder):
     """A forward convolution: its primitive descriptor, on netdsl's weight layout where that
     runs a direct kernel (:data:`PACK`), else on ``format any`` weights; the layout it reads
     (:attr:`md`), and the reorder that packs netdsl's weights into it (None when it reads
@@ -102,13 +114,6 @@ class _Forward:
                            d.scratch_size(self.reorder_pd) if self.nbytes else 0)
         self._prims = None
 
-    def prims(self):
-        """(primitive, weight reorder primitive or None), created on first use."""
-        if self._prims is None:
-            self._prims = (primitive(self.pd, self.args),
-                           self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
-        return self._prims
-
     def weights(self, weight, refresh: bool):
         """The weights the primitive reads: ``weight`` itself, or its pack (refreshed when
         ``refresh`` or when the weights changed since it was made)."""
@@ -124,7 +129,7 @@ def _fwd(geo, bias, relu=False, training=True, add=False) -> _Forward:
                   lambda: _Forward(geo, bias, relu, training, add))
 
 
-class _Blocked:
+class _Blocked(_WithReorder):
     """A backward convolution whose weights take oneDNN's preferred (blocked) layout, as
     primitive descriptors (cheap: what the memory planner asks about) and primitives (:meth:`prims`).
 
@@ -150,13 +155,6 @@ class _Blocked:
         self.at = L.Scratchpad.aligned(self.nbytes)      # where the scratchpads start
         self.need = self.at + scratch if scratch else self.nbytes
         self._prims = None
-
-    def prims(self):
-        """(primitive, reorder primitive or None), created on first use."""
-        if self._prims is None:
-            self._prims = (primitive(self.pd, self.args),
-                           self.reorder_pd and primitive(self.reorder_pd, ("src", "dst")))
-        return self._prims
 
     def reads(self, fwd: _Forward) -> bool:
         """Whether it can read the forward's pack as it is (the same blocked layout)."""
