@@ -293,6 +293,13 @@ def _edge(src: Volume, dst: Volume, vols: list) -> str:
                 f"L{ex:.1f},{ey:.1f}")
     elif src.lane == dst.lane:
         path = f"M{x1:.1f},{y1:.1f} L{x2 - 2:.1f},{y2:.1f}"
+    elif dst.kind == "add" and src.lane > dst.lane:
+        # a shortcut from a lane below enters the ⊕ from its lower left (clear of the note
+        # under it), not along the main edge behind the box before it, where it would seem
+        # to feed that box
+        ex, ey = dst.x + 9 - 7.5, dst.y + 7.5
+        path = (f"M{x1:.1f},{y1:.1f} C{ex - 30:.1f},{y1:.1f} {ex - 16:.1f},{ey + 16:.1f} "
+                f"{ex:.1f},{ey:.1f}")
     else:
         mid = (x1 + x2) / 2
         path = f"M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} {mid:.1f},{y2:.1f} {x2 - 2:.1f},{y2:.1f}"
