@@ -165,15 +165,15 @@ def cmd_sweep(args) -> int:
     except OSError as exc:
         raise NetdslError(f"--out '{out}' cannot be made a directory: {exc.strerror or exc}",
                           hint="choose a directory path that is not under a file") from None
-    todo = [i for i, row in enumerate(rows) if args.epochs and row["valid"]]
+    trainable = [i for i, row in enumerate(rows) if args.epochs and row["valid"]]
     try:
-        for i in todo if comm is None else todo[comm.rank::comm.size]:
+        for i in trainable if comm is None else trainable[comm.rank::comm.size]:
             if not args.quiet:
                 print(f"training {i + 1}/{len(rows)}: {rows[i]['instance'] or '(as written)'}",
                       file=sys.stderr)
             _train_row(rows[i], args)
         if comm is not None:
-            _gather_rows(comm, rows, todo)
+            _gather_rows(comm, rows, trainable)
     finally:   # what was trained is kept even when a later instance fails or Ctrl-C comes
         if comm is None or comm.rank == 0:   # under MPI rank 0 alone prints and writes
             print(format_table(rows))
@@ -188,13 +188,13 @@ def cmd_sweep(args) -> int:
     return 0 if any(r["valid"] for r in rows) else EXIT_USER_ERROR
 
 
-def _gather_rows(comm, rows: list, todo: list) -> None:
+def _gather_rows(comm, rows: list, trainable: list) -> None:
     """Rank 0 gets every rank's trained rows into ``rows``; the other ranks send theirs.
     A plain gather, no timeout: instances take different times, and a dead rank ends the job
     through mpiexec."""
     keys = ("accuracy", "valid", "untrained", "error")
     mine = {i: {k: rows[i][k] for k in keys if k in rows[i]}
-            for i in todo[comm.rank::comm.size]}
+            for i in trainable[comm.rank::comm.size]}
     for part in comm.comm.gather(mine, root=0) or []:   # None on the other ranks
         for i, fields in part.items():
             rows[i].update(fields)

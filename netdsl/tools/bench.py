@@ -135,7 +135,7 @@ def torch_setup(c, batch: int, mode: str, threads: int):
         warnings.simplefilter("ignore", UserWarning)
         import torch
 
-    from .bench_torch import build
+    from .bench_torch import build, make_step
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(c.graph)
@@ -143,21 +143,7 @@ def torch_setup(c, batch: int, mode: str, threads: int):
     h, w, ch = next(n for n in nodes(c.graph) if n.op == "input").out_shape
     x = torch.randn(batch, ch, h, w)
     y = torch.randint(0, classes(c.graph), label_shape(c.graph, batch))
-    if mode == "train":
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            model(x, y).backward()
-            opt.step()
-    else:
-        model.eval()
-
-        def step():
-            with torch.inference_mode():
-                model(x)
-    return step, torch.__version__
+    return make_step(model, x, y, mode), torch.__version__
 
 
 def per_layer(ex, x, y, mode: str, repeats: int = 3) -> list[dict]:

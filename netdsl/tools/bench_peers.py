@@ -102,7 +102,7 @@ def torch_compile_setup(c, batch: int, mode: str, threads: int, labels):
         import torch
     except ImportError:
         raise Skipped("PyTorch is not installed: pip install torch") from None
-    from .bench_torch import build
+    from .bench_torch import build, make_step
     from ..core.graph import nodes
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -111,21 +111,7 @@ def torch_compile_setup(c, batch: int, mode: str, threads: int, labels):
     x = torch.randn(batch, ch, h, w)
     y = torch.randint(0, labels[0], labels[1])
     compiled = torch.compile(model, backend="inductor")
-    if mode == "train":
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            compiled(x, y).backward()
-            opt.step()
-    else:
-        model.eval()
-
-        def step():
-            with torch.no_grad():
-                compiled(x)
-    return step, torch.__version__ + " inductor"
+    return make_step(model, x, y, mode, run=compiled), torch.__version__ + " inductor"
 
 
 def setup(peer: str, c, ex, x, batch: int, mode: str, threads: int, labels):

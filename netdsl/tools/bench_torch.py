@@ -129,6 +129,32 @@ def build(g):
     return Net()
 
 
+def make_step(model, x, y, mode: str, run=None):
+    """One timed PyTorch step of ``model`` on (x, y): a training step (SGD with momentum,
+    the loss's backward) or an inference batch without gradients. ``run`` calls the model
+    (``torch.compile``'s wrapper; the model itself by default)."""
+    import torch
+    run = model if run is None else run
+    if mode == "train":
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            run(x, y).backward()
+            opt.step()
+        return step
+    model.eval()
+    # eager: inference_mode, PyTorch's fastest; a compiled graph takes no_grad (its guards
+    # reject inference tensors)
+    no_grad = torch.inference_mode if run is model else torch.no_grad
+
+    def step():
+        with no_grad():
+            run(x)
+    return step
+
+
 @contextlib.contextmanager
 def quiet_native_stderr():
     """File descriptor 2 pointed at /dev/null for the block: PyTorch's profiler (Kineto)

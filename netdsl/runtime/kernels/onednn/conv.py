@@ -251,20 +251,23 @@ def conv_forward(ctx, attrs, params, inputs, relu=False):
     x = f32(inputs[0])
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
-    bias = "bias" in params
     out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
-    training = bool(ctx.training)
-    with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, relu, training)
-        prim, _ = fwd.prims()
-        # Training: the optimizer updated the weights since the last step: repack once here
-        # (backward-data reuses it). Inference: the pack made at the first batch.
-        w = fwd.weights(weight, refresh=training)
-        if bias:
-            prim(x, w, f32(params["bias"]), out)
-        else:
-            prim(x, w, out)
+    fwd, w = _run_forward(geo, params, x, out, relu, bool(ctx.training))
     return out, (x, geo, fwd, w)
+
+
+def _run_forward(geo, params, x, out, relu: bool, training: bool, add: bool = False):
+    """Run the forward convolution of ``geo`` from ``x`` into ``out``; (descriptor, weights
+    read). Training: the optimizer updated the weights since the last step, so they are
+    repacked once here (backward-data reuses the pack where it can); inference: the pack made
+    at the first batch."""
+    bias = "bias" in params
+    with serial("conv", _flops(geo)):
+        fwd = _fwd(geo, bias, relu, training, add=add)
+        prim, _ = fwd.prims()
+        w = fwd.weights(params["weight"], refresh=training)
+        prim(*((x, w, f32(params["bias"]), out) if bias else (x, w, out)))
+    return fwd, w
 
 
 def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
@@ -285,15 +288,7 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
     else:   # the plan's in-place decision does not hold for this array: a fresh copy
         out = np.empty(shape, dtype=np.float32)
         np.copyto(out, short)
-    bias = "bias" in params
-    with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, relu, False, add=True)
-        prim, _ = fwd.prims()
-        w = fwd.weights(weight, refresh=False)
-        if bias:
-            prim(x, w, f32(params["bias"]), out)
-        else:
-            prim(x, w, out)
+    _run_forward(geo, params, x, out, relu, False, add=True)
     return out, None
 
 
