@@ -26,14 +26,20 @@ def _bench(capsys, *args):
 def test_host_isa_from_cpuinfo_flags_and_the_onednn_cap(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma bmi2\n")
+    for k in bench_peers.ISA_CAPS:
+        monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     isa = bench_peers.host_isa(str(info))
     assert isa == {"flags": ["sse4_2", "avx", "avx2", "fma"], "widest": "avx2",
-                   "onednn_max_cpu_isa": "AVX2"}
+                   "onednn_max_cpu_isa": "AVX2",
+                   "caps": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
     info.write_text("flags\t\t: avx2 fma avx512f avx512bw avx512_vnni\n")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
     isa = bench_peers.host_isa(str(info))
     assert isa["widest"] == "avx512" and isa["onednn_max_cpu_isa"] is None
+    assert isa["caps"] == {}
 
 
 def _executor_and_batch():

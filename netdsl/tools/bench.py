@@ -353,8 +353,9 @@ def format_report(r: dict) -> str:
         lines.append(f"{name}: skipped ({why})")
     isa = r.get("host_isa")
     if isa:
-        cap = isa["onednn_max_cpu_isa"]
-        lines.append(f"host ISA: {isa['widest']}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
+        caps = isa.get("caps") or {}
+        lines.append(f"host ISA: {isa['widest']}"
+                     + "".join(f", {k}={v}" for k, v in caps.items()))
     return "\n".join(lines)
 
 

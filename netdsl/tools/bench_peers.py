@@ -22,11 +22,16 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni
 class Skipped(Exception):
     """A peer that cannot run here; the message says why (and how to get it)."""
 
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
+"""The environment variables that cap the vector ISA of oneDNN, MKL and OpenBLAS."""
+
 
 def host_isa(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """The host's vector ISA as the benchmarks see it: the relevant /proc/cpuinfo flags, the
-    widest of them, and ``ONEDNN_MAX_CPU_ISA`` (a cap that oneDNN, netdsl's and PyTorch's
-    alike, honours; None when unset)."""
+    widest of them, ``ONEDNN_MAX_CPU_ISA`` (a cap that oneDNN, netdsl's and PyTorch's
+    alike, honours; None when unset) and, under ``caps``, every ISA cap set in the
+    environment (MKL's ``MKL_ENABLE_INSTRUCTIONS`` holds PyTorch's BLAS, OpenBLAS's
+    ``OPENBLAS_CORETYPE`` NumPy's), so that a number taken under a cap says so."""
     flags: set = set()
     try:
         with open(cpuinfo) as f:
@@ -40,8 +45,9 @@ def host_isa(cpuinfo: str = "/proc/cpuinfo") -> dict:
     widest = ("amx" if "amx_tile" in flags else "avx512" if "avx512f" in flags
               else "avx2" if "avx2" in flags else "avx" if "avx" in flags
               else "sse4" if "sse4_2" in flags else "unknown")
+    caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
     return {"flags": present, "widest": widest,
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "caps": caps}
 
 
 def onnx_bytes(ex) -> bytes:

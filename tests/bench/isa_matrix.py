@@ -6,7 +6,8 @@ ResNet-50 224×224 (train b=16, infer b=16), VGG-16 224×224 (infer b=8), AlexNe
 (train b=32). Peers: PyTorch eager and torch.compile in both modes; onnxruntime and OpenVINO
 at inference (on the ONNX file `netdsl export --optimize` writes). ISAs: the host as it is
 ("native") and capped to AVX2 ("avx2": ``ONEDNN_MAX_CPU_ISA=AVX2``, which netdsl's oneDNN and
-PyTorch's bundled one both honour, and ``OPENBLAS_CORETYPE=Haswell`` for NumPy's OpenBLAS).
+PyTorch's bundled one both honour, ``MKL_ENABLE_INSTRUCTIONS=AVX2`` for PyTorch's MKL and
+``OPENBLAS_CORETYPE=Haswell`` for NumPy's OpenBLAS).
 
 Each (case, peer, ISA) is its own process, ``python -m netdsl bench CASE --compare PEER
 --threads 2 --format json``, which itself alternates netdsl and the peer in ``--rounds``
@@ -54,7 +55,12 @@ CASES.update({
 })
 PEERS = {"train": ("torch", "torch.compile"),
          "infer": ("torch", "onnxruntime", "openvino", "torch.compile")}
-ISAS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
+# An AVX2 host emulated: every library that dispatches on the CPU's ISA capped to AVX2 —
+# oneDNN (netdsl's and PyTorch's bundled one), MKL (PyTorch's BLAS: its Linear layers) and
+# NumPy's OpenBLAS. onnxruntime's MLAS and OpenVINO have no such switch: their "avx2" numbers
+# still run their AVX-512 kernels (so the avx2 ORT/OpenVINO ratios understate netdsl).
+ISAS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                               "OPENBLAS_CORETYPE": "Haswell"}}
 
 
 def command(python, case, peer, steps, rounds, threads):
@@ -68,7 +74,7 @@ def command(python, case, peer, steps, rounds, threads):
 def run_one(cmd, isa, timeout):
     """One bench process under ``isa``'s environment: its JSON result or an ``error``."""
     env = dict(os.environ)
-    for k in ("ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE"):
+    for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE"):
         env.pop(k, None)   # native means native, whatever the caller's shell had
     env.update(ISAS[isa])
     t0 = time.perf_counter()

@@ -46,8 +46,34 @@ def isa_table(lines) -> None:
             row.append(cell)
         print(f"| {case} | " + " | ".join(row) + " |")
     print(f"\nhost ISA (widest cpuinfo flag): {', '.join(sorted(hosts)) or 'unknown'}; "
-          "avx2 = ONEDNN_MAX_CPU_ISA=AVX2 (netdsl and PyTorch) + OPENBLAS_CORETYPE=Haswell; "
+          "avx2 = ONEDNN_MAX_CPU_ISA=AVX2 (netdsl's and PyTorch's oneDNN) + "
+          "MKL_ENABLE_INSTRUCTIONS=AVX2 (PyTorch's MKL) + OPENBLAS_CORETYPE=Haswell (NumPy); "
           "ratio = netdsl throughput / peer throughput")
+    memory_table(lines, cases)
+
+
+def memory_table(lines, cases) -> None:
+    """Peak memory of the PyTorch-eager lines: netdsl measured and planned (and how far apart),
+    PyTorch measured; the largest over the outer rounds, per ISA."""
+    peaks = {}
+    for r in lines:
+        if r["peer"] == "torch" and not r.get("error") and r.get("torch_peak_mb"):
+            peaks.setdefault((r["case"], r["isa"]), []).append(r)
+    if not peaks:
+        return
+    print("\n| net, mode, batch | ISA | netdsl peak MB measured / planned (planned − measured) "
+          "| PyTorch peak MB | netdsl ≤ PyTorch |")
+    print("|---|---|---|---:|---|")
+    for case in cases:
+        for isa in ISA_ORDER:
+            got = peaks.get((case, isa))
+            if not got:
+                continue
+            meas = max(r["netdsl_peak_mb"] for r in got)
+            plan = max(r["planned_peak_mb"] for r in got)
+            torch = max(r["torch_peak_mb"] for r in got)
+            print(f"| {case} | {isa} | {meas:.1f} / {plan:.1f} ({100 * (plan - meas) / meas:+.1f}%) "
+                  f"| {torch:.1f} | {'yes' if meas <= torch else 'no'} |")
 
 
 def main(paths):
