@@ -32,6 +32,10 @@ CASES = [
     ("conv", {"filters": 2, "kernel": 3, "bias": False, "dilation": 2}, (5, 5, 1)),
     ("conv", {"filters": 16, "kernel": 5, "pad": "valid"}, (12, 12, 6)),
     ("conv", {"filters": 8, "kernel": 3, "stride": 2, "pad": 1, "bias": False}, (9, 9, 8)),
+    # one window covering the input: run as an inner product (conv_fc.py)
+    ("conv", {"filters": 20, "kernel": 5, "pad": "valid"}, (5, 5, 4)),
+    ("conv", {"filters": 3, "kernel": (3, 2), "stride": 2, "pad": "valid", "bias": False},
+     (3, 2, 5)),
     ("pool", {}, None),
     ("maxpool", {}, None),
     ("avgpool", {}, None),
@@ -247,30 +251,37 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
         common.clear_cache()
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
                          ids=_case_id)
-def test_fused_relu_matches_layer_then_relu(case, training):
-    """kernels.select_fused: conv/fc/batchnorm + ReLU in one oneDNN call equals the two
-    reference layers in float64, outputs and gradients (w.r.t. the ReLU's output)."""
+def test_fused_activation_matches_layer_then_activation(case, training, act):
+    """kernels.select_fused: conv/fc + ReLU/tanh/sigmoid and batchnorm + ReLU in one oneDNN
+    call equal the two reference layers in float64, outputs and gradients (w.r.t. the
+    activation's output). The conv cases with fewer than 16 filters apply tanh and sigmoid
+    as an in-place eltwise call after the convolution, the others as a post-op
+    (eltwise.post_op_pays): both ways are checked."""
     name, attrs, in_shape = case
-    conv, relu = get(name), get("relu")
-    bound = bound_attrs(conv, attrs)
-    in_shape = tuple(in_shape or conv.example["in_shapes"][0])
-    fused = kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "relu")
+    layer, activation = get(name), get(act)
+    bound = bound_attrs(layer, attrs)
+    in_shape = tuple(in_shape or layer.example["in_shapes"][0])
+    fused = kernels.select_fused(layer, bound, [in_shape], np.float32, "onednn", act)
+    if name == "batchnorm" and act != "relu":   # oneDNN's batch norm fuses only ReLU
+        assert fused is None
+        return
     assert fused is not None and fused[2] == "onednn"
-    assert kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "tanh") is None
+    assert kernels.select_fused(layer, bound, [in_shape], np.float32, "onednn", "softmax") is None
     rng = np.random.default_rng(5)
     x = distinct_values(rng, (BATCH,) + in_shape)
-    params = {k: rng.normal(size=ps.shape) for k, ps in conv.params(bound, [in_shape]).items()}
+    params = {k: rng.normal(size=ps.shape) for k, ps in layer.params(bound, [in_shape]).items()}
     if "running_var" in params:
         params["running_var"] = rng.uniform(0.5, 2.0, size=params["running_var"].shape)
     ctx = Ctx(xp=np, training=training)
-    pre, c_cache = conv.forward(ctx, bound, params, [x])
-    want, r_cache = relu.forward(ctx, {}, {}, [pre])
+    pre, c_cache = layer.forward(ctx, bound, params, [x])
+    want, r_cache = activation.forward(ctx, {}, {}, [pre])
     dout = rng.normal(size=want.shape)
-    d_pre = relu.backward(ctx, {}, {}, r_cache, dout)[0][0]
-    want_dx, want_dp = conv.backward(ctx, bound, params, c_cache, d_pre)
+    d_pre = activation.backward(ctx, {}, {}, r_cache, dout)[0][0]
+    want_dx, want_dp = layer.backward(ctx, bound, params, c_cache, d_pre)
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
     dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
@@ -299,3 +310,20 @@ def test_mul_kernel_matches_reference(shapes):
     got, _ = kernel.backward(Ctx(xp=np), {}, {}, cache, dout.astype(np.float32))
     for g, w in zip(got, want):
         _close("d input", g, w)
+
+
+@pytest.mark.parametrize("attrs,in_shape,covers", [
+    ({"filters": 20, "kernel": 5, "pad": "valid"}, (5, 5, 4), True),
+    ({"filters": 3, "kernel": (3, 2), "stride": 2, "pad": "valid"}, (3, 2, 5), True),
+    ({"filters": 20, "kernel": 5, "pad": "valid"}, (6, 5, 4), False),       # two windows
+    ({"filters": 20, "kernel": 3, "pad": 1}, (1, 1, 4), False),             # padded
+    ({"filters": 4, "kernel": 3, "groups": 2, "pad": "valid"}, (3, 3, 4), False),
+])
+def test_conv_covering_its_input_runs_as_inner_product(attrs, in_shape, covers):
+    """conv_fc.py: exactly the convs with one window over the whole (unpadded) input run as
+    oneDNN's inner product, in every pass; their numbers are checked by the cases above."""
+    from netdsl.runtime.kernels.onednn.conv import impl_names
+    bound = bound_attrs(get("conv"), attrs)
+    names = impl_names(bound, (BATCH,) + in_shape, attrs["filters"], True, None, True)
+    assert set(names) == {"forward", "backward_data", "backward_weights"}
+    assert all(n.startswith("inner_product:") == covers for n in names.values()), names

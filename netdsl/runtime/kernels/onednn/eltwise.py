@@ -9,6 +9,7 @@ them vectorised on every thread, where NumPy's ufuncs use one.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
@@ -98,9 +99,56 @@ def make(op: str):
     return forward, backward, supports
 
 
+POST_OP = os.environ.get("NETDSL_ONEDNN_POSTOP", "auto")
+"""Where a conv applies a fused tanh or sigmoid: ``auto`` (the default) as a post-op of the
+convolution when it has at least :data:`POST_OP_MIN_CHANNELS` output channels per group,
+else as an in-place eltwise call after it; ``always``/``never`` force one way (for
+measurement). Why: the post-op runs on the convolution's NHWC output vectors, which a map of
+6 channels fills to 6 of 8 (AVX2) or 16 (AVX-512) lanes; the eltwise call sees the same
+elements as one flat array. ReLU (one max per vector) is always a post-op."""
+POST_OP_MIN_CHANNELS = 16
+
+
+def post_op_pays(act: str, channels: int) -> bool:
+    """Whether a conv with ``channels`` output channels per group applies ``act`` as a
+    post-op (True) or as an in-place eltwise call after the convolution (False)."""
+    if act == "relu" or POST_OP == "always":
+        return True
+    return POST_OP != "never" and channels >= POST_OP_MIN_CHANNELS
+
+
+def act_forward_inplace(act: str, out: np.ndarray) -> None:
+    """``out`` ← act(``out``) on oneDNN, in place (eltwise src = dst)."""
+    with serial(act, out.size):
+        _fwd(act, _flat(out.shape))(out, out)
+
+
+def act_backward(act: str, out, dout) -> np.ndarray:
+    """The gradient through activation ``act`` (relu, tanh or sigmoid: differentiated from
+    the output) whose output is ``out``, on oneDNN: dout·(out > 0), dout·(1 − out²),
+    dout·out·(1 − out)."""
+    dx = np.empty_like(out)
+    with serial(act, out.size):
+        _bwd(act, _flat(out.shape))(out, f32(dout), dx)
+    return dx
+
+
 def relu_backward(out, dout) -> np.ndarray:
     """dout · (out > 0) on oneDNN: the gradient through a ReLU whose output is ``out``."""
-    dx = np.empty_like(out)
-    with serial("relu", out.size):
-        _bwd("relu", _flat(out.shape))(out, f32(dout), dx)
-    return dx
+    return act_backward("relu", out, dout)
+
+
+def fused_pair(forward, backward, act: str):
+    """(forward, backward) of a layer kernel (conv, fc: ``forward(..., act=act)`` applies the
+    activation as a post-op) followed by activation ``act``: the cache also holds the
+    output, from which backward differentiates the activation before the layer."""
+    def fused_forward(ctx, attrs, params, inputs):
+        out, cache = forward(ctx, attrs, params, inputs, act=act)
+        return out, (cache, out)
+
+    def fused_backward(ctx, attrs, params, cache, dout):
+        cache, out = cache
+        return backward(ctx, attrs, params, cache, act_backward(act, out, dout))
+    fused_forward.__name__ = f"{forward.__name__}_{act}"
+    fused_backward.__name__ = f"{backward.__name__}_{act}"
+    return fused_forward, fused_backward
