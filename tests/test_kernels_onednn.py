@@ -327,3 +327,20 @@ def test_conv_covering_its_input_runs_as_inner_product(attrs, in_shape, covers):
     names = impl_names(bound, (BATCH,) + in_shape, attrs["filters"], True, None, True)
     assert set(names) == {"forward", "backward_data", "backward_weights"}
     assert all(n.startswith("inner_product:") == covers for n in names.values()), names
+
+
+@pytest.mark.parametrize("channels,want", [(6, 8), (3, 4), (1, 4), (16, None)])
+def test_avgpool_backward_on_few_channels_runs_the_narrowest_vectors(channels, want):
+    """pool.narrowest: an average-pooling backward on ``channels`` runs the jit kernel with
+    the narrowest vectors holding them (where this host's list has one), or oneDNN's first
+    choice from 9 channels on; its numbers are checked by the pooling cases above."""
+    from netdsl.runtime.kernels.onednn import pool
+    from netdsl.runtime.kernels.onednn.common import lib
+    geo = pool._geometry(bound_attrs(get("avgpool"), {}), (4, 8, 8, channels))
+    d = lib()
+    first = d.impl_name(pool._fwd_pd(geo, True))      # the list starts with the widest
+    chosen = d.impl_name(pool._bwd_pd(geo))
+    if want is None or (pool.lanes(first) or 0) <= want:
+        assert pool.lanes(chosen) == pool.lanes(first), chosen
+    else:
+        assert pool.lanes(chosen) == want, chosen
