@@ -335,12 +335,25 @@ def test_avgpool_backward_on_few_channels_runs_the_narrowest_vectors(channels, w
     the narrowest vectors holding them (where this host's list has one), or oneDNN's first
     choice from 9 channels on; its numbers are checked by the pooling cases above."""
     from netdsl.runtime.kernels.onednn import pool
+    from netdsl.runtime.kernels.onednn.choices import lanes
     from netdsl.runtime.kernels.onednn.common import lib
     geo = pool._geometry(bound_attrs(get("avgpool"), {}), (4, 8, 8, channels))
     d = lib()
     first = d.impl_name(pool._fwd_pd(geo, True))      # the list starts with the widest
     chosen = d.impl_name(pool._bwd_pd(geo))
-    if want is None or (pool.lanes(first) or 0) <= want:
-        assert pool.lanes(chosen) == pool.lanes(first), chosen
+    if want is None or (lanes(first) or 0) <= want:
+        assert lanes(chosen) == lanes(first), chosen
     else:
-        assert pool.lanes(chosen) == want, chosen
+        assert lanes(chosen) == want, chosen
+
+
+def test_conv_with_few_channels_runs_jit_on_avx512():
+    """choices.few_channels: on an AVX-512 host, LeNet-5's C3 (6→16, 5×5) runs forward and
+    backward-data on jit:avx512_core instead of brgconv (elsewhere oneDNN's own choice)."""
+    from netdsl.runtime.kernels.onednn.conv import impl_names
+    bound = bound_attrs(get("conv"), {"filters": 16, "kernel": 5, "pad": "valid"})
+    names = impl_names(bound, (4, 14, 14, 6), 16, True, None, True)
+    if "avx512" in names["backward_weights"]:    # (a jit kernel either way: the host's ISA)
+        assert names["forward"] == names["backward_data"] == "jit:avx512_core", names
+    else:
+        assert "avx512" not in names["forward"] + names["backward_data"], names

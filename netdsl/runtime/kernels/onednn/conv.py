@@ -15,6 +15,7 @@ import numpy as np
 from ....layers.geometry import PAIR_ARGS, conv_padding
 from ....layers.structure import pair_attrs
 from . import capi as L
+from .choices import few_channels, jit_few
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
 from . import conv_fc, eltwise
 from .eltwise import fused_pair
@@ -56,13 +57,14 @@ def _key(geo, bias):
 
 
 def _fwd_pd(geo, bias, act=None, training=True, plain_weights=False, add=False):
-    def build():
+    def create():
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         prop = L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine, prop,
                     L.CONV_DIRECT, src, wei if plain_weights else d.md_any(d_dims(geo)),
                     b if bias else None, dst, st, dl, pl, pr, d.attr(act, add))
-    return cached(("conv_fwd_pd", act, training, plain_weights, add) + _key(geo, bias), build)
+    return cached(("conv_fwd_pd", act, training, plain_weights, add) + _key(geo, bias),
+                  lambda: create() if plain_weights else few_channels(geo, create))
 
 
 PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
@@ -105,7 +107,8 @@ class _Forward(_WithReorder):
         post = act if act is None or eltwise.post_op_pays(act, geo["f"] // geo["g"]) else None
         self.apart = act if post is None else None
         self.pd = None
-        if not _packs(training):    # netdsl's layout where oneDNN runs a direct kernel on it
+        if not _packs(training) and not jit_few(geo):   # netdsl's layout, where oneDNN
+            # runs a direct kernel on it (and would not run the jit kernel: few_channels)
             pd = _fwd_pd(geo, bias, post, training, plain_weights=True, add=add)
             if not slow_impl(d.impl_name(pd)):
                 self.pd = pd
@@ -184,9 +187,9 @@ class _Blocked(_WithReorder):
 def _bwd_data(geo, bias):
     def build():
         src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
-        pd = d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
-                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr,
-                  _fwd_pd(geo, bias), d.attr())
+        pd = few_channels(geo, lambda: d.pd(
+            "dnnl_convolution_backward_data_primitive_desc_create", d.engine, L.CONV_DIRECT,
+            src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr, _fwd_pd(geo, bias), d.attr()))
         return _Blocked(pd, ("diff_dst", "weights", "diff_src"), "weights", wei)
     return cached(("conv_bwd_data",) + _key(geo, bias), build)
 

@@ -7,13 +7,12 @@ differently from oneDNN's padding.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ....layers.base import out_size
 from ....layers.pooling import pool_attrs
 from . import capi as L
+from .choices import NARROW, narrowest
 from .common import cached, f32, is_f32, lib, nhwc, primitive, serial
 
 
@@ -68,44 +67,6 @@ def _bwd_pd(geo):
     return cached(("pool_bwd_pd", tuple(sorted(geo.items()))), build)
 
 
-NARROW = os.environ.get("NETDSL_ONEDNN_POOL_NARROW", "1") != "0"
-"""Average-pooling backward on few channels runs the jit kernel whose vectors fit them
-(:func:`narrowest`); ``NETDSL_ONEDNN_POOL_NARROW=0`` keeps oneDNN's first choice (for
-comparison). Why: oneDNN's NHWC pooling kernels vectorise over channels, and the widest one
-handles a map narrower than its vector badly: LeNet-5's S2 backward (6 channels, 28→14,
-batch 64) took 0.36 ms with jit:avx512_core against 0.084 with jit:avx2; 3 channels, 0.29
-with jit:avx2 against 0.088 with jit:sse41 (docs/performance.md). Max pooling keeps the
-first choice: its backward reads the forward's workspace, laid out by the forward's kernel."""
-LANES = {"avx512": 16, "avx2": 8, "avx": 8, "sse41": 4}
-"""float32 lanes of a jit kernel's vectors, by the ISA its implementation name gives."""
-
-
-def lanes(impl: str) -> int | None:
-    """Vector lanes of a ``jit:<isa>`` implementation name, None for another kind."""
-    if not impl.startswith("jit:"):
-        return None
-    isa = impl[4:]
-    return next((v for k, v in LANES.items() if isa.startswith(k)), None)
-
-
-def narrowest(create, channels: int):
-    """A primitive descriptor from ``create()`` (a fresh one per call), moved along oneDNN's
-    implementation list to the first jit kernel whose vectors are the narrowest that still
-    hold ``channels`` (more than 8: the first choice, unmoved), when the list has one."""
-    if channels > 8:   # 12 channels measured as fast on 16 lanes as on 4, slower on 8
-        return create()
-    want = 4 if channels <= 4 else 8
-    d, probe, names = lib(), create(), []
-    while True:   # the list, walked on a throwaway descriptor
-        names.append(d.impl_name(probe))
-        if d.dll.dnnl_primitive_desc_next_impl(probe) != 0:
-            break
-    d.dll.dnnl_primitive_desc_destroy(probe)
-    at = next((i for i, name in enumerate(names) if lanes(name) == want), 0)
-    pd = create()
-    for _ in range(at):
-        d.call("dnnl_primitive_desc_next_impl", pd)
-    return pd
 
 
 def _bwd(geo):
