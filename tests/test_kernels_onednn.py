@@ -357,3 +357,33 @@ def test_conv_with_few_channels_runs_jit_on_avx512():
         assert names["forward"] == names["backward_data"] == "jit:avx512_core", names
     else:
         assert "avx512" not in names["forward"] + names["backward_data"], names
+
+
+@pytest.mark.parametrize("via_logistic", [False, True], ids=["tanh", "2sigma(2x)-1"])
+def test_tanh_both_ways_match_float64(via_logistic, monkeypatch):
+    """eltwise.TANH: oneDNN's tanh, or 2σ(2x) − 1 (what AVX2 hosts run: a binary ×2 with
+    post-ops, and the same chain as a conv's and an fc's post-ops), against NumPy's float64
+    tanh: within 3·10⁻⁷ absolute (3 float32 ulps at 1), outputs of the layer and of the fused
+    conv (post-op and in-place forms) and fc."""
+    from netdsl.runtime.kernels.onednn import common, conv, dense, eltwise
+    monkeypatch.setattr(eltwise, "_VIA_LOGISTIC", via_logistic)
+    common.clear_cache()
+    try:
+        rng = np.random.default_rng(7)
+        ctx = Ctx(xp=np, training=True)
+        x = (rng.standard_normal((5, 6, 7, 8)) * 3).astype(np.float32)
+        out, _ = kernels.kernels_for("tanh")["onednn"].forward(ctx, {}, {}, [x])
+        assert np.abs(out - np.tanh(x.astype(np.float64))).max() < 3e-7
+        for filters in (6, 16):         # an in-place call after the conv, a post-op
+            bound = bound_attrs(get("conv"), {"filters": filters, "kernel": 3})
+            p = {"weight": rng.standard_normal((3, 3, 8, filters)).astype(np.float32),
+                 "bias": rng.standard_normal(filters).astype(np.float32)}
+            pre, _ = conv.conv_forward(ctx, bound, p, [x])
+            got, _ = conv.conv_forward(ctx, bound, p, [x], act="tanh")
+            assert np.abs(got - np.tanh(pre.astype(np.float64))).max() < 3e-7
+        p = {"weight": rng.standard_normal((6 * 7 * 8, 9)).astype(np.float32)}
+        pre, _ = dense.fc_forward(ctx, {}, p, [x])
+        got, _ = dense.fc_forward(ctx, {}, p, [x], act="tanh")
+        assert np.abs(got - np.tanh(pre.astype(np.float64))).max() < 3e-7
+    finally:
+        common.clear_cache()

@@ -27,12 +27,19 @@ CPU = 1
 STREAM_IN_ORDER = 1
 FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 64, 96, 128, 160, 192
 CONV_DIRECT = 0x1
-ELTWISE_RELU, ELTWISE_TANH, ELTWISE_LOGISTIC = 0x20, 0x21, 0x29
+ELTWISE_RELU, ELTWISE_TANH, ELTWISE_LINEAR, ELTWISE_LOGISTIC = 0x20, 0x21, 0x26, 0x29
 ELTWISE_RELU_DST, ELTWISE_TANH_DST, ELTWISE_LOGISTIC_DST = 0x100, 0x101, 0x104  # *_use_dst_for_bwd
 ELTWISE_CLIP_V2_DST = 0x106   # dnnl_eltwise_clip_v2_use_dst_for_bwd
 ELTWISE_HARDSIGMOID, ELTWISE_SWISH, ELTWISE_HARDSWISH = 0x28, 0x2c, 0x34
-POST_OPS = {"relu": ELTWISE_RELU, "tanh": ELTWISE_TANH, "sigmoid": ELTWISE_LOGISTIC}
-"""Activations a conv or fc applies to its output as an eltwise post-op (``Lib.attr``)."""
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+"""Activations a conv or fc applies to its output as eltwise post-ops (``Lib.attr``)."""
+POST_OPS = {"relu": ((ELTWISE_RELU, 0.0, 0.0),), "tanh": ((ELTWISE_TANH, 0.0, 0.0),),
+            "sigmoid": ((ELTWISE_LOGISTIC, 0.0, 0.0),),
+            # tanh(x) = 2σ(2x) − 1 (eltwise.py: oneDNN's AVX2 tanh is slow), from x or 2x
+            "tanh:logistic": ((ELTWISE_LINEAR, 2.0, 0.0), (ELTWISE_LOGISTIC, 0.0, 0.0),
+                              (ELTWISE_LINEAR, 2.0, -1.0)),
+            "tanh:logistic-of-2x": ((ELTWISE_LOGISTIC, 0.0, 0.0), (ELTWISE_LINEAR, 2.0, -1.0))}
+"""The eltwise post-ops (algorithm, alpha, beta) of each post-op form (``Lib.attr``)."""
 BINARY_MUL = 0x1fff1          # dnnl_binary_mul
 POOL_MAX, POOL_AVG_INCLUDE, POOL_AVG_EXCLUDE = 0x1FF, 0x2FF, 0x3FF
 LRN_ACROSS = 0xAFF
@@ -177,7 +184,7 @@ class Lib:
     def attr(self, act: str | None = None, add: bool = False) -> VP:
         """Primitive attributes: the user scratchpad mode, a ``sum`` post-op if ``add`` (the
         result is added to what the destination holds: a residual join), then one eltwise
-        post-op for the activation ``act`` (a name of :data:`POST_OPS`), if any.
+        post-ops of the form ``act`` (a key of :data:`POST_OPS`), if any.
 
         Every primitive is created with these. Why the user mode: oneDNN's own scratchpad is
         malloc'ed inside the library, invisible to tracemalloc and to the memory planner; in
@@ -196,8 +203,8 @@ class Lib:
                 if add:   # scale 1, zero point 0, the destination's own data type
                     self.call("dnnl_post_ops_append_sum", post, ctypes.c_float(1.0),
                               ctypes.c_int32(0), DATA_TYPE_UNDEF)
-                if act:
-                    self.call("dnnl_post_ops_append_eltwise", post, POST_OPS[act], 0.0, 0.0)
+                for alg, alpha, beta in POST_OPS[act] if act else ():
+                    self.call("dnnl_post_ops_append_eltwise", post, alg, alpha, beta)
                 self.call("dnnl_primitive_attr_set_post_ops", attr, post)
             self._attrs[key] = attr
         return self._attrs[key]

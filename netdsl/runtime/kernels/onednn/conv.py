@@ -106,6 +106,7 @@ class _Forward(_WithReorder):
         # eltwise call after it (eltwise.post_op_pays)
         post = act if act is None or eltwise.post_op_pays(act, geo["f"] // geo["g"]) else None
         self.apart = act if post is None else None
+        post = eltwise.post_op_form(post)
         self.pd = None
         if not _packs(training) and not jit_few(geo):   # netdsl's layout, where oneDNN
             # runs a direct kernel on it (and would not run the jit kernel: few_channels)
@@ -209,7 +210,7 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
     """Bytes of the shared scratchpad region the calls of one conv layer use (the most any of
     them needs): what the memory planner plans. Asks (and caches) the same primitive
     descriptors as the kernels, in the same thread setting, so the sizes are the ones that
-    run; creates no primitive. ``act``: the fused activation (a name of capi.POST_OPS) or
+    run; creates no primitive. ``act``: the fused activation (of capi.ACTIVATIONS) or
     None."""
     geo = _geometry(attrs, x_shape, filters)
     lib()   # the library loaded (or a clear error) before any descriptor is asked
@@ -265,8 +266,8 @@ def _flops(geo) -> int:
 
 def conv_forward(ctx, attrs, params, inputs, act=None):
     """Same contract as the registry's conv forward; the cache is (x, geometry, the forward
-    that ran, the weights it read), or conv_fc's for a window covering the input. ``act``: an activation (a name of capi.POST_OPS) applied
-    to the output as a oneDNN post-op (see :func:`fused_forms`)."""
+    that ran, the weights it read), or conv_fc's for a window covering the input. ``act``:
+    an activation (of capi.ACTIVATIONS) applied to the output (see :func:`fused_forms`)."""
     x = f32(inputs[0])
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
@@ -343,11 +344,11 @@ def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
 
 def fused_forms() -> dict:
     """``{activation: (forward, backward)}``: conv followed by that activation in one oneDNN
-    call (bias and activation as post-ops), for every activation of capi.POST_OPS; the
+    call (bias and activation as post-ops), for every activation of capi.ACTIVATIONS; the
     kernel registry offers them to the plan (``select_fused``). Each forward's cache also
     holds the output, from which the backward differentiates the activation (eltwise.py's
     ``*_use_dst_for_bwd`` algorithms, as the unfused activation would) before conv's."""
-    return {act: fused_pair(conv_forward, conv_backward, act) for act in L.POST_OPS}
+    return {act: fused_pair(conv_forward, conv_backward, act) for act in L.ACTIVATIONS}
 
 
 

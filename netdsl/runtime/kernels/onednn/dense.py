@@ -8,7 +8,7 @@ import numpy as np
 
 from . import capi as L
 from .common import cached, f32, is_f32, lib, plain, primitive, serial
-from .eltwise import fused_pair
+from .eltwise import fused_pair, post_op_form
 
 
 def _descs(n, k, units):
@@ -65,10 +65,10 @@ def _bwd_weights(n, k, units, bias):
 def scratch_need(n, k, units, bias, act, training, input_grad=True) -> int:
     """Bytes of scratchpad the calls of one fc layer need (the most of any), from the kernels'
     own (cached) primitive descriptors, made in the same thread setting: for the planner.
-    ``act``: the fused activation (a name of capi.POST_OPS) or None."""
+    ``act``: the fused activation (of capi.ACTIVATIONS) or None."""
     d = lib()
     with serial("fc", 2 * n * k * units):
-        need = d.scratch_size(_fwd_pd(n, k, units, bias, act, training))
+        need = d.scratch_size(_fwd_pd(n, k, units, bias, post_op_form(act), training))
         if training:
             need = max(need, d.scratch_size(_bwd_weights_pd(n, k, units, bias)))
             if input_grad:
@@ -80,7 +80,8 @@ def impl_names(n, k, units, bias, act, training) -> dict:
     """The implementation oneDNN chose for each primitive of one fc layer, by pass."""
     d = lib()
     with serial("fc", 2 * n * k * units):
-        names = {"forward": d.impl_name(_fwd_pd(n, k, units, bias, act, training))}
+        names = {"forward": d.impl_name(_fwd_pd(n, k, units, bias, post_op_form(act),
+                                                training))}
         if training:
             names["backward_data"] = d.impl_name(_bwd_data_pd(n, k, units, bias))
             names["backward_weights"] = d.impl_name(_bwd_weights_pd(n, k, units, bias))
@@ -89,7 +90,7 @@ def impl_names(n, k, units, bias, act, training) -> dict:
 
 def fc_forward(ctx, attrs, params, inputs, act=None):
     """Same contract as the registry's fc forward; the cache is (input shape, flat input).
-    ``act``: an activation (a name of capi.POST_OPS) applied to the output as a oneDNN
+    ``act``: an activation (of capi.ACTIVATIONS) applied to the output as oneDNN
     post-op. Inference runs a ``forward_inference`` primitive."""
     x = inputs[0]
     x2 = f32(x.reshape(x.shape[0], -1))
@@ -97,7 +98,7 @@ def fc_forward(ctx, attrs, params, inputs, act=None):
     n, (k, units) = x2.shape[0], weight.shape
     bias = "bias" in params
     out = np.empty((n, units), dtype=np.float32)
-    training = bool(ctx.training)
+    training, act = bool(ctx.training), post_op_form(act)
     with serial("fc", 2 * n * k * units):
         if bias:
             _fwd(n, k, units, True, act, training)(x2, f32(weight), f32(params["bias"]), out)
@@ -133,8 +134,8 @@ def _fc_backward(ctx, params, x_shape, x2, dout):
 
 def fused_forms() -> dict:
     """``{activation: (forward, backward)}``: fc followed by that activation in one oneDNN
-    call (bias and activation as post-ops), for every activation of capi.POST_OPS."""
-    return {act: fused_pair(fc_forward, fc_backward, act) for act in L.POST_OPS}
+    call (bias and activation as post-ops), for every activation of capi.ACTIVATIONS."""
+    return {act: fused_pair(fc_forward, fc_backward, act) for act in L.ACTIVATIONS}
 
 
 def fc_supports(attrs, in_shapes, dtype):

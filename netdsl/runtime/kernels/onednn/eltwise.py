@@ -65,6 +65,58 @@ def _bwd(op, shape):
                                                          "diff_dst", "diff_src")))
 
 
+TANH = os.environ.get("NETDSL_ONEDNN_TANH", "auto")
+"""How tanh runs (the layer, and fused into a conv or fc): ``auto`` (the default) as
+2σ(2x) − 1 where oneDNN's own tanh kernel is an AVX2 one, else as oneDNN's tanh; ``tanh`` or
+``logistic`` force one way (for measurement). Why: oneDNN 3.2's AVX2 tanh took 1.37 ms on
+256×4704 floats (one thread) where its logistic took 0.59; as one binary ×2 with the logistic
+and 2y − 1 as post-ops, 0.66 ms, and LeNet-5's C3 with the chain as post-ops 1.55 against
+1.75 ms (batch 256). On AVX-512 oneDNN's tanh is the faster (0.33 against 0.47 ms). The
+result is within 2·10⁻⁷ of tanh (3 float32 ulps at 1) (docs/performance.md)."""
+_VIA_LOGISTIC: bool | None = None
+
+
+def tanh_via_logistic() -> bool:
+    """Whether tanh runs as 2σ(2x) − 1 here (:data:`TANH`)."""
+    global _VIA_LOGISTIC
+    if _VIA_LOGISTIC is None:
+        if TANH != "auto":
+            _VIA_LOGISTIC = TANH == "logistic"
+        else:
+            name = lib().impl_name(_fwd_pd("tanh", (1, 64)))
+            _VIA_LOGISTIC = name.startswith("jit") and "avx512" not in name
+    return _VIA_LOGISTIC
+
+
+def post_op_form(act: str | None) -> str | None:
+    """The post-ops (a key of capi.POST_OPS) that apply activation ``act`` here."""
+    return "tanh:logistic" if act == "tanh" and tanh_via_logistic() else act
+
+
+_TWO = np.full((1, 1), 2.0, dtype=np.float32)
+
+
+def _tanh_chain_pd(shape):
+    def build():
+        d = lib()
+        md = plain(shape)
+        return d.pd("dnnl_binary_primitive_desc_create", d.engine, L.BINARY_MUL, md,
+                    plain((1, 1)), md, d.attr("tanh:logistic-of-2x"))
+    return cached(("elt_tanh_chain_pd", shape), build)
+
+
+def _run_forward(op, x, out) -> None:
+    """``out`` ← op(``x``) (``out`` may be ``x``): oneDNN's eltwise, or for tanh where
+    :func:`tanh_via_logistic`, a binary x·2 with σ and 2y − 1 as post-ops."""
+    flat = _flat(x.shape)
+    with serial(op, x.size):
+        if op == "tanh" and tanh_via_logistic():
+            cached(("elt_tanh_chain", flat), lambda: primitive(
+                _tanh_chain_pd(flat), ("src", "src_1", "dst")))(x, _TWO, out)
+        else:
+            _fwd(op, flat)(x, out)
+
+
 def scratch_need(op, shape, forward=True, backward=True) -> int:
     """Bytes of scratchpad the forward and/or backward call on a batch of ``shape`` needs,
     from the kernels' own (cached) primitive descriptors: for the memory planner."""
@@ -72,7 +124,8 @@ def scratch_need(op, shape, forward=True, backward=True) -> int:
     need = 0
     with serial(op, int(np.prod(shape))):
         if forward:
-            need = d.scratch_size(_fwd_pd(op, flat))
+            need = d.scratch_size(_tanh_chain_pd(flat) if op == "tanh" and tanh_via_logistic()
+                                  else _fwd_pd(op, flat))
         if backward:
             need = max(need, d.scratch_size(_bwd_pd(op, flat)))
     return need
@@ -83,8 +136,7 @@ def make(op: str):
     def forward(ctx, attrs, params, inputs):
         x = f32(inputs[0])
         out = np.empty_like(x)
-        with serial(op, x.size):
-            _fwd(op, _flat(x.shape))(x, out)
+        _run_forward(op, x, out)
         return out, (x if op in FROM_INPUT else out)
 
     def backward(ctx, attrs, params, kept, dout):
@@ -118,9 +170,8 @@ def post_op_pays(act: str, channels: int) -> bool:
 
 
 def act_forward_inplace(act: str, out: np.ndarray) -> None:
-    """``out`` ← act(``out``) on oneDNN, in place (eltwise src = dst)."""
-    with serial(act, out.size):
-        _fwd(act, _flat(out.shape))(out, out)
+    """``out`` ← act(``out``) on oneDNN, in place (src = dst)."""
+    _run_forward(act, out, out)
 
 
 def act_backward(act: str, out, dout) -> np.ndarray:
