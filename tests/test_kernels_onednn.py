@@ -387,3 +387,49 @@ def test_tanh_both_ways_match_float64(via_logistic, monkeypatch):
         assert np.abs(got - np.tanh(pre.astype(np.float64))).max() < 3e-7
     finally:
         common.clear_cache()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("act", [None, "tanh"])
+def test_conv_writing_a_blocked_destination_matches_reference(training, act, monkeypatch):
+    """conv_dst.py: a 1-channel conv with few filters writes oneDNN's blocked layout into the
+    shared region, then reorders into NHWC (AVX2 hosts; forced here on any host by calling it
+    an AVX2 kernel): outputs and gradients equal the float64 reference's."""
+    from netdsl.runtime.kernels.onednn import common, conv, conv_dst
+    choose = conv_dst.choose
+    used = []
+
+    def as_if_avx2(geo, first, *args):
+        found = choose(geo, "jit:avx2", *args)
+        used.append(found is not None)
+        return found
+    monkeypatch.setattr(conv_dst, "choose", as_if_avx2)
+    common.clear_cache()
+    try:
+        spec, layer = get("conv"), get(act) if act else None
+        bound = bound_attrs(spec, {"filters": 6, "kernel": 5, "pad": "valid"})
+        rng = np.random.default_rng(2)
+        x = distinct_values(rng, (BATCH, 12, 12, 1))
+        params = {k: rng.normal(size=ps.shape)
+                  for k, ps in spec.params(bound, [(12, 12, 1)]).items()}
+        ctx = Ctx(xp=np, training=training)
+        want, c_cache = spec.forward(ctx, bound, params, [x])
+        if act:
+            pre = want
+            want, a_cache = layer.forward(ctx, {}, {}, [pre])
+        p32 = {k: v.astype(np.float32) for k, v in params.items()}
+        fused = kernels.select_fused(spec, bound, [(12, 12, 1)], np.float32, "onednn", act) \
+            if act else (conv.conv_forward, conv.conv_backward)
+        out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
+        assert any(used), "the blocked destination was not chosen"
+        _close("output", out, want)
+        if training:
+            dout = rng.normal(size=want.shape)
+            d_pre = layer.backward(ctx, {}, {}, a_cache, dout)[0][0] if act else dout
+            want_dx, want_dp = spec.backward(ctx, bound, params, c_cache, d_pre)
+            dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
+            _close("d input", dx[0], want_dx[0])
+            for k in want_dp:
+                _close(f"d {k}", dp[k], want_dp[k])
+    finally:
+        common.clear_cache()

@@ -17,7 +17,7 @@ from ....layers.structure import pair_attrs
 from . import capi as L
 from .choices import few_channels, jit_few
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
-from . import conv_fc, eltwise
+from . import conv_dst, conv_fc, eltwise
 from .eltwise import fused_pair
 from .packs import PACKS
 from .packs import held_bytes as pack_held_bytes
@@ -115,6 +115,9 @@ class _Forward(_WithReorder):
                 self.pd = pd
         if self.pd is None:
             self.pd = _fwd_pd(geo, bias, post, training, add=add)
+        found = None if post or add else conv_dst.choose(
+            geo, d.impl_name(self.pd), _descs(geo), d_dims(geo), bias, training)
+        self.pd, self.dst = found or (self.pd, None)   # dst: a blocked destination (conv_dst)
         self.args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
         plain_md = _weights_md(geo)
         self.md = d.pd_md(self.pd, "weights")
@@ -122,6 +125,7 @@ class _Forward(_WithReorder):
         self.reorder_pd = d.reorder_pd(plain_md, self.md) if self.nbytes else None
         self.scratch = max(d.scratch_size(self.pd),
                            d.scratch_size(self.reorder_pd) if self.nbytes else 0)
+        self.scratch = max(self.scratch, self.dst.need if self.dst else 0)
         if self.apart:
             out = (geo["n"], geo["ho"], geo["wo"], geo["f"])
             self.scratch = max(self.scratch, eltwise.scratch_need(self.apart, out, backward=False))
@@ -287,8 +291,9 @@ def _run_forward(geo, params, x, out, act, training: bool, add: bool = False):
     with serial("conv", _flops(geo)):
         fwd = _fwd(geo, bias, act, training, add=add)
         prim, _ = fwd.prims()
-        w = fwd.weights(params["weight"], refresh=training)
-        prim(*((x, w, f32(params["bias"]), out) if bias else (x, w, out)))
+        w = fwd.weights(params["weight"], refresh=training)     # (packed before the
+        args = (x, w, f32(params["bias"])) if bias else (x, w)   # region holds dst)
+        fwd.dst.run(prim, args, out) if fwd.dst else prim(*args, out)
     if fwd.apart:
         eltwise.act_forward_inplace(fwd.apart, out)
     return fwd, w
@@ -312,12 +317,8 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
     else:   # the plan's in-place decision does not hold for this array: a fresh copy
         out = np.empty(shape, dtype=np.float32)
         np.copyto(out, short)
-    _run_forward(geo, params, x, out, _relu(relu), False, add=True)
+    _run_forward(geo, params, x, out, "relu" if relu else None, False, add=True)
     return out, None
-
-
-def _relu(relu: bool):
-    return "relu" if relu else None
 
 
 def _writable_f32(a, shape) -> bool:
@@ -330,7 +331,7 @@ def conv_add_impl(attrs, x_shape, filters, bias, relu) -> str:
     :func:`conv_add_forward` (``impl_info_str``)."""
     geo = _geometry(attrs, x_shape, filters)
     with serial("conv", _flops(geo)):
-        return lib().impl_name(_fwd(geo, bias, _relu(relu), False, add=True).pd)
+        return lib().impl_name(_fwd(geo, bias, "relu" if relu else None, False, add=True).pd)
 
 
 def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
@@ -338,16 +339,13 @@ def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
     planner plans for it (as :func:`scratch_need` and :func:`pack_bytes` for a plain conv)."""
     geo = _geometry(attrs, x_shape, filters)
     with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, _relu(relu), False, add=True)
+        fwd = _fwd(geo, bias, "relu" if relu else None, False, add=True)
     return fwd.scratch, pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
 
 
 def fused_forms() -> dict:
-    """``{activation: (forward, backward)}``: conv followed by that activation in one oneDNN
-    call (bias and activation as post-ops), for every activation of capi.ACTIVATIONS; the
-    kernel registry offers them to the plan (``select_fused``). Each forward's cache also
-    holds the output, from which the backward differentiates the activation (eltwise.py's
-    ``*_use_dst_for_bwd`` algorithms, as the unfused activation would) before conv's."""
+    """``{activation: (forward, backward)}``: conv followed by each of capi.ACTIVATIONS in
+    one call (eltwise.fused_pair), which the kernel registry offers the plan (select_fused)."""
     return {act: fused_pair(conv_forward, conv_backward, act) for act in L.ACTIVATIONS}
 
 
