@@ -26,9 +26,10 @@ def test_bench_file_reports_every_layer_and_the_step(capsys):
                    "--kernels", "numpy", "--threads", 1)
     assert r["network"] == "lenet5" and r["batch"] == 4 and r["kernels"] == "numpy"
     ops = [row["op"] for row in r["layers"]]
-    # LeNet-5 as the paper draws it: C1 S2 C3 S4 C5 F6 OUT, with tanh after the convs and F6.
-    assert ops == ["input", "conv", "tanh", "avgpool", "conv", "tanh", "avgpool", "conv", "tanh",
-                   "fc", "tanh", "fc", "softmax_xent"]
+    # LeNet-5 as the paper draws it: C1 S2 C3 S4 C5 F6 OUT, with tanh after the convs and F6
+    # (fused into them by fuse_activations: applied in place to their outputs).
+    assert ops == ["input", "conv+tanh", "avgpool", "conv+tanh", "avgpool", "conv+tanh",
+                   "fc+tanh", "fc", "softmax_xent"]
     assert {row["provider"] for row in r["layers"]} == {"numpy"}
     assert all(row["backward_ms"] >= 0 and row["forward_ms"] >= 0 for row in r["layers"])
     assert r["netdsl_ms"] > 0 and r["netdsl_img_s"] == pytest.approx(4000 / r["netdsl_ms"])
@@ -41,7 +42,7 @@ def test_bench_file_reports_every_layer_and_the_step(capsys):
     assert r["planned_peak_mb"] * 2**20 >= 4 * 28 * 28 * 6 * 4  # the planner's figure too
     # How each NumPy conv computes d(input): C1 reads the data (none needed); C3 and C5 are
     # 5×5 'valid' convs, whose dout padded by 4 would be mostly zeros (layers/conv.py).
-    assert [row["dx"] for row in r["layers"] if row["op"] == "conv"] == \
+    assert [row["dx"] for row in r["layers"] if row["op"].startswith("conv")] == \
         [None, "offsets", "offsets"]
     assert r["minor_faults_per_step"] >= 0
 
@@ -58,8 +59,8 @@ def test_bench_onednn_kernels_are_used(capsys):
                    "--kernels", "auto")
     providers = {row["op"]: row["provider"] for row in r["layers"]}
     assert r["kernels"] == "onednn"
-    assert providers["conv"] == providers["fc"] == providers["avgpool"] == "onednn"
-    assert providers["tanh"] == "onednn"
+    assert providers["conv+tanh"] == providers["fc"] == providers["avgpool"] == "onednn"
+    assert providers["fc+tanh"] == "onednn"   # the tanh fused into its producer's kernel
     assert providers["softmax_xent"] == "numpy"  # no oneDNN kernel: the reference
 
 

@@ -18,12 +18,13 @@ from netdsl.compile.model import BoundModel
 from netdsl.compile.passes import PASSES, PIPELINES
 from netdsl.compile.shapes import infer_shapes, resolve_auto
 
-# Every training pass has work here: a dead branch (CONV → SIGMOID read by no loss), an
-# identity branch, two ReLUs after a BN and a conv.
+# Every training pass has work here: a dead branch (CONV → GAP read by no loss: no
+# activation, which fuse_activations alone would fuse), an identity branch, two ReLUs after a
+# BN and a conv.
 TRAIN_NET = """INPUT(8x8x3) -> CONV(4, 3) -> BN -> RELU
   -> c: concat { CONV(3, 1) -> RELU | identity }
   -> GAP -> FC(5)
-@c -> CONV(4, 1) -> SIGMOID
+@c -> CONV(4, 1) -> GAP
 """
 # Every inference pass but dead-node elimination has work here (a dead branch would be pruned by
 # remove_aux_heads too when run alone): dropout, an auxiliary head, BN after a conv.

@@ -32,6 +32,10 @@ CASES = [
     ("conv", {"filters": 2, "kernel": 3, "bias": False, "dilation": 2}, (5, 5, 1)),
     ("conv", {"filters": 16, "kernel": 5, "pad": "valid"}, (12, 12, 6)),
     ("conv", {"filters": 8, "kernel": 3, "stride": 2, "pad": 1, "bias": False}, (9, 9, 8)),
+    # one window covering the input: run as an inner product (conv_fc.py)
+    ("conv", {"filters": 20, "kernel": 5, "pad": "valid"}, (5, 5, 4)),
+    ("conv", {"filters": 3, "kernel": (3, 2), "stride": 2, "pad": "valid", "bias": False},
+     (3, 2, 5)),
     ("pool", {}, None),
     ("maxpool", {}, None),
     ("avgpool", {}, None),
@@ -247,30 +251,37 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
         common.clear_cache()
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
                          ids=_case_id)
-def test_fused_relu_matches_layer_then_relu(case, training):
-    """kernels.select_fused: conv/fc/batchnorm + ReLU in one oneDNN call equals the two
-    reference layers in float64, outputs and gradients (w.r.t. the ReLU's output)."""
+def test_fused_activation_matches_layer_then_activation(case, training, act):
+    """kernels.select_fused: conv/fc + ReLU/tanh/sigmoid and batchnorm + ReLU in one oneDNN
+    call equal the two reference layers in float64, outputs and gradients (w.r.t. the
+    activation's output). The conv cases with fewer than 16 filters apply tanh and sigmoid
+    as an in-place eltwise call after the convolution, the others as a post-op
+    (eltwise.post_op_pays): both ways are checked."""
     name, attrs, in_shape = case
-    conv, relu = get(name), get("relu")
-    bound = bound_attrs(conv, attrs)
-    in_shape = tuple(in_shape or conv.example["in_shapes"][0])
-    fused = kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "relu")
+    layer, activation = get(name), get(act)
+    bound = bound_attrs(layer, attrs)
+    in_shape = tuple(in_shape or layer.example["in_shapes"][0])
+    fused = kernels.select_fused(layer, bound, [in_shape], np.float32, "onednn", act)
+    if name == "batchnorm" and act != "relu":   # oneDNN's batch norm fuses only ReLU
+        assert fused is None
+        return
     assert fused is not None and fused[2] == "onednn"
-    assert kernels.select_fused(conv, bound, [in_shape], np.float32, "onednn", "tanh") is None
+    assert kernels.select_fused(layer, bound, [in_shape], np.float32, "onednn", "softmax") is None
     rng = np.random.default_rng(5)
     x = distinct_values(rng, (BATCH,) + in_shape)
-    params = {k: rng.normal(size=ps.shape) for k, ps in conv.params(bound, [in_shape]).items()}
+    params = {k: rng.normal(size=ps.shape) for k, ps in layer.params(bound, [in_shape]).items()}
     if "running_var" in params:
         params["running_var"] = rng.uniform(0.5, 2.0, size=params["running_var"].shape)
     ctx = Ctx(xp=np, training=training)
-    pre, c_cache = conv.forward(ctx, bound, params, [x])
-    want, r_cache = relu.forward(ctx, {}, {}, [pre])
+    pre, c_cache = layer.forward(ctx, bound, params, [x])
+    want, r_cache = activation.forward(ctx, {}, {}, [pre])
     dout = rng.normal(size=want.shape)
-    d_pre = relu.backward(ctx, {}, {}, r_cache, dout)[0][0]
-    want_dx, want_dp = conv.backward(ctx, bound, params, c_cache, d_pre)
+    d_pre = activation.backward(ctx, {}, {}, r_cache, dout)[0][0]
+    want_dx, want_dp = layer.backward(ctx, bound, params, c_cache, d_pre)
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
     dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
@@ -299,3 +310,126 @@ def test_mul_kernel_matches_reference(shapes):
     got, _ = kernel.backward(Ctx(xp=np), {}, {}, cache, dout.astype(np.float32))
     for g, w in zip(got, want):
         _close("d input", g, w)
+
+
+@pytest.mark.parametrize("attrs,in_shape,covers", [
+    ({"filters": 20, "kernel": 5, "pad": "valid"}, (5, 5, 4), True),
+    ({"filters": 3, "kernel": (3, 2), "stride": 2, "pad": "valid"}, (3, 2, 5), True),
+    ({"filters": 20, "kernel": 5, "pad": "valid"}, (6, 5, 4), False),       # two windows
+    ({"filters": 20, "kernel": 3, "pad": 1}, (1, 1, 4), False),             # padded
+    ({"filters": 4, "kernel": 3, "groups": 2, "pad": "valid"}, (3, 3, 4), False),
+])
+def test_conv_covering_its_input_runs_as_inner_product(attrs, in_shape, covers):
+    """conv_fc.py: exactly the convs with one window over the whole (unpadded) input run as
+    oneDNN's inner product, in every pass; their numbers are checked by the cases above."""
+    from netdsl.runtime.kernels.onednn.conv import impl_names
+    bound = bound_attrs(get("conv"), attrs)
+    names = impl_names(bound, (BATCH,) + in_shape, attrs["filters"], True, None, True)
+    assert set(names) == {"forward", "backward_data", "backward_weights"}
+    assert all(n.startswith("inner_product:") == covers for n in names.values()), names
+
+
+@pytest.mark.parametrize("channels,want", [(6, 8), (3, 4), (1, 4), (16, None)])
+def test_avgpool_backward_on_few_channels_runs_the_narrowest_vectors(channels, want):
+    """pool.narrowest: an average-pooling backward on ``channels`` runs the jit kernel with
+    the narrowest vectors holding them (where this host's list has one), or oneDNN's first
+    choice from 9 channels on; its numbers are checked by the pooling cases above."""
+    from netdsl.runtime.kernels.onednn import pool
+    from netdsl.runtime.kernels.onednn.choices import lanes
+    from netdsl.runtime.kernels.onednn.common import lib
+    geo = pool._geometry(bound_attrs(get("avgpool"), {}), (4, 8, 8, channels))
+    d = lib()
+    first = d.impl_name(pool._fwd_pd(geo, True))      # the list starts with the widest
+    chosen = d.impl_name(pool._bwd_pd(geo))
+    if want is None or (lanes(first) or 0) <= want:
+        assert lanes(chosen) == lanes(first), chosen
+    else:
+        assert lanes(chosen) == want, chosen
+
+
+def test_conv_with_few_channels_runs_jit_on_avx512():
+    """choices.few_channels: on an AVX-512 host, LeNet-5's C3 (6→16, 5×5) runs forward and
+    backward-data on jit:avx512_core instead of brgconv (elsewhere oneDNN's own choice)."""
+    from netdsl.runtime.kernels.onednn.conv import impl_names
+    bound = bound_attrs(get("conv"), {"filters": 16, "kernel": 5, "pad": "valid"})
+    names = impl_names(bound, (4, 14, 14, 6), 16, True, None, True)
+    if "avx512" in names["backward_weights"]:    # (a jit kernel either way: the host's ISA)
+        assert names["forward"] == names["backward_data"] == "jit:avx512_core", names
+    else:
+        assert "avx512" not in names["forward"] + names["backward_data"], names
+
+
+@pytest.mark.parametrize("via_logistic", [False, True], ids=["tanh", "2sigma(2x)-1"])
+def test_tanh_both_ways_match_float64(via_logistic, monkeypatch):
+    """eltwise.TANH: oneDNN's tanh, or 2σ(2x) − 1 (what AVX2 hosts run: a binary ×2 with
+    post-ops, and the same chain as a conv's and an fc's post-ops), against NumPy's float64
+    tanh: within 3·10⁻⁷ absolute (3 float32 ulps at 1), outputs of the layer and of the fused
+    conv (post-op and in-place forms) and fc."""
+    from netdsl.runtime.kernels.onednn import common, conv, dense, eltwise
+    monkeypatch.setattr(eltwise, "_VIA_LOGISTIC", via_logistic)
+    common.clear_cache()
+    try:
+        rng = np.random.default_rng(7)
+        ctx = Ctx(xp=np, training=True)
+        x = (rng.standard_normal((5, 6, 7, 8)) * 3).astype(np.float32)
+        out, _ = kernels.kernels_for("tanh")["onednn"].forward(ctx, {}, {}, [x])
+        assert np.abs(out - np.tanh(x.astype(np.float64))).max() < 3e-7
+        for filters in (6, 16):         # an in-place call after the conv, a post-op
+            bound = bound_attrs(get("conv"), {"filters": filters, "kernel": 3})
+            p = {"weight": rng.standard_normal((3, 3, 8, filters)).astype(np.float32),
+                 "bias": rng.standard_normal(filters).astype(np.float32)}
+            pre, _ = conv.conv_forward(ctx, bound, p, [x])
+            got, _ = conv.conv_forward(ctx, bound, p, [x], act="tanh")
+            assert np.abs(got - np.tanh(pre.astype(np.float64))).max() < 3e-7
+        p = {"weight": rng.standard_normal((6 * 7 * 8, 9)).astype(np.float32)}
+        pre, _ = dense.fc_forward(ctx, {}, p, [x])
+        got, _ = dense.fc_forward(ctx, {}, p, [x], act="tanh")
+        assert np.abs(got - np.tanh(pre.astype(np.float64))).max() < 3e-7
+    finally:
+        common.clear_cache()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("act", [None, "tanh"])
+def test_conv_writing_a_blocked_destination_matches_reference(training, act, monkeypatch):
+    """conv_dst.py: a 1-channel conv with few filters writes oneDNN's blocked layout into the
+    shared region, then reorders into NHWC (AVX2 hosts; forced here on any host by calling it
+    an AVX2 kernel): outputs and gradients equal the float64 reference's."""
+    from netdsl.runtime.kernels.onednn import common, conv, conv_dst
+    choose = conv_dst.choose
+    used = []
+
+    def as_if_avx2(geo, first, *args):
+        found = choose(geo, "jit:avx2", *args)
+        used.append(found is not None)
+        return found
+    monkeypatch.setattr(conv_dst, "choose", as_if_avx2)
+    common.clear_cache()
+    try:
+        spec, layer = get("conv"), get(act) if act else None
+        bound = bound_attrs(spec, {"filters": 6, "kernel": 5, "pad": "valid"})
+        rng = np.random.default_rng(2)
+        x = distinct_values(rng, (BATCH, 12, 12, 1))
+        params = {k: rng.normal(size=ps.shape)
+                  for k, ps in spec.params(bound, [(12, 12, 1)]).items()}
+        ctx = Ctx(xp=np, training=training)
+        want, c_cache = spec.forward(ctx, bound, params, [x])
+        if act:
+            pre = want
+            want, a_cache = layer.forward(ctx, {}, {}, [pre])
+        p32 = {k: v.astype(np.float32) for k, v in params.items()}
+        fused = kernels.select_fused(spec, bound, [(12, 12, 1)], np.float32, "onednn", act) \
+            if act else (conv.conv_forward, conv.conv_backward)
+        out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
+        assert any(used), "the blocked destination was not chosen"
+        _close("output", out, want)
+        if training:
+            dout = rng.normal(size=want.shape)
+            d_pre = layer.backward(ctx, {}, {}, a_cache, dout)[0][0] if act else dout
+            want_dx, want_dp = spec.backward(ctx, bound, params, c_cache, d_pre)
+            dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
+            _close("d input", dx[0], want_dx[0])
+            for k in want_dp:
+                _close(f"d {k}", dp[k], want_dp[k])
+    finally:
+        common.clear_cache()

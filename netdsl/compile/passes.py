@@ -59,13 +59,16 @@ def _uses(g: nx.DiGraph, name: str) -> int:
 
 
 def fuse_activations(g: nx.DiGraph) -> bool:
-    """conv/fc/batchnorm → ReLU becomes one node that applies the activation to its own fresh
-    output in place (``meta["act"]``): one buffer and one memory pass fewer, and the form a
-    fused kernel (conv + bias + ReLU) takes. Legal when the activation is the producer's only
-    reader, and the producer does not cache its output (these three do not)."""
+    """conv/fc/batchnorm → activation becomes one node that applies the activation to its own
+    fresh output in place (``meta["act"]``): one buffer and one memory pass fewer, and the form
+    a fused kernel takes (conv + bias + ReLU/tanh/sigmoid as oneDNN post-ops). Which
+    activations: those whose registry entry has an in-place form (``LayerSpec.inplace``: an
+    element-wise activation differentiated from its output alone). Legal when the activation
+    is the producer's only reader, and the producer does not cache its output (these three do
+    not)."""
     changed = False
     for rec in G.nodes(g):
-        if rec.op not in FUSED_ACTIVATIONS or len(rec.inputs) != 1:
+        if not fusable_activation(rec.op) or len(rec.inputs) != 1:
             continue
         src, port = rec.inputs[0]
         prod = G.node(g, src)
@@ -79,8 +82,12 @@ def fuse_activations(g: nx.DiGraph) -> bool:
 
 FUSABLE = ("conv", "fc", "batchnorm")
 """Producers whose output is a fresh array that no cache of theirs references."""
-FUSED_ACTIVATIONS = ("relu",)
-"""Activations a producer may apply to its own output in place (the executor's ``act``)."""
+
+
+def fusable_activation(op: str) -> bool:
+    """Whether ``op`` is an activation a producer may apply to its own output in place (the
+    executor's ``act``): its registry entry has an in-place form (relu, tanh, sigmoid)."""
+    return get(op).inplace is not None
 
 
 def _prune_dead(g: nx.DiGraph) -> bool:

@@ -69,7 +69,13 @@ def _tanh_forward(ctx, attrs, params, inputs):
 
 
 def _tanh_backward(ctx, attrs, params, out, dout):
-    return [dout * (1 - out * out)], {}
+    # dout·(1 − out²) computed in the result's own buffer: one fresh array, no temporary (what
+    # the plan's fused tanh and the memory planner count on)
+    xp = ctx.xp
+    dx = xp.multiply(out, out)
+    xp.subtract(1, dx, out=dx)
+    dx *= dout
+    return [dx], {}
 
 
 def _sigmoid_forward(ctx, attrs, params, inputs):
@@ -79,7 +85,28 @@ def _sigmoid_forward(ctx, attrs, params, inputs):
 
 
 def _sigmoid_backward(ctx, attrs, params, out, dout):
-    return [dout * out * (1 - out)], {}
+    # dout·out·(1 − out) in the result's own buffer: one fresh array, no temporary
+    xp = ctx.xp
+    dx = xp.subtract(1, out)
+    dx *= out
+    dx *= dout
+    return [dx], {}
+
+
+def _relu_inplace(xp, x):
+    xp.maximum(x, 0, out=x)
+
+
+def _tanh_inplace(xp, x):
+    xp.tanh(x, out=x)
+
+
+def _sigmoid_inplace(xp, x):
+    # the forward's own operations, in the same order: the same numbers
+    x *= 0.5
+    xp.tanh(x, out=x)
+    x += 1
+    x *= 0.5
 
 
 def _relu_footprint(st, n, it, training, scratch=True):
@@ -88,14 +115,13 @@ def _relu_footprint(st, n, it, training, scratch=True):
 
 
 def _tanh_footprint(st, n, it, training, scratch=True):
-    """Backward: 1 − out² is one temporary beside the result (NumPy elides the others of
-    arrays ≥ 256 KB in place)."""
-    return elementwise(st, n, it, 0, 1)
+    """Backward: the result alone (computed in its own buffer)."""
+    return elementwise(st, n, it, 0, 0)
 
 
 def _sigmoid_footprint(st, n, it, training, scratch=True):
-    """Forward: e^−x beside the output; backward: 1 − out beside the result."""
-    return elementwise(st, n, it, 1, 1)
+    """Forward: e^−x beside the output; backward: the result alone (in its own buffer)."""
+    return elementwise(st, n, it, 1, 0)
 
 
 def _leaky_footprint(st, n, it, training, scratch=True):
@@ -115,16 +141,19 @@ def _softmax_footprint(st, n, it, training, scratch=True):
 
 register(LayerSpec(
     name="relu", doc="Rectified linear unit: max(x, 0).", args=(), infer_shape=_same_shape,
-    forward=_relu_forward, backward=_relu_backward, style=ACT_STYLE,
+    forward=_relu_forward, backward=_relu_backward, inplace=_relu_inplace,
+    style=ACT_STYLE,
     example=_EXAMPLE,
     footprint=_relu_footprint))
 register(LayerSpec(
     name="tanh", doc="Hyperbolic tangent.", args=(), infer_shape=_same_shape,
-    forward=_tanh_forward, backward=_tanh_backward, style=ACT_STYLE, example=_EXAMPLE,
+    forward=_tanh_forward, backward=_tanh_backward, inplace=_tanh_inplace,
+    style=ACT_STYLE, example=_EXAMPLE,
     footprint=_tanh_footprint))
 register(LayerSpec(
     name="sigmoid", doc="Logistic sigmoid 1/(1 + e^−x).", args=(), infer_shape=_same_shape,
-    forward=_sigmoid_forward, backward=_sigmoid_backward, style=ACT_STYLE, example=_EXAMPLE,
+    forward=_sigmoid_forward, backward=_sigmoid_backward, inplace=_sigmoid_inplace,
+    style=ACT_STYLE, example=_EXAMPLE,
     footprint=_sigmoid_footprint))
 register(LayerSpec(
     name="leakyrelu", doc="Leaky ReLU: x for x > 0, slope·x otherwise (slope 0.01 by default).",

@@ -138,6 +138,11 @@ class LayerSpec:
     #                                             Footprint: what the kernel allocates (footprint.py)
     fused: dict = field(default_factory=dict)   # activation -> (forward, backward) of the layer
     #                                             and that activation in one reference kernel
+    inplace: Callable | None = None             # (xp, x) -> None: an element-wise activation
+    #                                             applied to x in place, for one whose backward
+    #                                             reads only its output (its cache): a producer
+    #                                             may then apply it to its own fresh output
+    #                                             (compile/passes.py fuse_activations)
 
     def all_examples(self) -> tuple[dict, ...]:
         """``example`` followed by ``examples``: what the generic tests run."""

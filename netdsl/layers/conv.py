@@ -26,7 +26,7 @@ from .im2col import backward_chunk_images
 from .reduce import sum_rows
 from .structure import as_pair, pair_attrs, require_set, require_spatial
 from . import naive
-from .footprint import Footprint, aligned, spatial_shapes
+from .footprint import Footprint, aligned, iter_buffer, spatial_shapes
 from ..core.workspace import workers
 
 CONV_STYLE = {"shape": "box", "style": "filled", "fillcolor": "#cfe2ff"}
@@ -260,7 +260,15 @@ def _conv_footprint(st, n, it, training, scratch=True):
     """The footprint of the im2col conv (this module, im2col.py, conv_kernels.py). With a
     Scratch region the padded copy and a chunk of columns are scratch, the input is kept and
     backward rebuilds the columns chunk by chunk; a conv whose plan keeps its columns runs
-    without scratch (fresh columns, cached)."""
+    without scratch (fresh columns, cached). The bias add (``out += bias``) is a broadcast:
+    NumPy's iterator buffer beside the output."""
+    fp = _conv_footprint_calls(st, n, it, training, scratch)
+    if st.node.attrs["bias"]:
+        fp.fwd_tmp += iter_buffer(fp.out, it)
+    return fp
+
+
+def _conv_footprint_calls(st, n, it, training, scratch=True):
     a = st.node.attrs
     h, w, c, ho, wo, f = spatial_shapes(st)
     kh, kw = as_pair(a["kernel"])

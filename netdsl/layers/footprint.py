@@ -38,6 +38,17 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // 64) * 64 if nbytes > 0 else 0
 
 
+ITER_BUFFER_ELEMENTS = 8192
+"""NumPy's iterator buffer (``np.getbufsize()``): NumPy 2 runs a broadcast in-place op (a
+conv's ``out += bias``) through buffers of up to this many elements (measured: min(array
+bytes, 8192·itemsize) + ~1 KB, whatever the sizes)."""
+
+
+def iter_buffer(nbytes: int, it: int) -> int:
+    """Bytes of the iterator buffer a broadcast in-place op on an ``nbytes`` array takes."""
+    return min(int(nbytes), ITER_BUFFER_ELEMENTS * it)
+
+
 def batch_bytes(n: int, shape, it: int) -> int:
     """Bytes of a batch of ``n`` tensors of ``shape`` with ``it``-byte elements."""
     return n * numel(shape) * it

@@ -7,9 +7,10 @@ training as in inference: whatever backward needs is held by the caches) and two
 compiler takes per layer:
 
 * ``act``: an activation fused into the step (``fuse_activations``): applied to the step's own
-  fresh output in place; its backward masks the incoming gradient. Where the provider has a
-  fused kernel for it (``kernels.select_fused``: oneDNN's conv/fc + ReLU post-op, BN+ReLU),
-  that kernel does both and ``act`` is left None.
+  fresh output in place (its registry entry's ``inplace`` form); its backward differentiates
+  it from that output. Where the provider has a fused kernel for it (``kernels.select_fused``:
+  oneDNN's conv/fc + ReLU/tanh/sigmoid post-op, BN+ReLU), that kernel does both and ``act``
+  is left None.
 * ``recompute``: a NumPy convolution whose im2col matrix is larger than its input keeps the
   *input* for backward and rebuilds the columns there, instead of caching the columns
   (kh·kw times the input's size). One more copy per backward; the memory of every such layer's
@@ -176,10 +177,11 @@ def _act_backward(ctx, act: str, act_cache, dout):
 
 
 def _act_forward(ctx, act: str, out):
-    if act == "relu":
+    inplace = get(act).inplace
+    if inplace is not None:
         # The producer's output is fresh and read by nobody else (the fusion pass checked):
-        # overwrite it. The activation's cache is its output, as the relu entry's is.
-        _split_rows(ctx, out, lambda a, b: ctx.xp.maximum(out[a:b], 0, out=out[a:b]))
+        # overwrite it. The activation's cache is its output, as its registry entry's is.
+        _split_rows(ctx, out, lambda a, b: inplace(ctx.xp, out[a:b]))
         return out, out
     return get(act).forward(ctx, {}, {}, [out])
 

@@ -27,19 +27,19 @@ def load() -> bool:
         LOAD_ERROR = str(e)
         _LOADED = False
         return False
-    from .conv import (conv_backward, conv_forward, conv_relu_backward, conv_relu_forward,
-                       conv_supports)
-    from .dense import fc_backward, fc_forward, fc_relu_backward, fc_relu_forward, fc_supports
+    from . import conv, dense
+    from .conv import conv_backward, conv_forward, conv_supports
+    from .dense import fc_backward, fc_forward, fc_supports
     from .norm import bn_backward, bn_forward, bn_relu_backward, bn_relu_forward, bn_supports
     from .pool import pool_backward, pool_forward, pool_supports
     register_kernel("conv", Kernel("onednn", conv_forward, conv_backward, conv_supports,
-                                   fused={"relu": (conv_relu_forward, conv_relu_backward)}))
+                                   fused=conv.fused_forms()))
     for name in ("pool", "maxpool", "avgpool"):
         register_kernel(name, Kernel("onednn", pool_forward, pool_backward, pool_supports))
     register_kernel("batchnorm", Kernel("onednn", bn_forward, bn_backward, bn_supports,
                                         fused={"relu": (bn_relu_forward, bn_relu_backward)}))
     register_kernel("fc", Kernel("onednn", fc_forward, fc_backward, fc_supports,
-                                 fused={"relu": (fc_relu_forward, fc_relu_backward)}))
+                                 fused=dense.fused_forms()))
     from .eltwise import make
     for name in ("relu", "tanh", "sigmoid", "relu6", "silu", "hswish", "hsigmoid"):
         register_kernel(name, Kernel("onednn", *make(name)))

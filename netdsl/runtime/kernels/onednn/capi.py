@@ -27,10 +27,19 @@ CPU = 1
 STREAM_IN_ORDER = 1
 FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 64, 96, 128, 160, 192
 CONV_DIRECT = 0x1
-ELTWISE_RELU = 0x20
+ELTWISE_RELU, ELTWISE_TANH, ELTWISE_LINEAR, ELTWISE_LOGISTIC = 0x20, 0x21, 0x26, 0x29
 ELTWISE_RELU_DST, ELTWISE_TANH_DST, ELTWISE_LOGISTIC_DST = 0x100, 0x101, 0x104  # *_use_dst_for_bwd
 ELTWISE_CLIP_V2_DST = 0x106   # dnnl_eltwise_clip_v2_use_dst_for_bwd
 ELTWISE_HARDSIGMOID, ELTWISE_SWISH, ELTWISE_HARDSWISH = 0x28, 0x2c, 0x34
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+"""Activations a conv or fc applies to its output as eltwise post-ops (``Lib.attr``)."""
+POST_OPS = {"relu": ((ELTWISE_RELU, 0.0, 0.0),), "tanh": ((ELTWISE_TANH, 0.0, 0.0),),
+            "sigmoid": ((ELTWISE_LOGISTIC, 0.0, 0.0),),
+            # tanh(x) = 2σ(2x) − 1 (eltwise.py: oneDNN's AVX2 tanh is slow), from x or 2x
+            "tanh:logistic": ((ELTWISE_LINEAR, 2.0, 0.0), (ELTWISE_LOGISTIC, 0.0, 0.0),
+                              (ELTWISE_LINEAR, 2.0, -1.0)),
+            "tanh:logistic-of-2x": ((ELTWISE_LOGISTIC, 0.0, 0.0), (ELTWISE_LINEAR, 2.0, -1.0))}
+"""The eltwise post-ops (algorithm, alpha, beta) of each post-op form (``Lib.attr``)."""
 BINARY_MUL = 0x1fff1          # dnnl_binary_mul
 POOL_MAX, POOL_AVG_INCLUDE, POOL_AVG_EXCLUDE = 0x1FF, 0x2FF, 0x3FF
 LRN_ACROSS = 0xAFF
@@ -172,10 +181,10 @@ class Lib:
         self.call("dnnl_primitive_desc_query", pd, QUERY_IMPL_INFO_STR, 0, ctypes.byref(out))
         return out.value.decode()
 
-    def attr(self, relu: bool = False, add: bool = False) -> VP:
+    def attr(self, act: str | None = None, add: bool = False) -> VP:
         """Primitive attributes: the user scratchpad mode, a ``sum`` post-op if ``add`` (the
-        result is added to what the destination holds: a residual join), then one ReLU
-        post-op if ``relu``.
+        result is added to what the destination holds: a residual join), then one eltwise
+        post-ops of the form ``act`` (a key of :data:`POST_OPS`), if any.
 
         Every primitive is created with these. Why the user mode: oneDNN's own scratchpad is
         malloc'ed inside the library, invisible to tracemalloc and to the memory planner; in
@@ -183,19 +192,19 @@ class Lib:
         on the one :class:`Scratchpad` region the provider owns. (A primitive descriptor
         copies its attributes, so one object of each kind serves every primitive.)
         """
-        key = ("sum+" if add else "") + ("relu" if relu else "plain")
+        key = ("sum+" if add else "") + (act or "plain")
         if key not in self._attrs:
             attr = VP()
             self.call("dnnl_primitive_attr_create", ctypes.byref(attr))
             self.call("dnnl_primitive_attr_set_scratchpad_mode", attr, SCRATCHPAD_MODE_USER)
-            if relu or add:
+            if act or add:
                 post = VP()
                 self.call("dnnl_post_ops_create", ctypes.byref(post))
                 if add:   # scale 1, zero point 0, the destination's own data type
                     self.call("dnnl_post_ops_append_sum", post, ctypes.c_float(1.0),
                               ctypes.c_int32(0), DATA_TYPE_UNDEF)
-                if relu:
-                    self.call("dnnl_post_ops_append_eltwise", post, ELTWISE_RELU, 0.0, 0.0)
+                for alg, alpha, beta in POST_OPS[act] if act else ():
+                    self.call("dnnl_post_ops_append_eltwise", post, alg, alpha, beta)
                 self.call("dnnl_primitive_attr_set_post_ops", attr, post)
             self._attrs[key] = attr
         return self._attrs[key]
@@ -278,6 +287,15 @@ class Scratchpad:
         self._raw, self._base, self.capacity = None, 0, 0
 
 
+def address(arr: np.ndarray) -> int:
+    """The address of ``arr``'s first byte. Why not ``arr.ctypes.data``: that builds a ctypes
+    helper object per call, ~4× the cost of this, and a training step of LeNet-5 makes ~90."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(arr))
+    except (TypeError, ValueError):     # read-only or empty: the general way
+        return arr.ctypes.data
+
+
 class Primitive:
     """A created primitive with one memory object per execute argument, made once.
 
@@ -305,16 +323,23 @@ class Primitive:
             self.exec_args[i].arg = ARG[a]
             self.exec_args[i].memory = mem
         self.impl = lib.impl_name(pd)
+        self._last = [None] * len(self.mems)     # the address each memory object points at
 
     def __call__(self, *arrays: np.ndarray, at: int = 0) -> None:
         """Execute with ``arrays`` bound to ``args`` in order (each must be large enough and
         laid out as the primitive's descriptor says; the kernels guarantee it). The
         scratchpad is the shared region from byte ``at`` (aligned) on."""
-        set_handle = self.lib._set_handle
-        for mem, arr in zip(self.mems, arrays):
-            set_handle(mem, arr.ctypes.data)
+        set_handle, last = self.lib._set_handle, self._last
+        for i, (mem, arr) in enumerate(zip(self.mems, arrays)):
+            addr = address(arr)
+            if last[i] != addr:     # a memory object keeps its handle: set it when it moved
+                set_handle(mem, addr)
+                last[i] = addr
         if self.scratch:
-            set_handle(self.mems[-1], self.lib.scratchpad.reserve(at + self.scratch) + at)
+            addr = self.lib.scratchpad.reserve(at + self.scratch) + at
+            if last[-1] != addr:
+                set_handle(self.mems[-1], addr)
+                last[-1] = addr
         status = self.lib._execute(self.prim, self.lib.stream, len(self.mems), self.exec_args)
         if status != 0:
             raise DnnlError("dnnl_primitive_execute", status)

@@ -15,7 +15,10 @@ import numpy as np
 from ....layers.geometry import PAIR_ARGS, conv_padding
 from ....layers.structure import pair_attrs
 from . import capi as L
+from .choices import few_channels, jit_few
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
+from . import conv_dst, conv_fc, eltwise
+from .eltwise import fused_pair
 from .packs import PACKS
 from .packs import held_bytes as pack_held_bytes
 
@@ -53,14 +56,15 @@ def _key(geo, bias):
     return tuple(sorted(geo.items())), bias
 
 
-def _fwd_pd(geo, bias, relu=False, training=True, plain_weights=False, add=False):
-    def build():
+def _fwd_pd(geo, bias, act=None, training=True, plain_weights=False, add=False):
+    def create():
         src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
         prop = L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine, prop,
                     L.CONV_DIRECT, src, wei if plain_weights else d.md_any(d_dims(geo)),
-                    b if bias else None, dst, st, dl, pl, pr, d.attr(relu, add))
-    return cached(("conv_fwd_pd", relu, training, plain_weights, add) + _key(geo, bias), build)
+                    b if bias else None, dst, st, dl, pl, pr, d.attr(act, add))
+    return cached(("conv_fwd_pd", act, training, plain_weights, add) + _key(geo, bias),
+                  lambda: create() if plain_weights else few_channels(geo, create))
 
 
 PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
@@ -95,16 +99,25 @@ class _Forward(_WithReorder):
     (:attr:`md`), and the reorder that packs netdsl's weights into it (None when it reads
     netdsl's own layout)."""
 
-    def __init__(self, geo, bias, relu, training, add=False):
+    def __init__(self, geo, bias, act, training, add=False):
         d = lib()
-        self.key = ("conv_fwd", relu, training, add) + _key(geo, bias)
+        self.key = ("conv_fwd", act, training, add) + _key(geo, bias)
+        # the fused activation: a post-op of the primitive, or (:attr:`apart`) an in-place
+        # eltwise call after it (eltwise.post_op_pays)
+        post = act if act is None or eltwise.post_op_pays(act, geo["f"] // geo["g"]) else None
+        self.apart = act if post is None else None
+        post = eltwise.post_op_form(post)
         self.pd = None
-        if not _packs(training):    # netdsl's layout where oneDNN runs a direct kernel on it
-            pd = _fwd_pd(geo, bias, relu, training, plain_weights=True, add=add)
+        if not _packs(training) and not jit_few(geo):   # netdsl's layout, where oneDNN
+            # runs a direct kernel on it (and would not run the jit kernel: few_channels)
+            pd = _fwd_pd(geo, bias, post, training, plain_weights=True, add=add)
             if not slow_impl(d.impl_name(pd)):
                 self.pd = pd
         if self.pd is None:
-            self.pd = _fwd_pd(geo, bias, relu, training, add=add)
+            self.pd = _fwd_pd(geo, bias, post, training, add=add)
+        found = None if post or add else conv_dst.choose(
+            geo, d.impl_name(self.pd), _descs(geo), d_dims(geo), bias, training)
+        self.pd, self.dst = found or (self.pd, None)   # dst: a blocked destination (conv_dst)
         self.args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
         plain_md = _weights_md(geo)
         self.md = d.pd_md(self.pd, "weights")
@@ -112,6 +125,10 @@ class _Forward(_WithReorder):
         self.reorder_pd = d.reorder_pd(plain_md, self.md) if self.nbytes else None
         self.scratch = max(d.scratch_size(self.pd),
                            d.scratch_size(self.reorder_pd) if self.nbytes else 0)
+        self.scratch = max(self.scratch, self.dst.need if self.dst else 0)
+        if self.apart:
+            out = (geo["n"], geo["ho"], geo["wo"], geo["f"])
+            self.scratch = max(self.scratch, eltwise.scratch_need(self.apart, out, backward=False))
         self._prims = None
 
     def weights(self, weight, refresh: bool):
@@ -124,9 +141,9 @@ class _Forward(_WithReorder):
                          lambda buf: reorder(f32(weight), buf), refresh)
 
 
-def _fwd(geo, bias, relu=False, training=True, add=False) -> _Forward:
-    return cached(("conv_fwd", relu, training, add) + _key(geo, bias),
-                  lambda: _Forward(geo, bias, relu, training, add))
+def _fwd(geo, bias, act=None, training=True, add=False) -> _Forward:
+    return cached(("conv_fwd", act, training, add) + _key(geo, bias),
+                  lambda: _Forward(geo, bias, act, training, add))
 
 
 class _Blocked(_WithReorder):
@@ -175,9 +192,9 @@ class _Blocked(_WithReorder):
 def _bwd_data(geo, bias):
     def build():
         src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
-        pd = d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
-                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr,
-                  _fwd_pd(geo, bias), d.attr())
+        pd = few_channels(geo, lambda: d.pd(
+            "dnnl_convolution_backward_data_primitive_desc_create", d.engine, L.CONV_DIRECT,
+            src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr, _fwd_pd(geo, bias), d.attr()))
         return _Blocked(pd, ("diff_dst", "weights", "diff_src"), "weights", wei)
     return cached(("conv_bwd_data",) + _key(geo, bias), build)
 
@@ -193,15 +210,18 @@ def _bwd_weights(geo, bias):
     return cached(("conv_bwd_weights",) + _key(geo, bias), build)
 
 
-def scratch_need(attrs, x_shape, filters, bias, relu, training, input_grad=True) -> int:
+def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) -> int:
     """Bytes of the shared scratchpad region the calls of one conv layer use (the most any of
     them needs): what the memory planner plans. Asks (and caches) the same primitive
     descriptors as the kernels, in the same thread setting, so the sizes are the ones that
-    run; creates no primitive."""
+    run; creates no primitive. ``act``: the fused activation (of capi.ACTIVATIONS) or
+    None."""
     geo = _geometry(attrs, x_shape, filters)
     lib()   # the library loaded (or a clear error) before any descriptor is asked
+    if conv_fc.covers_input(geo):
+        return conv_fc.scratch_need(geo, bias, act, training, input_grad)
     with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, relu, training)
+        fwd = _fwd(geo, bias, act, training)
         need = fwd.scratch
         if training:
             need = max(need, _bwd_weights(geo, bias).need)
@@ -210,22 +230,26 @@ def scratch_need(attrs, x_shape, filters, bias, relu, training, input_grad=True)
     return need
 
 
-def pack_bytes(attrs, x_shape, filters, bias, relu, training) -> int:
+def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
     """Bytes the blocked copy of one conv layer's weights holds across steps (packs.py; 0
     when oneDNN reads netdsl's layout): what the memory planner adds for it."""
     geo = _geometry(attrs, x_shape, filters)
+    if conv_fc.covers_input(geo):
+        return 0
     with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, relu, training)
+        fwd = _fwd(geo, bias, act, training)
     return pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
 
 
-def impl_names(attrs, x_shape, filters, bias, relu, training) -> dict:
+def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
     """The implementation oneDNN chose for each primitive of one conv layer (the primitive
     descriptors' ``impl_info_str``, e.g. ``brg:avx2`` or ``jit:avx512_core``), by pass."""
     geo = _geometry(attrs, x_shape, filters)
+    if conv_fc.covers_input(geo):
+        return conv_fc.impl_names(geo, bias, act, training)
     d = lib()
     with serial("conv", _flops(geo)):
-        names = {"forward": d.impl_name(_fwd(geo, bias, relu, training).pd)}
+        names = {"forward": d.impl_name(_fwd(geo, bias, act, training).pd)}
         if training:
             names["backward_data"] = d.impl_name(_bwd_data(geo, bias).pd)
             names["backward_weights"] = d.impl_name(_bwd_weights(geo, bias).pd)
@@ -244,29 +268,34 @@ def _flops(geo) -> int:
             * (geo["c"] // geo["g"]))
 
 
-def conv_forward(ctx, attrs, params, inputs, relu=False):
+def conv_forward(ctx, attrs, params, inputs, act=None):
     """Same contract as the registry's conv forward; the cache is (x, geometry, the forward
-    that ran, the weights it read). ``relu``: apply ReLU to the output as a oneDNN post-op
-    (see :func:`conv_relu_forward`)."""
+    that ran, the weights it read), or conv_fc's for a window covering the input. ``act``:
+    an activation (of capi.ACTIVATIONS) applied to the output (see :func:`fused_forms`)."""
     x = f32(inputs[0])
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
+    if conv_fc.covers_input(geo):     # one window: a matrix product (conv_fc.py)
+        return conv_fc.forward(ctx, params, x, geo, act)
     out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
-    fwd, w = _run_forward(geo, params, x, out, relu, bool(ctx.training))
+    fwd, w = _run_forward(geo, params, x, out, act, bool(ctx.training))
     return out, (x, geo, fwd, w)
 
 
-def _run_forward(geo, params, x, out, relu: bool, training: bool, add: bool = False):
+def _run_forward(geo, params, x, out, act, training: bool, add: bool = False):
     """Run the forward convolution of ``geo`` from ``x`` into ``out``; (descriptor, weights
     read). Training: the optimizer updated the weights since the last step, so they are
     repacked once here (backward-data reuses the pack where it can); inference: the pack made
     at the first batch."""
     bias = "bias" in params
     with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, relu, training, add=add)
+        fwd = _fwd(geo, bias, act, training, add=add)
         prim, _ = fwd.prims()
-        w = fwd.weights(params["weight"], refresh=training)
-        prim(*((x, w, f32(params["bias"]), out) if bias else (x, w, out)))
+        w = fwd.weights(params["weight"], refresh=training)     # (packed before the
+        args = (x, w, f32(params["bias"])) if bias else (x, w)   # region holds dst)
+        fwd.dst.run(prim, args, out) if fwd.dst else prim(*args, out)
+    if fwd.apart:
+        eltwise.act_forward_inplace(fwd.apart, out)
     return fwd, w
 
 
@@ -288,7 +317,7 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
     else:   # the plan's in-place decision does not hold for this array: a fresh copy
         out = np.empty(shape, dtype=np.float32)
         np.copyto(out, short)
-    _run_forward(geo, params, x, out, relu, False, add=True)
+    _run_forward(geo, params, x, out, "relu" if relu else None, False, add=True)
     return out, None
 
 
@@ -302,7 +331,7 @@ def conv_add_impl(attrs, x_shape, filters, bias, relu) -> str:
     :func:`conv_add_forward` (``impl_info_str``)."""
     geo = _geometry(attrs, x_shape, filters)
     with serial("conv", _flops(geo)):
-        return lib().impl_name(_fwd(geo, bias, relu, False, add=True).pd)
+        return lib().impl_name(_fwd(geo, bias, "relu" if relu else None, False, add=True).pd)
 
 
 def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
@@ -310,25 +339,22 @@ def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
     planner plans for it (as :func:`scratch_need` and :func:`pack_bytes` for a plain conv)."""
     geo = _geometry(attrs, x_shape, filters)
     with serial("conv", _flops(geo)):
-        fwd = _fwd(geo, bias, relu, False, add=True)
+        fwd = _fwd(geo, bias, "relu" if relu else None, False, add=True)
     return fwd.scratch, pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
 
 
-def conv_relu_forward(ctx, attrs, params, inputs):
-    """conv followed by ReLU in one oneDNN call (bias and ReLU as post-ops); the cache also
-    holds the output, from which the backward masks the incoming gradient."""
-    out, cache = conv_forward(ctx, attrs, params, inputs, relu=True)
-    return out, cache + (out,)
+def fused_forms() -> dict:
+    """``{activation: (forward, backward)}``: conv followed by each of capi.ACTIVATIONS in
+    one call (eltwise.fused_pair), which the kernel registry offers the plan (select_fused)."""
+    return {act: fused_pair(conv_forward, conv_backward, act) for act in L.ACTIVATIONS}
 
 
-def conv_relu_backward(ctx, attrs, params, cache, dout):
-    """Backward of :func:`conv_relu_forward`: ReLU's mask (from the output), then conv's."""
-    from .eltwise import relu_backward
-    return conv_backward(ctx, attrs, params, cache[:4], relu_backward(cache[4], dout))
 
 
 def conv_backward(ctx, attrs, params, cache, dout):
     """Same contract as the registry's conv backward."""
+    if cache[0] is conv_fc.IP:
+        return conv_fc.backward(ctx, params, cache, dout)
     x, geo, fwd, w = cache
     with serial("conv", _flops(geo)):
         return _conv_backward(ctx, params, x, geo, fwd, w, dout)

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import capi as L
 from .common import cached, f32, is_f32, lib, plain, primitive, serial
+from .eltwise import fused_pair, post_op_form
 
 
 def _descs(n, k, units):
@@ -15,20 +16,20 @@ def _descs(n, k, units):
     return plain((n, k)), d.md_strides((units, k), (1, units)), plain((units,)), plain((n, units))
 
 
-def _fwd_pd(n, k, units, bias, relu=False):
+def _fwd_pd(n, k, units, bias, act=None, training=True):
     def build():
         d = lib()
         src, wei, b, dst = _descs(n, k, units)
         return d.pd("dnnl_inner_product_forward_primitive_desc_create", d.engine,
-                    L.FORWARD_TRAINING, src, wei, b if bias else None, dst,
-                    d.attr(relu))
-    return cached(("fc_fwd_pd", n, k, units, bias, relu), build)
+                    L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE, src, wei,
+                    b if bias else None, dst, d.attr(act))
+    return cached(("fc_fwd_pd", n, k, units, bias, act, training), build)
 
 
-def _fwd(n, k, units, bias, relu=False):
+def _fwd(n, k, units, bias, act=None, training=True):
     args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
-    return cached(("fc_fwd", n, k, units, bias, relu),
-                  lambda: primitive(_fwd_pd(n, k, units, bias, relu), args))
+    return cached(("fc_fwd", n, k, units, bias, act, training),
+                  lambda: primitive(_fwd_pd(n, k, units, bias, act, training), args))
 
 
 def _bwd_data_pd(n, k, units, bias):
@@ -61,12 +62,13 @@ def _bwd_weights(n, k, units, bias):
                   lambda: primitive(_bwd_weights_pd(n, k, units, bias), args))
 
 
-def scratch_need(n, k, units, bias, relu, training, input_grad=True) -> int:
+def scratch_need(n, k, units, bias, act, training, input_grad=True) -> int:
     """Bytes of scratchpad the calls of one fc layer need (the most of any), from the kernels'
-    own (cached) primitive descriptors, made in the same thread setting: for the planner."""
+    own (cached) primitive descriptors, made in the same thread setting: for the planner.
+    ``act``: the fused activation (of capi.ACTIVATIONS) or None."""
     d = lib()
     with serial("fc", 2 * n * k * units):
-        need = d.scratch_size(_fwd_pd(n, k, units, bias, relu))
+        need = d.scratch_size(_fwd_pd(n, k, units, bias, post_op_form(act), training))
         if training:
             need = max(need, d.scratch_size(_bwd_weights_pd(n, k, units, bias)))
             if input_grad:
@@ -74,20 +76,34 @@ def scratch_need(n, k, units, bias, relu, training, input_grad=True) -> int:
     return need
 
 
-def fc_forward(ctx, attrs, params, inputs, relu=False):
+def impl_names(n, k, units, bias, act, training) -> dict:
+    """The implementation oneDNN chose for each primitive of one fc layer, by pass."""
+    d = lib()
+    with serial("fc", 2 * n * k * units):
+        names = {"forward": d.impl_name(_fwd_pd(n, k, units, bias, post_op_form(act),
+                                                training))}
+        if training:
+            names["backward_data"] = d.impl_name(_bwd_data_pd(n, k, units, bias))
+            names["backward_weights"] = d.impl_name(_bwd_weights_pd(n, k, units, bias))
+    return names
+
+
+def fc_forward(ctx, attrs, params, inputs, act=None):
     """Same contract as the registry's fc forward; the cache is (input shape, flat input).
-    ``relu``: apply ReLU to the output as a oneDNN post-op."""
+    ``act``: an activation (of capi.ACTIVATIONS) applied to the output as oneDNN
+    post-op. Inference runs a ``forward_inference`` primitive."""
     x = inputs[0]
     x2 = f32(x.reshape(x.shape[0], -1))
     weight = params["weight"]
     n, (k, units) = x2.shape[0], weight.shape
     bias = "bias" in params
     out = np.empty((n, units), dtype=np.float32)
+    training, act = bool(ctx.training), post_op_form(act)
     with serial("fc", 2 * n * k * units):
         if bias:
-            _fwd(n, k, units, True, relu)(x2, f32(weight), f32(params["bias"]), out)
+            _fwd(n, k, units, True, act, training)(x2, f32(weight), f32(params["bias"]), out)
         else:
-            _fwd(n, k, units, False, relu)(x2, f32(weight), out)
+            _fwd(n, k, units, False, act, training)(x2, f32(weight), out)
     return out, (x.shape, x2)
 
 
@@ -116,17 +132,10 @@ def _fc_backward(ctx, params, x_shape, x2, dout):
     return [dx.reshape(x_shape)], grads
 
 
-def fc_relu_forward(ctx, attrs, params, inputs):
-    """fc followed by ReLU in one oneDNN call; the cache also holds the output (the mask)."""
-    out, cache = fc_forward(ctx, attrs, params, inputs, relu=True)
-    return out, (cache, out)
-
-
-def fc_relu_backward(ctx, attrs, params, cache, dout):
-    """Backward of :func:`fc_relu_forward`: ReLU's mask, then fc's."""
-    from .eltwise import relu_backward
-    cache, out = cache
-    return fc_backward(ctx, attrs, params, cache, relu_backward(out, dout))
+def fused_forms() -> dict:
+    """``{activation: (forward, backward)}``: fc followed by that activation in one oneDNN
+    call (bias and activation as post-ops), for every activation of capi.ACTIVATIONS."""
+    return {act: fused_pair(fc_forward, fc_backward, act) for act in L.ACTIVATIONS}
 
 
 def fc_supports(attrs, in_shapes, dtype):

@@ -20,9 +20,10 @@ from . import conv, dense, eltwise, lrn, norm, pool
 from .capi import DnnlError, Scratchpad
 
 
-def fused_relu(st) -> bool:
-    """The step runs its kernel's fused ReLU form (build_plan then leaves ``st.act`` None)."""
-    return st.act is None and st.node.meta.get("act") == "relu"
+def fused_act(st) -> str | None:
+    """The activation the step's kernel applies itself (its fused form: build_plan then
+    leaves ``st.act`` None), or None."""
+    return st.node.meta.get("act") if st.act is None else None
 
 
 def _shape(st, n, k=0):
@@ -43,16 +44,19 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     x = n * numel(st.node.in_shapes[0]) * it
     out = n * numel(st.node.out_shapes[0]) * it
     dx = (0,) if st.data_only else (x,)      # a layer reading only the data: no d(input)
-    relu = fused_relu(st)
+    act = fused_act(st)
     if st.meta.get(RESIDUAL):   # inference: the output is the shortcut's buffer, or a copy
         inplace = st.meta[RESIDUAL]["inplace"]
         return Footprint(out=0 if inplace else out, out_alias=1 if inplace else None)
     if op in ("conv", "fc"):
-        # Forward: the output; the cache keeps the input (and the output, the ReLU's mask).
-        # Backward: the fused ReLU's masked gradient (eltwise.relu_backward) lives through the
-        # call; the blocked weights live in the scratchpad region.
-        fp = Footprint(out=out, keep_in=(0,), keep_out=relu, dx=dx, bwd_tmp=out if relu else 0)
+        # Forward: the output; the cache keeps the input (and the output, from which a fused
+        # activation is differentiated). Backward: the activation's gradient
+        # (eltwise.act_backward) lives through the call; the blocked weights live in the
+        # scratchpad region.
+        fp = Footprint(out=out, keep_in=(0,), keep_out=bool(act), dx=dx,
+                       bwd_tmp=out if act else 0)
     elif op == "batchnorm":
+        relu = act == "relu"
         ws = _asked(st, n, lambda m: norm.plan_sizes(_shape(st, m), float(st.node.attrs["eps"]),
                                                      training, relu)[0], x, per_example=True)
         c = st.node.in_shapes[0][-1]
@@ -90,8 +94,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
             fp.fwd_tmp += x
     if st.meta.get(STRIDED):
         # The contiguous copy of dout (out bytes) lives through the call, except in a fused
-        # ReLU's backward, where it lives while the mask is applied (before the grads exist).
-        if relu:
+        # activation's backward, where it lives while that runs (before the grads exist).
+        if act:
             fresh = sum(d or 0 for d in fp.dx) + _params_bytes(st, it)
             fp.bwd_tmp = max(fp.bwd_tmp, out + out - fresh)
         else:
@@ -137,20 +141,20 @@ def scratch_need(st, n: int, training: bool) -> int:
 
 def _scratch_need(st, n: int, training: bool) -> int:
     op, a = st.node.op, st.node.attrs
-    relu = fused_relu(st)
+    act = fused_act(st)
     grad_in = not st.data_only
     if op == "conv" and st.meta.get(RESIDUAL):
         need = conv.conv_add_scratch(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st),
                                      st.meta[RESIDUAL]["relu"])[0]
     elif op == "conv":
-        need = conv.scratch_need(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st), relu,
+        need = conv.scratch_need(a, _shape(st, n), st.node.out_shapes[0][-1], _bias(st), act,
                                  training, grad_in)
     elif op == "fc":
         k = numel(st.node.in_shapes[0])
-        need = dense.scratch_need(n, k, st.node.out_shapes[0][-1], _bias(st), relu, training,
+        need = dense.scratch_need(n, k, st.node.out_shapes[0][-1], _bias(st), act, training,
                                   grad_in)
     elif op == "batchnorm":
-        need = norm.plan_sizes(_shape(st, n), float(a["eps"]), training, relu)[1]
+        need = norm.plan_sizes(_shape(st, n), float(a["eps"]), training, act == "relu")[1]
     elif op in ("pool", "maxpool", "avgpool"):
         need = pool.plan_sizes(a, _shape(st, n), training)[1]
     elif op == "lrn":
@@ -159,9 +163,9 @@ def _scratch_need(st, n: int, training: bool) -> int:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
     else:
         need = 0
-    if relu and training and op in ("conv", "fc"):   # its backward masks dout on oneDNN first
+    if act and training and op in ("conv", "fc"):   # its backward runs act_backward first
         out_shape = (n,) + tuple(st.node.out_shapes[0])
-        need = max(need, eltwise.scratch_need("relu", out_shape, forward=False))
+        need = max(need, eltwise.scratch_need(act, out_shape, forward=False))
     return need
 
 
@@ -177,7 +181,7 @@ def held_bytes(plan, n: int, training: bool) -> int:
         # steps alike ask alike: one descriptor query per kind of step (a chain of 100,000
         # equal layers asked 100,000 times, 2 s)
         key = (st.node.op, repr(sorted(st.node.attrs.items())), repr(st.node.in_shapes),
-               repr(st.node.out_shapes), fused_relu(st), st.data_only,
+               repr(st.node.out_shapes), fused_act(st), st.data_only,
                repr(st.meta.get(RESIDUAL)))
         if key not in asked:
             asked[key] = (scratch_need(st, n, training), pack_bytes(st, n, training))
@@ -196,7 +200,7 @@ def pack_bytes(st, n: int, training: bool) -> int:
             st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st),
             st.meta[RESIDUAL]["relu"])[1], 0)
     return _asked(st, n, lambda m: conv.pack_bytes(
-        st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st), fused_relu(st),
+        st.node.attrs, _shape(st, m), st.node.out_shapes[0][-1], _bias(st), fused_act(st),
         training), 0)
 
 

@@ -5,8 +5,9 @@ falls back to im2col + GEMM (``gemm``) or the reference loops (``ref``) on this 
 from __future__ import annotations
 
 from . import conv
+from .conv_fc import IP
 from .common import slow_impl
-from .footprint import fused_relu
+from .footprint import fused_act
 
 
 def conv_impls(plan, n: int, training: bool) -> dict:
@@ -19,7 +20,7 @@ def conv_impls(plan, n: int, training: bool) -> dict:
             continue
         names = conv.impl_names(st.node.attrs, (n,) + tuple(st.node.in_shapes[0]),
                                 st.node.out_shapes[0][-1], bool(st.node.attrs.get("bias")),
-                                fused_relu(st), training)
+                                fused_act(st), training)
         if st.data_only:       # the first conv computes no d(input)
             names.pop("backward_data", None)
         out[st.node.name] = names
@@ -27,5 +28,10 @@ def conv_impls(plan, n: int, training: bool) -> dict:
 
 
 def slow(name: str) -> bool:
-    """Whether an implementation name is a slow fallback: im2col + GEMM or reference loops."""
+    """Whether an implementation name is a slow fallback: im2col + GEMM or reference loops.
+    A conv whose one window covers its input runs as an inner product (conv_fc.py: a GEMM
+    of the input as it is, nothing gathered), reported as ``inner_product:<impl>``: that
+    GEMM is the problem's own fast kernel, not a fallback; a reference loop still counts."""
+    if name.startswith(IP + ":"):
+        return "ref" in name
     return slow_impl(name)

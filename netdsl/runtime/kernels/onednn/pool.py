@@ -12,6 +12,7 @@ import numpy as np
 from ....layers.base import out_size
 from ....layers.pooling import pool_attrs
 from . import capi as L
+from .choices import NARROW, narrowest
 from .common import cached, f32, is_f32, lib, nhwc, primitive, serial
 
 
@@ -51,14 +52,21 @@ def _fwd(geo, training):
 
 
 def _bwd_pd(geo):
-    def build():
+    def create():
         d = lib()
         return d.pd("dnnl_pooling_backward_primitive_desc_create", d.engine, geo["alg"],
                     nhwc(geo["n"], geo["h"], geo["w"], geo["c"]),
                     nhwc(geo["n"], geo["ho"], geo["wo"], geo["c"]),
                     L.dims(geo["s"]), L.dims(geo["k"]), L.dims((0, 0)), L.dims(geo["pl"]),
                     L.dims(geo["pr"]), _fwd_pd(geo, True), d.attr())
+
+    def build():
+        if geo["alg"] == L.POOL_MAX or not NARROW:
+            return create()
+        return narrowest(create, geo["c"])
     return cached(("pool_bwd_pd", tuple(sorted(geo.items()))), build)
+
+
 
 
 def _bwd(geo):
