@@ -59,7 +59,7 @@ def _uses(g: nx.DiGraph, name: str) -> int:
 
 
 def fuse_activations(g: nx.DiGraph) -> bool:
-    """conv/fc/batchnorm → ReLU becomes one node that applies the activation to its own fresh
+    """conv/fc/batchnorm/add → ReLU becomes one node that applies the activation to its own fresh
     output in place (``meta["act"]``): one buffer and one memory pass fewer, and the form a
     fused kernel (conv + bias + ReLU) takes. Legal when the activation is the producer's only
     reader, and the producer does not cache its output (these three do not)."""
@@ -77,8 +77,9 @@ def fuse_activations(g: nx.DiGraph) -> bool:
     return changed
 
 
-FUSABLE = ("conv", "fc", "batchnorm")
-"""Producers whose output is a fresh array that no cache of theirs references."""
+FUSABLE = ("conv", "fc", "batchnorm", "add")
+"""Producers whose output is a fresh array that no cache of theirs references (the add: the
+residual join, whose ReLU after it then costs no memory pass of its own)."""
 FUSED_ACTIVATIONS = ("relu",)
 """Activations a producer may apply to its own output in place (the executor's ``act``)."""
 
