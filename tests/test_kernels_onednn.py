@@ -240,9 +240,23 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
     """The cases above are small enough to run on one thread; force the threaded path."""
     from netdsl.runtime.kernels.onednn import common
     monkeypatch.setattr(common, "SMALL", 0)
+    monkeypatch.setattr(common, "SMALL_ELEMENTS", 0)
     common.clear_cache()
     try:
         test_kernel_matches_reference(case, True)
+    finally:
+        common.clear_cache()
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6), (3, 3, 16)])
+def test_multithreaded_add_relu_matches_too(shape, monkeypatch):
+    """The element-wise kernels run threaded on large maps (common.SMALL_ELEMENTS): the fused
+    add + ReLU forced onto that path still matches the reference."""
+    from netdsl.runtime.kernels.onednn import common
+    monkeypatch.setattr(common, "SMALL_ELEMENTS", 0)
+    common.clear_cache()
+    try:
+        test_add_and_fused_add_relu_match_reference(shape, True)
     finally:
         common.clear_cache()
 
