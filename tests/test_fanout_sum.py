@@ -17,7 +17,11 @@ def two_threads():
 
 
 @pytest.mark.parametrize("n", [1, 3, 64])
-def test_summed_equals_numpy_sum(n):
+def test_summed_equals_numpy_sum(n, monkeypatch):
+    split = []
+    real = workspace.parallel_for
+    monkeypatch.setattr(workspace, "parallel_for",
+                        lambda items, body: (split.append(len(items)), real(items, body)))
     rng = np.random.default_rng(0)
     # 64×32×32×16 float32 is 4 MB: above the size where the rows are split over threads
     a = rng.normal(size=(n, 32, 32, 16)).astype(np.float32)
@@ -26,6 +30,8 @@ def test_summed_equals_numpy_sum(n):
     assert out is not a and out is not b
     assert out.flags.c_contiguous and out.dtype == np.float32
     np.testing.assert_array_equal(out, a + b)      # the same float32 additions, exactly
+    if a.nbytes >= 1 << 20 and workspace.workers(n) > 1:   # (1 where BLAS cannot be held)
+        assert split and split[0] > 1
 
 
 def test_summed_strided_and_broadcast_inputs():
