@@ -244,6 +244,7 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
     """The cases above are small enough to run on one thread; force the threaded path."""
     from netdsl.runtime.kernels.onednn import common
     monkeypatch.setattr(common, "SMALL", 0)
+    monkeypatch.setattr(common, "SMALL_ELEMENTS", 0)
     common.clear_cache()
     try:
         test_kernel_matches_reference(case, True)
@@ -252,6 +253,19 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("shape", [(4, 5, 6), (3, 3, 16)])
+def test_multithreaded_add_relu_matches_too(shape, monkeypatch):
+    """The element-wise kernels run threaded on large maps (common.SMALL_ELEMENTS): the fused
+    add + ReLU forced onto that path still matches the reference."""
+    from netdsl.runtime.kernels.onednn import common
+    monkeypatch.setattr(common, "SMALL_ELEMENTS", 0)
+    common.clear_cache()
+    try:
+        test_add_and_fused_add_relu_match_reference(shape, True)
+    finally:
+        common.clear_cache()
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
                          ids=_case_id)
@@ -433,3 +447,51 @@ def test_conv_writing_a_blocked_destination_matches_reference(training, act, mon
                 _close(f"d {k}", dp[k], want_dp[k])
     finally:
         common.clear_cache()
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("shape", [(4, 5, 6), (7,), (3, 3, 16)])
+def test_add_and_fused_add_relu_match_reference(shape, training):
+    """oneDNN's binary add, and relu(a + b) as one call (the residual join with the ReLU the
+    compiler fuses into it), against the registry's add then relu in float64: the output and
+    both input gradients (w.r.t. the ReLU's output)."""
+    add, relu = get("add"), get("relu")
+    shapes = [shape, shape]
+    kernel = kernels.kernels_for("add")["onednn"]
+    assert kernel.supports({}, shapes, np.float32)
+    assert not kernel.supports({}, shapes * 2, np.float32)   # three inputs: the reference
+    fused = kernels.select_fused(add, {}, shapes, np.float32, "onednn", "relu")
+    assert fused is not None and fused[2] == "onednn"
+    rng = np.random.default_rng(7)
+    a, b = (distinct_values(rng, (BATCH,) + shape) for _ in range(2))
+    ctx = Ctx(xp=np, training=training)
+    pre, c_cache = add.forward(ctx, {}, {}, [a, b])
+    want, r_cache = relu.forward(ctx, {}, {}, [pre])
+    assert (want == 0).any() and (want > 0).any()        # the mask matters
+    dout = rng.normal(size=want.shape)
+    d_pre = relu.backward(ctx, {}, {}, r_cache, dout)[0][0]
+    out, cache = kernel.forward(ctx, {}, {}, [a.astype(np.float32), b.astype(np.float32)])
+    _close("add output", out, pre)
+    for g in kernel.backward(ctx, {}, {}, cache, dout.astype(np.float32))[0]:
+        _close("add d input", g, dout)
+    out, cache = fused[0](ctx, {}, {}, [a.astype(np.float32), b.astype(np.float32)])
+    _close("add+relu output", out, want)
+    dins, dparams = fused[1](ctx, {}, {}, cache, dout.astype(np.float32))
+    assert len(dins) == 2 and not dparams
+    for g in dins:
+        _close("add+relu d input", g, d_pre)
+
+
+def test_training_plan_fuses_the_residual_relu():
+    """ResNet-20's training plan: every residual add carries the ReLU after it (one oneDNN
+    call) and no separate ReLU step is left."""
+    from pathlib import Path
+
+    from netdsl.compile.compiler import compile_file
+    from netdsl.runtime.executor import Executor
+    root = Path(__file__).resolve().parents[1] / "nets"
+    g = compile_file(str(root / "resnet20.net"), input_shape=(32, 32, 3)).graph
+    plan = Executor(g, kernels="onednn").plan
+    adds = [st for st in plan if st.node.op == "add"]
+    assert len(adds) == 9
+    assert all(st.provider == "onednn" and st.node.meta.get("act") == "relu"
+               and st.act is None for st in adds)
+    assert not any(st.node.op == "relu" for st in plan)

@@ -59,13 +59,13 @@ def _uses(g: nx.DiGraph, name: str) -> int:
 
 
 def fuse_activations(g: nx.DiGraph) -> bool:
-    """conv/fc/batchnorm → activation becomes one node that applies the activation to its own
-    fresh output in place (``meta["act"]``): one buffer and one memory pass fewer, and the form
-    a fused kernel takes (conv + bias + ReLU/tanh/sigmoid as oneDNN post-ops). Which
-    activations: those whose registry entry has an in-place form (``LayerSpec.inplace``: an
-    element-wise activation differentiated from its output alone). Legal when the activation
-    is the producer's only reader, and the producer does not cache its output (these three do
-    not)."""
+    """conv/fc/batchnorm/add → activation becomes one node that applies the activation to its
+    own fresh output in place (``meta["act"]``): one buffer and one memory pass fewer, and the
+    form a fused kernel takes (conv + bias + ReLU/tanh/sigmoid as oneDNN post-ops; the
+    residual add + ReLU as one binary call). Which activations: those whose registry entry has
+    an in-place form (``LayerSpec.inplace``: an element-wise activation differentiated from
+    its output alone). Legal when the activation is the producer's only reader, and the
+    producer does not cache its output (these four do not)."""
     changed = False
     for rec in G.nodes(g):
         if not fusable_activation(rec.op) or len(rec.inputs) != 1:
@@ -80,8 +80,9 @@ def fuse_activations(g: nx.DiGraph) -> bool:
     return changed
 
 
-FUSABLE = ("conv", "fc", "batchnorm")
-"""Producers whose output is a fresh array that no cache of theirs references."""
+FUSABLE = ("conv", "fc", "batchnorm", "add")
+"""Producers whose output is a fresh array that no cache of theirs references (the add: the
+residual join, whose ReLU after it then costs no memory pass of its own)."""
 
 
 def fusable_activation(op: str) -> bool:

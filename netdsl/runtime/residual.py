@@ -76,8 +76,12 @@ def fuse_residual(plan: list[Step]) -> int:
         c, k = max(cands)
         s = st.inputs[1 - k]
         nxt = readers.get(a, [])
-        relu = (st.consumers == 1 and len(nxt) == 1 and plan[nxt[0]].node.op == "relu"
-                and plan[nxt[0]].act is None and len(plan[nxt[0]].inputs) == 1)
+        # the ReLU after the join: fused into the add by the compiler (fuse_activations), or
+        # a step of its own
+        own_relu = st.node.meta.get("act") == "relu"
+        relu = own_relu or (st.consumers == 1 and len(nxt) == 1
+                            and plan[nxt[0]].node.op == "relu" and plan[nxt[0]].act is None
+                            and len(plan[nxt[0]].inputs) == 1)
         owner = _owner(plan, s[0])
         inplace = (s[1] == 0 and plan[s[0]].spec.outputs == 1
                    and plan[owner].node.op in FRESH and plan[owner].spec.role != "source"
@@ -92,7 +96,7 @@ def fuse_residual(plan: list[Step]) -> int:
         readers[s[0]].remove(a)
         st.inputs = [(c, 0)]
         _make_view(st)
-        if relu:
+        if relu and not own_relu:
             _make_view(plan[nxt[0]])
         fused += 1
     return fused

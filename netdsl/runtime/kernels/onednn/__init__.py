@@ -43,8 +43,11 @@ def load() -> bool:
     from .eltwise import make
     for name in ("relu", "tanh", "sigmoid", "relu6", "silu", "hswish", "hsigmoid"):
         register_kernel(name, Kernel("onednn", *make(name)))
-    from .binary import mul_backward, mul_forward, mul_supports
+    from .binary import (add_backward, add_forward, add_relu_backward, add_relu_forward,
+                         add_supports, mul_backward, mul_forward, mul_supports)
     register_kernel("mul", Kernel("onednn", mul_forward, mul_backward, mul_supports))
+    register_kernel("add", Kernel("onednn", add_forward, add_backward, add_supports,
+                                  fused={"relu": (add_relu_forward, add_relu_backward)}))
     from ....layers import lookup
     if lookup("lrn") is not None:  # the layer comes with the layer zoo
         from .lrn import lrn_backward, lrn_forward, lrn_supports

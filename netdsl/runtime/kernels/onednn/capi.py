@@ -40,7 +40,7 @@ POST_OPS = {"relu": ((ELTWISE_RELU, 0.0, 0.0),), "tanh": ((ELTWISE_TANH, 0.0, 0.
                               (ELTWISE_LINEAR, 2.0, -1.0)),
             "tanh:logistic-of-2x": ((ELTWISE_LOGISTIC, 0.0, 0.0), (ELTWISE_LINEAR, 2.0, -1.0))}
 """The eltwise post-ops (algorithm, alpha, beta) of each post-op form (``Lib.attr``)."""
-BINARY_MUL = 0x1fff1          # dnnl_binary_mul
+BINARY_ADD, BINARY_MUL = 0x1fff0, 0x1fff1   # dnnl_binary_add, dnnl_binary_mul
 POOL_MAX, POOL_AVG_INCLUDE, POOL_AVG_EXCLUDE = 0x1FF, 0x2FF, 0x3FF
 LRN_ACROSS = 0xAFF
 BN_GLOBAL_STATS, BN_SCALE, BN_SHIFT, BN_FUSE_RELU = 0x1, 0x2, 0x4, 0x8

@@ -76,7 +76,8 @@ def slow_impl(name: str) -> bool:
 # every OpenMP fork/join or barrier can cost a scheduler time slice: one 4 MB batch-norm
 # forward (several barriers) measured 50 ms on 2 threads against 0.3–0.7 ms on one, and small
 # convolutions showed the same (docs/performance.md). So, like PyTorch's grain size, kernels
-# with little work (under 2^26 FLOPs or elements, ~1 ms on one core), and batch norm and LRN always, are created and run on one thread.
+# with little work (under 2^26 FLOPs, ~1 ms on one core; element-wise ones under
+# SMALL_ELEMENTS), and batch norm and LRN always, are created and run on one thread.
 # NETDSL_ONEDNN_SERIAL (comma list of kinds, or "none") and NETDSL_ONEDNN_SMALL (work units:
 # FLOPs for conv/fc, elements for the others; 0 disables) override the defaults.
 import os  # noqa: E402
@@ -84,11 +85,22 @@ import os  # noqa: E402
 SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "batchnorm,lrn").split(",")
                    if k and k != "none")
 SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**26))
+# Element-wise kernels (one pass, one parallel region, no barrier inside) are measured in
+# elements, ~1 ns each on one core: 2^26 of them would be ~60 ms, so they have their own
+# threshold. Above 2^17 elements (512 KB of float32) two threads ran ReLU/add+ReLU forward and
+# backward ~1.8× faster than one, on this shared machine under load too (issue 14:
+# the 1M-element maps of ResNet-20 at batch 64: 0.89 → 0.48 ms). NETDSL_ONEDNN_SMALL_ELEMENTS
+# overrides it (0: always threaded).
+SMALL_ELEMENTS = float(os.environ.get("NETDSL_ONEDNN_SMALL_ELEMENTS", 2**17))
+ELEMENTWISE = frozenset(("add", "mul", "relu", "tanh", "sigmoid", "relu6", "silu", "hswish",
+                         "hsigmoid"))
 
 
 def is_serial(kind: str, work: float | None = None) -> bool:
     """Whether a kernel of ``kind`` doing ``work`` runs on one thread."""
-    return kind in SERIAL or (work is not None and work < SMALL)
+    if kind in SERIAL:
+        return True
+    return work is not None and work < (SMALL_ELEMENTS if kind in ELEMENTWISE else SMALL)
 
 
 class serial:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ....layers import numel
 from ....layers.footprint import Footprint
-from . import conv, dense, eltwise, lrn, norm, pool
+from . import binary, conv, dense, eltwise, lrn, norm, pool
 from .capi import DnnlError, Scratchpad
 
 
@@ -77,6 +77,11 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         fp = Footprint(out=out, keep_out=True, dx=(x,))
     elif op in eltwise.FROM_INPUT:     # silu, hswish, hsigmoid: backward reads the input
         fp = Footprint(out=out, keep_in=(0,), dx=(x,))
+    elif op == "add":
+        # binary.py: a fresh output; each input's gradient is the incoming one itself, or with
+        # the fused ReLU the masked one (one array for both), made while dout still lives.
+        fp = Footprint(out=out, keep_out=relu, dx=(None,) * len(st.inputs),
+                       bwd_tmp=out if relu and training else 0)
     elif op == "mul":   # binary.py: the product; backward is the reference's (both grads)
         fp = Footprint(out=out, keep_in=(0, 1),
                        dx=(x, n * numel(st.node.in_shapes[1]) * it))
@@ -161,6 +166,8 @@ def _scratch_need(st, n: int, training: bool) -> int:
         need = lrn.plan_sizes(a, _shape(st, n), training)[1]
     elif op in eltwise.ALG:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
+    elif op == "add":
+        need = binary.add_scratch_need(_shape(st, n), relu, training)
     else:
         need = 0
     if act and training and op in ("conv", "fc"):   # its backward runs act_backward first
@@ -231,10 +238,11 @@ def _strided_gradient(consumer, n: int, strided_in: bool) -> bool:
     about the NumPy kernels (tests/test_plan_memory_onednn.py checks them against the arrays):
     a concat's is a channel slice of its own gradient; GAP's is its broadcast copied in 'K'
     order (N, C, H, W in memory); a pooling that pads or overhangs, or a padded locally
-    connected layer, slices its padded gradient; an add hands its own incoming gradient on."""
+    connected layer, slices its padded gradient; an add hands its own incoming gradient on
+    (with a fused ReLU the masked one, a fresh array)."""
     op = consumer.node.op
     if op == "add":
-        return strided_in
+        return strided_in and not (consumer.act or consumer.node.meta.get("act"))
     if op == "concat":
         return len(consumer.inputs) > 1
     if op == "gap":
