@@ -252,7 +252,6 @@ def test_multithreaded_primitives_match_too(case, monkeypatch):
         common.clear_cache()
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("shape", [(4, 5, 6), (3, 3, 16)])
 def test_multithreaded_add_relu_matches_too(shape, monkeypatch):
     """The element-wise kernels run threaded on large maps (common.SMALL_ELEMENTS): the fused
@@ -266,6 +265,7 @@ def test_multithreaded_add_relu_matches_too(shape, monkeypatch):
         common.clear_cache()
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
                          ids=_case_id)

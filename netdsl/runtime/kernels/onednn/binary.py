@@ -72,7 +72,7 @@ def _add_prim(shape, relu: bool):
         d = lib()
         md = plain(shape)
         pd = d.pd("dnnl_binary_primitive_desc_create", d.engine, L.BINARY_ADD, md, md, md,
-                  d.attr(relu=relu))
+                  d.attr("relu" if relu else None))
         return primitive(pd, ("src", "src_1", "dst"))
     return cached(("add_fwd", shape, relu), build)
 

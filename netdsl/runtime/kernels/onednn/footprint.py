@@ -80,6 +80,7 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     elif op == "add":
         # binary.py: a fresh output; each input's gradient is the incoming one itself, or with
         # the fused ReLU the masked one (one array for both), made while dout still lives.
+        relu = act == "relu"
         fp = Footprint(out=out, keep_out=relu, dx=(None,) * len(st.inputs),
                        bwd_tmp=out if relu and training else 0)
     elif op == "mul":   # binary.py: the product; backward is the reference's (both grads)
@@ -167,7 +168,7 @@ def _scratch_need(st, n: int, training: bool) -> int:
     elif op in eltwise.ALG:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
     elif op == "add":
-        need = binary.add_scratch_need(_shape(st, n), relu, training)
+        need = binary.add_scratch_need(_shape(st, n), act == "relu", training)
     else:
         need = 0
     if act and training and op in ("conv", "fc"):   # its backward runs act_backward first
