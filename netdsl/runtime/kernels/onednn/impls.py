@@ -1,7 +1,8 @@
 """Which oneDNN implementation each convolution (and LRN) of a plan runs: the name its primitive
 descriptor reports (``impl_info_str``), for `ONEDNN_VERBOSE`-free checks that no convolution
 falls back to im2col + GEMM (``gemm``) or the reference loops (``ref``) on this host's ISA
-(tests/test_onednn_impls.py runs it natively and capped with ONEDNN_MAX_CPU_ISA=AVX2)."""
+(tests/test_onednn_impls.py and tests/test_onednn_lrn.py run it natively and capped with
+ONEDNN_MAX_CPU_ISA=AVX2)."""
 from __future__ import annotations
 
 from . import conv, lrn
