@@ -50,9 +50,15 @@ INPUT(12x12x3) -> CONV(8, 3) -> SILU -> CONV(8, 3) -> RELU6 -> CONV(8, 3) -> HSW
   -> mul { IDENTITY | GAP(keep=true) -> CONV(8, 1) -> SIGMOID }
   -> CONV(8, 3) -> HSIGMOID -> FC
 """
+# LRN: 16 channels (oneDNN's jit forward; its backward natively, the NumPy one capped to
+# AVX2) and 13 (no oneDNN jit kernel: both passes in NumPy, lrn_numpy.py)
+LRN_NET = """
+INPUT(12x12x3) -> CONV(16, 3) -> RELU -> LRN(5, alpha=1e-2, beta=0.75, k=2) -> MAXPOOL(2)
+  -> CONV(13, 3) -> LRN(5, alpha=0.5, beta=0.6, alpha_over_n=false) -> FC
+"""
 # Nets whose oneDNN steps read or get strided views (the kernels copy them)
 TEXT_NETS = {"strided_grads": STRIDES_NET, "strided_inputs": STRIDED_INPUTS_NET,
-             "mobile_acts": MOBILE_ACTS_NET}
+             "mobile_acts": MOBILE_ACTS_NET, "lrn": LRN_NET}
 
 
 def _executor(name, mode):

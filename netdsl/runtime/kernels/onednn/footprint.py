@@ -69,10 +69,20 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         ws = _asked(st, n, lambda m: pool.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     out, per_example=True)
         fp = Footprint(out=out, cache=ws, dx=(x,))     # max: the argmax workspace (uint8)
-    elif op == "lrn":
+    elif op == "lrn" and training and _asked(
+            st, n, lambda m: int(lrn.backward_on_onednn(st.node.attrs, _shape(st, m))), 1):
+        # oneDNN's backward: the cache keeps the input and the forward's workspace
         ws = _asked(st, n, lambda m: lrn.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     x, per_example=True)
         fp = Footprint(out=out, keep_in=(0,), cache=ws, dx=(x,))
+    elif op == "lrn":
+        # inference (no workspace), or the NumPy backward (lrn_numpy.py): the cache keeps the
+        # input and the output. A NumPy pass's chunk temporaries live through its call.
+        fwd = _asked(st, n, lambda m: int(lrn.forward_on_onednn(st.node.attrs, _shape(st, m))),
+                     1)
+        fp = Footprint(out=out, keep_in=(0,), keep_out=training, dx=(x,),
+                       fwd_tmp=0 if fwd else lrn.numpy_tmp_bytes(_shape(st, n), False),
+                       bwd_tmp=lrn.numpy_tmp_bytes(_shape(st, n), True) if training else 0)
     elif op in ("relu", "tanh", "sigmoid", "relu6"):
         fp = Footprint(out=out, keep_out=True, dx=(x,))
     elif op in eltwise.FROM_INPUT:     # silu, hswish, hsigmoid: backward reads the input

@@ -1,10 +1,11 @@
-"""Which oneDNN implementation each convolution of a plan runs: the name its primitive
+"""Which oneDNN implementation each convolution (and LRN) of a plan runs: the name its primitive
 descriptor reports (``impl_info_str``), for `ONEDNN_VERBOSE`-free checks that no convolution
 falls back to im2col + GEMM (``gemm``) or the reference loops (``ref``) on this host's ISA
-(tests/test_onednn_impls.py runs it natively and capped with ONEDNN_MAX_CPU_ISA=AVX2)."""
+(tests/test_onednn_impls.py and tests/test_onednn_lrn.py run it natively and capped with
+ONEDNN_MAX_CPU_ISA=AVX2)."""
 from __future__ import annotations
 
-from . import conv
+from . import conv, lrn
 from .conv_fc import IP
 from .common import slow_impl
 from .footprint import fused_act
@@ -25,6 +26,16 @@ def conv_impls(plan, n: int, training: bool) -> dict:
             names.pop("backward_data", None)
         out[st.node.name] = names
     return out
+
+
+def lrn_impls(nodes, n: int, training: bool) -> dict:
+    """``{node name: {pass: implementation}}`` for the LRN nodes among ``nodes`` (graph
+    records, e.g. ``[st.node for st in plan if st.provider == "onednn"]``) on a batch of
+    ``n`` (passes: forward, and in training backward): oneDNN's names, or
+    ``numpy:window_sums`` where that pass runs the NumPy kernel because oneDNN's would be
+    ``ref`` (lrn.py)."""
+    return {node.name: lrn.impl_names(node.attrs, (n,) + tuple(node.in_shapes[0]), training)
+            for node in nodes if node.op == "lrn"}
 
 
 def slow(name: str) -> bool:
