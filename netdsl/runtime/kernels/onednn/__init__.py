@@ -43,6 +43,10 @@ def load() -> bool:
     from .eltwise import make
     for name in ("relu", "tanh", "sigmoid", "relu6", "silu", "hswish", "hsigmoid"):
         register_kernel(name, Kernel("onednn", *make(name)))
+    from .concat import ENABLED, concat_backward, concat_forward, concat_supports
+    if ENABLED:
+        register_kernel("concat", Kernel("onednn", concat_forward, concat_backward,
+                                         concat_supports))
     from .binary import mul_backward, mul_forward, mul_supports
     register_kernel("mul", Kernel("onednn", mul_forward, mul_backward, mul_supports))
     from ....layers import lookup

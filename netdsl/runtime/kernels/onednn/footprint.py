@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ....layers import numel
 from ....layers.footprint import Footprint
-from . import conv, dense, eltwise, lrn, norm, pool
+from . import concat, conv, dense, eltwise, lrn, norm, pool
 from .capi import DnnlError, Scratchpad
 
 
@@ -47,6 +47,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     if st.meta.get(RESIDUAL):   # inference: the output is the shortcut's buffer, or a copy
         inplace = st.meta[RESIDUAL]["inplace"]
         return Footprint(out=0 if inplace else out, out_alias=1 if inplace else None)
+    if op == "concat":   # oneDNN reads strided inputs in place; d(inputs): views of dout
+        return Footprint(out=out, dx=(None,) * len(st.inputs))
     if op in ("conv", "fc"):
         # Forward: the output; the cache keeps the input (and the output, the ReLU's mask).
         # Backward: the fused ReLU's masked gradient (eltwise.relu_backward) lives through the
@@ -157,6 +159,8 @@ def _scratch_need(st, n: int, training: bool) -> int:
         need = lrn.plan_sizes(a, _shape(st, n), training)[1]
     elif op in eltwise.ALG:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
+    elif op == "concat":
+        need = concat.scratch_need(st.node.in_shapes, n)
     else:
         need = 0
     if relu and training and op in ("conv", "fc"):   # its backward masks dout on oneDNN first
