@@ -1,7 +1,7 @@
 """Probe: one oneDNN inference convolution on netdsl's NHWC activations against the same
 convolution on the activation layout oneDNN picks itself (``format any`` src/dst) and on a
-on AVX-512, nChw8c on AVX2), weights ``format any`` in both. Interleaved A/B rounds, median
-ms per call; ratios only on a shared machine.
+on AVX-512, nChw8c on AVX2), weights ``format any`` in both. Interleaved rounds; the best round's ms
+per call (the least disturbed by other load); ratios only on a shared machine.
 
     python tests/bench/layout_probe.py [--net inception_small|resnet50|all] [--reps 20]
 
@@ -23,6 +23,10 @@ from netdsl.runtime.kernels.onednn.common import lib, nhwc, primitive
 CASES = {
     "inception_small": [(256, 8, 8, 16, 32, 3, 1, 1), (256, 4, 4, 32, 48, 3, 1, 1),
                         (256, 8, 8, 8, 8, 5, 1, 2), (256, 8, 8, 32, 16, 1, 1, 0)],
+    "cs231n": [(256, 32, 32, 32, 32, 3, 1, 1), (256, 16, 16, 64, 64, 3, 1, 1),
+               (256, 8, 8, 128, 128, 3, 1, 1)],
+    "resnet20": [(256, 32, 32, 16, 16, 3, 1, 1), (256, 16, 16, 32, 32, 3, 1, 1),
+                 (256, 8, 8, 64, 64, 3, 1, 1)],
     "resnet50": [(16, 56, 56, 64, 64, 3, 1, 1), (16, 56, 56, 64, 256, 1, 1, 0),
                  (16, 28, 28, 128, 128, 3, 1, 1), (16, 14, 14, 256, 256, 3, 1, 1),
                  (16, 14, 14, 1024, 256, 1, 1, 0), (16, 7, 7, 512, 512, 3, 1, 1)],
@@ -77,7 +81,7 @@ def main() -> None:
         raise SystemExit("oneDNN not available")
     nets = sorted(CASES) if args.net == "all" else [args.net]
     blk = "16c" if args.block == 16 else "8c"
-    print(f"{'net':16} {'conv':28} {'nhwc':>7} {'any':>7} {'nChw'+blk:>9}  (median ms)  impls; "
+    print(f"{'net':16} {'conv':28} {'nhwc':>7} {'any':>7} {'nChw'+blk:>9}  (best round, ms)  impls; "
           "what 'any' picked")
     for net in nets:
         for case in CASES[net]:
@@ -87,7 +91,7 @@ def main() -> None:
             for _ in range(args.rounds):   # interleaved: all see the same load
                 for r, t in zip(runs, times):
                     t.append(_time(*r, args.reps))
-            med = [statistics.median(t) for t in times]
+            med = [min(t) for t in times]   # the least loaded round
             n, h, w, c, f, k, s, p = case
             desc = f"b{n} {h}x{w} {c}->{f} k{k}s{s}"
             print(f"{net:16} {desc:28} {med[0]:7.3f} {med[1]:7.3f} {med[2]:9.3f}  "

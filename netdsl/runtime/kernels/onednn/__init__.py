@@ -31,7 +31,9 @@ def load() -> bool:
                        conv_supports)
     from .dense import fc_backward, fc_forward, fc_relu_backward, fc_relu_forward, fc_supports
     from .norm import bn_backward, bn_forward, bn_relu_backward, bn_relu_forward, bn_supports
-    from .pool import pool_backward, pool_forward, pool_supports
+    from .pool import (gap_backward, gap_forward, gap_supports, pool_backward, pool_forward,
+                       pool_supports)
+    register_kernel("gap", Kernel("onednn", gap_forward, gap_backward, gap_supports))
     register_kernel("conv", Kernel("onednn", conv_forward, conv_backward, conv_supports,
                                    fused={"relu": (conv_relu_forward, conv_relu_backward)}))
     for name in ("pool", "maxpool", "avgpool"):

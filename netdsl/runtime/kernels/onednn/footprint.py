@@ -67,6 +67,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         ws = _asked(st, n, lambda m: pool.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     out, per_example=True)
         fp = Footprint(out=out, cache=ws, dx=(x,))     # max: the argmax workspace (uint8)
+    elif op == "gap":   # backward is the reference's: dout / (H·W), then spread over the map
+        fp = Footprint(out=out, dx=(x,), bwd_tmp=out)
     elif op == "lrn":
         ws = _asked(st, n, lambda m: lrn.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     x, per_example=True)
@@ -161,6 +163,8 @@ def _scratch_need(st, n: int, training: bool) -> int:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
     elif op == "concat":
         need = concat.scratch_need(st.node.in_shapes, n)
+    elif op == "gap":    # forward only on oneDNN
+        need = pool.plan_sizes(pool.gap_attrs(_shape(st, n)), _shape(st, n), False)[1]
     else:
         need = 0
     if relu and training and op in ("conv", "fc"):   # its backward masks dout on oneDNN first
