@@ -7,8 +7,8 @@ A convolution would run in a layout other than netdsl's NHWC only where that pay
 reorders into and out of it: a *chain* of layers that all want that layout, reorders at its
 ends. A chain of one convolution never pays: measured on every network's first convolution
 (1 or 3 input channels, the only convolutions for which oneDNN 3.2 wants another layout, on
-AVX-512 and capped to AVX2 alike), the convolution alone in its layout was 0.8–1.3× as fast,
-and with its two reorders 1.4–2.8× slower than in NHWC (tests/bench/layout_probe.py,
+AVX-512 and capped to AVX2 alike), the convolution alone in its layout was 0.9–1.6× as fast,
+and with its two reorders 1.2–7× slower than in NHWC (tests/bench/layout_probe.py,
 docs/performance.md). Every other convolution of the networks in nets/ gets NHWC from
 oneDNN itself (its brgconv kernels' layout); forced blocked layouts (nChw16c / nChw8c) run its
 older jit kernels, no faster.
