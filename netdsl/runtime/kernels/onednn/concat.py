@@ -32,7 +32,8 @@ def _md(shape, strides):
     return lib().md_strides((n, c, h, w), (s[0], s[3], s[1], s[2]))
 
 
-def _prim(layouts):
+def _pd(layouts):
+    """The primitive descriptor for inputs of ``layouts`` ((shape, byte strides) each)."""
     def build():
         d = lib()
         n, h, w = layouts[0][0][:3]
@@ -42,8 +43,13 @@ def _prim(layouts):
         # concat along oneDNN's logical dim 1 (channels) of N, C, H, W
         d.call("dnnl_concat_primitive_desc_create", ctypes.byref(pd), d.engine, dst,
                len(layouts), 1, srcs, d.attr())
-        return primitive(pd, tuple(L.multiple_src(i) for i in range(len(layouts))) + ("dst",))
-    return cached(("concat_fwd", layouts), build)
+        return pd
+    return cached(("concat_fwd_pd", layouts), build)
+
+
+def _prim(layouts):
+    return cached(("concat_fwd", layouts), lambda: primitive(
+        _pd(layouts), tuple(L.multiple_src(i) for i in range(len(layouts))) + ("dst",)))
 
 
 def _usable(x) -> bool:
@@ -76,12 +82,11 @@ def concat_supports(attrs, in_shapes, dtype):
 
 def scratch_need(in_shapes, n: int) -> int:
     """Bytes of scratchpad the concat of contiguous inputs of ``in_shapes`` (batch ``n``)
-    needs: what the memory planner plans."""
+    needs: what the memory planner plans (asked of the descriptor; no primitive made)."""
     layouts = []
     for shape in in_shapes:
         full = (n,) + tuple(shape)
         h, w, c = shape
         layouts.append((full, (h * w * c * 4, w * c * 4, c * 4, 4)))
-    d = lib()
     with serial("concat", n * sum(int(np.prod(s)) for s in in_shapes)):
-        return d.scratch_size(_prim(tuple(layouts)).pd)
+        return lib().scratch_size(_pd(tuple(layouts)))
