@@ -303,6 +303,9 @@ def run(args) -> dict:
         pass
     from ..runtime.kernels import onednn
     result["openmp_runtimes"] = onednn.openmp_runtimes()
+    if args.mode == "infer" and any(st.provider == "onednn" for st in ex.plan):
+        from ..runtime.layouts import choose_layouts   # the plan's layout decision, and why
+        result["layouts"] = choose_layouts(ex.plan, batch)
     if version:
         tt = float(np.median(rounds["torch"]))
         ratios = [a / b for a, b in zip(rounds["torch"], rounds["netdsl"])]
@@ -351,6 +354,9 @@ def format_report(r: dict) -> str:
                      f" netdsl / {name} = {p['ratio']:.2f} (rounds {s['min']:.2f}–{s['max']:.2f})")
     for name, why in r.get("skipped", {}).items():
         lines.append(f"{name}: skipped ({why})")
+    if r.get("layouts"):
+        from ..runtime.layouts import describe
+        lines.append(describe(r["layouts"]))
     isa = r.get("host_isa")
     if isa:
         caps = isa.get("caps") or {}

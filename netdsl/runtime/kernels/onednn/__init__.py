@@ -31,7 +31,9 @@ def load() -> bool:
     from .conv import conv_backward, conv_forward, conv_supports
     from .dense import fc_backward, fc_forward, fc_supports
     from .norm import bn_backward, bn_forward, bn_relu_backward, bn_relu_forward, bn_supports
-    from .pool import pool_backward, pool_forward, pool_supports
+    from .pool import (gap_backward, gap_forward, gap_supports, pool_backward, pool_forward,
+                       pool_supports)
+    register_kernel("gap", Kernel("onednn", gap_forward, gap_backward, gap_supports))
     register_kernel("conv", Kernel("onednn", conv_forward, conv_backward, conv_supports,
                                    fused=conv.fused_forms()))
     for name in ("pool", "maxpool", "avgpool"):
@@ -43,6 +45,10 @@ def load() -> bool:
     from .eltwise import make
     for name in ("relu", "tanh", "sigmoid", "relu6", "silu", "hswish", "hsigmoid"):
         register_kernel(name, Kernel("onednn", *make(name)))
+    from .concat import ENABLED, concat_backward, concat_forward, concat_supports
+    if ENABLED:
+        register_kernel("concat", Kernel("onednn", concat_forward, concat_backward,
+                                         concat_supports))
     from .binary import (add_backward, add_forward, add_relu_backward, add_relu_forward,
                          add_supports, mul_backward, mul_forward, mul_supports)
     register_kernel("mul", Kernel("onednn", mul_forward, mul_backward, mul_supports))

@@ -50,6 +50,13 @@ SCRATCHPAD_MODE_USER = 1  # dnnl_scratchpad_mode_user
 ARG = {"scratchpad": 80, "src": 1, "src_1": 2, "dst": 17, "weights": 33, "bias": 41, "mean": 49, "variance": 50,
        "scale": 51, "shift": 52, "workspace": 64, "diff_src": 129, "diff_dst": 145,
        "diff_weights": 161, "diff_bias": 169, "diff_scale": 255, "diff_shift": 256}
+MULTIPLE_SRC, MAX_MULTIPLE_SRC = 1024, 64   # DNNL_ARG_MULTIPLE_SRC + i: a concat's i-th input
+ARG.update({f"src#{i}": MULTIPLE_SRC + i for i in range(MAX_MULTIPLE_SRC)})
+
+
+def multiple_src(i: int) -> str:
+    """The :data:`ARG` name of a concat's ``i``-th input (DNNL_ARG_MULTIPLE_SRC + i)."""
+    return f"src#{i}"
 
 DIMS = ctypes.c_int64 * 12
 VP = ctypes.c_void_p

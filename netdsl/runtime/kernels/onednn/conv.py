@@ -256,6 +256,27 @@ def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
     return names
 
 
+def wanted_layouts(attrs, x_shape, filters, bias, relu) -> tuple[bool, bool, str]:
+    """Ask oneDNN which activation layouts it wants for this inference convolution: created
+    with ``format any`` source and destination (and weights), whether the layouts it picked
+    are netdsl's NHWC (source, destination), and the implementation it chose with them."""
+    geo = _geometry(attrs, x_shape, filters)
+    d = lib()
+    n, c, f = geo["n"], geo["c"], geo["f"]
+
+    def build():
+        _, _, b, _, st, dl, pl, pr, _ = _descs(geo)
+        return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
+                    L.FORWARD_INFERENCE, L.CONV_DIRECT, d.md_any((n, c, geo["h"], geo["w"])),
+                    d.md_any(d_dims(geo)), b if bias else None,
+                    d.md_any((n, f, geo["ho"], geo["wo"])), st, dl, pl, pr, d.attr(relu))
+    with serial("conv", _flops(geo)):
+        pd = cached(("conv_any_pd", relu) + _key(geo, bias), build)
+        return (d.md_equal(d.pd_md(pd, "src"), nhwc(n, geo["h"], geo["w"], c)),
+                d.md_equal(d.pd_md(pd, "dst"), nhwc(n, geo["ho"], geo["wo"], f)),
+                d.impl_name(pd))
+
+
 def d_dims(geo):
     """oneDNN's logical weight dims: (O, I, KH, KW), or (G, O/G, I/G, KH, KW) with groups."""
     kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ....layers import numel
 from ....layers.footprint import Footprint
-from . import binary, conv, dense, eltwise, lrn, norm, pool
+from . import binary, concat, conv, dense, eltwise, lrn, norm, pool
 from .capi import DnnlError, Scratchpad
 
 
@@ -48,6 +48,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     if st.meta.get(RESIDUAL):   # inference: the output is the shortcut's buffer, or a copy
         inplace = st.meta[RESIDUAL]["inplace"]
         return Footprint(out=0 if inplace else out, out_alias=1 if inplace else None)
+    if op == "concat":   # oneDNN reads strided inputs in place; d(inputs): views of dout
+        return Footprint(out=out, dx=(None,) * len(st.inputs))
     if op in ("conv", "fc"):
         # Forward: the output; the cache keeps the input (and the output, from which a fused
         # activation is differentiated). Backward: the activation's gradient
@@ -69,6 +71,8 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         ws = _asked(st, n, lambda m: pool.plan_sizes(st.node.attrs, _shape(st, m), training)[0],
                     out, per_example=True)
         fp = Footprint(out=out, cache=ws, dx=(x,))     # max: the argmax workspace (uint8)
+    elif op == "gap":   # backward is the reference's: dout / (H·W), then spread over the map
+        fp = Footprint(out=out, dx=(x,), bwd_tmp=out)
     elif op == "lrn" and training and _asked(
             st, n, lambda m: int(lrn.backward_on_onednn(st.node.attrs, _shape(st, m))), 1):
         # oneDNN's backward: the cache keeps the input and the forward's workspace
@@ -179,6 +183,10 @@ def _scratch_need(st, n: int, training: bool) -> int:
         need = eltwise.scratch_need(op, _shape(st, n), backward=training)
     elif op == "add":
         need = binary.add_scratch_need(_shape(st, n), act == "relu", training)
+    elif op == "concat":
+        need = concat.scratch_need(st.node.in_shapes, n)
+    elif op == "gap":    # forward only on oneDNN
+        need = pool.plan_sizes(pool.gap_attrs(_shape(st, n)), _shape(st, n), False)[1]
     else:
         need = 0
     if act and training and op in ("conv", "fc"):   # its backward runs act_backward first

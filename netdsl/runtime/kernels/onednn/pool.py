@@ -1,4 +1,5 @@
-"""Max / average pooling on oneDNN (forward and backward, NHWC).
+"""Max / average pooling on oneDNN (forward and backward, NHWC), and global average pooling
+(GAP: forward only, as one average pooling over the whole map).
 
 Max pooling in training keeps oneDNN's workspace (the argmax of each window) for backward.
 Average pooling divides as the reference does (padding counted unless count_include_pad=false).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....layers import get
 from ....layers.base import out_size
 from ....layers.pooling import pool_attrs
 from . import capi as L
@@ -126,3 +128,30 @@ def pool_supports(attrs, in_shapes, dtype):
     h, w = in_shapes[0][:2]
     return all(out_size(n, k, s, p, ceil=True) == out_size(n, k, s, p)
                for n, k, s, p in zip((h, w), a["size"], a["stride"], a["pad"]))
+
+
+def gap_attrs(x_shape) -> dict:
+    """The average pooling that is GAP over maps of ``x_shape`` (N, H, W, C): one window."""
+    h, w = x_shape[1:3]
+    return {"size": (h, w), "stride": (h, w), "pad": 0, "kind": "avg", "ceil": False}
+
+
+def gap_forward(ctx, attrs, params, inputs):
+    """Same contract as the registry's gap forward (the cache is the input's shape). Why:
+    oneDNN's average pooling was 2.4–5× faster than the reference's pairwise sum on the
+    benchmark nets' GAPs (docs/performance.md); its float32 sum of at most a few thousand
+    positions stays within float32 accuracy (tests/test_kernels_onednn.py: against float64)."""
+    x = f32(inputs[0])
+    out, _ = pool_forward(ctx, gap_attrs(x.shape), params, [x])
+    n, c = x.shape[0], x.shape[3]
+    return (out if attrs.get("keep") else out.reshape(n, c)), x.shape
+
+
+def gap_backward(ctx, attrs, params, cache, dout):
+    """The registry's backward: the mean's gradient spread over the map."""
+    return get("gap").backward(ctx, attrs, params, cache, dout)
+
+
+def gap_supports(attrs, in_shapes, dtype):
+    """float32 maps."""
+    return is_f32(dtype) and len(in_shapes[0]) == 3
