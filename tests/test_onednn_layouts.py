@@ -84,7 +84,7 @@ def test_a_chain_wanting_another_layout_is_found(monkeypatch):
     layout for all three, they form one chain; with the middle one wanting NHWC, none."""
     from netdsl.compile.compiler import compile_text
     from netdsl.runtime.executor import Executor
-    from netdsl.runtime.kernels.onednn import conv
+    from netdsl.runtime.kernels.onednn import conv_geometry as conv
     from netdsl.runtime.layouts import choose_layouts, describe
     text = ("net chain\nINPUT(8x8x16) -> CONV(16, 3) -> RELU -> CONV(16, 3) -> MAXPOOL(2)"
             " -> CONV(16, 3) -> GAP -> FC(3)\n")
@@ -95,7 +95,7 @@ def test_a_chain_wanting_another_layout_is_found(monkeypatch):
 
     def answers(*nhwc):   # what the made-up oneDNN says for the three convs, in plan order
         it = iter(nhwc)
-        return lambda attrs, x_shape, filters, bias, relu: (next(it),) * 2 + ("jit:fake",)
+        return lambda attrs, x_shape, filters, bias, act: (next(it),) * 2 + ("jit:fake",)
     monkeypatch.setattr(conv, "wanted_layouts", answers(False, False, False))
     s = choose_layouts(plan, 2)
     assert s["chains"] == [names] and s["other_wanted"] == names

@@ -32,12 +32,12 @@ KEEP = ("relu", "pool", "maxpool", "avgpool", "batchnorm")
 
 
 def _wants(st: Step, n: int):
-    from .kernels.onednn.conv import wanted_layouts
-    from .kernels.onednn.footprint import RESIDUAL, fused_relu
-    relu = fused_relu(st) or bool((st.meta.get(RESIDUAL) or {}).get("relu"))
+    from .kernels.onednn.conv_geometry import wanted_layouts
+    from .kernels.onednn.footprint import RESIDUAL, fused_act
+    act = fused_act(st) or ("relu" if (st.meta.get(RESIDUAL) or {}).get("relu") else None)
     src, dst, impl = wanted_layouts(st.node.attrs, (n,) + tuple(st.node.in_shapes[0]),
                                     st.node.out_shapes[0][-1], bool(st.node.attrs.get("bias")),
-                                    relu)
+                                    act)
     return ("nhwc" if src else "other", "nhwc" if dst else "other"), impl
 
 

@@ -12,58 +12,24 @@ import os
 
 import numpy as np
 
-from ....layers.geometry import PAIR_ARGS, conv_padding
-from ....layers.structure import pair_attrs
 from . import capi as L
 from .choices import few_channels, jit_few
-from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
+from .common import cached, f32, is_f32, lib, primitive, serial, slow_impl
 from . import conv_dst, conv_fc, eltwise
 from .eltwise import fused_pair
+from .conv_geometry import cache_key, d_dims, descs, flops, geometry, weights_md
 from .packs import PACKS
 from .packs import held_bytes as pack_held_bytes
 
 
-def _geometry(attrs, x_shape, filters):
-    a = pair_attrs(attrs, PAIR_ARGS)
-    n, h, w, c = x_shape
-    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
-    ph, pw = conv_padding(a)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    # oneDNN wants the right/bottom padding that makes its size rule exact (it may be
-    # smaller than the left one when the stride leaves pixels over), and 0-based dilation.
-    pr = ((ho - 1) * sh + dh * (kh - 1) + 1 - h - ph, (wo - 1) * sw + dw * (kw - 1) + 1 - w - pw)
-    return dict(n=n, h=h, w=w, c=c, f=filters, kh=kh, kw=kw, ho=ho, wo=wo, g=a["groups"],
-                strides=(sh, sw), dil=(dh - 1, dw - 1), pl=(ph, pw), pr=pr)
-
-
-def _weights_md(geo):
-    kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]
-    cg, fg = c // g, f // g
-    if g == 1:  # logical (O, I, KH, KW) over memory (KH, KW, I, O)
-        return lib().md_strides((f, c, kh, kw), (1, f, kw * cg * f, cg * f))
-    return lib().md_strides((g, fg, cg, kh, kw), (fg, 1, f, kw * cg * f, cg * f))
-
-
-def _descs(geo):
-    d = lib()
-    return (nhwc(geo["n"], geo["h"], geo["w"], geo["c"]), _weights_md(geo), plain((geo["f"],)),
-            nhwc(geo["n"], geo["ho"], geo["wo"], geo["f"]),
-            L.dims(geo["strides"]), L.dims(geo["dil"]), L.dims(geo["pl"]), L.dims(geo["pr"]), d)
-
-
-def _key(geo, bias):
-    return tuple(sorted(geo.items())), bias
-
-
 def _fwd_pd(geo, bias, act=None, training=True, plain_weights=False, add=False):
     def create():
-        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
+        src, wei, b, dst, st, dl, pl, pr, d = descs(geo)
         prop = L.FORWARD_TRAINING if training else L.FORWARD_INFERENCE
         return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine, prop,
                     L.CONV_DIRECT, src, wei if plain_weights else d.md_any(d_dims(geo)),
                     b if bias else None, dst, st, dl, pl, pr, d.attr(act, add))
-    return cached(("conv_fwd_pd", act, training, plain_weights, add) + _key(geo, bias),
+    return cached(("conv_fwd_pd", act, training, plain_weights, add) + cache_key(geo, bias),
                   lambda: create() if plain_weights else few_channels(geo, create))
 
 
@@ -101,7 +67,7 @@ class _Forward(_WithReorder):
 
     def __init__(self, geo, bias, act, training, add=False):
         d = lib()
-        self.key = ("conv_fwd", act, training, add) + _key(geo, bias)
+        self.key = ("conv_fwd", act, training, add) + cache_key(geo, bias)
         # the fused activation: a post-op of the primitive, or (:attr:`apart`) an in-place
         # eltwise call after it (eltwise.post_op_pays)
         post = act if act is None or eltwise.post_op_pays(act, geo["f"] // geo["g"]) else None
@@ -116,10 +82,10 @@ class _Forward(_WithReorder):
         if self.pd is None:
             self.pd = _fwd_pd(geo, bias, post, training, add=add)
         found = None if post or add else conv_dst.choose(
-            geo, d.impl_name(self.pd), _descs(geo), d_dims(geo), bias, training)
+            geo, d.impl_name(self.pd), descs(geo), d_dims(geo), bias, training)
         self.pd, self.dst = found or (self.pd, None)   # dst: a blocked destination (conv_dst)
         self.args = ("src", "weights", "bias", "dst") if bias else ("src", "weights", "dst")
-        plain_md = _weights_md(geo)
+        plain_md = weights_md(geo)
         self.md = d.pd_md(self.pd, "weights")
         self.nbytes = 0 if d.md_equal(self.md, plain_md) else d.md_size(self.md)
         self.reorder_pd = d.reorder_pd(plain_md, self.md) if self.nbytes else None
@@ -142,7 +108,7 @@ class _Forward(_WithReorder):
 
 
 def _fwd(geo, bias, act=None, training=True, add=False) -> _Forward:
-    return cached(("conv_fwd", act, training, add) + _key(geo, bias),
+    return cached(("conv_fwd", act, training, add) + cache_key(geo, bias),
                   lambda: _Forward(geo, bias, act, training, add))
 
 
@@ -191,23 +157,23 @@ class _Blocked(_WithReorder):
 
 def _bwd_data(geo, bias):
     def build():
-        src, wei, _, dst, st, dl, pl, pr, d = _descs(geo)
+        src, wei, _, dst, st, dl, pl, pr, d = descs(geo)
         pd = few_channels(geo, lambda: d.pd(
             "dnnl_convolution_backward_data_primitive_desc_create", d.engine, L.CONV_DIRECT,
             src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr, _fwd_pd(geo, bias), d.attr()))
         return _Blocked(pd, ("diff_dst", "weights", "diff_src"), "weights", wei)
-    return cached(("conv_bwd_data",) + _key(geo, bias), build)
+    return cached(("conv_bwd_data",) + cache_key(geo, bias), build)
 
 
 def _bwd_weights(geo, bias):
     def build():
-        src, wei, b, dst, st, dl, pl, pr, d = _descs(geo)
+        src, wei, b, dst, st, dl, pl, pr, d = descs(geo)
         pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
                   L.CONV_DIRECT, src, d.md_any(d_dims(geo)), b if bias else None, dst, st,
                   dl, pl, pr, _fwd_pd(geo, bias), d.attr())
         args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
         return _Blocked(pd, args, "diff_weights", wei)
-    return cached(("conv_bwd_weights",) + _key(geo, bias), build)
+    return cached(("conv_bwd_weights",) + cache_key(geo, bias), build)
 
 
 def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) -> int:
@@ -216,11 +182,11 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
     descriptors as the kernels, in the same thread setting, so the sizes are the ones that
     run; creates no primitive. ``act``: the fused activation (of capi.ACTIVATIONS) or
     None."""
-    geo = _geometry(attrs, x_shape, filters)
+    geo = geometry(attrs, x_shape, filters)
     lib()   # the library loaded (or a clear error) before any descriptor is asked
     if conv_fc.covers_input(geo):
         return conv_fc.scratch_need(geo, bias, act, training, input_grad)
-    with serial("conv", _flops(geo)):
+    with serial("conv", flops(geo)):
         fwd = _fwd(geo, bias, act, training)
         need = fwd.scratch
         if training:
@@ -233,10 +199,10 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
 def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
     """Bytes the blocked copy of one conv layer's weights holds across steps (packs.py; 0
     when oneDNN reads netdsl's layout): what the memory planner adds for it."""
-    geo = _geometry(attrs, x_shape, filters)
+    geo = geometry(attrs, x_shape, filters)
     if conv_fc.covers_input(geo):
         return 0
-    with serial("conv", _flops(geo)):
+    with serial("conv", flops(geo)):
         fwd = _fwd(geo, bias, act, training)
     return pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
 
@@ -244,49 +210,16 @@ def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
 def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
     """The implementation oneDNN chose for each primitive of one conv layer (the primitive
     descriptors' ``impl_info_str``, e.g. ``brg:avx2`` or ``jit:avx512_core``), by pass."""
-    geo = _geometry(attrs, x_shape, filters)
+    geo = geometry(attrs, x_shape, filters)
     if conv_fc.covers_input(geo):
         return conv_fc.impl_names(geo, bias, act, training)
     d = lib()
-    with serial("conv", _flops(geo)):
+    with serial("conv", flops(geo)):
         names = {"forward": d.impl_name(_fwd(geo, bias, act, training).pd)}
         if training:
             names["backward_data"] = d.impl_name(_bwd_data(geo, bias).pd)
             names["backward_weights"] = d.impl_name(_bwd_weights(geo, bias).pd)
     return names
-
-
-def wanted_layouts(attrs, x_shape, filters, bias, relu) -> tuple[bool, bool, str]:
-    """Ask oneDNN which activation layouts it wants for this inference convolution: created
-    with ``format any`` source and destination (and weights), whether the layouts it picked
-    are netdsl's NHWC (source, destination), and the implementation it chose with them."""
-    geo = _geometry(attrs, x_shape, filters)
-    d = lib()
-    n, c, f = geo["n"], geo["c"], geo["f"]
-
-    def build():
-        _, _, b, _, st, dl, pl, pr, _ = _descs(geo)
-        return d.pd("dnnl_convolution_forward_primitive_desc_create", d.engine,
-                    L.FORWARD_INFERENCE, L.CONV_DIRECT, d.md_any((n, c, geo["h"], geo["w"])),
-                    d.md_any(d_dims(geo)), b if bias else None,
-                    d.md_any((n, f, geo["ho"], geo["wo"])), st, dl, pl, pr, d.attr(relu))
-    with serial("conv", _flops(geo)):
-        pd = cached(("conv_any_pd", relu) + _key(geo, bias), build)
-        return (d.md_equal(d.pd_md(pd, "src"), nhwc(n, geo["h"], geo["w"], c)),
-                d.md_equal(d.pd_md(pd, "dst"), nhwc(n, geo["ho"], geo["wo"], f)),
-                d.impl_name(pd))
-
-
-def d_dims(geo):
-    """oneDNN's logical weight dims: (O, I, KH, KW), or (G, O/G, I/G, KH, KW) with groups."""
-    kh, kw, c, f, g = geo["kh"], geo["kw"], geo["c"], geo["f"], geo["g"]
-    return (f, c, kh, kw) if g == 1 else (g, f // g, c // g, kh, kw)
-
-
-def _flops(geo) -> int:
-    """2 × multiply-adds of one pass (forward, backward-data and backward-weights alike)."""
-    return (2 * geo["n"] * geo["ho"] * geo["wo"] * geo["f"] * geo["kh"] * geo["kw"]
-            * (geo["c"] // geo["g"]))
 
 
 def conv_forward(ctx, attrs, params, inputs, act=None):
@@ -295,7 +228,7 @@ def conv_forward(ctx, attrs, params, inputs, act=None):
     an activation (of capi.ACTIVATIONS) applied to the output (see :func:`fused_forms`)."""
     x = f32(inputs[0])
     weight = params["weight"]
-    geo = _geometry(attrs, x.shape, weight.shape[3])
+    geo = geometry(attrs, x.shape, weight.shape[3])
     if conv_fc.covers_input(geo):     # one window: a matrix product (conv_fc.py)
         return conv_fc.forward(ctx, params, x, geo, act)
     out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
@@ -309,7 +242,7 @@ def _run_forward(geo, params, x, out, act, training: bool, add: bool = False):
     repacked once here (backward-data reuses the pack where it can); inference: the pack made
     at the first batch."""
     bias = "bias" in params
-    with serial("conv", _flops(geo)):
+    with serial("conv", flops(geo)):
         fwd = _fwd(geo, bias, act, training, add=add)
         prim, _ = fwd.prims()
         w = fwd.weights(params["weight"], refresh=training)     # (packed before the
@@ -331,7 +264,7 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
                            "use the training executor")
     x, short = f32(inputs[0]), inputs[1]
     weight = params["weight"]
-    geo = _geometry(attrs, x.shape, weight.shape[3])
+    geo = geometry(attrs, x.shape, weight.shape[3])
     shape = (geo["n"], geo["ho"], geo["wo"], geo["f"])
     if inplace and _writable_f32(short, shape):
         out = short
@@ -350,16 +283,16 @@ def _writable_f32(a, shape) -> bool:
 def conv_add_impl(attrs, x_shape, filters, bias, relu) -> str:
     """The implementation oneDNN chose for the fused conv + residual add (+ ReLU) of
     :func:`conv_add_forward` (``impl_info_str``)."""
-    geo = _geometry(attrs, x_shape, filters)
-    with serial("conv", _flops(geo)):
+    geo = geometry(attrs, x_shape, filters)
+    with serial("conv", flops(geo)):
         return lib().impl_name(_fwd(geo, bias, "relu" if relu else None, False, add=True).pd)
 
 
 def conv_add_scratch(attrs, x_shape, filters, bias, relu) -> tuple[int, int]:
     """(scratchpad bytes, blocked weight copy bytes) of the fused conv + add: what the memory
     planner plans for it (as :func:`scratch_need` and :func:`pack_bytes` for a plain conv)."""
-    geo = _geometry(attrs, x_shape, filters)
-    with serial("conv", _flops(geo)):
+    geo = geometry(attrs, x_shape, filters)
+    with serial("conv", flops(geo)):
         fwd = _fwd(geo, bias, "relu" if relu else None, False, add=True)
     return fwd.scratch, pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
 
@@ -377,7 +310,7 @@ def conv_backward(ctx, attrs, params, cache, dout):
     if cache[0] is conv_fc.IP:
         return conv_fc.backward(ctx, params, cache, dout)
     x, geo, fwd, w = cache
-    with serial("conv", _flops(geo)):
+    with serial("conv", flops(geo)):
         return _conv_backward(ctx, params, x, geo, fwd, w, dout)
 
 
