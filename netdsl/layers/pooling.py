@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..core.errors import ShapeError
 from ..core.workspace import split_rows
-from .base import AUTO, Arg, LayerSpec, out_size, register
+from .base import AUTO, Arg, LayerSpec, fresh, out_size, register
 from .reduce import sum_rows
 from .structure import pair_attrs, require_spatial
 from . import naive
@@ -128,7 +128,7 @@ def pool_forward(ctx, attrs, params, inputs):
         return out, (x.shape, divisor)
     xpad = _pad_to(xp, x, pad, ext, -xp.inf)
     windows = [xpad[:, rows, cols, :] for rows, cols in _offsets(size, stride, (ho, wo))]
-    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
+    out = fresh(ctx, (n, ho, wo, c), x.dtype)
     switches = xp.empty(out.shape, dtype=xp.uint8 if len(windows) < 256 else xp.int32)
 
     def images(i, j):   # the images i:j (split over the worker threads when large)

@@ -15,13 +15,27 @@ tightest layout, O(n²) comparisons, ~0.2 s at the limit); beyond it by a sweep 
 have at most a few hundred buffers."""
 
 
-def layout_arena(s) -> tuple[int, dict]:
+def layout_arena(s, only=None, align: int = 1) -> tuple[int, dict]:
     """An offset for every buffer of the simulation ``s`` (``size``, ``born``, ``died`` by
     buffer; ``t``: the step count, the death of buffers still alive at the end) such that buffers
-    alive at the same step never share bytes, and the arena's size: (size, {buffer: offset})."""
+    alive at the same step never share bytes, and the arena's size: (size, {buffer: offset}).
+    ``only``: lay out just these buffers; ``align``: every size rounded up to a multiple of it
+    (the executor's arena starts each buffer on a cache line, as a fresh array would)."""
+    if only is not None or align > 1:
+        keep = s.size if only is None else only
+        s = _Subset({b: -(-s.size[b] // align) * align for b in keep},
+                    {b: s.born[b] for b in keep}, {b: s.died[b] for b in keep if b in s.died},
+                    s.t)
     if len(s.size) <= EXACT_ARENA_BUFFERS:
         return arena_by_size(s)
     return arena_by_time(s)
+
+
+class _Subset:
+    """Some buffers of a simulation: what :func:`layout_arena` reads of one."""
+
+    def __init__(self, size, born, died, t):
+        self.size, self.born, self.died, self.t = size, born, died, t
 
 
 def arena_by_size(s) -> tuple[int, dict]:

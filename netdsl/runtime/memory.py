@@ -67,6 +67,8 @@ class MemoryPlan:
     held: int = 0                # bytes held across steps on purpose (part of peak)
     scratch: int = 0             # of which the NumPy executor's Scratch region
     offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
+    carved: int = 0              # bytes: the executor's arena (runtime/carve.py)
+    slots: dict = field(default_factory=dict)     # (step, role) -> (offset, bytes) in it
 
 
 class _Sim:
@@ -125,6 +127,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
     remaining = [st.consumers for st in plan]
     heads = [i for i, st in enumerate(plan) if st.spec.role == "loss"]
     logits_at = _logits_index(plan, heads)
+    roles: dict = {}   # (step, role) -> buffer: what the executor carves from its arena
 
     def port(j, p):
         return value[j][p] if fps[j].outs else value[j]
@@ -140,6 +143,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         else:
             value[i] = s.new(fp.out)
             s.ref(value[i])
+            if value[i] is not None and i != logits_at and st.spec.role != "loss":
+                roles[(i, "out")] = value[i]   # not what forward returns to the caller
         own = s.new(fp.cache)
         s.touch(fp.fwd_tmp, f"forward {st.node.name}")
         mine = value[i] if fp.outs else [value[i]]
@@ -162,7 +167,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
     if not training:
         arena, offsets = layout_arena(s)
         return MemoryPlan(s.peak + persistent + region, arena, s.at, 0,
-                          held=persistent + region, scratch=region, offsets=offsets)
+                          held=persistent + region, scratch=region, offsets=offsets,
+                          **_carve(s, roles))
     kept = s.live
     dout = [None] * len(plan)
     grads = 0
@@ -184,6 +190,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         grads += pgrad
         s.new(pgrad)                                     # kept: the step's result
         fresh = [s.new(d) if d else None for d in (fp.dx or ())]
+        roles.update(((i, f"dx{k}"), b) for k, b in enumerate(fresh) if b is not None)
         s.touch(fp.bwd_tmp, f"backward {st.node.name}")
         for b in cache[i]:
             s.unref(b)
@@ -196,11 +203,14 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         # (run_backward let it go), not while the fan-out sums below are made.
         s.unref(dout[i])
         dout[i] = None
-        for j, g in got:
+        for k, ((j, port), (_, g)) in enumerate(zip(st.inputs, got)):
             if g is None:
                 continue
             if dout[j] is not None:                      # fan-out: a + b into a new buffer
-                total = s.new(s.size[g])
+                # of the tensor's size (a gradient may be a view of a larger, padded one)
+                total = s.new(batch * numel(plan[j].node.out_shapes[port]) * itemsize)
+                if not fps[j].outs:
+                    roles[(i, f"sum{k}")] = total
                 s.touch(0, f"backward {st.node.name}")
                 s.ref(total)
                 s.unref(dout[j])
@@ -209,7 +219,21 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
             dout[j] = g
     arena, offsets = layout_arena(s)
     return MemoryPlan(s.peak + persistent + region, arena, s.at, grads, kept,
-                      held=persistent + region, scratch=region, offsets=offsets)
+                      held=persistent + region, scratch=region, offsets=offsets,
+                      **_carve(s, roles))
+
+
+CARVE_ALIGN = 64
+"""Bytes: each buffer the executor carves starts on a cache line, as a fresh array would."""
+
+
+def _carve(s, roles: dict) -> dict:
+    """The executor's arena (MemoryPlan ``carved`` and ``slots``): the outputs, fresh input
+    gradients and fan-out sums of the steps, laid out by their lifetimes alone. Caches and
+    parameter gradients stay fresh arrays: the caller keeps the gradients past the step."""
+    size, offsets = layout_arena(s, only=set(roles.values()), align=CARVE_ALIGN)
+    return {"carved": size,
+            "slots": {key: (offsets[b], s.size[b]) for key, b in roles.items()}}
 
 
 def _logits_index(plan, heads) -> int | None:

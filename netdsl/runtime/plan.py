@@ -189,17 +189,28 @@ def _split_rows(ctx, like, fn) -> None:
     workspace.split_rows(ctx.xp, like.shape[0], like.nbytes, fn)
 
 
-def add_input_grads(plan, douts: list, st, dins) -> None:
+def add_input_grads(plan, douts: list, st, dins, arena=None) -> None:
     """Add a step's input gradients ``dins`` into ``douts`` (one slot per step, a tuple per
     port for a step with several outputs), summing where a tensor fans out to several readers
-    (out of place: a layer may hand the same array to several inputs)."""
-    for (j, port), d in zip(st.inputs, dins):
+    (out of place: a layer may hand the same array to several inputs; into the executor's
+    ``arena`` buffer "sum<k>" where the memory planner placed one)."""
+    for k, ((j, port), d) in enumerate(zip(st.inputs, dins)):
         if d is None:
             continue
         if plan[j].spec.outputs == 1:
-            douts[j] = d if douts[j] is None else douts[j] + d
+            douts[j] = d if douts[j] is None else _sum(douts[j], d, arena, k)
         else:
             slot = list(douts[j]) if douts[j] is not None else \
                 [None] * len(plan[j].node.out_shapes)
             slot[port] = d if slot[port] is None else slot[port] + d
             douts[j] = tuple(slot)
+
+
+def _sum(a, b, arena, k: int):
+    """a + b, into the arena's buffer for the step's input ``k`` when there is one."""
+    out = arena.take(f"sum{k}", a.shape, a.dtype) \
+        if arena is not None and a.shape == b.shape and a.dtype == b.dtype else None
+    if out is None:
+        return a + b
+    import numpy as np   # the arena exists on NumPy executors only
+    return np.add(a, b, out=out)   # the same values as a + b (one rounding)

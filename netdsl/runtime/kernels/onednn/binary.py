@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....layers import get
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
 
@@ -48,7 +49,7 @@ def mul_forward(ctx, attrs, params, inputs):
     else:
         x, g = (a, b) if _b_is_gate(a.shape, b.shape) else (b, a)
         shape, gate = x.shape, True
-    out = np.empty_like(x)
+    out = fresh(ctx, x.shape, np.float32)
     with serial("mul", x.size):
         _prim(shape, gate)(x, g, out)
     return out, (a, b)

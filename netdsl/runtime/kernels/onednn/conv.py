@@ -14,6 +14,7 @@ import numpy as np
 
 from ....layers.geometry import PAIR_ARGS, conv_padding
 from ....layers.structure import pair_attrs
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial, slow_impl
 from .packs import PACKS
@@ -251,7 +252,7 @@ def conv_forward(ctx, attrs, params, inputs, relu=False):
     x = f32(inputs[0])
     weight = params["weight"]
     geo = _geometry(attrs, x.shape, weight.shape[3])
-    out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
+    out = fresh(ctx, (geo["n"], geo["ho"], geo["wo"], geo["f"]), np.float32)
     fwd, w = _run_forward(geo, params, x, out, relu, bool(ctx.training))
     return out, (x, geo, fwd, w)
 
@@ -286,7 +287,7 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
     if inplace and _writable_f32(short, shape):
         out = short
     else:   # the plan's in-place decision does not hold for this array: a fresh copy
-        out = np.empty(shape, dtype=np.float32)
+        out = fresh(ctx, shape, np.float32)
         np.copyto(out, short)
     _run_forward(geo, params, x, out, relu, False, add=True)
     return out, None
@@ -352,7 +353,7 @@ def _conv_backward(ctx, params, x, geo, fwd, packed, dout):
     del dw
     if not ctx.input_grad:
         return [None], grads
-    dx = np.empty(x.shape, dtype=np.float32)
+    dx = fresh(ctx, x.shape, np.float32, "dx0")
     bd = _bwd_data(geo, bias)
     prim, reorder = bd.prims()
     if bd.reads(fwd):        # the forward's blocked copy of this step's weights

@@ -1,0 +1,93 @@
+"""The executor's arena: one preallocated region from which the long-lived arrays of a step
+are carved at the memory planner's offsets.
+
+Why: a training step allocates every activation, input gradient and fan-out sum anew; glibc
+recycles the freed blocks (workspace.keep_freed_memory), but each is still a malloc, a free
+and, when the recycled block moved, cold pages. The planner (runtime/memory.py) already knows
+each buffer's size and lifetime and lays them out (``MemoryPlan.slots``: (step, role) ->
+(offset, bytes)); the executor backs the kernels' :func:`netdsl.layers.fresh` with views of one
+region at those offsets, so that a steady-state step allocates none of them.
+
+Which arrays: a step's single output ("out"; not the main head's input, which forward returns
+to the caller, nor a loss), the fresh gradient of its input k ("dx<k>"), and the sum of
+gradients reaching a tensor read by several layers ("sum<k>": made by the step reading it
+through input k). Caches and parameter gradients stay fresh arrays (the optimizer and data
+parallel all-reduce hold the gradients past the step). A kernel that asks for a size the
+planner did not plan (or asks twice) gets a fresh array: the arena is an optimisation, never a
+condition. NumPy executors only; ``NETDSL_ARENA=0`` switches it off (for A/B measurements).
+
+RULE the plan relies on: a carved array is read only during the lifetime the planner gave its
+buffer (the footprint rules say what caches keep). The next step overwrites the region, so an
+array a caller keeps across steps must not come from it (hence the logits and losses).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..core.workspace import aligned_empty, current_window, register
+
+
+ENABLED = os.environ.get("NETDSL_ARENA", "1") != "0"
+"""Whether NumPy executors carve from an arena (``NETDSL_ARENA=0``: every array fresh)."""
+
+
+class Carver:
+    """The arena of one executor's plan: layouts per (batch, training) made on first use by
+    the memory planner, one region as large as the largest of them (held across steps and
+    counted by ``workspace.held_bytes``), and the slots of the step running now."""
+
+    def __init__(self, plan, itemsize: int):
+        self.plan, self.itemsize = plan, itemsize
+        self.layouts: dict = {}     # (batch, training) -> {step: {role: (offset, bytes)}}
+        self.region = np.empty(0, dtype=np.uint8)
+        self.slots: dict = {}       # the current layout
+        self.open: dict = {}        # roles of the current step not yet taken
+        self._used_in = 0
+        register(self)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the region holds now."""
+        return int(self.region.nbytes)
+
+    def used_bytes(self, window: int) -> int:
+        """The region's bytes if a step used it in ``window`` (workspace.held_bytes_used)."""
+        return self.nbytes if self._used_in == window else 0
+
+    def start(self, batch: int, training: bool) -> "Carver":
+        """Take the layout for a pass over a batch of ``batch`` (``training``: forward with
+        caches then backward; else forward alone), planning it the first time."""
+        key = (int(batch), bool(training))
+        if key not in self.layouts:
+            from .memory import plan_memory
+            mp = plan_memory(self.plan, key[0], itemsize=self.itemsize, training=key[1])
+            by_step: dict = {}
+            for (i, role), slot in mp.slots.items():
+                by_step.setdefault(i, {})[role] = slot
+            self.layouts[key] = (mp.carved, by_step)
+            if mp.carved > self.region.nbytes:
+                self.region = None   # the old region goes before the larger one is made
+                self.region = aligned_empty(np, mp.carved)
+        self.slots = self.layouts[key][1]
+        self._used_in = current_window()
+        return self
+
+    def at(self, i: int) -> None:
+        """Step ``i`` of the plan runs next (forward or backward)."""
+        self.open = dict(self.slots.get(i, ()))
+
+    def take(self, role: str, shape, dtype):
+        """A view of the region for ``role`` of the current step, or None when the planner
+        placed no buffer of exactly this size there (or it was taken already)."""
+        slot = self.open.pop(role, None)
+        if slot is None:
+            return None
+        off, nbytes = slot
+        dtype = np.dtype(dtype)
+        shape = tuple(int(d) for d in shape)
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
+            return None
+        return self.region[off:off + nbytes].view(dtype).reshape(shape)
+
