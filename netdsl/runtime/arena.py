@@ -15,27 +15,30 @@ tightest layout, O(n²) comparisons, ~0.2 s at the limit); beyond it by a sweep 
 have at most a few hundred buffers."""
 
 
-def layout_arena(s, only=None, align: int = 1) -> tuple[int, dict]:
+def layout_arena(s) -> tuple[int, dict]:
     """An offset for every buffer of the simulation ``s`` (``size``, ``born``, ``died`` by
     buffer; ``t``: the step count, the death of buffers still alive at the end) such that buffers
-    alive at the same step never share bytes, and the arena's size: (size, {buffer: offset}).
-    ``only``: lay out just these buffers; ``align``: every size rounded up to a multiple of it
-    (the executor's arena starts each buffer on a cache line, as a fresh array would)."""
-    if only is not None or align > 1:
-        keep = s.size if only is None else only
-        s = _Subset({b: -(-s.size[b] // align) * align for b in keep},
-                    {b: s.born[b] for b in keep}, {b: s.died[b] for b in keep if b in s.died},
-                    s.t)
+    alive at the same step never share bytes, and the arena's size: (size, {buffer: offset})."""
     if len(s.size) <= EXACT_ARENA_BUFFERS:
         return arena_by_size(s)
     return arena_by_time(s)
 
 
-class _Subset:
-    """Some buffers of a simulation: what :func:`layout_arena` reads of one."""
+class _Lifetimes:
+    """Buffers by key: what :func:`layout_arena` reads of a simulation."""
 
     def __init__(self, size, born, died, t):
         self.size, self.born, self.died, self.t = size, born, died, t
+
+
+def layout_slots(slots: dict, t: int, keys=None, align: int = 64) -> tuple[int, dict]:
+    """:func:`layout_arena` of the buffers ``slots`` ({key: (bytes, born, died)}, ``t`` the
+    step count), of those in ``keys`` only when given, each size rounded up to ``align`` (the
+    executor's arena starts each buffer on a cache line, as a fresh array would)."""
+    keys = slots if keys is None else [k for k in keys if k in slots]
+    s = _Lifetimes({k: -(-slots[k][0] // align) * align for k in keys},
+                   {k: slots[k][1] for k in keys}, {k: slots[k][2] for k in keys}, t)
+    return layout_arena(s)
 
 
 def arena_by_size(s) -> tuple[int, dict]:

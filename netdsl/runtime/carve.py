@@ -22,28 +22,30 @@ array a caller keeps across steps must not come from it (hence the logits and lo
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..core.workspace import aligned_empty, current_window, register
-
-
-ENABLED = os.environ.get("NETDSL_ARENA", "1") != "0"
-"""Whether NumPy executors carve from an arena (``NETDSL_ARENA=0``: every array fresh)."""
+from .arena import layout_slots
+from .carving import ENABLED  # noqa: F401  (the switch, read by the executor)
 
 
 class Carver:
-    """The arena of one executor's plan: layouts per (batch, training) made on first use by
-    the memory planner, one region as large as the largest of them (held across steps and
-    counted by ``workspace.held_bytes``), and the slots of the step running now."""
+    """The arena of one executor's plan: a layout per (batch, training), one region as large as
+    the largest of them (held across steps and counted by ``workspace.held_bytes``), and the
+    slots of the step running now.
+
+    A layout is made in two goes: the first pass of its kind runs on every buffer the planner
+    offers (MemoryPlan.slots); :meth:`finish` then lays out again only the ones the kernels took,
+    so that a buffer a kernel allocates itself (a padded gradient, a layer without the hook) is
+    not also reserved in the arena."""
 
     def __init__(self, plan, itemsize: int):
         self.plan, self.itemsize = plan, itemsize
-        self.layouts: dict = {}     # (batch, training) -> {step: {role: (offset, bytes)}}
+        self.layouts: dict = {}     # (batch, training) -> _Layout
         self.region = np.empty(0, dtype=np.uint8)
-        self.slots: dict = {}       # the current layout
+        self.layout = None          # the current pass's
         self.open: dict = {}        # roles of the current step not yet taken
+        self.step = -1
         self._used_in = 0
         register(self)
 
@@ -63,20 +65,16 @@ class Carver:
         if key not in self.layouts:
             from .memory import plan_memory
             mp = plan_memory(self.plan, key[0], itemsize=self.itemsize, training=key[1])
-            by_step: dict = {}
-            for (i, role), slot in mp.slots.items():
-                by_step.setdefault(i, {})[role] = slot
-            self.layouts[key] = (mp.carved, by_step)
-            if mp.carved > self.region.nbytes:
-                self.region = None   # the old region goes before the larger one is made
-                self.region = aligned_empty(np, mp.carved)
-        self.slots = self.layouts[key][1]
+            self.layouts[key] = _Layout(mp.slots, mp.steps)
+        self.layout = self.layouts[key]
+        self._fit()
         self._used_in = current_window()
         return self
 
     def at(self, i: int) -> None:
         """Step ``i`` of the plan runs next (forward or backward)."""
-        self.open = dict(self.slots.get(i, ()))
+        self.step = i
+        self.open = dict(self.layout.by_step.get(i, ()))
 
     def take(self, role: str, shape, dtype):
         """A view of the region for ``role`` of the current step, or None when the planner
@@ -89,5 +87,40 @@ class Carver:
         shape = tuple(int(d) for d in shape)
         if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
             return None
+        if not self.layout.final:
+            self.layout.taken.add((self.step, role))
         return self.region[off:off + nbytes].view(dtype).reshape(shape)
 
+    def finish(self) -> None:
+        """The pass ended (the forward of an inference pass, the backward of a training one):
+        after the first, keep in the layout only the buffers its kernels took."""
+        lay, self.layout, self.open = self.layout, None, {}
+        if lay is not None and not lay.final:
+            lay.place(lay.taken)
+            lay.final = True
+            self._fit()   # now, not inside the next step
+
+    def _fit(self) -> None:
+        """The region exactly as large as the largest layout."""
+        need = max(lay.size for lay in self.layouts.values())
+        if need != self.region.nbytes:
+            self.region = None   # the old region goes before the new one is made
+            self.region = aligned_empty(np, need)
+
+
+class _Layout:
+    """Offsets of the carved buffers of one kind of pass: ``by_step`` {step: {role: (offset,
+    bytes)}} and the arena's ``size``."""
+
+    def __init__(self, slots: dict, steps: int):
+        self.slots, self.steps = slots, steps
+        self.taken: set = set()
+        self.final = False
+        self.place(None)
+
+    def place(self, keys) -> None:
+        """Lay out the buffers ``keys`` (None: all) by their lifetimes."""
+        self.size, offsets = layout_slots(self.slots, self.steps, keys)
+        self.by_step: dict = {}
+        for (i, role), off in offsets.items():
+            self.by_step.setdefault(i, {})[role] = (off, self.slots[(i, role)][0])

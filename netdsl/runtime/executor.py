@@ -171,6 +171,8 @@ class Executor:
                     values[j] = None
         self._caches = caches
         self._carved = arena if keep else None
+        if arena is not None and not keep:
+            arena.finish()
         logits_src, logits_port = plan[self.main_head].inputs[0]
         logits = values[logits_src] if plan[logits_src].spec.outputs == 1 \
             else values[logits_src][logits_port]
@@ -249,6 +251,8 @@ class Executor:
             add_input_grads(plan, douts, st, dins, arena)
             dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads
+        if arena is not None:
+            arena.finish()
         weights_changed()   # the optimizer updates the weights next: prepacked copies are stale
         return grads
 

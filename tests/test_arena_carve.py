@@ -1,0 +1,126 @@
+"""The executor's arena (netdsl/runtime/carve.py): outputs, input gradients and fan-out sums
+carved from one region at the memory planner's offsets.
+
+The reference is the same executor with every array fresh (``carver = None``, what
+``NETDSL_ARENA=0`` runs): losses, logits and gradients must be bitwise equal over several
+steps, in training and inference, on the NumPy and oneDNN kernels. A buffer the planner laid
+out with a wrong lifetime would be overwritten while still read, and the numbers would differ.
+The carving itself is checked on the arrays: every output the planner offered is a view of the
+region, and every buffer offered was taken (runtime/carving.py lists the kernels' hooks).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netdsl.layers import Ctx, fresh
+from netdsl.runtime import kernels
+from netdsl.runtime.carve import Carver
+from netdsl.runtime.executor import Executor
+from test_zoo import compile_small
+
+NETS = ["lenet5", "resnet20", "cs231n", "inception_small"]
+PROVIDERS = ["numpy"] + (["onednn"] if kernels.available("onednn") else [])
+BATCH = 4
+
+
+def _executor(g, provider, arena):
+    ex = Executor(g, seed=0, kernels=provider)
+    if not arena:
+        ex.carver = None
+    return ex
+
+
+def _run(g, classes, provider, arena):
+    """Two SGD steps, an evaluation on the training executor, then two inference batches:
+    every number a caller sees, copied."""
+    ex = _executor(g, provider, arena)
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(2):
+        x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
+        y = rng.integers(0, classes[-1], size=BATCH)
+        r = ex.forward(x, y, training=True)
+        grads = ex.backward()
+        seen += [np.asarray(r.loss).copy(), r.logits.copy()]
+        seen += [grads[n][k].copy() for n in sorted(grads) for k in sorted(grads[n])]
+        for n in grads:
+            for k, d in grads[n].items():
+                ex.params[n][k] -= np.float32(0.01) * d
+    seen.append(ex.forward(x, training=False).logits.copy())
+    inf = ex.for_inference()
+    if not arena:
+        inf.carver = None
+    for _ in range(2):
+        x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
+        seen.append(inf.forward(x, training=False).logits.copy())
+    return seen, ex, inf
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("name", NETS)
+def test_arena_is_bitwise_the_fresh_arrays(name, provider):
+    g, classes = compile_small(name)
+    carved, ex, inf = _run(g, classes, provider, True)
+    fresh_, _, _ = _run(g, classes, provider, False)
+    assert ex.carver is not None and ex.carver.nbytes > 0
+    assert len(carved) == len(fresh_)
+    for k, (a, b) in enumerate(zip(carved, fresh_)):
+        assert a.shape == b.shape and np.array_equal(a, b), k
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("name", NETS)
+def test_every_offered_buffer_is_carved(name, provider):
+    """Each step output the planner offered is a view of the region (forward), and after a
+    training step and an inference batch every offered buffer was taken: the carving table
+    (runtime/carving.py) says what the kernels do."""
+    g, classes = compile_small(name)
+    ex = Executor(g, seed=0, kernels=provider)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
+    y = rng.integers(0, classes[-1], size=BATCH)
+    outs = {}
+    for i, st in enumerate(ex.plan):
+        def spy(*a, _f=st.forward, _i=i):
+            out, cache = _f(*a)
+            outs[_i] = out
+            return out, cache
+        st.forward = spy
+    ex.forward(x, y, training=True)
+    ex.backward()
+    layout = ex.carver.layouts[(BATCH, True)]
+    offered = set(layout.slots)
+    assert offered and layout.taken == offered, sorted(offered - layout.taken)
+    region = ex.carver.region
+    out_steps = [i for i, role in offered if role == "out"]
+    assert len(out_steps) >= 4
+    for i in out_steps:
+        assert np.shares_memory(outs[i], region), ex.plan[i].node.name
+    logits_step = ex.plan[ex.main_head].inputs[0][0]
+    assert not np.shares_memory(outs[logits_step], region)   # the caller keeps it
+    inf = ex.for_inference()
+    inf.forward(x, training=False)
+    layout = inf.carver.layouts[(BATCH, False)]
+    assert layout.slots and layout.taken == set(layout.slots)
+
+
+def test_carver_falls_back_to_fresh_arrays():
+    """A size the planner did not plan, a role asked twice, or no arena: a fresh array."""
+    carver = Carver([], 4)
+    from netdsl.runtime.carve import _Layout
+    carver.layouts[(2, True)] = _Layout({(0, "out"): (64, 0, 1)}, 2)
+    carver.start(2, True)
+    carver.at(0)
+    ctx = Ctx(xp=np, arena=carver)
+    a = fresh(ctx, (3,), np.float32)                           # 12 bytes: not the slot's 64
+    assert a.shape == (3,) and not np.shares_memory(a, carver.region)
+    carver.at(1)
+    assert carver.take("out", (16,), np.float32) is None      # no slot at step 1
+    carver.at(0)
+    a = fresh(ctx, (16,), np.float32)
+    assert np.shares_memory(a, carver.region)
+    b = fresh(ctx, (16,), np.float32)                          # asked twice
+    assert not np.shares_memory(b, carver.region)
+    c = fresh(Ctx(xp=np), (16,), np.float32)
+    assert c.shape == (16,) and c.base is None
