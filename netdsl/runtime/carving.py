@@ -17,7 +17,7 @@ A/B measurements)."""
 
 _ACT = ("out", "dx0")
 
-NUMPY = {"conv": _ACT, "fc": _ACT, "relu": _ACT, "tanh": _ACT, "batchnorm": _ACT,
+NUMPY = {"conv": _ACT, "fc": _ACT, "relu": _ACT, "tanh": ("out",), "batchnorm": _ACT,
          "add": ("out",), "concat": ("out",), "maxpool": ("out",), "pool": ("out",)}
 """Roles the registry's own (NumPy) kernels carve, by op (layers/*.py)."""
 
