@@ -24,6 +24,15 @@ PROVIDERS = ["numpy"] + (["onednn"] if kernels.available("onednn") else [])
 BATCH = 4
 
 
+def _zoo():
+    """Every other net of the zoo at its reduced size (multi-output pooling, crops, auxiliary
+    heads, LRN, locally connected layers, dropout): slow, 1–20 s each."""
+    from test_zoo import SMALL
+    for name in sorted(set(SMALL) - set(NETS)):
+        for provider in PROVIDERS:
+            yield pytest.param(name, provider, marks=pytest.mark.slow, id=f"{name}-{provider}")
+
+
 def _executor(g, provider, arena):
     ex = Executor(g, seed=0, kernels=provider)
     if not arena:
@@ -57,8 +66,8 @@ def _run(g, classes, provider, arena):
     return seen, ex, inf
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name,provider", [(n, p) for n in NETS for p in PROVIDERS]
+                         + list(_zoo()))
 def test_arena_is_bitwise_the_fresh_arrays(name, provider):
     g, classes = compile_small(name)
     carved, ex, inf = _run(g, classes, provider, True)
