@@ -48,7 +48,7 @@ def _run(g, classes, provider, arena):
     seen = []
     for _ in range(2):
         x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
-        y = rng.integers(0, classes[-1], size=BATCH)
+        y = rng.integers(0, classes[-1], size=(BATCH, *classes[:-1]))   # per pixel: SegNet
         r = ex.forward(x, y, training=True)
         grads = ex.backward()
         seen += [np.asarray(r.loss).copy(), r.logits.copy()]
@@ -81,14 +81,16 @@ def test_arena_is_bitwise_the_fresh_arrays(name, provider):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("name", NETS)
 def test_every_offered_buffer_is_carved(name, provider):
-    """Each step output the planner offered is a view of the region (forward), and after a
-    training step and an inference batch every offered buffer was taken: the carving table
-    (runtime/carving.py) says what the kernels do."""
+    """The first pass (fresh arrays, checked) finds the footprint rules true to the arrays and
+    every offered buffer asked for: the carving table (runtime/carving.py) says what the
+    kernels do. From the second pass on, each step output offered is a view of the region."""
     g, classes = compile_small(name)
     ex = Executor(g, seed=0, kernels=provider)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
-    y = rng.integers(0, classes[-1], size=BATCH)
+    y = rng.integers(0, classes[-1], size=(BATCH, *classes[:-1]))
+    ex.forward(x, y, training=True)
+    ex.backward()                      # the probe
     outs = {}
     for i, st in enumerate(ex.plan):
         def spy(*a, _f=st.forward, _i=i):
@@ -100,6 +102,7 @@ def test_every_offered_buffer_is_carved(name, provider):
     ex.backward()
     layout = ex.carver.layouts[(BATCH, True)]
     offered = set(layout.slots)
+    assert layout.problem is None
     assert offered and layout.taken == offered, sorted(offered - layout.taken)
     region = ex.carver.region
     out_steps = [i for i, role in offered if role == "out"]
@@ -111,14 +114,35 @@ def test_every_offered_buffer_is_carved(name, provider):
     inf = ex.for_inference()
     inf.forward(x, training=False)
     layout = inf.carver.layouts[(BATCH, False)]
-    assert layout.slots and layout.taken == set(layout.slots)
+    assert layout.problem is None and layout.slots and layout.taken == set(layout.slots)
+    assert np.shares_memory(inf.forward(x, training=False).logits, inf.carver.region) is False
+
+
+def test_a_view_the_footprint_does_not_declare_turns_the_arena_off():
+    """An output that is a view of its input where the footprint promised a fresh array (here:
+    relu's kernel replaced by one returning its input) is found by the first pass: that kind
+    of pass then carves nothing."""
+    g, classes = compile_small("resnet20")
+    ex = Executor(g, seed=0, kernels="numpy")
+    target = next(st for st in ex.plan if st.node.op == "relu")
+    real = target.forward
+    target.forward = lambda ctx, attrs, params, inputs: (inputs[0], real(ctx, attrs, params,
+                                                                          inputs)[1])
+    x = np.random.default_rng(2).standard_normal((BATCH, *ex.input_shape)).astype(np.float32)
+    ex.forward(x, training=False)
+    layout = ex.carver.layouts[(BATCH, False)]
+    assert layout.problem is not None and "view of an input" in layout.problem
+    assert layout.size == 0 and not layout.by_step
 
 
 def test_carver_falls_back_to_fresh_arrays():
     """A size the planner did not plan, a role asked twice, or no arena: a fresh array."""
-    carver = Carver([], 4)
     from netdsl.runtime.carve import _Layout
-    carver.layouts[(2, True)] = _Layout({(0, "out"): (64, 0, 1)}, 2)
+    carver = Carver([], 4)
+    carver.layouts[(2, True)] = layout = _Layout({(0, "out"): (64, 0, 1)}, 2, [None], True)
+    layout.place([(0, "out")])
+    layout.probing = False
+    carver.region = np.empty(64, dtype=np.uint8)
     carver.start(2, True)
     carver.at(0)
     ctx = Ctx(xp=np, arena=carver)

@@ -68,8 +68,9 @@ def _input_backward(ctx, attrs, params, cache, dout):
 
 
 def _dropout_footprint(st, n, it, training, scratch=True):
-    """Training: the bool draw, then the mask (cached) and the output; inference: a view."""
-    if not training:
+    """Training: the bool draw, then the mask (cached) and the output; inference (or a rate
+    of 0): a view."""
+    if not training or st.node.attrs.get("rate") == 0:
         return view_of_input(st, n, it, training)
     x = in_bytes(st, n, it)
     return Footprint(out=x, fwd_tmp=x // it, cache=x, dx=(x,))

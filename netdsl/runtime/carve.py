@@ -36,10 +36,11 @@ class Carver:
     the largest of them (held across steps and counted by ``workspace.held_bytes``), and the
     slots of the step running now.
 
-    A layout is made in two goes: the first pass of its kind runs on every buffer the planner
-    offers (MemoryPlan.slots); :meth:`finish` then lays out again only the ones the kernels took,
-    so that a buffer a kernel allocates itself (a padded gradient, a layer without the hook) is
-    not also reserved in the arena."""
+    The first pass of each kind (:attr:`probing`) runs on fresh arrays: it records which offered
+    buffers the kernels ask for, and checks what the layout relies on against the arrays — no
+    output, cache or fresh input gradient is a view of an array the footprint rules do not say
+    it keeps (:meth:`check_forward`, :meth:`check_backward`). :meth:`finish` then lays out the
+    buffers taken, or, if a check failed, none: that kind of pass keeps fresh arrays."""
 
     def __init__(self, plan, itemsize: int):
         self.plan, self.itemsize = plan, itemsize
@@ -60,16 +61,22 @@ class Carver:
         """The region's bytes if a step used it in ``window`` (workspace.held_bytes_used)."""
         return self.nbytes if self._used_in == window else 0
 
+    @property
+    def probing(self) -> bool:
+        """Whether this pass is its kind's first (fresh arrays, checked)."""
+        return self.layout is not None and self.layout.probing
+
     def start(self, batch: int, training: bool) -> "Carver":
-        """Take the layout for a pass over a batch of ``batch`` (``training``: forward with
-        caches then backward; else forward alone), planning it the first time."""
+        """Take the layout for a pass over a batch of ``batch`` (``training``: a training
+        forward with caches then backward; else an inference forward), planning it the first
+        time."""
         key = (int(batch), bool(training))
         if key not in self.layouts:
-            from .memory import plan_memory
+            from .memory import footprint, plan_memory
             mp = plan_memory(self.plan, key[0], itemsize=self.itemsize, training=key[1])
-            self.layouts[key] = _Layout(mp.slots, mp.steps)
+            fps = [footprint(st, key[0], self.itemsize, key[1]) for st in self.plan]
+            self.layouts[key] = _Layout(mp.slots, mp.steps, fps, key[1])
         self.layout = self.layouts[key]
-        self._fit()
         self._used_in = current_window()
         return self
 
@@ -80,7 +87,8 @@ class Carver:
 
     def take(self, role: str, shape, dtype):
         """A view of the region for ``role`` of the current step, or None when the planner
-        placed no buffer of exactly this size there (or it was taken already)."""
+        placed no buffer of exactly this size there (or it was taken already, or the pass is
+        probing)."""
         slot = self.open.pop(role, None)
         if slot is None:
             return None
@@ -88,40 +96,95 @@ class Carver:
         dtype = np.dtype(dtype)
         if math.prod(shape) * dtype.itemsize != nbytes:   # (math.prod: 30× np.prod's speed)
             return None
-        if not self.layout.final:
+        if off is None:    # probing
             self.layout.taken.add((self.step, role))
+            return None
         return self.region[off:off + nbytes].view(dtype).reshape(shape)
+
+    def check_forward(self, i: int, ins: list, out, cache) -> None:
+        """Probing: step ``i``'s output is a view of an input only where its footprint says so
+        (out_alias), and its cache references only the inputs (and output) the footprint keeps:
+        otherwise an array would outlive the lifetime the layout gives it."""
+        lay = self.layout
+        fp = lay.fps[i]
+        outs = [o for o in (out if isinstance(out, tuple) else (out,))
+                if isinstance(o, np.ndarray)]
+        ins = [x if isinstance(x, np.ndarray) else None for x in ins]
+        if fp.out_alias is None and any(_shares(o, x) for o in outs for x in ins):
+            lay.fail(f"step {i}: its output is a view of an input")
+        if not lay.training:
+            return
+        kept = set(fp.keep_in) | ({fp.out_alias} if fp.keep_out and fp.out_alias is not None
+                                  else set())
+        for a in _arrays(cache):
+            if any(_shares(a, x) for k, x in enumerate(ins) if k not in kept):
+                lay.fail(f"step {i}: its cache keeps an input its footprint does not")
+            if not fp.keep_out and fp.out_alias is None and any(_shares(a, o) for o in outs):
+                lay.fail(f"step {i}: its cache keeps its output, its footprint does not")
+
+    def check_backward(self, i: int, dout, dins) -> None:
+        """Probing: a gradient step ``i``'s footprint calls fresh is not a view of its
+        incoming gradient (which the layout lets go after the step)."""
+        lay = self.layout
+        fresh_dx = lay.fps[i].dx or ()
+        douts = list(_arrays(dout))
+        for k, d in enumerate(dins or ()):
+            if isinstance(d, np.ndarray) and k < len(fresh_dx) and fresh_dx[k] \
+                    and any(_shares(d, g) for g in douts):
+                lay.fail(f"step {i}: its d(input {k}) is a view of its incoming gradient")
 
     def finish(self) -> None:
         """The pass ended (the forward of an inference pass, the backward of a training one):
-        after the first, keep in the layout only the buffers its kernels took."""
+        after its kind's first, lay out the buffers its kernels took (none if a check
+        failed) and size the region now, not inside the next step."""
         lay, self.layout, self.open = self.layout, None, {}
-        if lay is not None and not lay.final:
-            lay.place(lay.taken)
-            lay.final = True
-            self._fit()   # now, not inside the next step
+        if lay is not None and lay.probing:
+            lay.place(lay.taken if lay.problem is None else ())
+            lay.probing = False
+            need = max(la.size for la in self.layouts.values())
+            if need != self.region.nbytes:
+                self.region = None   # the old region goes before the new one is made
+                self.region = aligned_empty(np, need)
 
-    def _fit(self) -> None:
-        """The region exactly as large as the largest layout."""
-        need = max(lay.size for lay in self.layouts.values())
-        if need != self.region.nbytes:
-            self.region = None   # the old region goes before the new one is made
-            self.region = aligned_empty(np, need)
+
+def _shares(a, b) -> bool:
+    return b is not None and np.may_share_memory(a, b)
+
+
+def _arrays(obj, depth: int = 0):
+    """The NumPy arrays in a cache (nested tuples, lists and dicts)."""
+    if isinstance(obj, np.ndarray):
+        yield obj
+    elif depth < 4 and isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from _arrays(x, depth + 1)
+    elif depth < 4 and isinstance(obj, dict):
+        for x in obj.values():
+            yield from _arrays(x, depth + 1)
 
 
 class _Layout:
     """Offsets of the carved buffers of one kind of pass: ``by_step`` {step: {role: (offset,
-    bytes)}} and the arena's ``size``."""
+    bytes)}} (offset None while probing) and the arena's ``size``."""
 
-    def __init__(self, slots: dict, steps: int):
-        self.slots, self.steps = slots, steps
+    def __init__(self, slots: dict, steps: int, fps: list, training: bool):
+        self.slots, self.steps, self.fps, self.training = slots, steps, fps, training
         self.taken: set = set()
-        self.final = False
-        self.place(None)
+        self.probing = True
+        self.problem = None     # why the checks refused the layout, if they did
+        self.size = 0
+        self.by_step: dict = {}
+        for (i, role), (nbytes, _, _) in slots.items():
+            self.by_step.setdefault(i, {})[role] = (None, nbytes)
+
+    def fail(self, why: str) -> None:
+        """A check failed: this kind of pass carves nothing."""
+        if self.problem is None:
+            self.problem = why
 
     def place(self, keys) -> None:
-        """Lay out the buffers ``keys`` (None: all) by their lifetimes."""
+        """Lay out the buffers ``keys`` by their lifetimes."""
         self.size, offsets = layout_slots(self.slots, self.steps, keys)
-        self.by_step: dict = {}
+        self.by_step = {}
         for (i, role), off in offsets.items():
             self.by_step.setdefault(i, {})[role] = (off, self.slots[(i, role)][0])

@@ -123,7 +123,10 @@ class Executor:
         x = xp.asarray(x, dtype=self.dtype)
         if labels is not None and xp is not np and isinstance(labels, np.ndarray):
             self.check_labels(labels)   # on the host now: on the device it would sync
-        arena = self.carver.start(len(x), keep) if self.carver is not None else None
+        # (a forward whose caches do not match its mode, e.g. an inference forward kept for
+        # backward, runs kernels the planner's layouts do not describe: fresh arrays)
+        arena = self.carver.start(len(x), keep) \
+            if self.carver is not None and keep == training else None
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
                   labels=None if labels is None else xp.asarray(labels), dtype=self.dtype,
                   scratch=self.scratch, sync=self.bn_sync if training else None, arena=arena)
@@ -158,6 +161,8 @@ class Executor:
                 ins = [values[j] if plan[j].spec.outputs == 1 else values[j][p]
                        for j, p in st.inputs]
             out, cache = run_forward(st, ctx, params.get(st.node.name, {}), ins)
+            if arena is not None and arena.probing:
+                arena.check_forward(i, ins, out, cache)
             del ins
             values[i] = out
             if keep:
@@ -239,11 +244,15 @@ class Executor:
             # dout: for several outputs a tuple, None where a port got no gradient. Handed over
             # in a list the step empties, so that nothing here keeps it (or the cache) alive.
             held = [caches[i], douts[i]]
+            probe = douts[i] if arena is not None and arena.probing else None
             caches[i] = douts[i] = None
             if arena is not None:
                 arena.at(i)
             dins, dparams = run_backward(st, data_ctx if st.data_only else ctx,
                                          self.params.get(st.node.name, {}), held)
+            if probe is not None:
+                arena.check_backward(i, probe, dins)
+                probe = None
             if dparams:
                 grads[st.node.name] = dparams
                 if on_grads is not None:
