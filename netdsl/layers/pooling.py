@@ -226,7 +226,8 @@ def pool_footprint(st, n, it, training, scratch=True):
                          dx=(n * ext[0] * ext[1] * c * it,))
     if pool_fast_path((n, h, w, c), size, stride, pad, (ho, wo)):
         # NumPy's mean over the two window axes copies the input through its iterator's
-        # buffer: all of it, up to ~128 KiB (measured: 2×28×28×6 float32 → 39 KB, larger → 130 KB)
+        # buffer: all of it, up to ~128 KiB (measured: 2×28×28×6 float32 → 39 KB; larger
+        # inputs → 130 KB)
         return Footprint(out=o, fwd_tmp=min(n * h * w * c * it, REDUCE_BUFFER), bwd_tmp=o,
                          dx=(n * h * w * c * it,))
     return Footprint(out=o, fwd_tmp=padded, bwd_tmp=o, dx=(n * ext[0] * ext[1] * c * it,))
