@@ -47,8 +47,9 @@ class Carver:
         self.layouts: dict = {}     # (batch, training) -> _Layout
         self.region = np.empty(0, dtype=np.uint8)
         self.layout = None          # the current pass's
-        self.open: dict = {}        # roles of the current step not yet taken
+        self.open: dict = _NONE     # the current step's slots by role
         self.step = -1
+        self.call = 0               # kernel calls so far (a slot is taken once per call)
         self._used_in = 0
         register(self)
 
@@ -83,23 +84,28 @@ class Carver:
     def at(self, i: int) -> None:
         """Step ``i`` of the plan runs next (forward or backward)."""
         self.step = i
-        self.open = dict(self.layout.by_step.get(i, ()))
+        self.call += 1     # a new call: every slot of step i may be taken once
+        self.open = self.layout.by_step.get(i, _NONE)
 
     def take(self, role: str, shape, dtype):
         """A view of the region for ``role`` of the current step, or None when the planner
         placed no buffer of exactly this size there (or it was taken already, or the pass is
-        probing)."""
-        slot = self.open.pop(role, None)
-        if slot is None:
+        probing). Per step a few microseconds: the view made at the first take is kept."""
+        slot = self.open.get(role)
+        if slot is None or slot.call == self.call:
             return None
-        off, nbytes = slot
-        dtype = np.dtype(dtype)
-        if math.prod(shape) * dtype.itemsize != nbytes:   # (math.prod: 30× np.prod's speed)
+        slot.call = self.call
+        if slot.view is not None and slot.shape == shape and slot.dtype is dtype:
+            return slot.view
+        dt = np.dtype(dtype)
+        if math.prod(shape) * dt.itemsize != slot.nbytes:   # (math.prod: 30× np.prod's speed)
             return None
-        if off is None:    # probing
+        if slot.offset is None:    # probing
             self.layout.taken.add((self.step, role))
             return None
-        return self.region[off:off + nbytes].view(dtype).reshape(shape)
+        slot.shape, slot.dtype = shape, dtype
+        slot.view = self.region[slot.offset:slot.offset + slot.nbytes].view(dt).reshape(shape)
+        return slot.view
 
     def check_forward(self, i: int, ins: list, out, cache) -> None:
         """Probing: step ``i``'s output is a view of an input only where its footprint says so
@@ -137,7 +143,7 @@ class Carver:
         """The pass ended (the forward of an inference pass, the backward of a training one):
         after its kind's first, lay out the buffers its kernels took (none if a check
         failed) and size the region now, not inside the next step."""
-        lay, self.layout, self.open = self.layout, None, {}
+        lay, self.layout, self.open = self.layout, None, _NONE
         if lay is not None and lay.probing:
             lay.place(lay.taken if lay.problem is None else ())
             lay.probing = False
@@ -145,6 +151,24 @@ class Carver:
             if need != self.region.nbytes:
                 self.region = None   # the old region goes before the new one is made
                 self.region = aligned_empty(np, need)
+                for la in self.layouts.values():   # views of the old region: made anew
+                    for slot in (x for step in la.by_step.values() for x in step.values()):
+                        slot.view = None
+
+
+_NONE: dict = {}   # no slots (never written)
+
+
+class _Slot:
+    """One carved buffer of a step: its offset (None while probing) and bytes, the view of
+    the region made at its first take (for that shape and dtype), the call that took it."""
+
+    __slots__ = ("offset", "nbytes", "shape", "dtype", "view", "call")
+
+    def __init__(self, offset, nbytes: int):
+        self.offset, self.nbytes = offset, nbytes
+        self.shape = self.dtype = self.view = None
+        self.call = -1
 
 
 def _shares(a, b) -> bool:
@@ -175,7 +199,7 @@ class _Layout:
         self.size = 0
         self.by_step: dict = {}
         for (i, role), (nbytes, _, _) in slots.items():
-            self.by_step.setdefault(i, {})[role] = (None, nbytes)
+            self.by_step.setdefault(i, {})[role] = _Slot(None, nbytes)
 
     def fail(self, why: str) -> None:
         """A check failed: this kind of pass carves nothing."""
@@ -187,4 +211,4 @@ class _Layout:
         self.size, offsets = layout_slots(self.slots, self.steps, keys)
         self.by_step = {}
         for (i, role), off in offsets.items():
-            self.by_step.setdefault(i, {})[role] = (off, self.slots[(i, role)][0])
+            self.by_step.setdefault(i, {})[role] = _Slot(off, self.slots[(i, role)][0])
