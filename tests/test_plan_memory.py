@@ -113,13 +113,16 @@ def _reference_with_rng(g, params, x, y, rng):
 
 
 def _measure(fn, ex=None) -> int:
-    """Peak bytes ``fn`` allocates (tracemalloc) plus the Scratch region ``ex`` holds across
-    steps (allocated before the measured step, so tracemalloc cannot see it)."""
+    """Peak bytes ``fn`` allocates (tracemalloc) plus the Scratch region and the arena
+    (runtime/carve.py) ``ex`` holds across steps (allocated before the measured step, so
+    tracemalloc cannot see them)."""
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         fn()
         held = ex.scratch.nbytes if ex is not None and ex.scratch is not None else 0
+        if ex is not None and getattr(ex, "carver", None) is not None:
+            held += ex.carver.nbytes
         return tracemalloc.get_traced_memory()[1] - base + held
     finally:
         tracemalloc.stop()

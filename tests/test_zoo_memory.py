@@ -95,6 +95,7 @@ def test_segnet_timeline_step_by_step(monkeypatch):
     import netdsl.runtime.memory as M
     batch = 16     # lifetimes scale with it, NumPy's iterator buffers (~100 KB) do not
     ex, x, y = _setup("segnet_mini", "onednn", batch)
+    ex.carver = None   # every array fresh: tracemalloc sees each step's buffers come and go
     step = lambda: (ex.forward(x, y, training=True), ex.backward())  # noqa: E731
     _release()
     step()
@@ -105,7 +106,7 @@ def test_segnet_timeline_step_by_step(monkeypatch):
         planned[where] = max(planned.get(where, 0), self.live + extra)
         return touch(self, extra, where)
     monkeypatch.setattr(M._Sim, "touch", spy)
-    M.plan_memory(ex.plan, batch, training=True)
+    M.plan_memory(ex.plan, batch, training=True, arena=False)
     monkeypatch.setattr(M._Sim, "touch", touch)
     measured: dict = {}
     base = [0]

@@ -113,7 +113,7 @@ class Scratch:
         to what the largest call so far needed."""
         if self._need > self._region.nbytes:
             self._region = None   # let the old region go before the larger one is allocated
-            self._region = _allocate(self.xp, self._need)
+            self._region = aligned_empty(self.xp, self._need)
         self._top = 0
         self._used_in = _WINDOW
 
@@ -143,7 +143,7 @@ class Scratch:
         return arr
 
 
-def _allocate(xp, nbytes: int):
+def aligned_empty(xp, nbytes: int):
     """A uint8 array of ``nbytes`` starting on a cache line (64 bytes), from ``xp``'s allocator
     (so that tracemalloc sees the region, as every memory measurement of a run expects)."""
     raw = xp.empty(nbytes + _ALIGN, dtype=xp.uint8)

@@ -4,7 +4,7 @@ overwrite the input)."""
 from __future__ import annotations
 
 from ..core.errors import ShapeError
-from .base import Arg, LayerSpec, register
+from .base import Arg, LayerSpec, fresh, register
 from .footprint import Footprint, batch_bytes, elementwise, in_bytes
 
 ACT_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#fff3cd"}
@@ -19,12 +19,14 @@ def _same_shape(attrs, in_shapes):
 
 
 def _relu_forward(ctx, attrs, params, inputs):
-    out = ctx.xp.maximum(inputs[0], 0)
+    x = inputs[0]
+    out = ctx.xp.maximum(x, 0, out=fresh(ctx, x.shape, x.dtype))
     return out, out
 
 
 def _relu_backward(ctx, attrs, params, out, dout):
-    return [dout * (out > 0)], {}
+    dx = fresh(ctx, dout.shape, ctx.xp.result_type(dout, out.dtype), "dx0")
+    return [ctx.xp.multiply(dout, out > 0, out=dx)], {}
 
 
 def _leaky_forward(ctx, attrs, params, inputs):
@@ -64,7 +66,8 @@ def _softmax_backward(ctx, attrs, params, out, dout):
 
 
 def _tanh_forward(ctx, attrs, params, inputs):
-    out = ctx.xp.tanh(inputs[0])
+    x = inputs[0]
+    out = ctx.xp.tanh(x, out=fresh(ctx, x.shape, x.dtype))
     return out, out
 
 

@@ -84,6 +84,7 @@ class Ctx:
     input_grad: bool = True      # False: no one needs d(input); a layer may return [None]
     scratch: Any = None          # a workspace.Scratch for temporaries, or None: fresh arrays
     sync: Any = None             # sync_bn: batch sums over data-parallel ranks (train/parallel.py)
+    arena: Any = None            # the executor's planned buffers for this call (fresh()), or None
 
 
 def temp(ctx: Ctx, shape, dtype, zero: bool = False):
@@ -92,6 +93,19 @@ def temp(ctx: Ctx, shape, dtype, zero: bool = False):
     if ctx.scratch is not None:
         return ctx.scratch.take(shape, dtype, zero)
     return ctx.xp.zeros(shape, dtype) if zero else ctx.xp.empty(shape, dtype)
+
+
+def fresh(ctx: Ctx, shape, dtype, role: str = "out"):
+    """A new array that the call hands back: its output (``role`` "out") or the gradient of
+    input k ("dx0", "dx1", ...). From the executor's arena when the memory planner placed a
+    buffer of exactly this many bytes for this step and role (runtime/carve.py), else a
+    fresh uninitialised array. The kernel must write every element, and must ask at most
+    once per role per call (a second ask gets a fresh array)."""
+    if ctx.arena is not None:
+        arr = ctx.arena.take(role, shape, dtype)
+        if arr is not None:
+            return arr
+    return ctx.xp.empty(shape, dtype)
 
 
 def _no_params(attrs, in_shapes):

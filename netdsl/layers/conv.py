@@ -17,7 +17,7 @@ walker, a test calling the layer) the columns are one fresh array, cached.
 from __future__ import annotations
 
 from ..core.errors import ShapeError
-from .base import AUTO, Arg, LayerSpec, ParamSpec, register, temp
+from .base import AUTO, Arg, LayerSpec, ParamSpec, fresh, register, temp
 from .im2col import (chunk_images, chunk_workers, gather_columns, image_chunks,  # noqa: F401
                      pad_into, pad_zeros, padded_temp, run_chunks, window_view)
 from .conv_kernels import backward_chunked, col2im_gemm, fwdconv_view, mm_rows, mm_tn_rows
@@ -118,7 +118,7 @@ def _conv_forward(ctx, attrs, params, inputs, relu: bool = False):
         chunks = image_chunks(n, chunk_images(n, ho * wo * kernel[0] * kernel[1] * c * x.itemsize))
         bufs = [temp(ctx, (chunks[0][1],) + view.shape[1:], x.dtype)
                 for _ in range(chunk_workers(ctx, chunks))]
-        out = xp.empty((rows, filters), dtype=x.dtype)
+        out = fresh(ctx, (rows, filters), x.dtype)
         wm, bias = weight.reshape(-1, filters), params.get("bias")
 
         def body(k, share):
@@ -134,13 +134,14 @@ def _conv_forward(ctx, attrs, params, inputs, relu: bool = False):
         keep = (None, x)
     elif groups == 1:   # fresh columns (a free view when pointwise), cached
         cols = im2col(xp, attrs, x)
-        out = mm_rows(ctx, cols, weight.reshape(-1, filters))
+        out = mm_rows(ctx, cols, weight.reshape(-1, filters),
+                      out=fresh(ctx, (rows, filters), x.dtype))
         keep = (cols, None)
     else:
         view = window_view(xp, padded_temp(ctx, x, *pads), kernel, stride, dilation, (ho, wo))
         cg, fg = c // groups, filters // groups
         cols = []
-        out = xp.empty((rows, filters), dtype=x.dtype)
+        out = fresh(ctx, (rows, filters), x.dtype)
         for g in range(groups):
             cols.append(view[..., g * cg:(g + 1) * cg].reshape(rows, -1))  # fresh: cached
             w_g = weight[..., g * fg:(g + 1) * fg].reshape(-1, fg)
@@ -217,10 +218,13 @@ def _conv_backward(ctx, attrs, params, cache, dout, relu_out=None):
             return [None], grads
         if method == "pointwise":
             # The columns were the input itself, so dcols is dx with no scatter.
-            return [mm_rows(ctx, dout2, weight.reshape(c, filters).T).reshape(x_shape)], grads
+            dx = fresh(ctx, (n * h * w, c), dout2.dtype, "dx0")
+            return [mm_rows(ctx, dout2, weight.reshape(c, filters).T, out=dx).reshape(x_shape)], \
+                grads
         if method == "fwdconv":
             dview, wflip, _, _ = fwdconv_view(ctx, attrs, weight, dout, x_shape)
-            dx = dview.reshape(n * h * w, -1) @ wflip
+            dx = xp.matmul(dview.reshape(n * h * w, -1), wflip,
+                           out=fresh(ctx, (n * h * w, c), dout2.dtype, "dx0"))
             return [dx.reshape(x_shape)], grads
         dx_pad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dout2.dtype)
         col2im_gemm(ctx, dout2, weight, x_shape, attrs, slice(None), dx_pad)

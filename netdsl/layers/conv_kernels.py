@@ -4,16 +4,19 @@ chunk by chunk), the offset-by-offset dx, and GEMMs split over the worker thread
 from __future__ import annotations
 
 from ..core import workspace
-from .base import temp
+from .base import fresh, temp
 from .im2col import (backward_chunk_images, chunk_workers, gather_columns, image_chunks,
                      pad_into, padded_temp, run_chunks, window_view)
 from .geometry import conv_geometry
 from .reduce import sum_rows
 
 
-def mm_rows(ctx, a, b):
-    """a @ b, rows split over the worker threads on NumPy (BLAS is single-threaded there)."""
-    return workspace.matmul_rows(a, b) if ctx.xp.__name__ == "numpy" else a @ b
+def mm_rows(ctx, a, b, out=None):
+    """a @ b, rows split over the worker threads on NumPy (BLAS is single-threaded there);
+    into ``out`` when given (NumPy: the same values)."""
+    if ctx.xp.__name__ == "numpy":
+        return workspace.matmul_rows(a, b, out=out)
+    return a @ b
 
 
 def mm_tn_rows(ctx, a, b):
@@ -102,7 +105,7 @@ def backward_chunked(ctx, attrs, weight, x, dout, dout2, method, relu_out=None, 
     if method == "fwdconv":
         dview, wflip, dpad, q = fwdconv_view(ctx, attrs, weight, dout, x.shape, fill=False)
         dbufs = [temp(ctx, (per,) + dview.shape[1:], dout2.dtype) for _ in range(count)]
-        dx = xp.empty((n * h * w, c), dtype=dout2.dtype)
+        dx = fresh(ctx, (n * h * w, c), dout2.dtype, "dx0")
     if relu_out is not None:   # per worker: the masked dout chunk, its mask, a fold buffer
         out2 = relu_out.reshape(-1, filters)
         mbufs = [temp(ctx, (per * ho * wo, filters), dout2.dtype) for _ in range(count)]

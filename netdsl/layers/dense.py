@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core.workspace import matmul_rows
-from .base import AUTO, Arg, LayerSpec, ParamSpec, numel, register
+from .base import AUTO, Arg, LayerSpec, ParamSpec, fresh, numel, register
 from .reduce import sum_rows
 from .structure import require_set
 from .footprint import Footprint, in_bytes, out_bytes
@@ -33,7 +33,9 @@ def _fc_forward(ctx, attrs, params, inputs):
     x = inputs[0]
     # Row-major flatten of NHWC matches FLATTEN, so FC on a map equals FLATTEN then FC.
     x2 = x.reshape(x.shape[0], -1)
-    out = matmul_rows(x2, params["weight"])   # split over the NumPy worker threads
+    weight = params["weight"]
+    out = fresh(ctx, (x2.shape[0], weight.shape[1]), ctx.xp.result_type(x2, weight))
+    out = matmul_rows(x2, weight, out=out)   # split over the NumPy worker threads
     if "bias" in params:
         out += params["bias"]
     return out, (x.shape, x2)
@@ -44,7 +46,9 @@ def _fc_backward(ctx, attrs, params, cache, dout):
     grads = {"weight": matmul_rows(x2.T, dout)}
     if "bias" in params:
         grads["bias"] = sum_rows(ctx.xp, dout)  # pairwise over the batch (reduce.py)
-    dx = matmul_rows(dout, params["weight"].T).reshape(x_shape)
+    weight = params["weight"]
+    dx = fresh(ctx, (dout.shape[0], weight.shape[0]), ctx.xp.result_type(dout, weight), "dx0")
+    dx = matmul_rows(dout, weight.T, out=dx).reshape(x_shape)
     return [dx], grads
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core.errors import ShapeError
-from .base import Arg, LayerSpec, ParamSpec, register, shape_str
+from .base import Arg, LayerSpec, ParamSpec, fresh, register, shape_str
 from ..core.workspace import split_rows
 from .reduce import channel_sums
 from .base import numel
@@ -51,7 +51,7 @@ def _bn_forward(ctx, attrs, params, inputs):
     xp, x = ctx.xp, inputs[0]
     gamma, beta = params["gamma"], params["beta"]
     centred = xp.empty(x.shape, dtype=x.dtype)        # x̂ below, the cache
-    out = xp.empty(x.shape, dtype=x.dtype)
+    out = fresh(ctx, x.shape, x.dtype)
     if ctx.training:
         # Two passes (mean, then the variance of the centred values) with pairwise sums: a
         # one-pass E[x²] − E[x]² cancels catastrophically in float32 when |mean| ≫ std.
@@ -93,7 +93,7 @@ def _bn_backward(ctx, attrs, params, cache, dout):
     xp = ctx.xp
     xhat, inv_std, batch_stats = cache
     gamma = params["gamma"]
-    scratch = xp.empty(xhat.shape, dtype=dout.dtype)
+    scratch = fresh(ctx, xhat.shape, dout.dtype, "dx0")   # becomes dx
     _rows(ctx, xhat, lambda a, b: xp.multiply(dout[a:b], xhat[a:b], out=scratch[a:b]))
     # Pairwise per-channel sums: the γ/β gradients nearly cancel, and NumPy's row-by-row
     # float32 sums made a ResNet-20's gradients 10× less accurate (tests/test_float32_accuracy).

@@ -5,7 +5,7 @@ Also holds small helpers shared by the other layer modules (AUTO checks, the 3-D
 from __future__ import annotations
 
 from ..core.errors import NetdslError, ShapeError
-from .base import AUTO, Arg, LayerSpec, numel, register, shape_str
+from .base import AUTO, Arg, LayerSpec, fresh, numel, register, shape_str
 from .footprint import Footprint, in_bytes, out_bytes, view_of_input
 
 STRUCT_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#e9ecef"}
@@ -68,8 +68,9 @@ def _input_backward(ctx, attrs, params, cache, dout):
 
 
 def _dropout_footprint(st, n, it, training, scratch=True):
-    """Training: the bool draw, then the mask (cached) and the output; inference: a view."""
-    if not training:
+    """Training: the bool draw, then the mask (cached) and the output; inference (or a rate
+    of 0): a view."""
+    if not training or st.node.attrs.get("rate") == 0:
         return view_of_input(st, n, it, training)
     x = in_bytes(st, n, it)
     return Footprint(out=x, fwd_tmp=x // it, cache=x, dx=(x,))
@@ -184,7 +185,9 @@ def _concat_shape(attrs, in_shapes):
 
 
 def _concat_forward(ctx, attrs, params, inputs):
-    return ctx.xp.concatenate(inputs, axis=-1), [x.shape[-1] for x in inputs]
+    shape = inputs[0].shape[:-1] + (sum(x.shape[-1] for x in inputs),)
+    out = fresh(ctx, shape, ctx.xp.result_type(*inputs))
+    return ctx.xp.concatenate(inputs, axis=-1, out=out), [x.shape[-1] for x in inputs]
 
 
 def _concat_backward(ctx, attrs, params, widths, dout):
@@ -215,7 +218,9 @@ def _add_shape(attrs, in_shapes):
 
 
 def _add_forward(ctx, attrs, params, inputs):
-    out = inputs[0] + inputs[1]
+    a, b = inputs[0], inputs[1]
+    out = ctx.xp.add(a, b, out=fresh(ctx, a.shape, ctx.xp.result_type(a, b))) \
+        if a.shape == b.shape else a + b
     for x in inputs[2:]:
         out += x
     return out, len(inputs)

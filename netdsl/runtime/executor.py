@@ -22,6 +22,7 @@ from ..compile.model import BoundModel
 from ..compile.verify import main_head
 from ..core.workspace import Scratch, keep_freed_memory, single_threaded_blas
 from .kernels import weights_changed
+from .carve import ENABLED as ARENA, Carver
 from .residual import FUSE_RESIDUAL, fuse_residual
 from .plan import Step, add_input_grads, build_plan, run_backward, run_forward  # noqa: F401  (Step: public)
 
@@ -78,6 +79,10 @@ class Executor:
         # One region for every kernel's temporaries (netdsl/core/workspace.py), reset per call.
         # NumPy only: CuPy's memory pool already recycles device memory.
         self.scratch = Scratch(np) if self.xp is np else None
+        # Activations and gradients carved from the memory planner's arena (runtime/carve.py)
+        self.carver = Carver(self.plan, np.dtype(self.dtype).itemsize) \
+            if self.xp is np and ARENA else None
+        self._carved = None   # the carver while a training forward's caches await backward
         if self.xp is np:
             keep_freed_memory()   # no page faults for memory freed and reused every step
 
@@ -118,9 +123,13 @@ class Executor:
         x = xp.asarray(x, dtype=self.dtype)
         if labels is not None and xp is not np and isinstance(labels, np.ndarray):
             self.check_labels(labels)   # on the host now: on the device it would sync
+        # (a forward whose caches do not match its mode, e.g. an inference forward kept for
+        # backward, runs kernels the planner's layouts do not describe: fresh arrays)
+        arena = self.carver.start(len(x), keep) \
+            if self.carver is not None and keep == training else None
         ctx = Ctx(xp=xp, training=training, rng=self.xp_rng,
                   labels=None if labels is None else xp.asarray(labels), dtype=self.dtype,
-                  scratch=self.scratch, sync=self.bn_sync if training else None)
+                  scratch=self.scratch, sync=self.bn_sync if training else None, arena=arena)
         try:
             with single_threaded_blas() if xp is np else _nothing():
                 return self._forward(ctx, x, labels, keep)
@@ -140,15 +149,20 @@ class Executor:
         caches = [None] * len(plan) if keep else None
         logits_at = self._logits_index()
         losses = {}
+        arena = ctx.arena
         for i, st in enumerate(plan):
             if st.spec.role == "loss" and labels is None:
                 continue
+            if arena is not None:
+                arena.at(i)
             if st.spec.role == "source":
                 ins = [x]
             else:
                 ins = [values[j] if plan[j].spec.outputs == 1 else values[j][p]
                        for j, p in st.inputs]
             out, cache = run_forward(st, ctx, params.get(st.node.name, {}), ins)
+            if arena is not None and arena.probing:
+                arena.check_forward(i, ins, out, cache)
             del ins
             values[i] = out
             if keep:
@@ -161,6 +175,9 @@ class Executor:
                 if remaining[j] == 0 and j != logits_at:
                     values[j] = None
         self._caches = caches
+        self._carved = arena if keep else None
+        if arena is not None and not keep:
+            arena.finish()
         logits_src, logits_port = plan[self.main_head].inputs[0]
         logits = values[logits_src] if plan[logits_src].spec.outputs == 1 \
             else values[logits_src][logits_port]
@@ -208,13 +225,13 @@ class Executor:
             self._settle_scratch()
 
     def _backward(self, on_grads=None) -> dict:
-        xp, plan, caches = self.xp, self.plan, self._caches
-        self._caches = None
+        xp, plan, caches, arena = self.xp, self.plan, self._caches, self._carved
+        self._caches = self._carved = None
         ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, scratch=self.scratch,
-                  sync=self.bn_sync)
+                  sync=self.bn_sync, arena=arena)
         # Layers that read only the data (the first conv) need not compute d(input).
         data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False,
-                       scratch=self.scratch, sync=self.bn_sync)
+                       scratch=self.scratch, sync=self.bn_sync, arena=arena)
         douts: list = [None] * len(plan)
         for i in self.heads:
             douts[i] = xp.asarray(1.0, dtype=self.dtype)
@@ -227,16 +244,24 @@ class Executor:
             # dout: for several outputs a tuple, None where a port got no gradient. Handed over
             # in a list the step empties, so that nothing here keeps it (or the cache) alive.
             held = [caches[i], douts[i]]
+            probe = douts[i] if arena is not None and arena.probing else None
             caches[i] = douts[i] = None
+            if arena is not None:
+                arena.at(i)
             dins, dparams = run_backward(st, data_ctx if st.data_only else ctx,
                                          self.params.get(st.node.name, {}), held)
+            if probe is not None:
+                arena.check_backward(i, probe, dins)
+                probe = None
             if dparams:
                 grads[st.node.name] = dparams
                 if on_grads is not None:
                     on_grads(st.node.name, dparams)
-            add_input_grads(plan, douts, st, dins)
+            add_input_grads(plan, douts, st, dins, arena)
             dins = None   # hold no gradient into the next step (a fused ReLU replaces it)
         self.grads = grads
+        if arena is not None:
+            arena.finish()
         weights_changed()   # the optimizer updates the weights next: prepacked copies are stale
         return grads
 

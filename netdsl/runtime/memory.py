@@ -30,7 +30,8 @@ import numpy as np
 from ..core.graph import nodes, records
 from ..layers import numel
 from ..layers.footprint import Footprint, aligned
-from .arena import layout_arena
+from .arena import layout_arena, layout_slots
+from .carving import ENABLED as ARENA, offered
 from .plan import ALIAS
 
 
@@ -67,6 +68,9 @@ class MemoryPlan:
     held: int = 0                # bytes held across steps on purpose (part of peak)
     scratch: int = 0             # of which the NumPy executor's Scratch region
     offsets: dict = field(default_factory=dict)   # buffer id -> arena offset
+    carved: int = 0              # bytes: the executor's arena (part of peak; runtime/carve.py)
+    slots: dict = field(default_factory=dict)     # (step, role) -> (bytes, born, died):
+    steps: int = 0               # the buffers the executor may carve (runtime/carve.py)
 
 
 class _Sim:
@@ -76,6 +80,7 @@ class _Sim:
         self.size, self.refs, self.born, self.died = {}, {}, {}, {}
         self.live = self.peak = self.t = 0
         self.at = ""
+        self.trace: list = []   # (bytes held, where) at each step
 
     def new(self, nbytes: int) -> int | None:
         if nbytes <= 0:
@@ -98,16 +103,20 @@ class _Sim:
             self.died[b] = self.t
 
     def touch(self, extra: int, where: str):
+        self.trace.append((self.live + extra, where))
         if self.live + extra > self.peak:
             self.peak, self.at = self.live + extra, where
         self.t += 1
 
 
 def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
-                scratch: bool = True) -> MemoryPlan:
+                scratch: bool = True, arena: bool | None = None) -> MemoryPlan:
     """Simulate the executor on ``plan`` for one batch; see the module docstring. ``scratch``:
     the executor owns a Scratch region (a NumPy executor does): its size, the most any one
-    kernel call takes, is held for the whole step and added to the peak."""
+    kernel call takes, is held for the whole step and added to the peak. ``arena``: it carves
+    outputs and gradients from its arena (runtime/carve.py; default: a NumPy executor does
+    unless NETDSL_ARENA=0), held for the whole step, and ``slots`` lists them."""
+    arena = (ARENA and scratch) if arena is None else arena
     s = _Sim()
     persistent = _providers(plan, batch, training)      # before the footprints: it marks steps
     fps = [footprint(st, batch, itemsize, training, scratch) for st in plan]
@@ -125,6 +134,7 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
     remaining = [st.consumers for st in plan]
     heads = [i for i, st in enumerate(plan) if st.spec.role == "loss"]
     logits_at = _logits_index(plan, heads)
+    roles: dict = {}   # (step, role) -> buffer: what the executor carves from its arena
 
     def port(j, p):
         return value[j][p] if fps[j].outs else value[j]
@@ -140,6 +150,9 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         else:
             value[i] = s.new(fp.out)
             s.ref(value[i])
+            if value[i] is not None and i != logits_at and st.spec.role != "loss" \
+                    and arena and offered(st, "out"):
+                roles[(i, "out")] = value[i]   # not what forward returns to the caller
         own = s.new(fp.cache)
         s.touch(fp.fwd_tmp, f"forward {st.node.name}")
         mine = value[i] if fp.outs else [value[i]]
@@ -160,9 +173,11 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
                 for b in (value[j] if fps[j].outs else [value[j]]):
                     s.unref(b)
     if not training:
-        arena, offsets = layout_arena(s)
-        return MemoryPlan(s.peak + persistent + region, arena, s.at, 0,
-                          held=persistent + region, scratch=region, offsets=offsets)
+        size, offsets = layout_arena(s)
+        peak, at, carved = _with_arena(s, roles)
+        return MemoryPlan(peak + persistent + region, size, at, 0,
+                          held=persistent + region, scratch=region, carved=carved, offsets=offsets,
+                          **_carve(s, roles))
     kept = s.live
     dout = [None] * len(plan)
     grads = 0
@@ -184,6 +199,10 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         grads += pgrad
         s.new(pgrad)                                     # kept: the step's result
         fresh = [s.new(d) if d else None for d in (fp.dx or ())]
+        if arena:
+            roles.update(((i, f"dx{k}"), b) for k, b in enumerate(fresh)
+                         if b is not None and offered(st, f"dx{k}")
+                         and s.size[b] == batch * numel(st.node.in_shapes[k]) * itemsize)
         s.touch(fp.bwd_tmp, f"backward {st.node.name}")
         for b in cache[i]:
             s.unref(b)
@@ -196,20 +215,55 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
         # (run_backward let it go), not while the fan-out sums below are made.
         s.unref(dout[i])
         dout[i] = None
-        for j, g in got:
+        for k, ((j, port), (_, g)) in enumerate(zip(st.inputs, got)):
             if g is None:
                 continue
             if dout[j] is not None:                      # fan-out: a + b into a new buffer
-                total = s.new(s.size[g])
+                # of the tensor's size (a gradient may be a view of a larger, padded one)
+                total = s.new(batch * numel(plan[j].node.out_shapes[port]) * itemsize)
+                if not fps[j].outs and arena:
+                    roles[(i, f"sum{k}")] = total
                 s.touch(0, f"backward {st.node.name}")
                 s.ref(total)
                 s.unref(dout[j])
                 s.unref(g)
                 g = total
             dout[j] = g
-    arena, offsets = layout_arena(s)
-    return MemoryPlan(s.peak + persistent + region, arena, s.at, grads, kept,
-                      held=persistent + region, scratch=region, offsets=offsets)
+    size, offsets = layout_arena(s)
+    peak, at, carved = _with_arena(s, roles)
+    return MemoryPlan(peak + persistent + region, size, at, grads, kept,
+                      held=persistent + region, scratch=region, carved=carved, offsets=offsets,
+                      **_carve(s, roles))
+
+
+def _with_arena(s, roles: dict) -> tuple[int, str, int]:
+    """(peak, where, arena bytes) of the step when the buffers ``roles`` are carved from the
+    executor's arena (runtime/carve.py): the arena is held for the whole step, the other
+    buffers come and go as before, so the peak is the arena plus the most the others hold at
+    once (above the simulation's peak where the carved buffers peak at another time)."""
+    if not roles:
+        return s.peak, s.at, 0
+    slots = {k: (s.size[b], s.born[b], s.died.get(b, s.t)) for k, b in roles.items()}
+    size, _ = layout_slots(slots, s.t)
+    change = [0] * (s.t + 2)
+    for nbytes, born, died in slots.values():   # held at the steps born <= t < died
+        change[born] += nbytes
+        change[died] -= nbytes
+    carved, other, at = 0, -1, s.at
+    for t, (held, where) in enumerate(s.trace):
+        carved += change[t]
+        if held - carved > other:
+            other, at = held - carved, where
+    return size + max(other, 0), at, size
+
+
+def _carve(s, roles: dict) -> dict:
+    """What the executor may carve from its arena (runtime/carve.py): the outputs, fresh input
+    gradients and fan-out sums of the steps, by (step, role), with their bytes and lifetimes.
+    Caches and parameter gradients stay fresh arrays: the caller keeps the gradients past the
+    step."""
+    return {"slots": {key: (s.size[b], s.born[b], s.died.get(b, s.t)) for key, b in roles.items()},
+            "steps": s.t}
 
 
 def _logits_index(plan, heads) -> int | None:

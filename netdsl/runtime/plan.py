@@ -191,15 +191,16 @@ def _split_rows(ctx, like, fn) -> None:
     workspace.split_rows(ctx.xp, like.shape[0], like.nbytes, fn)
 
 
-def add_input_grads(plan, douts: list, st, dins) -> None:
+def add_input_grads(plan, douts: list, st, dins, arena=None) -> None:
     """Add a step's input gradients ``dins`` into ``douts`` (one slot per step, a tuple per
     port for a step with several outputs), summing where a tensor fans out to several readers
-    (out of place: a layer may hand the same array to several inputs)."""
-    for (j, port), d in zip(st.inputs, dins):
+    (out of place: a layer may hand the same array to several inputs; into the executor's
+    ``arena`` buffer "sum<k>" where the memory planner placed one)."""
+    for k, ((j, port), d) in enumerate(zip(st.inputs, dins)):
         if d is None:
             continue
         if plan[j].spec.outputs == 1:
-            douts[j] = d if douts[j] is None else summed(douts[j], d)
+            douts[j] = d if douts[j] is None else summed(douts[j], d, arena, k)
         else:
             slot = list(douts[j]) if douts[j] is not None else \
                 [None] * len(plan[j].node.out_shapes)
@@ -207,15 +208,20 @@ def add_input_grads(plan, douts: list, st, dins) -> None:
             douts[j] = tuple(slot)
 
 
-def summed(a, b):
-    """``a + b`` in a fresh C-ordered array; two NumPy batches of one shape are added split
-    over the worker threads (a residual block's input gets two full-map gradients per step:
-    in ResNet-20 the nine sums were ~4% of a training step on one thread)."""
-    import numpy as np
+def summed(a, b, arena=None, k: int = 0):
+    """``a + b`` in a C-ordered array: the arena's buffer for the step's input ``k`` when
+    there is one, else a fresh array. Two NumPy batches of one shape are added split over the
+    worker threads (a residual block's input gets two full-map gradients per step: in
+    ResNet-20 the nine sums were ~4% of a training step on one thread); the same values as
+    ``a + b`` either way (one rounding per element)."""
+    import numpy as np   # the arena exists on NumPy executors only
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
             or a.ndim == 0:
         return a + b
-    out = np.empty(a.shape, dtype=np.result_type(a, b))
+    out = arena.take(f"sum{k}", a.shape, a.dtype) \
+        if arena is not None and a.dtype == b.dtype else None
+    if out is None:
+        out = np.empty(a.shape, dtype=np.result_type(a, b))
     workspace.split_rows(np, a.shape[0], out.nbytes,
-                         lambda i, k: np.add(a[i:k], b[i:k], out=out[i:k]))
+                         lambda i, j: np.add(a[i:j], b[i:j], out=out[i:j]))
     return out

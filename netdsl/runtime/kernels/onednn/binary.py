@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....layers import get
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
 from .eltwise import relu_backward, scratch_need
@@ -56,7 +57,7 @@ def mul_forward(ctx, attrs, params, inputs):
     else:
         x, g = (a, b) if _b_is_gate(a.shape, b.shape) else (b, a)
         shape, gate = x.shape, True
-    out = np.empty_like(x)
+    out = fresh(ctx, x.shape, np.float32)
     with serial("mul", x.size):
         _prim(shape, gate)(x, g, out)
     return out, (a, b)
@@ -85,7 +86,7 @@ def add_forward(ctx, attrs, params, inputs, relu=False):
     """Same contract as the registry's add forward (two inputs); the cache is the input
     count, or with ``relu`` the output (the mask of the backward)."""
     a, b = f32(inputs[0]), f32(inputs[1])
-    out = np.empty_like(a)
+    out = fresh(ctx, a.shape, np.float32)
     with serial("add", a.size):
         _add_prim(_flat(a.shape), relu)(a, b, out)
     return out, (out if relu else 2)

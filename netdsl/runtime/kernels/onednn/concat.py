@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from ....layers import get
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, is_f32, lib, nhwc, primitive, serial
 
@@ -63,7 +64,7 @@ def concat_forward(ctx, attrs, params, inputs):
     if not all(_usable(x) for x in inputs):   # e.g. float64 data: the reference does it
         return get("concat").forward(ctx, attrs, params, inputs)
     n, h, w = inputs[0].shape[:3]
-    out = np.empty((n, h, w, sum(x.shape[3] for x in inputs)), dtype=np.float32)
+    out = fresh(ctx, (n, h, w, sum(x.shape[3] for x in inputs)), np.float32)
     layouts = tuple((x.shape, x.strides) for x in inputs)
     with serial("concat", out.size):
         _prim(layouts)(*inputs, out)

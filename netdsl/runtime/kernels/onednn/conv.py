@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ....layers.base import fresh
 from . import capi as L
 from .choices import few_channels, jit_few
 from .common import cached, f32, is_f32, lib, primitive, serial, slow_impl
@@ -231,7 +232,7 @@ def conv_forward(ctx, attrs, params, inputs, act=None):
     geo = geometry(attrs, x.shape, weight.shape[3])
     if conv_fc.covers_input(geo):     # one window: a matrix product (conv_fc.py)
         return conv_fc.forward(ctx, params, x, geo, act)
-    out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["f"]), dtype=np.float32)
+    out = fresh(ctx, (geo["n"], geo["ho"], geo["wo"], geo["f"]), np.float32)
     fwd, w = _run_forward(geo, params, x, out, act, bool(ctx.training))
     return out, (x, geo, fwd, w)
 
@@ -269,7 +270,7 @@ def conv_add_forward(ctx, attrs, params, inputs, relu=False, inplace=False):
     if inplace and _writable_f32(short, shape):
         out = short
     else:   # the plan's in-place decision does not hold for this array: a fresh copy
-        out = np.empty(shape, dtype=np.float32)
+        out = fresh(ctx, shape, np.float32)
         np.copyto(out, short)
     _run_forward(geo, params, x, out, "relu" if relu else None, False, add=True)
     return out, None
@@ -332,7 +333,7 @@ def _conv_backward(ctx, params, x, geo, fwd, packed, dout):
     del dw
     if not ctx.input_grad:
         return [None], grads
-    dx = np.empty(x.shape, dtype=np.float32)
+    dx = fresh(ctx, x.shape, np.float32, "dx0")
     bd = _bwd_data(geo, bias)
     prim, reorder = bd.prims()
     if bd.reads(fwd):        # the forward's blocked copy of this step's weights

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, f32, is_f32, lib, plain, primitive, serial
 from .eltwise import fused_pair, post_op_form
@@ -97,7 +98,7 @@ def fc_forward(ctx, attrs, params, inputs, act=None):
     weight = params["weight"]
     n, (k, units) = x2.shape[0], weight.shape
     bias = "bias" in params
-    out = np.empty((n, units), dtype=np.float32)
+    out = fresh(ctx, (n, units), np.float32)
     training, act = bool(ctx.training), post_op_form(act)
     with serial("fc", 2 * n * k * units):
         if bias:
@@ -127,7 +128,7 @@ def _fc_backward(ctx, params, x_shape, x2, dout):
         _bwd_weights(n, k, units, False)(x2, dout, grads["weight"])
     if not ctx.input_grad:
         return [None], grads
-    dx = np.empty((n, k), dtype=np.float32)
+    dx = fresh(ctx, (n, k), np.float32, "dx0")
     _bwd_data(n, k, units, bias)(dout, f32(weight), dx)
     return [dx.reshape(x_shape)], grads
 

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, f32, is_f32, lib, plain, primitive, serial
 
@@ -135,13 +136,13 @@ def make(op: str):
     """(forward, backward, supports) for one activation."""
     def forward(ctx, attrs, params, inputs):
         x = f32(inputs[0])
-        out = np.empty_like(x)
+        out = fresh(ctx, x.shape, np.float32)
         _run_forward(op, x, out)
         return out, (x if op in FROM_INPUT else out)
 
     def backward(ctx, attrs, params, kept, dout):
         # kept: the output, or the input for the ops in FROM_INPUT
-        dx = np.empty_like(kept)
+        dx = fresh(ctx, kept.shape, np.float32, "dx0")
         with serial(op, kept.size):
             _bwd(op, _flat(kept.shape))(kept, f32(dout), dx)
         return [dx], {}

@@ -10,6 +10,7 @@ import ctypes
 
 import numpy as np
 
+from ....layers.base import fresh
 from . import capi as L
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
 
@@ -89,7 +90,7 @@ def bn_forward(ctx, attrs, params, inputs, relu=False):
     eps = float(attrs["eps"])
     batch_stats = bool(ctx.training)
     c = x.shape[-1]
-    out = np.empty_like(x)
+    out = fresh(ctx, x.shape, np.float32)
     gamma, beta = f32(params["gamma"]), f32(params["beta"])
     with serial("batchnorm"):
         size = _ws_size(x.shape, eps, batch_stats, relu)
@@ -112,7 +113,7 @@ def bn_forward(ctx, attrs, params, inputs, relu=False):
 def bn_backward(ctx, attrs, params, cache, dout, relu=False):
     """Same contract as the registry's batchnorm backward."""
     x, mean, var, batch_stats, ws = cache
-    dx = np.empty_like(x)
+    dx = fresh(ctx, x.shape, np.float32, "dx0")
     c = x.shape[-1]
     dgamma = np.empty(c, dtype=np.float32)
     dbeta = np.empty(c, dtype=np.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....layers import get
-from ....layers.base import out_size
+from ....layers.base import fresh, out_size
 from ....layers.pooling import pool_attrs
 from . import capi as L
 from .choices import NARROW, narrowest
@@ -100,7 +100,7 @@ def pool_forward(ctx, attrs, params, inputs):
     geo = _geometry(attrs, x.shape)
     with serial("pool", x.size):
         prim, ws_size = _fwd(geo, ctx.training)
-        out = np.empty((geo["n"], geo["ho"], geo["wo"], geo["c"]), dtype=np.float32)
+        out = fresh(ctx, (geo["n"], geo["ho"], geo["wo"], geo["c"]), np.float32)
         ws = np.empty(ws_size, dtype=np.uint8) if ws_size else None
         prim(x, out, *((ws,) if ws_size else ()))
     return out, (geo, ws)
@@ -109,7 +109,7 @@ def pool_forward(ctx, attrs, params, inputs):
 def pool_backward(ctx, attrs, params, cache, dout):
     """Same contract as the registry's pool backward (after a training forward)."""
     geo, ws = cache
-    dx = np.empty((geo["n"], geo["h"], geo["w"], geo["c"]), dtype=np.float32)
+    dx = fresh(ctx, (geo["n"], geo["h"], geo["w"], geo["c"]), np.float32, "dx0")
     if geo["alg"] == L.POOL_MAX and ws is None:
         raise RuntimeError("max pooling backward needs a training forward (its workspace)")
     args = (f32(dout), dx) + ((ws,) if ws is not None else ())
