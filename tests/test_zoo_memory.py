@@ -6,6 +6,11 @@ Measured as `netdsl bench` measures (netdsl.tools.bench.peak_memory): tracemallo
 steady-state step beyond what was held before it, plus what is held across steps on purpose
 (netdsl.core.workspace.held_bytes(): the Scratch region, oneDNN's scratchpad). An independent
 measurement: the expected values never come from the planner.
+
+The bound is 10% of the measured peak plus 1 KiB per plan step: the Python objects a call
+makes (array views, tuples, oneDNN's argument arrays; ~0.7 KB a step measured on LeNet-5) are
+in tracemalloc's figure but not in the plan, which models arrays. At the reduced sizes LeNet-5's
+inference plan is ~58 KB, where those ~6 KB alone are 10%; at a real batch they are nothing.
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ BATCH = 2
 BIG = {"alexnet", "deepface", "googlenet", "resnet18", "resnet34", "resnet50", "vgg16",
        "vgg19", "zfnet"}
 PROVIDERS = ["numpy"] + (["onednn"] if kernels.available("onednn") else [])
+
+
+def _objects(plan) -> int:
+    """The slack for the Python objects of a pass (module docstring): 1 KiB a step."""
+    return 1024 * len(plan)
 
 
 def _release():
@@ -59,14 +69,16 @@ def test_planned_peaks_within_10_percent_of_measured(name, provider):
     _release()
     measured = peak_memory(lambda: (ex.forward(x, y, training=True), ex.backward()))
     planned = plan_memory(ex.plan, BATCH, training=True).peak
-    assert abs(planned - measured) <= 0.10 * measured, ("train", planned, measured)
+    assert abs(planned - measured) <= 0.10 * measured + _objects(ex.plan), \
+        ("train", planned, measured)
     inf = ex.for_inference()
     del ex          # its Scratch region would count in held_bytes()
     gc.collect()
     _release()
     measured = peak_memory(lambda: inf.forward(x, training=False))
     planned = plan_memory(inf.plan, BATCH, training=False).peak
-    assert abs(planned - measured) <= 0.10 * measured, ("infer", planned, measured)
+    assert abs(planned - measured) <= 0.10 * measured + _objects(inf.plan), \
+        ("infer", planned, measured)
 
 
 def test_bench_runs_a_segmentation_net():
