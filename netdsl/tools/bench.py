@@ -35,6 +35,11 @@ def _time_steps(step, count: int) -> list[float]:
     return times
 
 
+PEER_PAUSE = 0.05
+"""Seconds of sleep before each framework's turn when several take turns (``interleave``):
+long enough for the other's spinning worker threads to go to sleep."""
+
+
 def interleave(steps: dict, total: int, rounds: int = 5, warmup: int = 3, settle: int = 0,
                pause: float = 0.0) -> dict:
     """Per-round median seconds per step of each named step function; the functions take
@@ -278,7 +283,15 @@ def run(args) -> dict:
                 raise NetdslError("--compare torch needs PyTorch, which is not installed",
                                   hint="pip install torch (only the benchmark uses it)")
             print("PyTorch is not installed: pip install torch to compare", file=sys.stderr)
-    rounds = interleave(steps, args.steps, rounds=args.rounds)
+    # Each turn starts with one untimed step after a short pause: what the previous turn left
+    # behind (a peer's worker threads spinning after its last call: onnxruntime's, PyTorch's
+    # OpenMP's, netdsl's own) would otherwise run against the first timed steps of the next
+    # one. On 2 cores it cost netdsl's cs231n inference 44 → 56 ms a step with rounds of two
+    # steps after onnxruntime's (and onnxruntime 44 → 48 ms after netdsl's); the same numbers
+    # as one framework alone come back with it (docs/performance.md).
+    peer = len(steps) > 1
+    rounds = interleave(steps, args.steps, rounds=args.rounds, settle=int(peer),
+                        pause=PEER_PAUSE if peer else 0.0)
     t = float(np.median(rounds["netdsl"]))
     macs = sum(n.macs for n in nodes(c.graph)) * batch
     flops = 2 * macs * (3 if args.mode == "train" else 1)  # backward ≈ 2× forward

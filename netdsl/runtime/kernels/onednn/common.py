@@ -82,7 +82,7 @@ def slow_impl(name: str) -> bool:
 # FLOPs for conv/fc, elements for the others; 0 disables) override the defaults.
 import os  # noqa: E402
 
-SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "batchnorm,lrn").split(",")
+SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "lrn").split(",")
                    if k and k != "none")
 SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**26))
 # Element-wise kernels (one pass, one parallel region, no barrier inside) are measured in
