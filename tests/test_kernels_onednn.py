@@ -495,3 +495,37 @@ def test_training_plan_fuses_the_residual_relu():
     assert all(st.provider == "onednn" and st.node.meta.get("act") == "relu"
                and st.act is None for st in adds)
     assert not any(st.node.op == "relu" for st in plan)
+
+
+@pytest.mark.parametrize("barrier_free", [frozenset(), frozenset(("forward", "backward"))],
+                         ids=["first-choice", "barrier-free"])
+@pytest.mark.parametrize("act", [None, "relu"])
+@pytest.mark.parametrize("shape", [(4, 5, 6), (6, 6, 16)])
+def test_batchnorm_either_kernel_matches_reference(shape, act, barrier_free, monkeypatch):
+    """norm.BARRIER_FREE: training batch norm (and batch norm + ReLU) on oneDNN's first choice
+    and on its barrier-free kernel, threaded, matches the float64 reference (outputs, input and
+    parameter gradients, running statistics); with the switch on, a host whose first choice is
+    ``bnorm_jit:<isa>`` runs ``bnorm_tbb_jit:<isa>`` both ways."""
+    from netdsl.runtime.kernels.onednn import common, norm
+    monkeypatch.setattr(norm, "BARRIER_FREE", barrier_free)
+    common.clear_cache()
+    try:
+        case = ("batchnorm", {}, shape)
+        if act is None:
+            test_kernel_matches_reference(case, True)
+        else:
+            test_fused_activation_matches_layer_then_activation(case, True, act)
+        d = common.lib()
+        full = (BATCH,) + shape
+        fwd = d.impl_name(norm._fwd_pd(full, 1e-5, True, act is not None))
+        bwd = d.impl_name(norm._bwd_pd(full, 1e-5, True, act is not None))
+        monkeypatch.setattr(norm, "BARRIER_FREE", frozenset())
+        common.clear_cache()
+        first = d.impl_name(norm._fwd_pd(full, 1e-5, True, act is not None))
+        if barrier_free and first.startswith("bnorm_jit:"):
+            isa = first.split(":", 1)[1]
+            assert fwd == bwd == "bnorm_tbb_jit:" + isa, (fwd, bwd)
+        elif not barrier_free:
+            assert fwd == first, fwd
+    finally:
+        common.clear_cache()

@@ -7,12 +7,39 @@ with the reference's rule (PyTorch's: the running variance tracks the unbiased e
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
 from ....layers.base import fresh
 from . import capi as L
+from .choices import choose_impl
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
+
+BARRIER_FREE = frozenset(p for p in os.environ.get("NETDSL_ONEDNN_BN_TBB", "forward,backward")
+                         .split(",") if p and p != "none")
+"""The passes (``forward``, ``backward``) of a threaded batch norm that run oneDNN's
+barrier-free kernel (``bnorm_tbb_jit:<isa>``, separate parallel regions) instead of its first
+choice, ``bnorm_jit:<isa>``, whose threads meet at spinning barriers inside one region
+(``NETDSL_ONEDNN_BN_TBB=none`` keeps the first choice, for comparison). Why: on a shared
+2-core host a spinning barrier waits whole time slices for a descheduled partner: a
+64×32×32×16 forward took 12 ms on 2 threads against 0.5 ms on one (jit), 0.5 ms (tbb,
+AVX-512) and 5 ms (tbb, AVX2); one thread's CPU time was the same on AVX-512 and 17% more
+on AVX2 (docs/performance.md)."""
+
+
+def _barrier_free(create, kind: str):
+    """``create()``'s descriptor, moved to the barrier-free kernel of the first choice's ISA
+    where :data:`BARRIER_FREE` names ``kind`` and the host's list has it."""
+    if kind not in BARRIER_FREE:
+        return create()
+    pd = create()
+    first = lib().impl_name(pd)
+    lib().dll.dnnl_primitive_desc_destroy(pd)
+    if not first.startswith("bnorm_jit:"):
+        return create()
+    want = "bnorm_tbb_jit:" + first.split(":", 1)[1]
+    return choose_impl(create, lambda name: name == want)
 
 
 def _data_md(shape):
@@ -27,13 +54,14 @@ def _flags(batch_stats, relu=False):
 
 
 def _fwd_pd(shape, eps, batch_stats, relu=False):
-    def build():
+    def create():
         d = lib()
         md = _data_md(shape)
         return d.pd("dnnl_batch_normalization_forward_primitive_desc_create", d.engine,
                     L.FORWARD_TRAINING, md, md, ctypes.c_float(eps),
                     ctypes.c_uint(_flags(batch_stats, relu)), d.attr())
-    return cached(("bn_fwd_pd", shape, eps, batch_stats, relu), build)
+    return cached(("bn_fwd_pd", shape, eps, batch_stats, relu),
+                  lambda: _barrier_free(create, "forward"))
 
 
 def _ws_size(shape, eps, batch_stats, relu):
@@ -51,14 +79,15 @@ def _fwd(shape, eps, batch_stats, relu=False):
 
 
 def _bwd_pd(shape, eps, batch_stats, relu=False):
-    def build():
+    def create():
         d = lib()
         md = _data_md(shape)
         return d.pd("dnnl_batch_normalization_backward_primitive_desc_create", d.engine,
                     L.BACKWARD, md, md, md, ctypes.c_float(eps),
                     ctypes.c_uint(_flags(batch_stats, relu)),
                     _fwd_pd(shape, eps, batch_stats, relu), d.attr())
-    return cached(("bn_bwd_pd", shape, eps, batch_stats, relu), build)
+    return cached(("bn_bwd_pd", shape, eps, batch_stats, relu),
+                  lambda: _barrier_free(create, "backward"))
 
 
 def _bwd(shape, eps, batch_stats, relu=False):
