@@ -20,23 +20,31 @@ BARRIER_FREE = frozenset(p for p in os.environ.get("NETDSL_ONEDNN_BN_TBB", "forw
                          .split(",") if p and p != "none")
 """The passes (``forward``, ``backward``) of a threaded batch norm that run oneDNN's
 barrier-free kernel (``bnorm_tbb_jit:<isa>``, separate parallel regions) instead of its first
-choice, ``bnorm_jit:<isa>``, whose threads meet at spinning barriers inside one region
-(``NETDSL_ONEDNN_BN_TBB=none`` keeps the first choice, for comparison). Why: on a shared
-2-core host a spinning barrier waits whole time slices for a descheduled partner: a
-64×32×32×16 forward took 12 ms on 2 threads against 0.5 ms on one (jit), 0.5 ms (tbb,
-AVX-512) and 5 ms (tbb, AVX2); one thread's CPU time was the same on AVX-512 and 17% more
-on AVX2 (docs/performance.md)."""
+choice, ``bnorm_jit:<isa>``, whose threads meet at spinning barriers inside one region, on
+AVX-512 hosts (``NETDSL_ONEDNN_BN_TBB=none`` keeps the first choice, for comparison). Why: on
+a shared 2-core host a spinning barrier waits whole time slices for a descheduled partner: a
+64×32×32×16 forward's median call took 16 ms on 2 threads against 0.29 (tbb); quiet, the two
+were within 0.06 ms (forward) and 0.1–0.2 ms (backward) a call. Not on AVX2: there the tbb
+forward ran 2–17× slower than the jit one on 16×16×32 and 8×8×64 maps even on one thread
+(and backward's first choice is the tbb kernel already). docs/performance.md, issue 14."""
+
+
+def _moved(kind: str) -> bool:
+    """Whether :data:`BARRIER_FREE` names ``kind`` (part of the cache keys, so that switching
+    it in one process gets the other primitives: the in-process A/B of docs/performance.md)."""
+    return kind in BARRIER_FREE
 
 
 def _barrier_free(create, kind: str):
     """``create()``'s descriptor, moved to the barrier-free kernel of the first choice's ISA
-    where :data:`BARRIER_FREE` names ``kind`` and the host's list has it."""
-    if kind not in BARRIER_FREE:
+    where :data:`BARRIER_FREE` names ``kind``, the first choice is an AVX-512 ``bnorm_jit``
+    and the host's list has the other."""
+    if not _moved(kind):
         return create()
     pd = create()
     first = lib().impl_name(pd)
     lib().dll.dnnl_primitive_desc_destroy(pd)
-    if not first.startswith("bnorm_jit:"):
+    if not (first.startswith("bnorm_jit:") and "avx512" in first):
         return create()
     want = "bnorm_tbb_jit:" + first.split(":", 1)[1]
     return choose_impl(create, lambda name: name == want)
@@ -60,7 +68,7 @@ def _fwd_pd(shape, eps, batch_stats, relu=False):
         return d.pd("dnnl_batch_normalization_forward_primitive_desc_create", d.engine,
                     L.FORWARD_TRAINING, md, md, ctypes.c_float(eps),
                     ctypes.c_uint(_flags(batch_stats, relu)), d.attr())
-    return cached(("bn_fwd_pd", shape, eps, batch_stats, relu),
+    return cached(("bn_fwd_pd", shape, eps, batch_stats, relu, _moved("forward")),
                   lambda: _barrier_free(create, "forward"))
 
 
@@ -75,7 +83,7 @@ def _fwd(shape, eps, batch_stats, relu=False):
         ws = ("workspace",) if _ws_size(shape, eps, batch_stats, relu) else ()
         args = ("src", "scale", "shift", "mean", "variance", "dst") + ws
         return primitive(_fwd_pd(shape, eps, batch_stats, relu), args)
-    return cached(("bn_fwd", shape, eps, batch_stats, relu), build)
+    return cached(("bn_fwd", shape, eps, batch_stats, relu, _moved("forward")), build)
 
 
 def _bwd_pd(shape, eps, batch_stats, relu=False):
@@ -86,7 +94,8 @@ def _bwd_pd(shape, eps, batch_stats, relu=False):
                     L.BACKWARD, md, md, md, ctypes.c_float(eps),
                     ctypes.c_uint(_flags(batch_stats, relu)),
                     _fwd_pd(shape, eps, batch_stats, relu), d.attr())
-    return cached(("bn_bwd_pd", shape, eps, batch_stats, relu),
+    return cached(("bn_bwd_pd", shape, eps, batch_stats, relu, _moved("forward"),
+                   _moved("backward")),
                   lambda: _barrier_free(create, "backward"))
 
 
@@ -96,7 +105,8 @@ def _bwd(shape, eps, batch_stats, relu=False):
         args = ("src", "mean", "variance", "diff_dst", "scale", "diff_src", "diff_scale",
                 "diff_shift") + ws
         return primitive(_bwd_pd(shape, eps, batch_stats, relu), args)
-    return cached(("bn_bwd", shape, eps, batch_stats, relu), build)
+    return cached(("bn_bwd", shape, eps, batch_stats, relu, _moved("forward"),
+                   _moved("backward")), build)
 
 
 def plan_sizes(shape, eps, training, relu) -> tuple[int, int]:
