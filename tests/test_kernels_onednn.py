@@ -529,3 +529,38 @@ def test_batchnorm_either_kernel_matches_reference(shape, act, barrier_free, mon
             assert fwd == first, fwd
     finally:
         common.clear_cache()
+
+
+@pytest.mark.parametrize("strided_jit", [False, True], ids=["first-choice", "jit"])
+@pytest.mark.parametrize("case", [
+    ("conv", {"filters": 32, "kernel": 3, "stride": 2, "pad": 1, "bias": False}, (8, 8, 16)),
+    ("conv", {"filters": 32, "kernel": 1, "stride": 2, "bias": False}, (8, 8, 16)),
+    ("conv", {"filters": 64, "kernel": 3, "stride": 2, "pad": 1}, (6, 6, 32)),
+], ids=_case_id)
+def test_strided_conv_backward_data_either_kernel(case, strided_jit, monkeypatch):
+    """choices.strided_jit: a stride-2 conv on ≤ 32 input channels (ResNet-20's) runs
+    backward-data on the jit kernel of oneDNN's first choice's ISA where that choice is
+    brgconv_strided, and its numbers match the float64 reference either way (threaded)."""
+    from netdsl.runtime.kernels.onednn import choices, common
+    from netdsl.runtime.kernels.onednn.conv import impl_names
+    monkeypatch.setattr(choices, "STRIDED_JIT", strided_jit)
+    monkeypatch.setattr(common, "SMALL", 0)
+    common.clear_cache()
+    try:
+        test_kernel_matches_reference(case, True)
+        _, attrs, in_shape = case
+        bound = bound_attrs(get("conv"), attrs)
+        chosen = impl_names(bound, (BATCH,) + in_shape, attrs["filters"],
+                            attrs.get("bias", True), None, True)["backward_data"]
+        monkeypatch.setattr(choices, "STRIDED_JIT", False)
+        common.clear_cache()
+        first = impl_names(bound, (BATCH,) + in_shape, attrs["filters"],
+                           attrs.get("bias", True), None, True)["backward_data"]
+        if strided_jit and first.startswith("brgconv_strided:"):
+            isa = first.split(":", 1)[1]
+            want = ("jit_1x1:" if attrs["kernel"] == 1 else "jit:") + isa
+            assert chosen == want, (chosen, first)
+        else:
+            assert chosen == first, (chosen, first)
+    finally:
+        common.clear_cache()

@@ -14,9 +14,9 @@ import numpy as np
 
 from ....layers.base import fresh
 from . import capi as L
-from .choices import few_channels, jit_few
+from .choices import few_channels, jit_few, strided_jit
 from .common import cached, f32, is_f32, lib, primitive, serial, slow_impl
-from . import conv_dst, conv_fc, eltwise
+from . import choices, conv_dst, conv_fc, eltwise
 from .eltwise import fused_pair
 from .conv_geometry import cache_key, d_dims, descs, flops, geometry, weights_md
 from .packs import PACKS
@@ -159,11 +159,14 @@ class _Blocked(_WithReorder):
 def _bwd_data(geo, bias):
     def build():
         src, wei, _, dst, st, dl, pl, pr, d = descs(geo)
-        pd = few_channels(geo, lambda: d.pd(
-            "dnnl_convolution_backward_data_primitive_desc_create", d.engine, L.CONV_DIRECT,
-            src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr, _fwd_pd(geo, bias), d.attr()))
+        def create():
+            return d.pd("dnnl_convolution_backward_data_primitive_desc_create", d.engine,
+                        L.CONV_DIRECT, src, d.md_any(d_dims(geo)), dst, st, dl, pl, pr,
+                        _fwd_pd(geo, bias), d.attr())
+        pd = few_channels(geo, create) if jit_few(geo) else strided_jit(geo, create)
         return _Blocked(pd, ("diff_dst", "weights", "diff_src"), "weights", wei)
-    return cached(("conv_bwd_data",) + cache_key(geo, bias), build)
+    # the switch in the key: an in-process A/B gets both kernels (docs/performance.md)
+    return cached(("conv_bwd_data", choices.STRIDED_JIT) + cache_key(geo, bias), build)
 
 
 def _bwd_weights(geo, bias):
