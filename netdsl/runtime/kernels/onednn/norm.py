@@ -16,17 +16,19 @@ from . import capi as L
 from .choices import choose_impl
 from .common import cached, f32, is_f32, lib, nhwc, plain, primitive, serial
 
-BARRIER_FREE = frozenset(p for p in os.environ.get("NETDSL_ONEDNN_BN_TBB", "forward,backward")
+BARRIER_FREE = frozenset(p for p in os.environ.get("NETDSL_ONEDNN_BN_TBB", "forward")
                          .split(",") if p and p != "none")
 """The passes (``forward``, ``backward``) of a threaded batch norm that run oneDNN's
 barrier-free kernel (``bnorm_tbb_jit:<isa>``, separate parallel regions) instead of its first
 choice, ``bnorm_jit:<isa>``, whose threads meet at spinning barriers inside one region, on
-AVX-512 hosts (``NETDSL_ONEDNN_BN_TBB=none`` keeps the first choice, for comparison). Why: on
-a shared 2-core host a spinning barrier waits whole time slices for a descheduled partner: a
-64×32×32×16 forward's median call took 16 ms on 2 threads against 0.29 (tbb); quiet, the two
-were within 0.06 ms (forward) and 0.1–0.2 ms (backward) a call. Not on AVX2: there the tbb
-forward ran 2–17× slower than the jit one on 16×16×32 and 8×8×64 maps even on one thread
-(and backward's first choice is the tbb kernel already). docs/performance.md, issue 14."""
+AVX-512 hosts. Default ``forward``; ``forward,backward`` for hosts that share their cores,
+``none`` keeps the first choice (``NETDSL_ONEDNN_BN_TBB``). Why: on a shared 2-core host a
+spinning barrier waits whole time slices for a descheduled partner: a 64×32×32×16 forward's
+median call took 16 ms on 2 threads against 0.29 (tbb); quiet, the two forwards were within
+0.05 ms a call, while the jit backward was 0.1–0.2 ms a call faster (≈ 2.5 ms of a quiet
+ResNet-20 step, 8 ms a call slower under load: hence backward only on request). Not on AVX2:
+there the tbb forward ran 2–40× slower than the jit one on 16×16×32 and 8×8×64 maps even
+on one thread, and backward's first choice is the tbb kernel already. docs/performance.md."""
 
 
 def _moved(kind: str) -> bool:
