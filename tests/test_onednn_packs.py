@@ -114,3 +114,29 @@ def test_a_pack_dies_with_its_weights():
     import gc
     gc.collect()
     assert len(packs.PACKS) < held
+
+
+def test_training_packs_large_weights_on_every_host(fills, monkeypatch):
+    """``auto`` in training: weights of PACK_TRAIN_BYTES or more are packed on every host
+    (AVX-512 too, where brgconv would read netdsl's layout, slower once the weights outgrow
+    L2), once per step; outputs and gradients match the NumPy provider's."""
+    monkeypatch.setattr(conv, "PACK", "auto")
+    monkeypatch.setattr(conv, "PACK_TRAIN_BYTES", 16 * 16 * 9 * 4)   # the 16→16 3×3 only
+    common.clear_cache()
+    ex, _ = _nets()
+    x, y = _batch(3)
+    ref = Executor(ex.model.graph, params=ex.params, passes=(), kernels="numpy")
+    for step in range(2):
+        got = ex.forward(x, y, training=True).logits.copy()
+        ex.backward()
+        want = ref.forward(x, y, training=True).logits
+        ref.backward()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        for node, grads in ref.grads.items():
+            for name, g in grads.items():
+                np.testing.assert_allclose(ex.grads[node][name], g, rtol=1e-3, atol=1e-4)
+        for node, grads in ex.grads.items():          # an optimizer step, in place
+            for name, g in grads.items():
+                ex.params[node][name] -= 0.5 * g
+    big = [k for k in fills if dict(k[4])["kh"] == 3 and dict(k[4])["c"] == 16]
+    assert len(big) == 2                              # repacked once per step

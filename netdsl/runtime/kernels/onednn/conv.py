@@ -38,14 +38,24 @@ PACK = os.environ.get("NETDSL_ONEDNN_PACK", "auto")
 """When a forward convolution reads a blocked copy of the weights (``format any``) instead of
 netdsl's own layout. ``needed``: only where oneDNN has no direct kernel for netdsl's layout
 (AVX2 hosts: im2col + GEMM, 2–3× slower; AVX-512 hosts run brgconv on it). ``auto`` (the
-default): that in training, and always at inference, where the copy is made once and the
-blocked kernels were ~5% faster on AVX-512 too. ``always``: everywhere. Measured in
-docs/performance.md (issue 14)."""
+default): that in training, plus every layer whose weights reach :data:`PACK_TRAIN_BYTES`,
+and always at inference, where the copy is made once and the blocked kernels were ~5%
+faster on AVX-512 too. ``always``: everywhere. Measured in docs/performance.md (issue 14)."""
+
+PACK_TRAIN_BYTES = int(os.environ.get("NETDSL_ONEDNN_PACK_TRAIN_BYTES", 2**20))
+"""In training (``auto``), weights of at least this many bytes are packed on every host.
+Why: AVX-512's brgconv does run on netdsl's plain layout, but where the weights outgrow the
+L2 cache (ResNet-50's stages 3–4: 2–9 MB) it ran 1.7–2.6× slower than on the blocked copy
+(512→512 3×3 on 7×7, batch 16: 21.6 → 8.4 ms forward, the per-step repack included); below
+1 MB the two were within the noise (docs/performance.md)."""
 
 
-def _packs(training: bool) -> bool | None:
+def _packs(training: bool, geo) -> bool | None:
     """True: pack; None: pack only where netdsl's layout would run a slow kernel."""
-    return True if PACK == "always" or (PACK == "auto" and not training) else None
+    if PACK == "always" or (PACK == "auto" and not training):
+        return True
+    big = geo["kh"] * geo["kw"] * (geo["c"] // geo["g"]) * geo["f"] * 4 >= PACK_TRAIN_BYTES
+    return True if PACK == "auto" and big else None
 
 
 class _WithReorder:
@@ -75,7 +85,7 @@ class _Forward(_WithReorder):
         self.apart = act if post is None else None
         post = eltwise.post_op_form(post)
         self.pd = None
-        if not _packs(training) and not jit_few(geo):   # netdsl's layout, where oneDNN
+        if not _packs(training, geo) and not jit_few(geo):   # netdsl's layout, where oneDNN
             # runs a direct kernel on it (and would not run the jit kernel: few_channels)
             pd = _fwd_pd(geo, bias, post, training, plain_weights=True, add=add)
             if not slow_impl(d.impl_name(pd)):
