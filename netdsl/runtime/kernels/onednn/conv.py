@@ -16,7 +16,7 @@ from ....layers.base import fresh
 from . import capi as L
 from .choices import few_channels, jit_few
 from .common import cached, f32, is_f32, lib, primitive, serial, slow_impl
-from . import conv_dst, conv_fc, eltwise
+from . import conv_dst, conv_fc, conv_fold, eltwise
 from .eltwise import fused_pair
 from .conv_geometry import cache_key, d_dims, descs, flops, geometry, weights_md
 from .packs import PACKS
@@ -140,9 +140,11 @@ class _Blocked(_WithReorder):
         self.need = self.at + scratch if scratch else self.nbytes
         self._prims = None
 
-    def reads(self, fwd: _Forward) -> bool:
-        """Whether it can read the forward's pack as it is (the same blocked layout)."""
-        return bool(self.reorder_pd) and bool(fwd.nbytes) and lib().md_equal(self.chosen, fwd.md)
+    def reads(self, fwd: _Forward | None) -> bool:
+        """Whether it can read the forward's pack as it is (the same blocked layout; None: a
+        folded inference forward ran, conv_fold.py)."""
+        return (fwd is not None and bool(self.reorder_pd) and bool(fwd.nbytes)
+                and lib().md_equal(self.chosen, fwd.md))
 
     def need_after(self, fwd: _Forward) -> int:
         """Bytes of the shared region a call needs when the forward ran before it."""
@@ -188,7 +190,7 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
     if conv_fc.covers_input(geo):
         return conv_fc.scratch_need(geo, bias, act, training, input_grad)
     with serial("conv", flops(geo)):
-        fwd = _fwd(geo, bias, act, training)
+        fwd = _fwd(_folded(geo, training)[0], bias, act, training)
         need = fwd.scratch
         if training:
             need = max(need, _bwd_weights(geo, bias).need)
@@ -204,8 +206,10 @@ def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
     if conv_fc.covers_input(geo):
         return 0
     with serial("conv", flops(geo)):
-        fwd = _fwd(geo, bias, act, training)
-    return pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
+        geo2, s = _folded(geo, training)
+        fwd = _fwd(geo2, bias, act, training)
+    held = conv_fold.held_bytes(geo, s, bias) if s else 0
+    return held + (pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0)
 
 
 def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
@@ -216,7 +220,8 @@ def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
         return conv_fc.impl_names(geo, bias, act, training)
     d = lib()
     with serial("conv", flops(geo)):
-        names = {"forward": d.impl_name(_fwd(geo, bias, act, training).pd)}
+        names = {"forward": d.impl_name(_fwd(_folded(geo, training)[0], bias, act,
+                                             training).pd)}
         if training:
             names["backward_data"] = d.impl_name(_bwd_data(geo, bias).pd)
             names["backward_weights"] = d.impl_name(_bwd_weights(geo, bias).pd)
@@ -233,8 +238,18 @@ def conv_forward(ctx, attrs, params, inputs, act=None):
     if conv_fc.covers_input(geo):     # one window: a matrix product (conv_fc.py)
         return conv_fc.forward(ctx, params, x, geo, act)
     out = fresh(ctx, (geo["n"], geo["ho"], geo["wo"], geo["f"]), np.float32)
+    s = conv_fold.factor(geo, bool(ctx.training))
+    if s:   # columns folded into channels (conv_fold.py): views of x and out
+        fwd, w = _run_forward(*conv_fold.fold(geo, params, x, out, s), act, False)
+        return out, (x, geo, None, None)    # (backward reorders its own weights)
     fwd, w = _run_forward(geo, params, x, out, act, bool(ctx.training))
     return out, (x, geo, fwd, w)
+
+
+def _folded(geo, training: bool):
+    """(the geometry the forward runs, fold factor or 0): conv_fold.py's rule."""
+    s = conv_fold.factor(geo, training)
+    return (conv_fold.folded_geometry(geo, s) if s else geo), s
 
 
 def _run_forward(geo, params, x, out, act, training: bool, add: bool = False):
