@@ -189,8 +189,9 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
     lib()   # the library loaded (or a clear error) before any descriptor is asked
     if conv_fc.covers_input(geo):
         return conv_fc.scratch_need(geo, bias, act, training, input_grad)
-    with serial("conv", flops(geo)):
-        fwd = _fwd(_folded(geo, training)[0], bias, act, training)
+    geo2 = _folded(geo, training)[0]    # (geo itself in training)
+    with serial("conv", flops(geo2)):    # the thread setting the kernel runs it in
+        fwd = _fwd(geo2, bias, act, training)
         need = fwd.scratch
         if training:
             need = max(need, _bwd_weights(geo, bias).need)
@@ -205,8 +206,8 @@ def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
     geo = geometry(attrs, x_shape, filters)
     if conv_fc.covers_input(geo):
         return 0
-    with serial("conv", flops(geo)):
-        geo2, s = _folded(geo, training)
+    geo2, s = _folded(geo, training)
+    with serial("conv", flops(geo2)):
         fwd = _fwd(geo2, bias, act, training)
     held = conv_fold.held_bytes(geo, s, bias) if s else 0
     return held + (pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0)
@@ -219,9 +220,9 @@ def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
     if conv_fc.covers_input(geo):
         return conv_fc.impl_names(geo, bias, act, training)
     d = lib()
-    with serial("conv", flops(geo)):
-        names = {"forward": d.impl_name(_fwd(_folded(geo, training)[0], bias, act,
-                                             training).pd)}
+    geo2 = _folded(geo, training)[0]
+    with serial("conv", flops(geo2)):
+        names = {"forward": d.impl_name(_fwd(geo2, bias, act, training).pd)}
         if training:
             names["backward_data"] = d.impl_name(_bwd_data(geo, bias).pd)
             names["backward_weights"] = d.impl_name(_bwd_weights(geo, bias).pd)
