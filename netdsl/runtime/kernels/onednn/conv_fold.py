@@ -20,6 +20,7 @@ version, refreshed when the weights change, counted by the memory planner (:func
 """
 from __future__ import annotations
 
+import math
 import os
 import weakref
 
@@ -103,7 +104,7 @@ def fold_weights(weight: np.ndarray, s: int, r: int = 0) -> np.ndarray:
 def _held(source: np.ndarray, tag, shape, make) -> np.ndarray:
     """A float32 array of ``shape`` derived from ``source`` by ``make()``, kept in the pack
     store beside ``source`` and remade when it changes."""
-    nbytes = int(np.prod(shape)) * 4
+    nbytes = math.prod(shape) * 4
 
     def fill(buf):
         np.copyto(buf.view(np.float32).reshape(shape), make())
@@ -122,20 +123,18 @@ def _held(source: np.ndarray, tag, shape, make) -> np.ndarray:
 _VIEWS: dict = {}
 
 
-def fold(geo, params: dict, x: np.ndarray, out: np.ndarray, s: int):
-    """(geometry, params, x, out) of the folded convolution: views of ``x`` and ``out`` and
-    the folded weights (and bias) from the pack store."""
-    g2 = folded_geometry(geo, s)
+def fold(geo, g2, params: dict, x: np.ndarray, out: np.ndarray, s: int):
+    """(params, x, out) of the folded convolution of geometry ``g2`` (:func:`folded_geometry`
+    of ``geo``): views of ``x`` and ``out`` and the folded weights (and bias) from the pack
+    store."""
     w = params["weight"]
-    shape = (g2["kh"], g2["kw"], g2["c"], g2["f"])
-    r = _pads(geo, s)[0]
-    p2 = {"weight": _held(w, ("fold", s, r), shape,
-                          lambda: fold_weights(np.asarray(w), s, r))}
+    p2 = {"weight": _held(w, ("fold", s), (g2["kh"], g2["kw"], g2["c"], g2["f"]),
+                          lambda: fold_weights(np.asarray(w), s, _pads(geo, s)[0]))}
     if "bias" in params:
         b = params["bias"]
         p2["bias"] = _held(b, ("fold_bias", s), (g2["f"],), lambda: np.tile(np.asarray(b), s))
     n = geo["n"]
-    return (g2, p2, x.reshape(n, g2["h"], g2["w"], g2["c"]),
+    return (p2, x.reshape(n, g2["h"], g2["w"], g2["c"]),
             out.reshape(n, g2["ho"], g2["wo"], g2["f"]))
 
 
