@@ -253,9 +253,11 @@ def _geometries(attrs, x_shape, filters, training: bool):
     """(geometry, fold factor, the geometry the forward runs) of a layer on a batch shape,
     cached: ~10 µs of Python a call otherwise (LeNet-5's inference step is ~1.5 ms). Keyed by
     the layer's attrs dict, which the entry holds, so that its id stays its own."""
-    k = (id(attrs), x_shape, filters, training)
+    k = (id(attrs), x_shape, filters, training, conv_fold.FOLD)
     e = _GEOS.get(k)
     if e is None or e[0] is not attrs:
+        if len(_GEOS) > 4096:    # a long process compiling many nets: start over
+            _GEOS.clear()
         geo = geometry(attrs, x_shape, filters)
         geo2, s = (geo, 0) if conv_fc.covers_input(geo) else _folded(geo, training)
         e = _GEOS[k] = (attrs, geo, s, geo2)

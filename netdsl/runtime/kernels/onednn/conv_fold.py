@@ -133,9 +133,14 @@ def fold(geo, g2, params: dict, x: np.ndarray, out: np.ndarray, s: int):
     if "bias" in params:
         b = params["bias"]
         p2["bias"] = _held(b, ("fold_bias", s), (g2["f"],), lambda: np.tile(np.asarray(b), s))
-    n = geo["n"]
-    return (p2, x.reshape(n, g2["h"], g2["w"], g2["c"]),
-            out.reshape(n, g2["ho"], g2["wo"], g2["f"]))
+    return p2, _view(x, (geo["n"], g2["h"], g2["w"], g2["c"])), \
+        _view(out, (geo["n"], g2["ho"], g2["wo"], g2["f"]))
+
+
+def _view(a: np.ndarray, shape) -> np.ndarray:
+    """``a`` seen with ``shape``, never a copy (the convolution writes ``out`` through it):
+    raises where a reshape would have to copy."""
+    return a.reshape(shape, copy=False)
 
 
 def held_bytes(geo, s: int, bias: bool) -> int:
