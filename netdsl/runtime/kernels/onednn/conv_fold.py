@@ -138,9 +138,12 @@ def fold(geo, g2, params: dict, x: np.ndarray, out: np.ndarray, s: int):
 
 
 def _view(a: np.ndarray, shape) -> np.ndarray:
-    """``a`` seen with ``shape``, never a copy (the convolution writes ``out`` through it):
-    raises where a reshape would have to copy."""
-    return a.reshape(shape, copy=False)
+    """``a`` seen with ``shape``, never a copy (the convolution writes ``out`` through it;
+    the kernels hand C-contiguous arrays, which reshape as views)."""
+    v = a.reshape(shape)
+    if not np.may_share_memory(v, a):      # (reshape(copy=False) needs NumPy 2.1)
+        raise RuntimeError("conv_fold: a folded view would be a copy")
+    return v
 
 
 def held_bytes(geo, s: int, bias: bool) -> int:
