@@ -418,6 +418,8 @@ def test_conv_writing_a_blocked_destination_matches_reference(training, act, mon
         used.append(found is not None)
         return found
     monkeypatch.setattr(conv_dst, "choose", as_if_avx2)
+    from netdsl.runtime.kernels.onednn import conv_fold
+    monkeypatch.setattr(conv_fold, "FOLD", False)    # (it would fold this conv at inference)
     common.clear_cache()
     try:
         spec, layer = get("conv"), get(act) if act else None

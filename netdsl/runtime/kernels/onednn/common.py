@@ -92,8 +92,13 @@ SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**26))
 # the 1M-element maps of ResNet-20 at batch 64: 0.89 → 0.48 ms). NETDSL_ONEDNN_SMALL_ELEMENTS
 # overrides it (0: always threaded).
 SMALL_ELEMENTS = float(os.environ.get("NETDSL_ONEDNN_SMALL_ELEMENTS", 2**17))
+# Pooling (GAP too) and concat are the same kind of kernel, one memory-bound pass measured in
+# elements: they took the FLOP threshold before, so that every pooling and concat of the four
+# nets ran on one thread (inception_small at batch 256: 2.4 + 2.4 + 1.1 + 0.8 ms of pooling
+# and 5.8 + 1.7 ms of concat a step); under load the two settings measured alike (step time
+# ratio 1.00 inception_small, 0.99 LeNet-5, interleaved), quiet the second thread is free.
 ELEMENTWISE = frozenset(("add", "mul", "relu", "tanh", "sigmoid", "relu6", "silu", "hswish",
-                         "hsigmoid"))
+                         "hsigmoid", "pool", "concat"))
 
 
 def is_serial(kind: str, work: float | None = None) -> bool:

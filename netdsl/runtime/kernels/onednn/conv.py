@@ -16,7 +16,7 @@ from ....layers.base import fresh
 from . import capi as L
 from .choices import few_channels, jit_few, strided_jit
 from .common import cached, f32, is_f32, lib, primitive, serial, slow_impl
-from . import choices, conv_dst, conv_fc, eltwise
+from . import choices, conv_dst, conv_fc, conv_fold, eltwise
 from .eltwise import fused_pair
 from .conv_geometry import cache_key, d_dims, descs, flops, geometry, weights_md
 from .packs import PACKS
@@ -150,9 +150,11 @@ class _Blocked(_WithReorder):
         self.need = self.at + scratch if scratch else self.nbytes
         self._prims = None
 
-    def reads(self, fwd: _Forward) -> bool:
-        """Whether it can read the forward's pack as it is (the same blocked layout)."""
-        return bool(self.reorder_pd) and bool(fwd.nbytes) and lib().md_equal(self.chosen, fwd.md)
+    def reads(self, fwd: _Forward | None) -> bool:
+        """Whether it can read the forward's pack as it is (the same blocked layout; None: a
+        folded inference forward ran, conv_fold.py)."""
+        return (fwd is not None and bool(self.reorder_pd) and bool(fwd.nbytes)
+                and lib().md_equal(self.chosen, fwd.md))
 
     def need_after(self, fwd: _Forward) -> int:
         """Bytes of the shared region a call needs when the forward ran before it."""
@@ -200,8 +202,9 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
     lib()   # the library loaded (or a clear error) before any descriptor is asked
     if conv_fc.covers_input(geo):
         return conv_fc.scratch_need(geo, bias, act, training, input_grad)
-    with serial("conv", flops(geo)):
-        fwd = _fwd(geo, bias, act, training)
+    geo2 = _folded(geo, training)[0]    # (geo itself in training)
+    with serial("conv", flops(geo2)):    # the thread setting the kernel runs it in
+        fwd = _fwd(geo2, bias, act, training)
         need = fwd.scratch
         if training:
             need = max(need, _bwd_weights(geo, bias).need)
@@ -216,9 +219,11 @@ def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
     geo = geometry(attrs, x_shape, filters)
     if conv_fc.covers_input(geo):
         return 0
-    with serial("conv", flops(geo)):
-        fwd = _fwd(geo, bias, act, training)
-    return pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0
+    geo2, s = _folded(geo, training)
+    with serial("conv", flops(geo2)):
+        fwd = _fwd(geo2, bias, act, training)
+    held = conv_fold.held_bytes(geo, s, bias) if s else 0
+    return held + (pack_held_bytes(fwd.nbytes) if fwd.nbytes else 0)
 
 
 def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
@@ -228,8 +233,9 @@ def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
     if conv_fc.covers_input(geo):
         return conv_fc.impl_names(geo, bias, act, training)
     d = lib()
-    with serial("conv", flops(geo)):
-        names = {"forward": d.impl_name(_fwd(geo, bias, act, training).pd)}
+    geo2 = _folded(geo, training)[0]
+    with serial("conv", flops(geo2)):
+        names = {"forward": d.impl_name(_fwd(geo2, bias, act, training).pd)}
         if training:
             names["backward_data"] = d.impl_name(_bwd_data(geo, bias).pd)
             names["backward_weights"] = d.impl_name(_bwd_weights(geo, bias).pd)
@@ -242,12 +248,39 @@ def conv_forward(ctx, attrs, params, inputs, act=None):
     an activation (of capi.ACTIVATIONS) applied to the output (see :func:`fused_forms`)."""
     x = f32(inputs[0])
     weight = params["weight"]
-    geo = geometry(attrs, x.shape, weight.shape[3])
+    geo, s, geo2 = _geometries(attrs, x.shape, weight.shape[3], bool(ctx.training))
     if conv_fc.covers_input(geo):     # one window: a matrix product (conv_fc.py)
         return conv_fc.forward(ctx, params, x, geo, act)
     out = fresh(ctx, (geo["n"], geo["ho"], geo["wo"], geo["f"]), np.float32)
+    if s:   # columns folded into channels (conv_fold.py): views of x and out
+        fwd, w = _run_forward(geo2, *conv_fold.fold(geo, geo2, params, x, out, s), act, False)
+        return out, (x, geo, None, None)    # (backward reorders its own weights)
     fwd, w = _run_forward(geo, params, x, out, act, bool(ctx.training))
     return out, (x, geo, fwd, w)
+
+
+_GEOS: dict = {}
+
+
+def _geometries(attrs, x_shape, filters, training: bool):
+    """(geometry, fold factor, the geometry the forward runs) of a layer on a batch shape,
+    cached: ~10 µs of Python a call otherwise (LeNet-5's inference step is ~1.5 ms). Keyed by
+    the layer's attrs dict, which the entry holds, so that its id stays its own."""
+    k = (id(attrs), x_shape, filters, training, conv_fold.FOLD)
+    e = _GEOS.get(k)
+    if e is None or e[0] is not attrs:
+        if len(_GEOS) > 4096:    # a long process compiling many nets: start over
+            _GEOS.clear()
+        geo = geometry(attrs, x_shape, filters)
+        geo2, s = (geo, 0) if conv_fc.covers_input(geo) else _folded(geo, training)
+        e = _GEOS[k] = (attrs, geo, s, geo2)
+    return e[1:]
+
+
+def _folded(geo, training: bool):
+    """(the geometry the forward runs, fold factor or 0): conv_fold.py's rule."""
+    s = conv_fold.factor(geo, training)
+    return (conv_fold.folded_geometry(geo, s) if s else geo), s
 
 
 def _run_forward(geo, params, x, out, act, training: bool, add: bool = False):

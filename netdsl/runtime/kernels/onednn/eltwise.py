@@ -77,6 +77,13 @@ result is within 2·10⁻⁷ of tanh (3 float32 ulps at 1) (docs/performance.md)
 _VIA_LOGISTIC: bool | None = None
 
 
+def forward_impl(op: str, shape=(1, 64)) -> str:
+    """The implementation oneDNN runs the forward of ``op`` with here (e.g. ``jit:avx2``): the
+    widest vectors its kernels use on this host, under any ONEDNN_MAX_CPU_ISA cap."""
+    with serial(op, int(np.prod(shape))):   # created in the setting its calls run in
+        return lib().impl_name(_fwd_pd(op, tuple(shape)))
+
+
 def tanh_via_logistic() -> bool:
     """Whether tanh runs as 2σ(2x) − 1 here (:data:`TANH`)."""
     global _VIA_LOGISTIC
@@ -84,7 +91,7 @@ def tanh_via_logistic() -> bool:
         if TANH != "auto":
             _VIA_LOGISTIC = TANH == "logistic"
         else:
-            name = lib().impl_name(_fwd_pd("tanh", (1, 64)))
+            name = forward_impl("tanh")
             _VIA_LOGISTIC = name.startswith("jit") and "avx512" not in name
     return _VIA_LOGISTIC
 
