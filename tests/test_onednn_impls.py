@@ -36,9 +36,30 @@ CASES = {   # net file, input shape (None: the net's own)
 SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from test_onednn_impls import impls
-print(json.dumps({{name: impls(name) for name in {names!r}}}))
+from {module} import {function} as ask
+print(json.dumps({{name: ask(name) for name in {names!r}}}))
 """
+
+
+def capped_to_avx2(module: str, function: str, names) -> dict:
+    """``{name: module.function(name)}`` computed in a subprocess with
+    ONEDNN_MAX_CPU_ISA=AVX2 (the cap must be set before libdnnl loads); the tests of the
+    other oneDNN choices (LRN, layouts) ask their questions through it too."""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(ROOT))
+    code = SCRIPT.format(tests=str(ROOT / "tests"), module=module, function=function,
+                         names=list(names))
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def no_avx512_names(found: dict) -> None:
+    """The cap took effect: no implementation name of ``found`` ({net: {mode: {layer:
+    {pass: name}}}}) is an AVX-512 or AMX one (a host without AVX2 would report lower ISAs)."""
+    names = {impl for f in found.values() for m in f.values() for p in m.values()
+             for impl in p.values()}
+    assert not any("avx512" in n or "amx" in n for n in names), names
 
 
 def impls(name: str) -> dict:
@@ -70,15 +91,7 @@ def test_no_gemm_or_ref_convolution_on_this_host(name):
 
 
 def test_no_gemm_or_ref_convolution_capped_to_avx2():
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(ROOT))
-    code = SCRIPT.format(tests=str(ROOT / "tests"), names=list(CASES))
-    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    found = json.loads(r.stdout.strip().splitlines()[-1])
+    found = capped_to_avx2("test_onednn_impls", "impls", CASES)
     for name in CASES:
         _check(name, found[name])
-    # the cap took effect (a host without AVX2 would report lower ISAs, never avx512)
-    names = {impl for f in found.values() for m in f.values() for p in m.values()
-             for impl in p.values()}
-    assert not any("avx512" in n or "amx" in n for n in names), names
+    no_avx512_names(found)

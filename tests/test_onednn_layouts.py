@@ -8,34 +8,17 @@ itself picks NHWC for every convolution past the first (natively and capped to A
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from netdsl.runtime import kernels
 
-from conftest import NETS, ROOT
+from conftest import NETS
 
 if not kernels.available("onednn"):
     pytest.skip("oneDNN (libdnnl.so.3) cannot load here", allow_module_level=True)
 
-CASES = {   # net file, input shape (None: the net's own)
-    "lenet5": ("lenet5.net", None),
-    "cs231n": ("cs231n.net", (32, 32, 3)),
-    "resnet20": ("resnet20.net", (32, 32, 3)),
-    "inception_small": ("inception_small.net", (32, 32, 3)),
-    "resnet50": ("resnet50.net", (64, 64, 3)),
-}
-
-SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
-from test_onednn_layouts import decide
-print(json.dumps({{name: decide(name) for name in {names!r}}}))
-"""
+from test_onednn_impls import CASES, capped_to_avx2  # noqa: E402  (the same nets)
 
 
 def _plan(name):
@@ -69,12 +52,7 @@ def test_onednn_wants_nhwc_past_the_first_conv(name):
 
 
 def test_onednn_wants_nhwc_past_the_first_conv_capped_to_avx2():
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(ROOT))
-    code = SCRIPT.format(tests=str(ROOT / "tests"), names=list(CASES))
-    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    found = json.loads(r.stdout.strip().splitlines()[-1])
+    found = capped_to_avx2("test_onednn_layouts", "decide", CASES)
     for name in CASES:
         _check(name, found[name])
 

@@ -17,17 +17,13 @@ NumPy instead. Checked here:
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from netdsl.runtime import kernels
 
-from conftest import NETS, ROOT
+from conftest import NETS
 
 if not kernels.available("onednn"):
     pytest.skip("oneDNN (libdnnl.so.3) cannot load here", allow_module_level=True)
@@ -39,12 +35,6 @@ from netdsl.tools.gradcheck import bound_attrs  # noqa: E402
 
 LRN_NETS = ("alexnet", "zfnet", "googlenet")
 
-SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
-from test_onednn_lrn import impls
-print(json.dumps({{name: impls(name) for name in {names!r}}}))
-"""
 
 CASES = [   # attrs, input shape (one example)
     ({"size": 5, "alpha": 1e-2, "beta": 0.75, "k": 2.0}, (5, 6, 13)),
@@ -89,18 +79,11 @@ def test_no_ref_lrn_on_this_host(name):
 
 
 def test_no_ref_lrn_capped_to_avx2():
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(ROOT))
-    code = SCRIPT.format(tests=str(ROOT / "tests"), names=list(LRN_NETS))
-    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    found = json.loads(r.stdout.strip().splitlines()[-1])
+    from test_onednn_impls import capped_to_avx2, no_avx512_names
+    found = capped_to_avx2("test_onednn_lrn", "impls", LRN_NETS)
     for name in LRN_NETS:
         _check(name, found[name])
-    names = {impl for f in found.values() for m in f.values() for p in m.values()
-             for impl in p.values()}
-    # the cap took effect (a host without AVX2 would report lower ISAs, never avx512)
-    assert not any("avx512" in n or "amx" in n for n in names), names
+    no_avx512_names(found)
 
 
 def _modes(monkeypatch, mode):
