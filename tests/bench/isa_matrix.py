@@ -30,6 +30,7 @@ torch.compile, bench's 3 warm-up steps and its memory measurements). The full ma
 defaults (--outer 3 --steps 10 --rounds 5) adds 9 timed steps per framework per process:
 ~41 min per outer round from the smoke's step times, ~2 h in all at that load, ~1.5 h
 quiet (a quiet rerun of the ResNet-50 training process took 29 s against the smoke's 36 s); --outer 1 takes a third, --cases/--peers/--isa cut it further.
+Measured 2026-12-07, quiet (load < 2): --outer 1 at the defaults, all 72 processes, 22 min.
 """
 import argparse
 import json
@@ -53,6 +54,10 @@ CASES.update({
     "vgg16 infer 8": (["nets/vgg16.net"], "infer", 8),
     "alexnet train 32": (["nets/alexnet.net"], "train", 32),
 })
+MIN_STEPS = {"lenet5 train 64": 60, "lenet5 infer 256": 60}
+"""Timed steps at least, per case: LeNet-5's steps take 2–5 ms, so rounds of two steps (the
+default 10 steps in 5 rounds) are dominated by each turn's first steps; 60 steps make rounds
+of 12 (2026-12-07: 1.20 at 10 steps, 1.31 at 60 for the same tree, quiet)."""
 PEERS = {"train": ("torch", "torch.compile"),
          "infer": ("torch", "onnxruntime", "openvino", "torch.compile")}
 # An AVX2 host emulated: every library that dispatches on the CPU's ISA capped to AVX2 —
@@ -66,6 +71,7 @@ ISAS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUC
 def command(python, case, peer, steps, rounds, threads):
     """The bench command line of one (case, peer)."""
     args, mode, batch = CASES[case]
+    steps = max(steps, MIN_STEPS.get(case, 0))
     return [python, "-m", "netdsl", "bench", *args, "--mode", mode, "--batch-size", str(batch),
             "--compare", peer, "--threads", str(threads), "--steps", str(steps),
             "--rounds", str(rounds), "--no-layers", "--format", "json"]
