@@ -77,7 +77,10 @@ def slow_impl(name: str) -> bool:
 # forward (several barriers) measured 50 ms on 2 threads against 0.3–0.7 ms on one, and small
 # convolutions showed the same (docs/performance.md). So, like PyTorch's grain size, kernels
 # with little work (under 2^26 FLOPs, ~1 ms on one core; element-wise ones under
-# SMALL_ELEMENTS), and batch norm and LRN always, are created and run on one thread.
+# SMALL_ELEMENTS), and LRN always, are created and run on one thread. Batch norm was serial
+# too until 2026-12-07: quiet, threaded it made ResNet-20's training step 72 → 59 ms (AVX2
+# cap 118 → 100), and on AVX-512 its forward now runs oneDNN's barrier-free kernel, which does
+# not collapse under load (norm.py; docs/performance.md).
 # NETDSL_ONEDNN_SERIAL (comma list of kinds, or "none") and NETDSL_ONEDNN_SMALL (work units:
 # FLOPs for conv/fc, elements for the others; 0 disables) override the defaults.
 import os  # noqa: E402
