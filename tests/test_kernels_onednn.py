@@ -238,31 +238,30 @@ def test_training_step_same_with_either_provider(net):
             _close(f"{node}.{k}", fast.params[node][k], p[k])
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "pool", "relu")],
-                         ids=_case_id)
-def test_multithreaded_primitives_match_too(case, monkeypatch):
-    """The cases above are small enough to run on one thread; force the threaded path."""
+@pytest.fixture
+def threaded(monkeypatch):
+    """Every oneDNN primitive created threaded, however little its work (common.SMALL and
+    SMALL_ELEMENTS at 0), in a cache of its own."""
     from netdsl.runtime.kernels.onednn import common
     monkeypatch.setattr(common, "SMALL", 0)
     monkeypatch.setattr(common, "SMALL_ELEMENTS", 0)
     common.clear_cache()
-    try:
-        test_kernel_matches_reference(case, True)
-    finally:
-        common.clear_cache()
+    yield
+    common.clear_cache()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "pool", "relu")],
+                         ids=_case_id)
+def test_multithreaded_primitives_match_too(case, threaded):
+    """The cases above are small enough to run on one thread; force the threaded path."""
+    test_kernel_matches_reference(case, True)
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 6), (3, 3, 16)])
-def test_multithreaded_add_relu_matches_too(shape, monkeypatch):
+def test_multithreaded_add_relu_matches_too(shape, threaded):
     """The element-wise kernels run threaded on large maps (common.SMALL_ELEMENTS): the fused
     add + ReLU forced onto that path still matches the reference."""
-    from netdsl.runtime.kernels.onednn import common
-    monkeypatch.setattr(common, "SMALL_ELEMENTS", 0)
-    common.clear_cache()
-    try:
-        test_add_and_fused_add_relu_match_reference(shape, True)
-    finally:
-        common.clear_cache()
+    test_add_and_fused_add_relu_match_reference(shape, True)
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])

@@ -80,7 +80,8 @@ def command(python, case, peer, steps, rounds, threads):
 def run_one(cmd, isa, timeout):
     """One bench process under ``isa``'s environment: its JSON result or an ``error``."""
     env = dict(os.environ)
-    for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE"):
+    from netdsl.tools.bench_peers import ISA_CAPS
+    for k in ISA_CAPS:
         env.pop(k, None)   # native means native, whatever the caller's shell had
     env.update(ISAS[isa])
     t0 = time.perf_counter()
