@@ -1,4 +1,5 @@
-"""Convolution on oneDNN: forward (with bias), backward-data and backward-weights (+bias).
+"""Convolution on oneDNN: forward (with bias), backward-data and backward-weights (the
+bias gradient: conv_bias.py).
 
 Activations are NHWC. Weights stay in netdsl's (KH, KW, C/groups, F) layout for the optimizer,
 export and checkpoints; the primitives are created with ``format any`` weights, so that oneDNN
@@ -16,7 +17,7 @@ from ....layers.base import fresh
 from . import capi as L
 from .choices import few_channels, jit_few, strided_jit
 from .common import cached, f32, is_f32, lib, primitive, serial, slow_impl
-from . import choices, conv_dst, conv_fc, conv_fold, eltwise
+from . import choices, conv_bias, conv_dst, conv_fc, conv_fold, eltwise
 from .eltwise import fused_pair
 from .conv_geometry import cache_key, d_dims, descs, flops, geometry, weights_md
 from .packs import PACKS
@@ -182,13 +183,13 @@ def _bwd_data(geo, bias):
 
 
 def _bwd_weights(geo, bias):
+    """The weight gradient's primitive; the bias gradient is conv_bias.py's (faster)."""
     def build():
-        src, wei, b, dst, st, dl, pl, pr, d = descs(geo)
+        src, wei, _, dst, st, dl, pl, pr, d = descs(geo)
         pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
-                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), b if bias else None, dst, st,
+                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), None, dst, st,
                   dl, pl, pr, _fwd_pd(geo, bias), d.attr())
-        args = ("src", "diff_dst", "diff_weights") + (("diff_bias",) if bias else ())
-        return _Blocked(pd, args, "diff_weights", wei)
+        return _Blocked(pd, ("src", "diff_dst", "diff_weights"), "diff_weights", wei)
     return cached(("conv_bwd_weights",) + cache_key(geo, bias), build)
 
 
@@ -210,6 +211,8 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
             need = max(need, _bwd_weights(geo, bias).need)
             if input_grad:
                 need = max(need, _bwd_data(geo, bias).need_after(fwd))
+    if training and bias:
+        need = max(need, conv_bias.scratch_need(geo["n"] * geo["ho"] * geo["wo"], geo["f"]))
     return need
 
 
@@ -350,30 +353,27 @@ def fused_forms() -> dict:
     return {act: fused_pair(conv_forward, conv_backward, act) for act in L.ACTIVATIONS}
 
 
-
-
 def conv_backward(ctx, attrs, params, cache, dout):
     """Same contract as the registry's conv backward."""
     if cache[0] is conv_fc.IP:
         return conv_fc.backward(ctx, params, cache, dout)
     x, geo, fwd, w = cache
+    dout = f32(dout)
     with serial("conv", flops(geo)):
-        return _conv_backward(ctx, params, x, geo, fwd, w, dout)
+        dx, grads = _conv_backward(ctx, params, x, geo, fwd, w, dout)
+    if "bias" in params:
+        grads["bias"] = conv_bias.bias_grad(dout)
+    return dx, grads
 
 
 def _conv_backward(ctx, params, x, geo, fwd, packed, dout):
-    dout = f32(dout)
     weight = params["weight"]
     bias = "bias" in params
     grads = {"weight": np.empty(weight.shape, dtype=np.float32)}
     bw = _bwd_weights(geo, bias)
     prim, reorder = bw.prims()
     dw = bw.buffer() if reorder else grads["weight"]
-    if bias:
-        grads["bias"] = np.empty(weight.shape[3], dtype=np.float32)
-        prim(x, dout, dw, grads["bias"], at=bw.at)
-    else:
-        prim(x, dout, dw, at=bw.at)
+    prim(x, dout, dw, at=bw.at)
     if reorder:
         reorder(dw, grads["weight"], at=bw.at)
     del dw
