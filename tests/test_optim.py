@@ -307,3 +307,47 @@ def test_cupy_matches_numpy():
             for name in cpu[node]:
                 np.testing.assert_allclose(gpu_params[node][name].get(), cpu[node][name],
                                            rtol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lr=0.1),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=5e-4),
+])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sgd_blocked_threaded_is_bitwise_the_whole_array_update(kwargs, workers, monkeypatch):
+    """Large float32 parameters are updated block by block, the blocks split over worker
+    threads (optim.blocked): every element gets the operations of the whole-array update in
+    the same order, so the result is bitwise the reference's, float32 rounding included."""
+    from netdsl.core import workspace
+    from netdsl.train import optim
+    workspace.set_threads(workers)
+    split = []
+    real = workspace.parallel_for
+    monkeypatch.setattr(workspace, "parallel_for",
+                        lambda items, body: (split.append(len(items)), real(items, body)))
+    rng = np.random.default_rng(7)
+    n = 5 * optim.BLOCK + 17            # not a multiple of the block
+    p0 = {"fc": {"weight": rng.normal(size=(n,)).astype(np.float32),
+                 "bias": rng.normal(size=(3, 5)).astype(np.float32)}}
+    grads = [{"fc": {k: rng.normal(size=a.shape).astype(np.float32) for k, a in p0["fc"].items()}}
+             for _ in range(3)]
+    params = {"fc": {k: a.copy() for k, a in p0["fc"].items()}}
+    run(SGD(**kwargs), params, grads)
+    # Python floats: NumPy casts each scalar to float32 where it meets a float32 array
+    lr, mu, wd = kwargs["lr"], kwargs.get("momentum", 0.0), kwargs.get("weight_decay", 0.0)
+    for name, p in p0["fc"].items():      # float32 throughout, PyTorch's order of roundings
+        p, buf = p.copy(), None
+        for g in grads:
+            d = p * wd + g["fc"][name] if wd else g["fc"][name]
+            if mu:
+                buf = d.copy() if buf is None else buf * mu + d
+                if kwargs.get("nesterov"):
+                    p = p + d * -lr
+                    p = p + buf * -(lr * mu)
+                    continue
+                d = buf
+            p = p + d * -lr
+        assert params["fc"][name].dtype == np.float32
+        np.testing.assert_array_equal(params["fc"][name], p)
+    assert (max(split, default=1) == 2) == (workers == 2 and workspace.workers(2) == 2)

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ..core import workspace
 from ..core.backend import to_numpy
 from ..core.errors import NetdslError
 from ..lang.train_config import TrainConfig
@@ -169,24 +170,58 @@ class SGD(_Optimizer):
             xp = _xp(p)
             d = self._with_weight_decay(key, p, g, self.weight_decay)
             step_buf = self._scratch_for(key, p)
-            if mu:
-                b = self._buffer("momentum_buffer", key, p)
-                if b is None:
-                    b = xp.array(d, dtype=p.dtype, copy=True)
-                    buffers[key] = b
-                else:
+            if not mu:
+                blocked(xp, lambda p, d, s: _descend(xp, p, d, s, lr), p, d, step_buf)
+                continue
+            b = self._buffer("momentum_buffer", key, p)
+            first = b is None
+            if first:   # b = d
+                buffers[key] = b = xp.array(d, dtype=p.dtype, copy=True)
+
+            def update(p, d, b, s):
+                if not first:
                     xp.multiply(b, mu, out=b)
                     b += d
                 if self.nesterov:
-                    # p -= lr * (d + mu * b), as two in-place subtractions to avoid a temporary.
-                    xp.multiply(d, -lr, out=step_buf)
-                    p += step_buf
-                    xp.multiply(b, -lr * mu, out=step_buf)
-                    p += step_buf
-                    continue
-                d = b
-            xp.multiply(d, -lr, out=step_buf)
-            p += step_buf
+                    # p -= lr * (d + mu * b), as two in-place subtractions (no temporary)
+                    _descend(xp, p, d, s, lr)
+                    _descend(xp, p, b, s, lr * mu)
+                else:
+                    _descend(xp, p, b, s, lr)
+            blocked(xp, update, p, d, b, step_buf)
+
+
+def _descend(xp, p, d, scratch, lr: float) -> None:
+    """``p -= lr * d`` as PyTorch rounds it (the product, then the sum), via ``scratch``."""
+    xp.multiply(d, -lr, out=scratch)
+    p += scratch
+
+
+BLOCK = 1 << 17
+"""Elements per block of :func:`blocked` (512 KB of float32 per array; 2^15 and 2^16 were
+slower, the Python loop showing; 2^18 the same)."""
+
+
+def blocked(xp, update, *arrays) -> None:
+    """``update(*parts)`` over blocks of :data:`BLOCK` elements of ``arrays`` (all of one
+    size), the blocks split over the worker threads (netdsl/core/workspace.py); one call on
+    the whole arrays for CuPy or when one is not contiguous.
+
+    Why: an update is 4–6 element-wise passes over each parameter. On whole arrays each pass
+    streams them from memory, on one core; block by block the later passes read from the
+    cache, and both cores work: SGD with momentum on 2 threads, cs231n's 0.9 M parameters
+    0.79 → 0.61 ms a step, AlexNet's 61 M 109 → 47 ms (tests/bench/optim_probe.py). Each
+    element sees the same operations in the same order either way: bitwise the same results."""
+    if xp is not np or not all(a.flags.c_contiguous for a in arrays):
+        update(*arrays)
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    n = flat[0].size
+
+    def run(first, last):
+        for i in range(first, last):
+            update(*(f[i * BLOCK:(i + 1) * BLOCK] for f in flat))
+    workspace.split_rows(np, -(-n // BLOCK), n * 4 * len(flat), run)
 
 
 class Adam(_Optimizer):
