@@ -264,16 +264,19 @@ def test_multithreaded_add_relu_matches_too(shape, threaded):
     test_add_and_fused_add_relu_match_reference(shape, True)
 
 
+@pytest.mark.parametrize("overwrite", [False, True], ids=["keeps-out", "overwrites-out"])
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("conv", "fc", "batchnorm")],
                          ids=_case_id)
-def test_fused_activation_matches_layer_then_activation(case, training, act):
+def test_fused_activation_matches_layer_then_activation(case, training, act, overwrite):
     """kernels.select_fused: conv/fc + ReLU/tanh/sigmoid and batchnorm + ReLU in one oneDNN
     call equal the two reference layers in float64, outputs and gradients (w.r.t. the
     activation's output). The conv cases with fewer than 16 filters apply tanh and sigmoid
     as an in-place eltwise call after the convolution, the others as a post-op
-    (eltwise.post_op_pays): both ways are checked."""
+    (eltwise.post_op_pays): both ways are checked. ``overwrite``: the backward may write the
+    activation's gradient over the forward output (``Ctx.overwrite_output``, the executor's
+    say for every step but the prediction's); without it the output must survive."""
     name, attrs, in_shape = case
     layer, activation = get(name), get(act)
     bound = bound_attrs(layer, attrs)
@@ -297,8 +300,14 @@ def test_fused_activation_matches_layer_then_activation(case, training, act):
     want_dx, want_dp = layer.backward(ctx, bound, params, c_cache, d_pre)
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     out, cache = fused[0](ctx, bound, p32, [x.astype(np.float32)])
-    dx, dp = fused[1](ctx, bound, p32, cache, dout.astype(np.float32))
-    _close("output", out, want)
+    out_before = out.copy()
+    dx, dp = fused[1](Ctx(xp=np, training=training, overwrite_output=overwrite), bound, p32,
+                      cache, dout.astype(np.float32))
+    _close("output", out_before, want)
+    if not overwrite:
+        np.testing.assert_array_equal(out, out_before)   # the caller's output, untouched
+    elif name in ("conv", "fc"):     # the gradient was written over it (eltwise.fused_pair)
+        assert not np.array_equal(out, out_before)
     _close("d input", dx[0], want_dx[0])
     for k in want_dp:
         _close(f"d {k}", dp[k], want_dp[k])

@@ -85,6 +85,9 @@ class Ctx:
     scratch: Any = None          # a workspace.Scratch for temporaries, or None: fresh arrays
     sync: Any = None             # sync_bn: batch sums over data-parallel ranks (train/parallel.py)
     arena: Any = None            # the executor's planned buffers for this call (fresh()), or None
+    # backward may write into the step's own forward output (the executor's say: no one
+    # reads it after that step's backward, as no one but the caller reads the prediction)
+    overwrite_output: bool = False
 
 
 def temp(ctx: Ctx, shape, dtype, zero: bool = False):

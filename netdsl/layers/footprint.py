@@ -27,6 +27,8 @@ class Footprint:
     keep_out: bool = False       # the training cache references the output
     cache: int = 0               # bytes the cache owns
     bwd_tmp: int = 0
+    bwd_tmp_prediction: int = 0  # more backward bytes when the output is the prediction (the
+    #                              caller holds it: a backward that overwrites it cannot)
     dx: tuple | None = None      # per input: fresh bytes, or None = a view of the incoming grad
     outs: tuple = ()             # several outputs: bytes per port (``out`` is their sum)
     fwd_scratch: int = 0         # bytes taken from the executor's Scratch region, forward

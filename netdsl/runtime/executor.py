@@ -10,7 +10,7 @@ the same walk). The same code runs on NumPy and CuPy through ``xp``.
 from __future__ import annotations
 
 from contextlib import nullcontext as _nothing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import numpy as np
@@ -232,6 +232,9 @@ class Executor:
         # Layers that read only the data (the first conv) need not compute d(input).
         data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False,
                        scratch=self.scratch, sync=self.bn_sync, arena=arena)
+        # every step but the prediction's (the caller holds it) may overwrite its output
+        own = {c: replace(c, overwrite_output=True) for c in (ctx, data_ctx)}
+        prediction = self._logits_index()
         douts: list = [None] * len(plan)
         for i in self.heads:
             douts[i] = xp.asarray(1.0, dtype=self.dtype)
@@ -248,7 +251,8 @@ class Executor:
             caches[i] = douts[i] = None
             if arena is not None:
                 arena.at(i)
-            dins, dparams = run_backward(st, data_ctx if st.data_only else ctx,
+            c = data_ctx if st.data_only else ctx
+            dins, dparams = run_backward(st, c if i == prediction else own[c],
                                          self.params.get(st.node.name, {}), held)
             if probe is not None:
                 arena.check_backward(i, probe, dins)

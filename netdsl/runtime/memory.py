@@ -203,7 +203,8 @@ def plan_memory(plan, batch: int, *, itemsize: int = 4, training: bool = True,
             roles.update(((i, f"dx{k}"), b) for k, b in enumerate(fresh)
                          if b is not None and offered(st, f"dx{k}")
                          and s.size[b] == batch * numel(st.node.in_shapes[k]) * itemsize)
-        s.touch(fp.bwd_tmp, f"backward {st.node.name}")
+        s.touch(fp.bwd_tmp + (fp.bwd_tmp_prediction if i == logits_at else 0),
+                f"backward {st.node.name}")
         for b in cache[i]:
             s.unref(b)
         got = []

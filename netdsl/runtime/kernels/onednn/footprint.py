@@ -53,10 +53,10 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
     if op in ("conv", "fc"):
         # Forward: the output; the cache keeps the input (and the output, from which a fused
         # activation is differentiated). Backward: the activation's gradient
-        # (eltwise.act_backward) lives through the call; the blocked weights live in the
-        # scratchpad region.
+        # (eltwise.act_backward) is written over the output, or, for the prediction, lives
+        # through the call; the blocked weights live in the scratchpad region.
         fp = Footprint(out=out, keep_in=(0,), keep_out=bool(act), dx=dx,
-                       bwd_tmp=out if act else 0)
+                       bwd_tmp_prediction=out if act else 0)
     elif op == "batchnorm":
         relu = act == "relu"
         ws = _asked(st, n, lambda m: norm.plan_sizes(_shape(st, m), float(st.node.attrs["eps"]),
@@ -114,10 +114,16 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
             fp.fwd_tmp += x
     if st.meta.get(STRIDED):
         # The contiguous copy of dout (out bytes) lives through the call, except in a fused
-        # activation's backward, where it lives while that runs (before the grads exist).
+        # activation's backward, where it lives while that runs (before the grads exist),
+        # with the activation's gradient beside it only for the prediction (not overwritten).
         if act:
             fresh = sum(d or 0 for d in fp.dx) + _params_bytes(st, it)
-            fp.bwd_tmp = max(fp.bwd_tmp, out + out - fresh)
+            both = max(fp.bwd_tmp, out + out - fresh)
+            if op in ("conv", "fc"):    # the activation's gradient: see above
+                fp.bwd_tmp = max(fp.bwd_tmp, out - fresh)
+                fp.bwd_tmp_prediction = both - fp.bwd_tmp
+            else:
+                fp.bwd_tmp = both
         else:
             fp.bwd_tmp += out
     return fp
