@@ -528,7 +528,7 @@ def test_batchnorm_either_kernel_matches_reference(shape, act, barrier_free, mon
         if act is None:
             test_kernel_matches_reference(case, True)
         else:
-            test_fused_activation_matches_layer_then_activation(case, True, act)
+            test_fused_activation_matches_layer_then_activation(case, True, act, False)
         d = common.lib()
         full = (BATCH,) + shape
         fwd = d.impl_name(norm._fwd_pd(full, 1e-5, True, act is not None))
