@@ -1,7 +1,8 @@
-"""conv_fold.py: an inference convolution with few filters runs with pairs of columns folded
-into channels. Its outputs against the float64 NumPy reference (the registry's own conv and
-activation), the rule's reach, the folded weights refreshed when the weights change, and
-LeNet-5's inference plan against the NumPy provider's."""
+"""conv_fold.py: a forward convolution with few filters runs with pairs of columns folded
+into channels (inference and training). Its outputs and training gradients against the
+float64 NumPy reference (the registry's own conv and activation), the rule's reach, the
+folded weights refreshed when the weights change, and LeNet-5's inference plan against the
+NumPy provider's."""
 from __future__ import annotations
 
 import numpy as np
@@ -35,17 +36,17 @@ CASES = [   # (input H, W, C), conv attrs, fused activation: folded on AVX-512 a
 ]
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
 @pytest.mark.parametrize("shape, attrs, act", CASES)
-def test_folded_conv_matches_reference(shape, attrs, act):
+def test_folded_conv_matches_reference(shape, attrs, act, training):
     spec = get("conv")
     bound = bound_attrs(spec, attrs)
     rng = np.random.default_rng(4)
     x = distinct_values(rng, (3,) + shape)
     params = {k: rng.normal(size=ps.shape) for k, ps in spec.params(bound, [shape]).items()}
     geo = geometry(bound, (3,) + shape, attrs["filters"])
-    assert conv_fold.factor(geo, training=False) == 2
-    assert conv_fold.factor(geo, training=True) == 0
-    ctx = Ctx(xp=np, training=False)
+    assert conv_fold.factor(geo) == 2
+    ctx = Ctx(xp=np, training=training)
     want, _ = spec.forward(ctx, bound, params, [x])
     if act:
         want, _ = get(act).forward(ctx, {}, {}, [want])
@@ -64,8 +65,30 @@ def test_folded_conv_matches_reference(shape, attrs, act):
         if act:
             want2, _ = get(act).forward(ctx, {}, {}, [want2])
         assert _rel(got, want2) <= 1e-5
+        if training:    # backward on the plain layout, from the folded forward's cache
+            _gradients_match(spec, bound, p32, x, act, got, want2, rng)
     finally:
         common.clear_cache()
+
+
+def _gradients_match(spec, bound, p32, x, act, got, want, rng):
+    """conv.conv_backward after a folded training forward against the reference's backward
+    (float64), every gradient: input and parameters."""
+    ctx = Ctx(xp=np, training=True)
+    p64 = {k: v.astype(np.float64) for k, v in p32.items()}
+    dout = rng.normal(size=want.shape)
+    pre, c_cache = spec.forward(ctx, bound, p64, [x])
+    d_pre = dout if not act else get(act).backward(
+        ctx, {}, {}, get(act).forward(ctx, {}, {}, [pre])[1], dout)[0][0]
+    want_dx, want_dp = spec.backward(ctx, bound, p64, c_cache, d_pre)
+    forward, backward = conv.fused_forms()[act] if act else (conv.conv_forward,
+                                                               conv.conv_backward)
+    out, cache = forward(ctx, bound, p32, [x.astype(np.float32)])
+    assert _rel(out, want) <= 1e-5
+    dx, dp = backward(ctx, bound, p32, cache, dout.astype(np.float32))
+    assert _rel(dx[0], want_dx[0]) <= 1e-4
+    for k in want_dp:
+        assert _rel(dp[k], want_dp[k]) <= 1e-4, k
 
 
 @pytest.mark.parametrize("shape, attrs", [
@@ -77,7 +100,7 @@ def test_folded_conv_matches_reference(shape, attrs, act):
 ])
 def test_fold_rule_leaves_others_alone(shape, attrs):
     bound = bound_attrs(get("conv"), attrs)
-    assert conv_fold.factor(geometry(bound, (2,) + shape, attrs["filters"]), False) == 0
+    assert conv_fold.factor(geometry(bound, (2,) + shape, attrs["filters"])) == 0
 
 
 def test_fold_weights_place_each_tap_once():
@@ -104,7 +127,7 @@ def test_lenet5_inference_runs_folded_and_matches_numpy():
     ref = Executor(g, seed=0, kernels="numpy").for_inference()
     c1 = next(st for st in fast.plan if st.node.name == "C1")
     geo = geometry(c1.node.attrs, (2,) + tuple(c1.node.in_shapes[0]), 6)
-    assert conv_fold.factor(geo, False) == 2
+    assert conv_fold.factor(geo) == 2
     assert not any(slow(i) for p in conv_impls(fast.plan, 2, False).values() for i in p.values())
     x = np.random.default_rng(0).standard_normal((5, 32, 32, 1)).astype(np.float32)
     assert _rel(fast.forward(x).logits, ref.forward(x).logits) <= 1e-4

@@ -81,13 +81,22 @@ def test_training_packs_once_per_step_and_inference_sees_the_update(fills):
     inf = ex.for_inference()              # no batch norm: it shares the training weights
     before = inf.forward(x, training=False).logits.copy()
     del fills[:]
+    steps = []
     for step in range(2):
+        first = len(fills)
         ex.forward(x, y, training=True)
         ex.backward()
+        steps.append(fills[first:])
         for node, grads in ex.grads.items():      # an optimizer step, in place
             for name, g in grads.items():
                 ex.params[node][name] -= 0.5 * g
-    assert len(fills) == 2 * convs                # each step's forward repacks once
+    # each step's forward repacks every conv once (a folded one, conv_fold.py, refolds its
+    # weights, once a step, before)
+    for got in steps:
+        assert sum(k[0] == "conv_fwd" for k in got) == convs
+        folds = [k for k in got if k[0] == "fold"]
+        assert len(folds) == len(set(folds))
+    assert all(k[0] in ("conv_fwd", "fold", "fold_bias") for k in fills)
     after = inf.forward(x, training=False).logits
     assert not np.allclose(after, before, atol=1e-3)
     np.testing.assert_allclose(after, _reference(inf, x), rtol=1e-4, atol=1e-4)
@@ -141,5 +150,6 @@ def test_training_packs_large_weights_on_every_host(fills, monkeypatch):
         for node, grads in ex.grads.items():          # an optimizer step, in place
             for name, g in grads.items():
                 ex.params[node][name] -= 0.5 * g
-    big = [k for k in fills if dict(k[4])["kh"] == 3 and dict(k[4])["c"] == 16]
+    big = [k for k in fills if k[0] == "conv_fwd" and dict(k[4])["kh"] == 3
+           and dict(k[4])["c"] == 16]
     assert len(big) == 2                              # repacked once per step

@@ -182,13 +182,12 @@ def _bwd_data(geo, bias):
     return cached(("conv_bwd_data", choices.STRIDED_JIT) + cache_key(geo, bias), build)
 
 
-def _bwd_weights(geo, bias):
-    """The weight gradient's primitive; the bias gradient is conv_bias.py's (faster)."""
+def _bwd_weights(geo, bias):   # (the bias gradient: conv_bias.py, faster)
     def build():
         src, wei, _, dst, st, dl, pl, pr, d = descs(geo)
         pd = d.pd("dnnl_convolution_backward_weights_primitive_desc_create", d.engine,
-                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), None, dst, st,
-                  dl, pl, pr, _fwd_pd(geo, bias), d.attr())
+                  L.CONV_DIRECT, src, d.md_any(d_dims(geo)), None, dst, st, dl, pl, pr,
+                  _fwd_pd(geo, bias), d.attr())
         return _Blocked(pd, ("src", "diff_dst", "diff_weights"), "diff_weights", wei)
     return cached(("conv_bwd_weights",) + cache_key(geo, bias), build)
 
@@ -203,7 +202,7 @@ def scratch_need(attrs, x_shape, filters, bias, act, training, input_grad=True) 
     lib()   # the library loaded (or a clear error) before any descriptor is asked
     if conv_fc.covers_input(geo):
         return conv_fc.scratch_need(geo, bias, act, training, input_grad)
-    geo2 = _folded(geo, training)[0]    # (geo itself in training)
+    geo2 = _folded(geo)[0]
     with serial("conv", flops(geo2)):    # the thread setting the kernel runs it in
         fwd = _fwd(geo2, bias, act, training)
         need = fwd.scratch
@@ -222,7 +221,7 @@ def pack_bytes(attrs, x_shape, filters, bias, act, training) -> int:
     geo = geometry(attrs, x_shape, filters)
     if conv_fc.covers_input(geo):
         return 0
-    geo2, s = _folded(geo, training)
+    geo2, s = _folded(geo)
     with serial("conv", flops(geo2)):
         fwd = _fwd(geo2, bias, act, training)
     held = conv_fold.held_bytes(geo, s, bias) if s else 0
@@ -236,7 +235,7 @@ def impl_names(attrs, x_shape, filters, bias, act, training) -> dict:
     if conv_fc.covers_input(geo):
         return conv_fc.impl_names(geo, bias, act, training)
     d = lib()
-    geo2 = _folded(geo, training)[0]
+    geo2 = _folded(geo)[0]
     with serial("conv", flops(geo2)):
         names = {"forward": d.impl_name(_fwd(geo2, bias, act, training).pd)}
         if training:
@@ -251,38 +250,39 @@ def conv_forward(ctx, attrs, params, inputs, act=None):
     an activation (of capi.ACTIVATIONS) applied to the output (see :func:`fused_forms`)."""
     x = f32(inputs[0])
     weight = params["weight"]
-    geo, s, geo2 = _geometries(attrs, x.shape, weight.shape[3], bool(ctx.training))
+    geo, s, geo2 = _geometries(attrs, x.shape, weight.shape[3])
     if conv_fc.covers_input(geo):     # one window: a matrix product (conv_fc.py)
         return conv_fc.forward(ctx, params, x, geo, act)
     out = fresh(ctx, (geo["n"], geo["ho"], geo["wo"], geo["f"]), np.float32)
+    training = bool(ctx.training)
     if s:   # columns folded into channels (conv_fold.py): views of x and out
-        fwd, w = _run_forward(geo2, *conv_fold.fold(geo, geo2, params, x, out, s), act, False)
+        fwd, w = _run_forward(geo2, *conv_fold.fold(geo, geo2, params, x, out, s), act, training)
         return out, (x, geo, None, None)    # (backward reorders its own weights)
-    fwd, w = _run_forward(geo, params, x, out, act, bool(ctx.training))
+    fwd, w = _run_forward(geo, params, x, out, act, training)
     return out, (x, geo, fwd, w)
 
 
 _GEOS: dict = {}
 
 
-def _geometries(attrs, x_shape, filters, training: bool):
+def _geometries(attrs, x_shape, filters):
     """(geometry, fold factor, the geometry the forward runs) of a layer on a batch shape,
     cached: ~10 µs of Python a call otherwise (LeNet-5's inference step is ~1.5 ms). Keyed by
     the layer's attrs dict, which the entry holds, so that its id stays its own."""
-    k = (id(attrs), x_shape, filters, training, conv_fold.FOLD)
+    k = (id(attrs), x_shape, filters, conv_fold.FOLD)
     e = _GEOS.get(k)
     if e is None or e[0] is not attrs:
         if len(_GEOS) > 4096:    # a long process compiling many nets: start over
             _GEOS.clear()
         geo = geometry(attrs, x_shape, filters)
-        geo2, s = (geo, 0) if conv_fc.covers_input(geo) else _folded(geo, training)
+        geo2, s = (geo, 0) if conv_fc.covers_input(geo) else _folded(geo)
         e = _GEOS[k] = (attrs, geo, s, geo2)
     return e[1:]
 
 
-def _folded(geo, training: bool):
+def _folded(geo):
     """(the geometry the forward runs, fold factor or 0): conv_fold.py's rule."""
-    s = conv_fold.factor(geo, training)
+    s = conv_fold.factor(geo)
     return (conv_fold.folded_geometry(geo, s) if s else geo), s
 
 

@@ -1,4 +1,4 @@
-"""An inference convolution with few filters run with pairs of columns folded into channels.
+"""A forward convolution with few filters run with pairs of columns folded into channels.
 
 Why: oneDNN's NHWC (and blocked) forward kernels vectorise over output channels, so a map of
 6 channels (LeNet-5's C1: 1→6, 5×5 on 32×32) fills 6 of a vector's 16 lanes on AVX-512 and
@@ -13,10 +13,14 @@ original ones placed per (output column parity, input column parity) with zeros 
 Batch 256, one thread: C1 0.81 → 0.49 ms on jit:avx512_core and 1.85 → 1.42 ms (with the
 blocked-destination reorder it replaces) on jit:avx2; with its tanh 1.19 → 0.85 and
 2.58 → 2.05 ms (docs/performance.md). The zeros cost 20% more multiply-adds (3 columns of 2
-for 5), the lanes pay twice that back. Inference only (training keeps the plain forward, whose
-backward passes read the same layout); ``NETDSL_ONEDNN_FOLD=0`` turns it off (for comparison).
-The folded weights and bias live in the provider's pack store (packs.py): made once per weight
-version, refreshed when the weights change, counted by the memory planner (:func:`held_bytes`).
+for 5), the lanes pay twice that back. In training too, where only the forward is folded (the
+backward passes run on the plain layout, backward-data reordering its own weights): LeNet-5's
+training step 4.33 → 4.03 ms capped to AVX2, 2.85 → 2.47 ms natively (docs/performance.md,
+"Training steps: bias gradient, in-place activation gradients, folded C1").
+``NETDSL_ONEDNN_FOLD=0`` turns it off (for comparison). The folded weights and bias live in
+the provider's pack store (packs.py), written in place: made once per weight version (each
+training step), refreshed when the weights change, counted by the memory planner
+(:func:`held_bytes`).
 """
 from __future__ import annotations
 
@@ -54,12 +58,12 @@ def few_filters(c: int, f: int) -> bool:
     return 2 * f <= lanes() or (c == 1 and f < lanes())
 
 
-def factor(geo, training: bool) -> int:
+def factor(geo) -> int:
     """2 where the forward convolution of ``geo`` (conv_geometry.geometry) runs folded, else 0:
-    inference, one group, stride 1, no dilation, even input and output widths, few filters
+    one group, stride 1, no dilation, even input and output widths, few filters
     and input channels, a kernel at least 3 wide, and padding across the width that the
     folded convolution can express (a right padding of at least 0 pairs)."""
-    if not (FOLD and not training and geo["g"] == 1 and geo["c"] <= MAX_CHANNELS
+    if not (FOLD and geo["g"] == 1 and geo["c"] <= MAX_CHANNELS
             and geo["kw"] >= 3 and few_filters(geo["c"], geo["f"])):
         # (multiply-adds grow by 2⌈(KW+1)/2⌉/KW: 1.2 for 5 columns, 1.33 for 3, 2 for 1 or 2)
         return 0
@@ -86,28 +90,33 @@ def folded_geometry(geo, s: int) -> dict:
                 pl=(geo["pl"][0], left), pr=(geo["pr"][0], right))
 
 
-def fold_weights(weight: np.ndarray, s: int, r: int = 0) -> np.ndarray:
+def fold_weights(weight: np.ndarray, s: int, r: int = 0, into=None) -> np.ndarray:
     """W' of the module docstring from netdsl's ``(KH, KW, C, F)`` weights; ``r``: the
-    columns of padding the folded convolution adds on the left beyond the original's."""
+    columns of padding the folded convolution adds on the left beyond the original's.
+    Written into ``into`` (float32, W's folded shape) when given: no array is made."""
     kh, kw, c, f = weight.shape
     kw2 = (kw - 1 + s - 1 + r) // s + 1
-    out = np.zeros((kh, kw2, s, c, s, f), dtype=np.float32)   # ky, j, q, c, p, f
+    if into is None:
+        into = np.empty((kh, kw2, s * c, s * f), dtype=np.float32)
+    out = into.reshape(kh, kw2, s, c, s, f)       # ky, j, q, c, p, f: a view
+    out.fill(0.0)
     for j in range(kw2):
         for q in range(s):
             for p in range(s):
                 kx = s * j + q - p - r
                 if 0 <= kx < kw:
                     out[:, j, q, :, p, :] = weight[:, kx]
-    return out.reshape(kh, kw2, s * c, s * f)
+    return into
 
 
 def _held(source: np.ndarray, tag, shape, make) -> np.ndarray:
-    """A float32 array of ``shape`` derived from ``source`` by ``make()``, kept in the pack
-    store beside ``source`` and remade when it changes."""
+    """A float32 array of ``shape`` derived from ``source`` by ``make(into)``, which writes
+    it into the array given (no temporary: in training it is remade every step), kept in the
+    pack store beside ``source`` and remade when it changes."""
     nbytes = math.prod(shape) * 4
 
     def fill(buf):
-        np.copyto(buf.view(np.float32).reshape(shape), make())
+        make(buf.view(np.float32).reshape(shape))
     buf = PACKS.get(source, tag, nbytes, fill, False)
     # the same array object every call while the pack lives: the convolution's own pack of
     # these weights (packs.py) is keyed by the array it reads
@@ -129,10 +138,11 @@ def fold(geo, g2, params: dict, x: np.ndarray, out: np.ndarray, s: int):
     store."""
     w = params["weight"]
     p2 = {"weight": _held(w, ("fold", s), (g2["kh"], g2["kw"], g2["c"], g2["f"]),
-                          lambda: fold_weights(np.asarray(w), s, _pads(geo, s)[0]))}
+                          lambda into: fold_weights(np.asarray(w), s, _pads(geo, s)[0], into))}
     if "bias" in params:
         b = params["bias"]
-        p2["bias"] = _held(b, ("fold_bias", s), (g2["f"],), lambda: np.tile(np.asarray(b), s))
+        p2["bias"] = _held(b, ("fold_bias", s), (g2["f"],),
+                           lambda into: np.copyto(into.reshape(s, -1), np.asarray(b)))
     return p2, _view(x, (geo["n"], g2["h"], g2["w"], g2["c"])), \
         _view(out, (geo["n"], g2["ho"], g2["wo"], g2["f"]))
 
