@@ -76,8 +76,13 @@ def slow_impl(name: str) -> bool:
 # every OpenMP fork/join or barrier can cost a scheduler time slice: one 4 MB batch-norm
 # forward (several barriers) measured 50 ms on 2 threads against 0.3–0.7 ms on one, and small
 # convolutions showed the same (docs/performance.md). So, like PyTorch's grain size, kernels
-# with little work (under 2^26 FLOPs, ~1 ms on one core; element-wise ones under
-# SMALL_ELEMENTS), and LRN always, are created and run on one thread. Batch norm was serial
+# with little work (under SMALL FLOPs; element-wise ones under SMALL_ELEMENTS), and LRN
+# always, are created and run on one thread. SMALL was 2^26 (~1 ms on one core), chosen under
+# load; on a quiet machine every conv above 2^21 FLOPs (~15 µs) runs faster threaded: LeNet-5's
+# training step 2.9 → 2.0 ms (AVX2 cap 4.05 → 2.7), inception_small's 8.0 → 6.5 ms; with a
+# competing process on one of the two cores LeNet-5's went 3.9 → 8.0 ms instead (as PyTorch's,
+# which threads every conv): on a shared machine, --threads 1 (docs/performance.md, "Training
+# steps: bias gradient, in-place activation gradients, folded C1"). Batch norm was serial
 # too until 2026-12-07: quiet, threaded it made ResNet-20's training step 72 → 59 ms (AVX2
 # cap 118 → 100), and on AVX-512 its forward now runs oneDNN's barrier-free kernel, which does
 # not collapse under load (norm.py; docs/performance.md).
@@ -87,7 +92,7 @@ import os  # noqa: E402
 
 SERIAL = frozenset(k for k in os.environ.get("NETDSL_ONEDNN_SERIAL", "lrn").split(",")
                    if k and k != "none")
-SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**26))
+SMALL = float(os.environ.get("NETDSL_ONEDNN_SMALL", 2**21))
 # Element-wise kernels (one pass, one parallel region, no barrier inside) are measured in
 # elements, ~1 ns each on one core: 2^26 of them would be ~60 ms, so they have their own
 # threshold. Above 2^17 elements (512 KB of float32) two threads ran ReLU/add+ReLU forward and
