@@ -205,18 +205,18 @@ slower, the Python loop showing; 2^18 the same)."""
 def blocked(xp, update, *arrays) -> None:
     """``update(*parts)`` over blocks of :data:`BLOCK` elements of ``arrays`` (all of one
     size), the blocks split over the worker threads (netdsl/core/workspace.py); one call on
-    the whole arrays for CuPy or when one is not contiguous.
+    the whole arrays when they fit one block, for CuPy or when one is not contiguous.
 
     Why: an update is 4–6 element-wise passes over each parameter. On whole arrays each pass
     streams them from memory, on one core; block by block the later passes read from the
     cache, and both cores work: SGD with momentum on 2 threads, cs231n's 0.9 M parameters
     0.79 → 0.61 ms a step, AlexNet's 61 M 109 → 47 ms (tests/bench/optim_probe.py). Each
     element sees the same operations in the same order either way: bitwise the same results."""
-    if xp is not np or not all(a.flags.c_contiguous for a in arrays):
+    n = arrays[0].size
+    if n <= BLOCK or xp is not np or not all(a.flags.c_contiguous for a in arrays):
         update(*arrays)
         return
     flat = [a.reshape(-1) for a in arrays]
-    n = flat[0].size
 
     def run(first, last):
         for i in range(first, last):
