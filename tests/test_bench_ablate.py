@@ -20,10 +20,10 @@ from netdsl.compile.shapes import infer_shapes, resolve_auto
 
 # Every training pass has work here: a dead branch (CONV → GAP read by no loss: no
 # activation, which fuse_activations alone would fuse), an identity branch, two ReLUs after a
-# BN and a conv.
+# BN and a conv, a ReLU before a max pool.
 TRAIN_NET = """INPUT(8x8x3) -> CONV(4, 3) -> BN -> RELU
   -> c: concat { CONV(3, 1) -> RELU | identity }
-  -> GAP -> FC(5)
+  -> RELU -> MAXPOOL(2) -> GAP -> FC(5)
 @c -> CONV(4, 1) -> GAP
 """
 # Every inference pass but dead-node elimination has work here (a dead branch would be pruned by

@@ -145,7 +145,10 @@ def _softmax_footprint(st, n, it, training, scratch=True):
 register(LayerSpec(
     name="relu", doc="Rectified linear unit: max(x, 0).", args=(), infer_shape=_same_shape,
     forward=_relu_forward, backward=_relu_backward, inplace=_relu_inplace,
-    style=ACT_STYLE,
+    # non-decreasing, and flat only where its gradient is 0: max pooling after it may run
+    # before it, bitwise the same outputs and gradients (tanh, sigmoid: ties in float32 can
+    # move a window's gradient to another element, so not those)
+    commutes_with_max=True, style=ACT_STYLE,
     example=_EXAMPLE,
     footprint=_relu_footprint))
 register(LayerSpec(

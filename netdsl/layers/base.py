@@ -155,6 +155,8 @@ class LayerSpec:
     #                                             Footprint: what the kernel allocates (footprint.py)
     fused: dict = field(default_factory=dict)   # activation -> (forward, backward) of the layer
     #                                             and that activation in one reference kernel
+    commutes_with_max: bool = False             # f(max(x)) = max(f(x)), gradients too (relu):
+    #                                             max pooling may run first (max_pool_first)
     inplace: Callable | None = None             # (xp, x) -> None: an element-wise activation
     #                                             applied to x in place, for one whose backward
     #                                             reads only its output (its cache): a producer

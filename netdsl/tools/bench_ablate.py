@@ -35,6 +35,7 @@ NOTHING_TO_DO = {
     "remove_aux_heads": "no auxiliary head in this net",
     "fold_batchnorm": "no batch norm right after a conv/fc in this net",
     "fuse_activations": "no ReLU right after a conv/fc/batch norm in this net",
+    "max_pool_first": "no ReLU right before a max pooling in this net",
     "recompute": "no NumPy im2col convolution here (other kernels keep no columns)",
     "data_only": "no layer reads only the data",
 }

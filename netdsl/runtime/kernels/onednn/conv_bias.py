@@ -3,9 +3,11 @@ every position, as one matrix product ``ones(1, M) @ dout(M, F)`` (M = N·Ho·Wo
 
 Why not the backward-weights primitive's own ``diff_bias``: oneDNN 3.2's jit backward-weights
 kernels on NHWC reduce the bias at a fraction of their speed. cs231n's first two convolutions
-at batch 64 (AVX-512): 0.42 → 1.32 ms and 2.75 → 3.43 ms with ``diff_bias`` asked; the
-matrix product of the same sum takes 0.27 ms (AVX2 cap: +0.7 ms against 0.28;
-docs/performance.md, "The bias gradient"). The row of ones is written at the start of the
+at batch 64 (AVX-512): 0.42 → 1.32 ms and 2.75 → 3.43 ms with ``diff_bias`` asked (AVX2 cap:
++0.7 ms each); in a training step the matrix product took 0.15 ms for the largest map, on
+``gemm:jit`` (oneDNN's first choice, ``brg``, split the one row over one thread: 0.44 ms)
+(tests/bench/bias_grad_probe.py; docs/performance.md, "Training steps: bias gradient,
+in-place activation gradients, folded C1"). The row of ones is written at the start of the
 shared scratchpad region before each call (M floats: 256 KB for cs231n's largest map), so
 nothing is held between steps and the memory planner sees it in :func:`scratch_need`.
 """

