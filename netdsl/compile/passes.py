@@ -92,7 +92,7 @@ def max_pool_first(g: nx.DiGraph) -> bool:
     changed = False
     for pool in G.nodes(g):
         if pool.op not in ("pool", "maxpool") or pool.attrs.get("kind") != "max" \
-                or len(pool.inputs) != 1:
+                or len(pool.inputs) != 1 or len(pool.out_shapes or ()) != 1:
             continue
         act = G.node(g, pool.inputs[0][0])
         if not get(act.op).commutes_with_max or len(act.inputs) != 1 or act.meta.get("act") \

@@ -233,7 +233,7 @@ class Executor:
         data_ctx = Ctx(xp=xp, training=True, rng=self.xp_rng, dtype=self.dtype, input_grad=False,
                        scratch=self.scratch, sync=self.bn_sync, arena=arena)
         # every step but the prediction's (the caller holds it) may overwrite its output
-        own = {c: replace(c, overwrite_output=True) for c in (ctx, data_ctx)}
+        own_ctx, own_data_ctx = (replace(c, overwrite_output=True) for c in (ctx, data_ctx))
         prediction = self._logits_index()
         douts: list = [None] * len(plan)
         for i in self.heads:
@@ -251,9 +251,11 @@ class Executor:
             caches[i] = douts[i] = None
             if arena is not None:
                 arena.at(i)
-            c = data_ctx if st.data_only else ctx
-            dins, dparams = run_backward(st, c if i == prediction else own[c],
-                                         self.params.get(st.node.name, {}), held)
+            if i == prediction:
+                c = data_ctx if st.data_only else ctx
+            else:
+                c = own_data_ctx if st.data_only else own_ctx
+            dins, dparams = run_backward(st, c, self.params.get(st.node.name, {}), held)
             if probe is not None:
                 arena.check_backward(i, probe, dins)
                 probe = None

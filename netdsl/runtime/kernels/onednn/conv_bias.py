@@ -20,24 +20,29 @@ from .choices import choose_impl
 from .common import cached, lib, plain, primitive, serial
 
 
-def _matmul(m: int, f: int):
-    d = lib()
-    def create():
-        return d.pd("dnnl_matmul_primitive_desc_create", d.engine, plain((1, m)),
-                    plain((m, f)), None, plain((1, f)), d.attr())
-    return primitive(choose_impl(create, lambda name: "gemm" in name), ("src", "weights", "dst"))
-
-
-def _key(m: int, f: int):
+def _key(m: int, f: int) -> tuple:
     # the thread setting is part of the key: a primitive keeps the one it was created in
-    return ("conv_bias_grad", m, f, serial("add", m * f).active)
+    return m, f, serial("add", m * f).active
+
+
+def _pd(m: int, f: int):
+    """The matrix product's descriptor, on ``gemm:jit`` where oneDNN lists it (cached; made in
+    the thread setting its calls run in)."""
+    def build():
+        d = lib()
+
+        def create():
+            return d.pd("dnnl_matmul_primitive_desc_create", d.engine, plain((1, m)),
+                        plain((m, f)), None, plain((1, f)), d.attr())
+        return choose_impl(create, lambda name: "gemm" in name)
+    with serial("add", m * f):
+        return cached(("conv_bias_grad_pd",) + _key(m, f), build)
 
 
 def scratch_need(m: int, f: int) -> int:
-    """Bytes of the shared scratchpad region one bias gradient of ``m`` rows by ``f`` uses."""
-    with serial("add", m * f):
-        prim = cached(_key(m, f), lambda: _matmul(m, f))
-    return Scratchpad.aligned(4 * m) + prim.scratch
+    """Bytes of the shared scratchpad region one bias gradient of ``m`` rows by ``f`` uses
+    (asks the descriptor; creates no primitive)."""
+    return Scratchpad.aligned(4 * m) + lib().scratch_size(_pd(m, f))
 
 
 def bias_grad(dout: np.ndarray) -> np.ndarray:
@@ -45,8 +50,10 @@ def bias_grad(dout: np.ndarray) -> np.ndarray:
     float32 NHWC array ``dout``."""
     f = dout.shape[-1]
     m = dout.size // f
+    pd = _pd(m, f)
     with serial("add", m * f):
-        prim = cached(_key(m, f), lambda: _matmul(m, f))
+        prim = cached(("conv_bias_grad",) + _key(m, f),
+                      lambda: primitive(pd, ("src", "weights", "dst")))
         at = Scratchpad.aligned(4 * m)
         lib().scratchpad.reserve(at + prim.scratch)     # the whole call's region first
         ones = lib().scratchpad.array(4 * m).view(np.float32)
