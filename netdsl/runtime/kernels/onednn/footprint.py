@@ -119,7 +119,11 @@ def footprint(st, n: int, it: int, training: bool) -> Footprint:
         if act:
             fresh = sum(d or 0 for d in fp.dx) + _params_bytes(st, it)
             both = max(fp.bwd_tmp, out + out - fresh)
-            if op in ("conv", "fc"):    # the activation's gradient: see above
+            # conv/fc write the activation's gradient over their output (see above): it dies
+            # inside the call. Not the add + ReLU: its masked gradient is what it passes on,
+            # so it stays a fresh array (written over the output, it would outlive the
+            # region the planner gives that output).
+            if op in ("conv", "fc"):
                 fp.bwd_tmp = max(fp.bwd_tmp, out - fresh)
                 fp.bwd_tmp_prediction = both - fp.bwd_tmp
             else:
